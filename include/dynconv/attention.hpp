@@ -1,0 +1,164 @@
+// dynconv: the attention over K kernels of a dynamic convolution (paper.md).
+//
+//   s  = GAP(x)                  [N, Cin]
+//   z  = fc2(ReLU(fc1(s)))       [N, K]     fc1: Cin -> hidden, fc2: hidden -> K, both with bias
+//   pi = softmax(z / tau)        [N, K]     every row sums to 1
+//
+// hidden = hidden_channels if set, else max(min_hidden, in_channels / reduction).
+// The softmax is computed as exp((z_k - max_j z_j) / tau) / sum, so it is finite and sums to 1
+// for any finite logits and any tau > 0 (a vanishing tau tends to one-hot on the arg-max;
+// ties share the mass). Parameters: fc1.weight [hidden, Cin], fc1.bias [hidden],
+// fc2.weight [K, hidden], fc2.bias [K], temperature (a scalar).
+#pragma once
+
+#include <dynconv/activation.hpp>
+#include <dynconv/error.hpp>
+#include <dynconv/linear.hpp>
+#include <dynconv/pooling.hpp>
+#include <dynconv/tensor.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace dynconv {
+
+struct KernelAttentionOptions {
+  KernelAttentionOptions(Index in_channels, Index kernels)
+      : in_channels_(in_channels), kernels_(kernels) {}
+  Index in_channels() const { return in_channels_; }
+  Index kernels() const { return kernels_; }
+  /// hidden = max(min_hidden, in_channels / reduction) unless hidden_channels is set. Default 4.
+  KernelAttentionOptions& reduction(Index r) { reduction_ = r; return *this; }
+  Index reduction() const { return reduction_; }
+  /// Lower bound of the derived hidden size. Default 1.
+  KernelAttentionOptions& min_hidden(Index m) { min_hidden_ = m; return *this; }
+  Index min_hidden() const { return min_hidden_; }
+  /// Explicit hidden size (overrides reduction and min_hidden); 0 = derive. Default 0.
+  KernelAttentionOptions& hidden_channels(Index h) { hidden_channels_ = h; return *this; }
+  Index hidden_channels() const { return hidden_channels_; }
+  /// Softmax temperature tau > 0; 1 for a fully trained model. Default 1.
+  KernelAttentionOptions& temperature(double t) { temperature_ = t; return *this; }
+  double temperature() const { return temperature_; }
+  /// A name for error messages, e.g. "layer1.0.conv1.attention". Default empty.
+  KernelAttentionOptions& name(std::string n) { name_ = std::move(n); return *this; }
+  const std::string& name() const { return name_; }
+
+  /// The hidden size these options give.
+  Index hidden() const {
+    return hidden_channels_ > 0 ? hidden_channels_
+                                : std::max(min_hidden_, in_channels_ / std::max<Index>(reduction_, 1));
+  }
+
+ private:
+  Index in_channels_, kernels_;
+  Index reduction_ = 4, min_hidden_ = 1, hidden_channels_ = 0;
+  double temperature_ = 1.0;
+  std::string name_;
+};
+
+namespace detail {
+
+inline void check_temperature(const std::string& layer, double tau) {
+  if (!(tau > 0) || !std::isfinite(tau))
+    fail<OptionsError>(layer, ": temperature=", tau, " must be finite and > 0");
+}
+
+}  // namespace detail
+
+template <typename T>
+class KernelAttention {
+ public:
+  explicit KernelAttention(const KernelAttentionOptions& options)
+      : options_(validated(options)),
+        fc1_(LinearOptions(options.in_channels(), options.hidden()).name(prefix() + "fc1")),
+        fc2_(LinearOptions(options.hidden(), options.kernels()).name(prefix() + "fc2")),
+        temperature_(static_cast<T>(options.temperature())) {}
+
+  const KernelAttentionOptions& options() const { return options_; }
+  const std::string& description() const { return layer_; }
+  Index in_channels() const { return options_.in_channels(); }
+  Index kernels() const { return options_.kernels(); }
+  Index hidden() const { return options_.hidden(); }
+
+  Linear<T>& fc1() { return fc1_; }
+  const Linear<T>& fc1() const { return fc1_; }
+  Linear<T>& fc2() { return fc2_; }
+  const Linear<T>& fc2() const { return fc2_; }
+  T temperature() const { return temperature_; }
+  void set_temperature(double tau) {
+    detail::check_temperature(layer_, tau);
+    temperature_ = static_cast<T>(tau);
+  }
+
+  /// [N, Cin, H, W] -> pi [N, K]
+  Tensor2<T> forward(const Tensor4<T>& x) const {
+    check_input(x, 1);
+    return attend(global_avg_pool(x));
+  }
+  /// [N, H, W, Cin] -> pi [N, K]
+  Tensor2<T> forward_nhwc(const Tensor4<T>& x) const {
+    check_input(x, 3);
+    return attend(global_avg_pool_nhwc(x));
+  }
+
+  /// Pooled features [N, Cin] -> pi [N, K].
+  Tensor2<T> attend(const Tensor2<T>& pooled) const {
+    Tensor2<T> hidden = fc1_.forward(pooled);
+    activate_inplace(Activation::ReLU, hidden);
+    Tensor2<T> z = fc2_.forward(hidden);
+    const Index n = z.dimension(0), k = z.dimension(1);
+    for (Index b = 0; b < n; ++b) {
+      T* row = z.data() + b * k;
+      const T top = *std::max_element(row, row + k);
+      T sum(0);
+      for (Index i = 0; i < k; ++i) sum += (row[i] = std::exp((row[i] - top) / temperature_));
+      for (Index i = 0; i < k; ++i) row[i] /= sum;
+    }
+    return z;
+  }
+
+  /// Multiply-adds of one sample of size h x w: GAP + fc1 + fc2.
+  std::int64_t madds(Index h, Index w) const {
+    return h * w * in_channels() + fc1_.madds() + fc2_.madds();
+  }
+  std::int64_t params() const { return fc1_.params() + fc2_.params(); }
+
+ private:
+  std::string prefix() const { return options_.name().empty() ? "" : options_.name() + "."; }
+
+  KernelAttentionOptions validated(const KernelAttentionOptions& o) {
+    const std::string head = o.name().empty() ? "" : o.name() + ": ";
+    layer_ = detail::concat(head, "KernelAttention(", o.in_channels(), " -> ", o.hidden(), " -> ",
+                            o.kernels(), ')');
+    auto positive = [&](const char* what, Index v) {
+      if (v < 1) detail::fail<OptionsError>(layer_, ": ", what, '=', v, " must be >= 1");
+    };
+    positive("in_channels", o.in_channels());
+    positive("kernels", o.kernels());
+    positive("reduction", o.reduction());
+    positive("min_hidden", o.min_hidden());
+    if (o.hidden_channels() < 0)
+      detail::fail<OptionsError>(layer_, ": hidden_channels=", o.hidden_channels(),
+                                 " must be >= 0 (0 derives it from reduction)");
+    detail::check_temperature(layer_, o.temperature());
+    return o;
+  }
+
+  void check_input(const Tensor4<T>& x, int channel_axis) const {
+    const Index c = x.dimension(channel_axis);
+    const Index pixels = channel_axis == 1 ? x.dimension(2) * x.dimension(3)
+                                           : x.dimension(1) * x.dimension(2);
+    if (c != in_channels() || pixels < 1)
+      detail::fail<ShapeError>(layer_, ": input ", shape_str(x.dimensions()), " (",
+                               channel_axis == 1 ? "NCHW" : "NHWC", ") must have ", in_channels(),
+                               " channels and at least one pixel");
+  }
+
+  std::string layer_;  // set by validated(), before the members that use it
+  KernelAttentionOptions options_;
+  Linear<T> fc1_, fc2_;
+  T temperature_;
+};
+
+}  // namespace dynconv

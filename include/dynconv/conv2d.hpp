@@ -1,0 +1,158 @@
+// dynconv: static 2-d convolution.
+//
+// Conv2d<T> computes PyTorch's conv2d:
+//   y[n, co, oh, ow] = bias[co] + sum_{ci in group(co), i, j}
+//                      weight[co, ci, i, j] * x[n, g*Cin/g + ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+// Input [N, Cin, H, W] -> output [N, Cout, Hout, Wout] (forward), or the same in NHWC
+// (forward_nhwc), with Hout = (H + 2*ph - dh*(kh - 1) - 1) / sh + 1, likewise Wout.
+// Weights are [Cout, Cin/groups, kh, kw] (PyTorch's order), bias [Cout].
+//
+// Layout note (why activations travel in NHWC between layers). Measured on this project's
+// machine (benchmarks/bench_layout.cpp, float, 1 thread, batch 1):
+//   depthwise 3x3, MobileNet shapes   NCHW 4.2-10.8 GFLOP/s   NHWC 33-47 GFLOP/s  (x3.0-x10)
+//     (C=144 56x56: 754 vs 250 us; C=576 14x14 stride 2: 120 vs 12 us; C=960 7x7: 186 vs 18 us)
+//   1x1, 24->144 56x56 .. 160->960 7x7 NCHW 145-167 GFLOP/s    NHWC 143-178 GFLOP/s  (same GEMM)
+// In NHWC a depthwise tap is one contiguous multiply-add across all channels (vectorises
+// fully, whatever the image width), and a 1x1 convolution is one GEMM [H*W, Cin] x [Cin, Cout]
+// with no reshaping; im2col copies whole channel runs. In NCHW the depthwise loop vectorises
+// along rows that are only 7 or 14 wide in late MobileNet stages and needs per-row edge
+// handling. So forward() converts NCHW at the door, and networks call forward_nhwc() to keep
+// NHWC from layer to layer; weights stay in PyTorch order in the API and are packed once.
+//
+// Thread safety: forward() and forward_nhwc() are const and may run concurrently on one
+// object; the setters and fold_batchnorm() may not run concurrently with anything.
+#pragma once
+
+#include <dynconv/batchnorm.hpp>
+#include <dynconv/conv_options.hpp>
+#include <dynconv/tensor.hpp>
+
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/conv_kernels.hpp>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace dynconv {
+
+class Conv2dOptions : public ConvOptionsBase<Conv2dOptions> {
+ public:
+  Conv2dOptions(Index in_channels, Index out_channels, Index kernel_size)
+      : ConvOptionsBase(in_channels, out_channels, Pair{kernel_size, kernel_size}) {}
+  Conv2dOptions(Index in_channels, Index out_channels, Pair kernel_size)
+      : ConvOptionsBase(in_channels, out_channels, kernel_size) {}
+};
+
+template <typename T>
+class Conv2d {
+  static_assert(std::is_floating_point<T>::value,
+                "dynconv::Conv2d<T>: T must be a floating-point type (float or double)");
+
+ public:
+  /// Validates the options (OptionsError) and initialises weight and bias uniformly in
+  /// +-1/sqrt(Cin/groups*kh*kw) from a fixed seed, as PyTorch's default range.
+  explicit Conv2d(const Conv2dOptions& options)
+      : options_(options), layer_(detail::describe_conv("Conv2d", options)) {
+    std::tie(geometry_, algorithm_) = detail::validate_conv(layer_, options);
+    const Index fan_in = geometry_.in_per_group() * geometry_.kernel_h * geometry_.kernel_w;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    packed_.resize(static_cast<std::size_t>(geometry_.weight_size()));
+    detail::init_uniform(packed_.data(), geometry_.weight_size(), bound, 1);
+    if (options.bias()) {
+      bias_.resize(static_cast<std::size_t>(geometry_.out_channels));
+      detail::init_uniform(bias_.data(), geometry_.out_channels, bound, 2);
+    }
+  }
+
+  const Conv2dOptions& options() const { return options_; }
+  const ConvGeometry& geometry() const { return geometry_; }
+  /// The algorithm in use (the forced one, or the one select_conv_algorithm() picked).
+  ConvAlgorithm algorithm() const { return algorithm_; }
+  /// "Conv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
+  const std::string& description() const { return layer_; }
+
+  /// [Cout, Cin/groups, kh, kw]
+  Tensor4<T> weight() const {
+    Tensor4<T> w(weight_shape());
+    detail::unpack_weights(algorithm_, geometry_, packed_.data(), w.data());
+    return w;
+  }
+  void set_weight(const Tensor4<T>& w) {
+    detail::check_shape<T, 4>(layer_, "weight", w, weight_shape());
+    detail::pack_weights(algorithm_, geometry_, w.data(), packed_.data());
+  }
+  bool has_bias() const { return !bias_.empty(); }
+  /// [Cout]; zeros when the layer has no bias.
+  Tensor1<T> bias() const {
+    Tensor1<T> b(geometry_.out_channels);
+    for (Index c = 0; c < b.size(); ++c) b(c) = has_bias() ? bias_[c] : T(0);
+    return b;
+  }
+  /// Sets the bias [Cout]; a layer built with bias(false) gains one.
+  void set_bias(const Tensor1<T>& b) {
+    detail::check_shape<T, 1>(layer_, "bias", b, {geometry_.out_channels});
+    bias_.assign(b.data(), b.data() + b.size());
+  }
+
+  /// Folds an inference BatchNorm2d that follows this layer into weight and bias, exactly:
+  /// W' = s W, b' = s b + shift (s = bn.scale(), shift = bn.shift()).
+  void fold_batchnorm(const BatchNorm2d<T>& bn) {
+    if (bn.num_features() != geometry_.out_channels)
+      detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
+                               ": num_features must equal out_channels=", geometry_.out_channels);
+    const Tensor1<T> s = bn.scale(), shift = bn.shift();
+    Tensor4<T> w = weight();
+    const Index per_out = w.size() / geometry_.out_channels;
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s(i / per_out);
+    Tensor1<T> b = bias();
+    for (Index c = 0; c < b.size(); ++c) b(c) = s(c) * b(c) + shift(c);
+    set_weight(w);
+    set_bias(b);
+  }
+
+  /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]
+  Tensor4<T> forward(const Tensor4<T>& x) const {
+    detail::check_conv_input(layer_, geometry_, x, 1);
+    return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x)));
+  }
+
+  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]
+  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const {
+    detail::check_conv_input(layer_, geometry_, x, 3);
+    const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
+    const Index oh = geometry_.out_h(h), ow = geometry_.out_w(w);
+    Tensor4<T> y(n, oh, ow, geometry_.out_channels);
+    detail::ConvScratch<T> scratch;
+    for (Index b = 0; b < n; ++b)
+      detail::run_conv(algorithm_, geometry_, x.data() + b * h * w * geometry_.in_channels, h, w,
+                       packed_.data(), has_bias() ? bias_.data() : nullptr,
+                       y.data() + b * oh * ow * geometry_.out_channels, scratch);
+    return y;
+  }
+
+  /// Parameters and multiply-adds for one sample of size in_h x in_w.
+  LayerCost cost(Index in_h, Index in_w) const {
+    LayerCost c;
+    c.params = geometry_.weight_size() + (has_bias() ? geometry_.out_channels : 0);
+    c.conv_madds = geometry_.out_h(in_h) * geometry_.out_w(in_w) * geometry_.weight_size();
+    return c;
+  }
+
+ private:
+  std::array<Index, 4> weight_shape() const {
+    return {geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
+            geometry_.kernel_w};
+  }
+
+  Conv2dOptions options_;
+  std::string layer_;
+  ConvGeometry geometry_;
+  ConvAlgorithm algorithm_;
+  std::vector<T> packed_;  // packed_index() layout of algorithm_
+  std::vector<T> bias_;    // [Cout] or empty
+};
+
+}  // namespace dynconv

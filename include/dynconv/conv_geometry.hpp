@@ -1,0 +1,90 @@
+// dynconv: the geometry of a 2-d convolution and the choice of its algorithm.
+//
+// ConvGeometry holds what every convolution kernel needs to know besides the tensors:
+// channels, groups, kernel size, stride, padding and dilation, each per axis (h, w).
+//
+// Output size (PyTorch's formula, per axis):
+//   Hout = floor((H + 2*pad_h - dil_h*(kh - 1) - 1) / stride_h) + 1
+//
+// Three algorithms compute the same convolution; select_conv_algorithm() is the one predicate
+// that picks between them, and options may force any algorithm that supports the geometry:
+//   Pointwise   1x1 kernel, no padding: a plain GEMM over the pixels, no im2col
+//               (a stride > 1 only subsamples the pixels first).
+//   Depthwise   groups == in_channels == out_channels: a direct loop vectorised across channels.
+//   Im2colGemm  anything: im2col of each group's patches, then one GEMM per group and sample.
+#pragma once
+
+#include <dynconv/tensor.hpp>
+
+#include <ostream>
+
+namespace dynconv {
+
+enum class ConvAlgorithm { Auto, Pointwise, Depthwise, Im2colGemm };
+
+inline const char* algorithm_name(ConvAlgorithm a) {
+  switch (a) {
+    case ConvAlgorithm::Auto: return "Auto";
+    case ConvAlgorithm::Pointwise: return "Pointwise";
+    case ConvAlgorithm::Depthwise: return "Depthwise";
+    case ConvAlgorithm::Im2colGemm: return "Im2colGemm";
+  }
+  return "?";
+}
+
+inline std::ostream& operator<<(std::ostream& os, ConvAlgorithm a) { return os << algorithm_name(a); }
+
+struct ConvGeometry {
+  Index in_channels = 0, out_channels = 0, groups = 1;
+  Index kernel_h = 1, kernel_w = 1;
+  Index stride_h = 1, stride_w = 1;
+  Index pad_h = 0, pad_w = 0;
+  Index dilation_h = 1, dilation_w = 1;
+
+  Index in_per_group() const { return in_channels / groups; }
+  Index out_per_group() const { return out_channels / groups; }
+  /// Weights of one kernel: out_channels * in_channels/groups * kh * kw.
+  Index weight_size() const { return out_channels * in_per_group() * kernel_h * kernel_w; }
+  /// Output rows/cols; <= 0 means the (padded) input is smaller than the dilated kernel.
+  Index out_h(Index in_h) const {
+    return (in_h + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
+  }
+  Index out_w(Index in_w) const {
+    return (in_w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+  }
+  bool fits(Index in_h, Index in_w) const {
+    return in_h + 2 * pad_h >= dilation_h * (kernel_h - 1) + 1 &&
+           in_w + 2 * pad_w >= dilation_w * (kernel_w - 1) + 1;
+  }
+};
+
+/// Whether algorithm `a` can compute a convolution of geometry `g`.
+inline bool algorithm_supports(ConvAlgorithm a, const ConvGeometry& g) {
+  switch (a) {
+    case ConvAlgorithm::Auto:
+    case ConvAlgorithm::Im2colGemm: return true;
+    case ConvAlgorithm::Pointwise:
+      return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+    case ConvAlgorithm::Depthwise:
+      return g.groups == g.in_channels && g.out_channels == g.in_channels;
+  }
+  return false;
+}
+
+/// The rule a forced algorithm must satisfy, for error messages.
+inline const char* algorithm_requirement(ConvAlgorithm a) {
+  switch (a) {
+    case ConvAlgorithm::Pointwise: return "a 1x1 kernel with padding 0";
+    case ConvAlgorithm::Depthwise: return "groups == in_channels == out_channels";
+    default: return "nothing";
+  }
+}
+
+/// The one predicate that picks the algorithm for a geometry.
+inline ConvAlgorithm select_conv_algorithm(const ConvGeometry& g) {
+  if (algorithm_supports(ConvAlgorithm::Depthwise, g)) return ConvAlgorithm::Depthwise;
+  if (algorithm_supports(ConvAlgorithm::Pointwise, g)) return ConvAlgorithm::Pointwise;
+  return ConvAlgorithm::Im2colGemm;
+}
+
+}  // namespace dynconv

@@ -1,0 +1,248 @@
+// dynconv: dynamic convolution (Chen et al., CVPR 2020; see paper.md).
+//
+// DynamicConv2d<T> holds K kernels W_k [Cout, Cin/groups, kh, kw] and, with a bias, K biases
+// b_k [Cout]. For every sample n of the input it computes
+//   pi_n   = KernelAttention(x_n)                 [K], sums to 1
+//   W~_n   = sum_k pi_n[k] W_k,  b~_n = sum_k pi_n[k] b_k
+//   y_n    = conv2d(x_n, W~_n, b~_n, stride, padding, dilation, groups)
+// Input [N, Cin, H, W] -> output [N, Cout, Hout, Wout] (forward), or NHWC (forward_nhwc); the
+// output size follows Conv2d's formula. Every sample gets its own kernel: the K kernels are
+// mixed in one pass into a per-call buffer and one convolution (one GEMM per group) runs per
+// sample. The batch is never folded into convolution groups, so memory does not grow with N.
+//
+// Weights are stored packed for the convolution algorithm (see detail/conv_kernels.hpp); the
+// mix is elementwise, so it happens directly in the packed layout.
+//
+// Thread safety: forward*, convolve* and the aggregated_* accessors are const and may run
+// concurrently on one object; setters and fold_batchnorm() may not run concurrently with anything.
+#pragma once
+
+#include <dynconv/attention.hpp>
+#include <dynconv/batchnorm.hpp>
+#include <dynconv/conv2d.hpp>
+#include <dynconv/conv_options.hpp>
+
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/conv_kernels.hpp>
+
+#include <string>
+#include <vector>
+
+namespace dynconv {
+
+class DynamicConv2dOptions : public ConvOptionsBase<DynamicConv2dOptions> {
+ public:
+  DynamicConv2dOptions(Index in_channels, Index out_channels, Index kernel_size)
+      : ConvOptionsBase(in_channels, out_channels, Pair{kernel_size, kernel_size}) {}
+  DynamicConv2dOptions(Index in_channels, Index out_channels, Pair kernel_size)
+      : ConvOptionsBase(in_channels, out_channels, kernel_size) {}
+
+  /// Number of kernels K >= 1. Default 4.
+  DynamicConv2dOptions& kernels(Index k) { kernels_ = k; return *this; }
+  Index kernels() const { return kernels_; }
+  /// Softmax temperature tau > 0 of the attention. Default 1 (a fully trained model).
+  DynamicConv2dOptions& temperature(double t) { temperature_ = t; return *this; }
+  double temperature() const { return temperature_; }
+  /// Attention hidden size = max(min_hidden, in_channels / reduction). Default 4.
+  DynamicConv2dOptions& reduction(Index r) { reduction_ = r; return *this; }
+  Index reduction() const { return reduction_; }
+  /// Default 1.
+  DynamicConv2dOptions& min_hidden(Index m) { min_hidden_ = m; return *this; }
+  Index min_hidden() const { return min_hidden_; }
+  /// Explicit attention hidden size; 0 derives it. Default 0.
+  DynamicConv2dOptions& hidden_channels(Index h) { hidden_channels_ = h; return *this; }
+  Index hidden_channels() const { return hidden_channels_; }
+
+  KernelAttentionOptions attention_options() const {
+    return KernelAttentionOptions(in_channels(), kernels_)
+        .reduction(reduction_)
+        .min_hidden(min_hidden_)
+        .hidden_channels(hidden_channels_)
+        .temperature(temperature_)
+        .name(name().empty() ? "attention" : name() + ".attention");
+  }
+
+ private:
+  Index kernels_ = 4;
+  double temperature_ = 1.0;
+  Index reduction_ = 4, min_hidden_ = 1, hidden_channels_ = 0;
+};
+
+template <typename T>
+class DynamicConv2d {
+  static_assert(std::is_floating_point<T>::value,
+                "dynconv::DynamicConv2d<T>: T must be a floating-point type (float or double)");
+
+ public:
+  /// Validates the options (OptionsError) and initialises the K kernels, biases and attention
+  /// FCs uniformly in PyTorch's default ranges from fixed seeds.
+  explicit DynamicConv2d(const DynamicConv2dOptions& options)
+      : options_(options),
+        layer_(detail::describe_conv("DynamicConv2d", options)),
+        attention_(validated_attention_options()) {
+    std::tie(geometry_, algorithm_) = detail::validate_conv(layer_, options);
+    const Index k = kernels(), size = geometry_.weight_size();
+    const Index fan_in = geometry_.in_per_group() * geometry_.kernel_h * geometry_.kernel_w;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    packed_.resize(static_cast<std::size_t>(k * size));
+    for (Index i = 0; i < k; ++i)
+      detail::init_uniform(packed_.data() + i * size, size, bound, 10 + static_cast<unsigned>(i));
+    if (options.bias()) {
+      bias_.resize(static_cast<std::size_t>(k * geometry_.out_channels));
+      detail::init_uniform(bias_.data(), k * geometry_.out_channels, bound, 9);
+    }
+  }
+
+  const DynamicConv2dOptions& options() const { return options_; }
+  const ConvGeometry& geometry() const { return geometry_; }
+  ConvAlgorithm algorithm() const { return algorithm_; }
+  /// "DynamicConv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
+  const std::string& description() const { return layer_; }
+  Index kernels() const { return options_.kernels(); }
+
+  KernelAttention<T>& attention() { return attention_; }
+  const KernelAttention<T>& attention() const { return attention_; }
+
+  /// [K, Cout, Cin/groups, kh, kw]
+  Tensor5<T> weight() const {
+    Tensor5<T> w(weight_shape());
+    const Index size = geometry_.weight_size();
+    for (Index k = 0; k < kernels(); ++k)
+      detail::unpack_weights(algorithm_, geometry_, packed_.data() + k * size, w.data() + k * size);
+    return w;
+  }
+  void set_weight(const Tensor5<T>& w) {
+    detail::check_shape<T, 5>(layer_, "weight", w, weight_shape());
+    const Index size = geometry_.weight_size();
+    for (Index k = 0; k < kernels(); ++k)
+      detail::pack_weights(algorithm_, geometry_, w.data() + k * size, packed_.data() + k * size);
+  }
+  bool has_bias() const { return !bias_.empty(); }
+  /// [K, Cout]; zeros when the layer has no bias.
+  Tensor2<T> bias() const {
+    Tensor2<T> b(kernels(), geometry_.out_channels);
+    for (Index i = 0; i < b.size(); ++i) b.data()[i] = has_bias() ? bias_[i] : T(0);
+    return b;
+  }
+  /// Sets the K biases [K, Cout]; a layer built with bias(false) gains them.
+  void set_bias(const Tensor2<T>& b) {
+    detail::check_shape<T, 2>(layer_, "bias", b, {kernels(), geometry_.out_channels});
+    bias_.assign(b.data(), b.data() + b.size());
+  }
+
+  /// The kernel sum_k pi[k] W_k [Cout, Cin/groups, kh, kw] for one attention row pi [K].
+  Tensor4<T> aggregated_weight(const Tensor1<T>& pi) const {
+    detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
+    std::vector<T> mixed(static_cast<std::size_t>(geometry_.weight_size()));
+    detail::aggregate(packed_.data(), kernels(), geometry_.weight_size(), pi.data(), mixed.data());
+    Tensor4<T> w(geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
+                 geometry_.kernel_w);
+    detail::unpack_weights(algorithm_, geometry_, mixed.data(), w.data());
+    return w;
+  }
+  /// The bias sum_k pi[k] b_k [Cout] for one attention row pi [K] (zeros without bias).
+  Tensor1<T> aggregated_bias(const Tensor1<T>& pi) const {
+    detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
+    Tensor1<T> b(geometry_.out_channels);
+    b.setZero();
+    if (has_bias())
+      detail::aggregate(bias_.data(), kernels(), geometry_.out_channels, pi.data(), b.data());
+    return b;
+  }
+
+  /// Folds an inference BatchNorm2d that follows this layer into all K kernels and biases,
+  /// exactly (because every attention row sums to 1): W_k' = s W_k, b_k' = s b_k + shift.
+  void fold_batchnorm(const BatchNorm2d<T>& bn) {
+    if (bn.num_features() != geometry_.out_channels)
+      detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
+                               ": num_features must equal out_channels=", geometry_.out_channels);
+    const Tensor1<T> s = bn.scale(), shift = bn.shift();
+    Tensor5<T> w = weight();
+    const Index per_out = w.size() / (kernels() * geometry_.out_channels);
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s((i / per_out) % geometry_.out_channels);
+    Tensor2<T> b = bias();
+    for (Index i = 0; i < b.size(); ++i) {
+      const Index c = i % geometry_.out_channels;
+      b.data()[i] = s(c) * b.data()[i] + shift(c);
+    }
+    set_weight(w);
+    set_bias(b);
+  }
+
+  /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]. If `attention` is given, it receives pi [N, K].
+  Tensor4<T> forward(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
+    detail::check_conv_input(layer_, geometry_, x, 1);
+    return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x), attention));
+  }
+  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]. If `attention` is given, it receives pi [N, K].
+  Tensor4<T> forward_nhwc(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
+    detail::check_conv_input(layer_, geometry_, x, 3);
+    Tensor2<T> pi = attention_.forward_nhwc(x);
+    Tensor4<T> y = convolve_nhwc(x, pi);
+    if (attention) *attention = std::move(pi);
+    return y;
+  }
+
+  /// The convolution with a given attention pi [N, K] instead of the layer's own (rows need
+  /// not sum to 1: any per-sample mix of the K kernels). [N, Cin, H, W] -> [N, Cout, Hout, Wout].
+  Tensor4<T> convolve(const Tensor4<T>& x, const Tensor2<T>& pi) const {
+    detail::check_conv_input(layer_, geometry_, x, 1);
+    return nhwc_to_nchw(convolve_nhwc(nchw_to_nhwc(x), pi));
+  }
+  /// The same in NHWC: [N, H, W, Cin] -> [N, Hout, Wout, Cout].
+  Tensor4<T> convolve_nhwc(const Tensor4<T>& x, const Tensor2<T>& pi) const {
+    detail::check_conv_input(layer_, geometry_, x, 3);
+    const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
+    detail::check_shape<T, 2>(layer_, "attention", pi, {n, kernels()});
+    const Index oh = geometry_.out_h(h), ow = geometry_.out_w(w), cout = geometry_.out_channels;
+    Tensor4<T> y(n, oh, ow, cout);
+    std::vector<T> kernel(static_cast<std::size_t>(geometry_.weight_size()));
+    std::vector<T> bias(has_bias() ? static_cast<std::size_t>(cout) : 0);
+    detail::ConvScratch<T> scratch;
+    for (Index b = 0; b < n; ++b) {
+      const T* row = pi.data() + b * kernels();
+      detail::aggregate(packed_.data(), kernels(), geometry_.weight_size(), row, kernel.data());
+      if (has_bias()) detail::aggregate(bias_.data(), kernels(), cout, row, bias.data());
+      detail::run_conv(algorithm_, geometry_, x.data() + b * h * w * geometry_.in_channels, h, w,
+                       kernel.data(), has_bias() ? bias.data() : nullptr,
+                       y.data() + b * oh * ow * cout, scratch);
+    }
+    return y;
+  }
+
+  /// Parameters and multiply-adds (conv, attention with GAP, aggregation) of one sample of
+  /// size in_h x in_w, as paper.md counts them.
+  LayerCost cost(Index in_h, Index in_w) const {
+    LayerCost c;
+    const Index k = kernels(), cout = geometry_.out_channels, size = geometry_.weight_size();
+    c.params = k * size + (has_bias() ? k * cout : 0) + attention_.params();
+    c.conv_madds = geometry_.out_h(in_h) * geometry_.out_w(in_w) * size;
+    c.attention_madds = attention_.madds(in_h, in_w);
+    c.aggregation_madds = k * size + (has_bias() ? k * cout : 0);
+    return c;
+  }
+
+ private:
+  KernelAttentionOptions validated_attention_options() const {
+    // Report attention option errors under this layer's description.
+    if (options_.kernels() < 1)
+      detail::fail<OptionsError>(layer_, ": kernels=", options_.kernels(), " must be >= 1");
+    detail::check_temperature(layer_, options_.temperature());
+    return options_.attention_options();
+  }
+
+  std::array<Index, 5> weight_shape() const {
+    return {kernels(), geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
+            geometry_.kernel_w};
+  }
+
+  DynamicConv2dOptions options_;
+  std::string layer_;
+  KernelAttention<T> attention_;
+  ConvGeometry geometry_;
+  ConvAlgorithm algorithm_;
+  std::vector<T> packed_;  // K kernels, each in the packed_index() layout of algorithm_
+  std::vector<T> bias_;    // [K, Cout] or empty
+};
+
+}  // namespace dynconv

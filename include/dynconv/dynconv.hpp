@@ -1,0 +1,16 @@
+// dynconv: dynamic convolution on Eigen tensors. The umbrella header: includes every public
+// part of the library.
+#pragma once
+
+#include <dynconv/activation.hpp>
+#include <dynconv/attention.hpp>
+#include <dynconv/batchnorm.hpp>
+#include <dynconv/conv2d.hpp>
+#include <dynconv/conv_geometry.hpp>
+#include <dynconv/conv_options.hpp>
+#include <dynconv/dynamic_conv2d.hpp>
+#include <dynconv/error.hpp>
+#include <dynconv/linear.hpp>
+#include <dynconv/pooling.hpp>
+#include <dynconv/safetensors.hpp>
+#include <dynconv/tensor.hpp>

@@ -1,0 +1,107 @@
+// dynconv: fully connected layer.
+//
+// Linear<T>: y = x W^T + b. Input [N, in_features] -> output [N, out_features];
+// weight [out_features, in_features] (PyTorch's order), bias [out_features].
+#pragma once
+
+#include <dynconv/error.hpp>
+#include <dynconv/tensor.hpp>
+
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/conv_kernels.hpp>
+
+#include <cmath>
+#include <string>
+
+namespace dynconv {
+
+struct LinearOptions {
+  LinearOptions(Index in_features, Index out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+  Index in_features() const { return in_features_; }
+  Index out_features() const { return out_features_; }
+  /// Whether the layer adds a bias. Default true.
+  LinearOptions& bias(bool b) { bias_ = b; return *this; }
+  bool bias() const { return bias_; }
+  /// A name for error messages. Default empty.
+  LinearOptions& name(std::string n) { name_ = std::move(n); return *this; }
+  const std::string& name() const { return name_; }
+
+ private:
+  Index in_features_, out_features_;
+  bool bias_ = true;
+  std::string name_;
+};
+
+template <typename T>
+class Linear {
+  static_assert(std::is_floating_point<T>::value,
+                "dynconv::Linear<T>: T must be a floating-point type (float or double)");
+
+ public:
+  /// Validates the options and initialises weight and bias uniformly in +-1/sqrt(in_features).
+  explicit Linear(const LinearOptions& options) : options_(options) {
+    const std::string head = options.name().empty() ? "" : options.name() + ": ";
+    layer_ = detail::concat(head, "Linear(", options.in_features(), " -> ",
+                            options.out_features(), ')');
+    if (options.in_features() < 1 || options.out_features() < 1)
+      detail::fail<OptionsError>(layer_, ": in_features=", options.in_features(),
+                                 " and out_features=", options.out_features(), " must be >= 1");
+    const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features()));
+    weight_ = Tensor2<T>(options.out_features(), options.in_features());
+    detail::init_uniform(weight_.data(), weight_.size(), bound, 3);
+    bias_ = Tensor1<T>(options.out_features());
+    if (options.bias())
+      detail::init_uniform(bias_.data(), bias_.size(), bound, 4);
+    else
+      bias_.setZero();
+  }
+
+  const LinearOptions& options() const { return options_; }
+  const std::string& description() const { return layer_; }
+  Index in_features() const { return options_.in_features(); }
+  Index out_features() const { return options_.out_features(); }
+
+  /// [out_features, in_features]
+  const Tensor2<T>& weight() const { return weight_; }
+  void set_weight(const Tensor2<T>& w) {
+    detail::check_shape<T, 2>(layer_, "weight", w, {out_features(), in_features()});
+    weight_ = w;
+  }
+  /// [out_features]; zeros for a layer without bias.
+  const Tensor1<T>& bias() const { return bias_; }
+  void set_bias(const Tensor1<T>& b) {
+    detail::check_shape<T, 1>(layer_, "bias", b, {out_features()});
+    bias_ = b;
+  }
+
+  /// [N, in_features] -> [N, out_features]
+  Tensor2<T> forward(const Tensor2<T>& x) const {
+    if (x.dimension(1) != in_features())
+      detail::fail<ShapeError>(layer_, ": input ", shape_str(x.dimensions()), " has ",
+                               x.dimension(1), " features, expected in_features=", in_features());
+    const Index n = x.dimension(0);
+    Tensor2<T> y(n, out_features());
+    using Mat = detail::RowMajorMatrix<T>;
+    Eigen::Map<const Mat> xm(x.data(), n, in_features());
+    Eigen::Map<const Mat> wm(weight_.data(), out_features(), in_features());
+    Eigen::Map<Mat> ym(y.data(), n, out_features());
+    ym.noalias() = xm * wm.transpose();
+    ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias_.data(), out_features());
+    return y;
+  }
+
+  /// Parameters and multiply-adds for one sample.
+  std::int64_t params() const {
+    return in_features() * out_features() + (options_.bias() ? out_features() : 0);
+  }
+  std::int64_t madds() const { return in_features() * out_features(); }
+
+ private:
+  LinearOptions options_;
+  std::string layer_;
+  Tensor2<T> weight_;
+  Tensor1<T> bias_;
+};
+
+}  // namespace dynconv
