@@ -1,0 +1,491 @@
+// DynamicConv2d: a naive reference of the whole operator, and the math facts of paper.md.
+#include <dynconv/dynamic_conv2d.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+
+using dynconv::ConvAlgorithm;
+using dynconv::DynamicConv2d;
+using dynconv::DynamicConv2dOptions;
+using dynconv::Index;
+using dynconv::Tensor1;
+using dynconv::Tensor2;
+using dynconv::Tensor4;
+using dynconv::Tensor5;
+
+/// Randomises every parameter; attention FCs get a large range so pi is far from uniform.
+template <typename T>
+void randomize(DynamicConv2d<T>& layer, unsigned seed) {
+  Tensor5<T> w = layer.weight();
+  ref::fill_random(w, seed);
+  layer.set_weight(w);
+  if (layer.has_bias()) {
+    Tensor2<T> b = layer.bias();
+    ref::fill_random(b, seed + 1);
+    layer.set_bias(b);
+  }
+  auto& att = layer.attention();
+  Tensor2<T> w1 = att.fc1().weight(), w2 = att.fc2().weight();
+  Tensor1<T> b1 = att.fc1().bias(), b2 = att.fc2().bias();
+  ref::fill_random(w1, seed + 2, -2, 2);
+  ref::fill_random(b1, seed + 3, -0.5, 1);
+  ref::fill_random(w2, seed + 4, -4, 4);
+  ref::fill_random(b2, seed + 5, -1, 1);
+  att.fc1().set_weight(w1);
+  att.fc1().set_bias(b1);
+  att.fc2().set_weight(w2);
+  att.fc2().set_bias(b2);
+}
+
+/// The attention by hand: GAP -> fc1 -> ReLU -> fc2 -> softmax(z / tau), in double.
+template <typename T>
+std::vector<std::vector<double>> reference_attention(const DynamicConv2d<T>& layer,
+                                                     const Tensor4<T>& x) {
+  const auto& att = layer.attention();
+  const Index n = x.dimension(0), c = x.dimension(1), hw = x.dimension(2) * x.dimension(3);
+  const Index hidden = att.hidden(), k = att.kernels();
+  std::vector<std::vector<double>> pi(n, std::vector<double>(k));
+  for (Index b = 0; b < n; ++b) {
+    std::vector<double> s(c, 0.0), h(hidden), z(k);
+    for (Index ch = 0; ch < c; ++ch) {
+      for (Index p = 0; p < hw; ++p) s[ch] += x(b, ch, p / x.dimension(3), p % x.dimension(3));
+      s[ch] /= static_cast<double>(hw);
+    }
+    for (Index j = 0; j < hidden; ++j) {
+      double acc = att.fc1().bias()(j);
+      for (Index ch = 0; ch < c; ++ch) acc += att.fc1().weight()(j, ch) * s[ch];
+      h[j] = std::max(acc, 0.0);
+    }
+    double top = -1e300;
+    for (Index i = 0; i < k; ++i) {
+      double acc = att.fc2().bias()(i);
+      for (Index j = 0; j < hidden; ++j) acc += att.fc2().weight()(i, j) * h[j];
+      z[i] = acc / static_cast<double>(att.temperature());
+      top = std::max(top, z[i]);
+    }
+    double sum = 0;
+    for (Index i = 0; i < k; ++i) sum += (pi[b][i] = std::exp(z[i] - top));
+    for (Index i = 0; i < k; ++i) pi[b][i] /= sum;
+  }
+  return pi;
+}
+
+/// The whole operator by hand: per sample, mix the kernels and run the naive convolution.
+template <typename T>
+Tensor4<double> reference_forward(const DynamicConv2d<T>& layer, const Tensor4<T>& x) {
+  const auto pi = reference_attention(layer, x);
+  const Tensor5<T> w = layer.weight();
+  const Tensor2<T> b = layer.bias();
+  const auto& g = layer.geometry();
+  const Index n = x.dimension(0), k = layer.kernels();
+  ref::Conv p{g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups};
+  Tensor4<double> out;
+  for (Index s = 0; s < n; ++s) {
+    Tensor4<double> ws(w.dimension(1), w.dimension(2), w.dimension(3), w.dimension(4));
+    ws.setZero();
+    std::vector<double> bs(g.out_channels, 0.0);
+    for (Index i = 0; i < k; ++i) {
+      for (Index e = 0; e < ws.size(); ++e) ws.data()[e] += pi[s][i] * w.data()[i * ws.size() + e];
+      for (Index c = 0; c < g.out_channels; ++c) bs[c] += pi[s][i] * b(i, c);
+    }
+    Tensor4<double> xs(1, x.dimension(1), x.dimension(2), x.dimension(3));
+    for (Index e = 0; e < xs.size(); ++e) xs.data()[e] = x.data()[s * xs.size() + e];
+    const Tensor4<double> ys = ref::conv2d(xs, ws, layer.has_bias() ? bs.data() : nullptr, p);
+    if (s == 0) out = Tensor4<double>(n, ys.dimension(1), ys.dimension(2), ys.dimension(3));
+    for (Index e = 0; e < ys.size(); ++e) out.data()[s * ys.size() + e] = ys.data()[e];
+  }
+  return out;
+}
+
+struct Case {
+  const char* name;
+  Index n, cin, cout, h, w, k, kernel, stride, pad, dil, groups;
+  bool bias;
+  double tau;
+};
+
+// clang-format off
+const Case kCases[] = {
+  // name                 n cin cout  h   w  K kern s  p  d   g  bias  tau
+  {"pw_k4",               2, 16, 24,  7,  7, 4, 1, 1, 0, 1,  1, true,  1.0},
+  {"pw_k8_stride2",       3,  8, 16,  9,  8, 8, 1, 2, 0, 1,  1, false, 1.0},
+  {"pw_groups2",          2,  8,  8,  5,  5, 4, 1, 1, 0, 1,  2, true,  0.5},
+  {"c3x3_k4",             3,  6, 10,  8,  9, 4, 3, 1, 1, 1,  1, true,  1.0},
+  {"c3x3_stride2_k2",     2,  8,  8, 11, 11, 2, 3, 2, 1, 1,  1, false, 1.0},
+  {"c3x3_dil2_tau30",     2,  4,  6, 10, 10, 4, 3, 1, 2, 2,  1, true, 30.0},
+  {"c3x3_groups4",        3, 16,  8,  6,  7, 4, 3, 1, 1, 1,  4, true,  1.0},
+  {"c5x5_k3",             2,  4,  4,  9,  9, 3, 5, 1, 2, 1,  1, true,  1.0},
+  {"c7x7_stride2",        2,  3,  8, 16, 16, 4, 7, 2, 3, 1,  1, false, 1.0},
+  {"dw3x3",               3, 12, 12,  8,  8, 4, 3, 1, 1, 1, 12, true,  1.0},
+  {"dw3x3_stride2",       2, 16, 16,  9, 10, 4, 3, 2, 1, 1, 16, false, 1.0},
+  {"dw5x5",               2,  8,  8,  7,  7, 4, 5, 1, 2, 1,  8, true,  1.0},
+};
+// clang-format on
+
+struct Param {
+  Case c;
+  ConvAlgorithm algo;
+};
+
+void PrintTo(const Param& p, std::ostream* os) {
+  *os << p.c.name << " with " << dynconv::algorithm_name(p.algo);
+}
+
+DynamicConv2dOptions options_of(const Case& c, ConvAlgorithm algo = ConvAlgorithm::Auto) {
+  return DynamicConv2dOptions(c.cin, c.cout, c.kernel)
+      .stride(c.stride)
+      .padding(c.pad)
+      .dilation(c.dil)
+      .groups(c.groups)
+      .bias(c.bias)
+      .kernels(c.k)
+      .temperature(c.tau)
+      .min_hidden(4)  // a single ReLU unit may be dead for every sample: constant attention
+      .algorithm(algo);
+}
+
+std::vector<Param> all_params() {
+  std::vector<Param> out;
+  for (const Case& c : kCases) {
+    const dynconv::ConvGeometry g = options_of(c).geometry();
+    for (ConvAlgorithm a :
+         {ConvAlgorithm::Pointwise, ConvAlgorithm::Depthwise, ConvAlgorithm::Im2colGemm})
+      if (dynconv::algorithm_supports(a, g)) out.push_back({c, a});
+  }
+  return out;
+}
+
+template <typename T>
+Tensor4<T> random_input(const Case& c, unsigned seed) {
+  Tensor4<T> x(c.n, c.cin, c.h, c.w);
+  ref::fill_random(x, seed, -1, 1);
+  // A per-sample, per-channel offset, so that the pooled features (and so the attention)
+  // differ clearly between samples.
+  Tensor2<T> offset(c.n, c.cin);
+  ref::fill_random(offset, seed + 100, -2, 2);
+  for (Index e = 0; e < x.size(); ++e) x.data()[e] += offset.data()[e / (c.h * c.w)];
+  return x;
+}
+
+template <typename T>
+double max_abs_diff_between_rows(const Tensor2<T>& pi) {
+  double d = 0;
+  for (Index b = 1; b < pi.dimension(0); ++b)
+    for (Index k = 0; k < pi.dimension(1); ++k)
+      d = std::max(d, std::abs(static_cast<double>(pi(b, k) - pi(0, k))));
+  return d;
+}
+
+class DynamicReference : public ::testing::TestWithParam<Param> {
+ protected:
+  template <typename T>
+  void check() {
+    const Case& c = GetParam().c;
+    DynamicConv2d<T> layer(options_of(c, GetParam().algo));
+    ASSERT_EQ(layer.algorithm(), GetParam().algo);
+    randomize(layer, 7);
+    const Tensor4<T> x = random_input<T>(c, 11);
+    Tensor2<T> pi;
+    const Tensor4<T> y = layer.forward(x, &pi);
+    const Tensor4<double> expected = reference_forward(layer, x);
+    ASSERT_EQ(dynconv::shape_str(y.dimensions()), dynconv::shape_str(expected.dimensions()));
+    EXPECT_LE(ref::rel_error(y, expected), ref::tolerance<T>());
+
+    const auto pi_ref = reference_attention(layer, x);
+    for (Index b = 0; b < c.n; ++b)
+      for (Index k = 0; k < c.k; ++k)
+        EXPECT_NEAR(pi(b, k), pi_ref[b][k], 10 * ref::tolerance<T>()) << "sample " << b << " kernel " << k;
+    // The samples must really get different kernels, or the test would prove little.
+    if (c.k > 1 && c.tau < 10) {
+      EXPECT_GT(max_abs_diff_between_rows(pi), 1e-3);
+    }
+
+    const Tensor4<T> y_nhwc =
+        dynconv::nhwc_to_nchw(layer.forward_nhwc(dynconv::nchw_to_nhwc(x)));
+    EXPECT_LE(ref::rel_error(y_nhwc, expected), ref::tolerance<T>()) << "NHWC";
+  }
+};
+
+TEST_P(DynamicReference, Float) { check<float>(); }
+TEST_P(DynamicReference, Double) { check<double>(); }
+
+INSTANTIATE_TEST_SUITE_P(Table, DynamicReference, ::testing::ValuesIn(all_params()),
+                         [](const ::testing::TestParamInfo<Param>& info) {
+                           return std::string(info.param.c.name) + "_" +
+                                  dynconv::algorithm_name(info.param.algo);
+                         });
+
+// ---- The math facts of paper.md, in float and double --------------------------------------
+
+template <typename T>
+class DynamicFacts : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(DynamicFacts, Scalars);
+
+// Cases the facts are checked on: dense 3x3, grouped, depthwise, 1x1 strided.
+const Case& fact_case(int i) {
+  static const Case cases[] = {kCases[3], kCases[6], kCases[9], kCases[1]};
+  return cases[i];
+}
+constexpr int kFactCases = 4;
+
+TYPED_TEST(DynamicFacts, OneKernelEqualsConv2d) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    Case c = fact_case(i);
+    c.k = 1;
+    SCOPED_TRACE(c.name);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 3);
+    dynconv::Conv2d<T> conv(dynconv::Conv2dOptions(c.cin, c.cout, c.kernel)
+                                .stride(c.stride)
+                                .padding(c.pad)
+                                .dilation(c.dil)
+                                .groups(c.groups)
+                                .bias(c.bias));
+    const Tensor5<T> w5 = dyn.weight();
+    Tensor4<T> w4(c.cout, c.cin / c.groups, c.kernel, c.kernel);
+    std::copy(w5.data(), w5.data() + w5.size(), w4.data());
+    conv.set_weight(w4);
+    if (c.bias) {
+      const Tensor2<T> b2 = dyn.bias();
+      Tensor1<T> b1(c.cout);
+      std::copy(b2.data(), b2.data() + b2.size(), b1.data());
+      conv.set_bias(b1);
+    }
+    const Tensor4<T> x = random_input<T>(c, 5);
+    Tensor2<T> pi;
+    const Tensor4<T> y = dyn.forward(x, &pi);
+    for (Index b = 0; b < c.n; ++b) EXPECT_EQ(pi(b, 0), T(1));
+    EXPECT_LE(ref::rel_error(y, conv.forward(x)), ref::tolerance<T>());
+  }
+}
+
+TYPED_TEST(DynamicFacts, OneHotAttentionSelectsItsKernel) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    const Case& c = fact_case(i);
+    SCOPED_TRACE(c.name);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 4);
+    const Tensor4<T> x = random_input<T>(c, 6);
+    const Tensor5<T> w = dyn.weight();
+    const Tensor2<T> bias = dyn.bias();
+    const auto& g = dyn.geometry();
+    ref::Conv p{g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups};
+    for (Index k = 0; k < c.k; ++k) {
+      Tensor4<T> wk(c.cout, c.cin / c.groups, c.kernel, c.kernel);
+      std::copy(w.data() + k * wk.size(), w.data() + (k + 1) * wk.size(), wk.data());
+      const Tensor4<double> expected =
+          ref::conv2d(x, wk, c.bias ? bias.data() + k * c.cout : nullptr, p);
+      // Through convolve() with an explicit one-hot attention ...
+      Tensor2<T> onehot(c.n, c.k);
+      onehot.setZero();
+      for (Index b = 0; b < c.n; ++b) onehot(b, k) = T(1);
+      EXPECT_LE(ref::rel_error(dyn.convolve(x, onehot), expected), ref::tolerance<T>()) << "kernel " << k;
+      // ... and through the layer's own attention driven to one-hot by its fc2 bias.
+      DynamicConv2d<T> forced = dyn;
+      Tensor2<T> w2 = forced.attention().fc2().weight();
+      w2.setZero();
+      forced.attention().fc2().set_weight(w2);
+      Tensor1<T> b2(c.k);
+      b2.setZero();
+      b2(k) = T(800);  // exp(-800) underflows to exactly 0 in double and float
+      forced.attention().fc2().set_bias(b2);
+      Tensor2<T> pi;
+      EXPECT_LE(ref::rel_error(forced.forward(x, &pi), expected), ref::tolerance<T>()) << "kernel " << k;
+      EXPECT_EQ(pi(0, k), T(1));
+    }
+  }
+}
+
+TYPED_TEST(DynamicFacts, AggregateThenConvolveEqualsConvolveEachThenMix) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    const Case& c = fact_case(i);
+    SCOPED_TRACE(c.name);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 8);
+    const Tensor4<T> x = random_input<T>(c, 9);
+    Tensor2<T> pi;
+    const Tensor4<T> y = dyn.forward(x, &pi);
+    // sum_k pi[n, k] * conv(x_n, W_k, b_k), each conv computed by the layer itself (one-hot).
+    Tensor4<double> mixed(y.dimensions());
+    mixed.setZero();
+    for (Index k = 0; k < c.k; ++k) {
+      Tensor2<T> onehot(c.n, c.k);
+      onehot.setZero();
+      for (Index b = 0; b < c.n; ++b) onehot(b, k) = T(1);
+      const Tensor4<T> yk = dyn.convolve(x, onehot);
+      const Index per_sample = yk.size() / c.n;
+      for (Index e = 0; e < yk.size(); ++e)
+        mixed.data()[e] += static_cast<double>(pi(e / per_sample, k)) * yk.data()[e];
+    }
+    EXPECT_LE(ref::rel_error(y, mixed), ref::tolerance<T>());
+  }
+}
+
+TYPED_TEST(DynamicFacts, AggregatedKernelIsTheAttentionWeightedSum) {
+  using T = TypeParam;
+  const Case& c = fact_case(1);
+  DynamicConv2d<T> dyn(options_of(c));
+  randomize(dyn, 12);
+  Tensor1<T> pi(c.k);
+  pi.setValues({T(0.1), T(0.2), T(0.3), T(0.4)});
+  const Tensor4<T> agg = dyn.aggregated_weight(pi);
+  const Tensor1<T> agg_b = dyn.aggregated_bias(pi);
+  const Tensor5<T> w = dyn.weight();
+  const Tensor2<T> b = dyn.bias();
+  double err = 0;
+  for (Index e = 0; e < agg.size(); ++e) {
+    double s = 0;
+    for (Index k = 0; k < c.k; ++k) s += static_cast<double>(pi(k)) * w.data()[k * agg.size() + e];
+    err = std::max(err, std::abs(s - agg.data()[e]));
+  }
+  for (Index o = 0; o < c.cout; ++o) {
+    double s = 0;
+    for (Index k = 0; k < c.k; ++k) s += static_cast<double>(pi(k)) * b(k, o);
+    err = std::max(err, std::abs(s - agg_b(o)));
+  }
+  EXPECT_LE(err, 10 * ref::tolerance<T>());
+}
+
+TYPED_TEST(DynamicFacts, AttentionRowsSumToOneAndFlattenAsTauGrows) {
+  using T = TypeParam;
+  const Case& c = fact_case(0);
+  const Tensor4<T> x = random_input<T>(c, 13);
+  double previous_spread = 2.0;
+  for (double tau : {0.25, 1.0, 4.0, 30.0, 1000.0}) {
+    DynamicConv2d<T> dyn(options_of(c).temperature(tau));
+    randomize(dyn, 14);
+    Tensor2<T> pi;
+    dyn.forward(x, &pi);
+    double spread = 0;
+    for (Index b = 0; b < c.n; ++b) {
+      double sum = 0, lo = 1, hi = 0;
+      for (Index k = 0; k < c.k; ++k) {
+        sum += pi(b, k);
+        lo = std::min<double>(lo, pi(b, k));
+        hi = std::max<double>(hi, pi(b, k));
+      }
+      EXPECT_NEAR(sum, 1.0, 10 * ref::tolerance<T>()) << "tau " << tau << " sample " << b;
+      spread = std::max(spread, hi - lo);
+    }
+    EXPECT_LT(spread, previous_spread) << "tau " << tau;
+    previous_spread = spread;
+  }
+  EXPECT_LT(previous_spread, 0.01);  // tau = 1000: nearly uniform
+}
+
+TYPED_TEST(DynamicFacts, BatchEqualsSeparateCalls) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    Case c = fact_case(i);
+    c.n = 3;
+    SCOPED_TRACE(c.name);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 15);
+    const Tensor4<T> x = random_input<T>(c, 16);
+    Tensor2<T> pi;
+    const Tensor4<T> y = dyn.forward(x, &pi);
+    EXPECT_GT(max_abs_diff_between_rows(pi), 1e-3);  // the three samples get different kernels
+    const Index in_size = x.size() / 3, out_size = y.size() / 3;
+    for (Index b = 0; b < 3; ++b) {
+      Tensor4<T> xb(1, c.cin, c.h, c.w);
+      std::copy(x.data() + b * in_size, x.data() + (b + 1) * in_size, xb.data());
+      const Tensor4<T> yb = dyn.forward(xb);
+      Tensor4<T> slice(yb.dimensions());
+      std::copy(y.data() + b * out_size, y.data() + (b + 1) * out_size, slice.data());
+      // Not bit-identical: the attention FCs run as a GEMM over 3 rows vs a GEMV over 1.
+      EXPECT_LE(ref::rel_error(slice, yb), ref::tolerance<T>()) << "sample " << b;
+    }
+  }
+}
+
+TYPED_TEST(DynamicFacts, BatchNormFoldsExactlyIntoAllKernels) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    const Case& c = fact_case(i);
+    SCOPED_TRACE(c.name);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 17);
+    dynconv::BatchNorm2d<T> bn(dynconv::BatchNorm2dOptions(c.cout).eps(1e-3));
+    Tensor1<T> gamma(c.cout), beta(c.cout), mean(c.cout), var(c.cout);
+    ref::fill_random(gamma, 18, 0.5, 2);
+    ref::fill_random(beta, 19);
+    ref::fill_random(mean, 20);
+    ref::fill_random(var, 21, 0.1, 3);
+    bn.set_weight(gamma);
+    bn.set_bias(beta);
+    bn.set_running_mean(mean);
+    bn.set_running_var(var);
+    const Tensor4<T> x = random_input<T>(c, 22);
+    // BN by hand on top of the unfolded layer's output.
+    const Tensor4<T> y = dyn.forward(x);
+    Tensor4<double> expected(y.dimensions());
+    for (Index b = 0; b < y.dimension(0); ++b)
+      for (Index o = 0; o < y.dimension(1); ++o)
+        for (Index r = 0; r < y.dimension(2); ++r)
+          for (Index q = 0; q < y.dimension(3); ++q)
+            expected(b, o, r, q) = (y(b, o, r, q) - static_cast<double>(mean(o))) /
+                                       std::sqrt(static_cast<double>(var(o)) + 1e-3) * gamma(o) + beta(o);
+    Tensor2<T> pi_before, pi_after;
+    dyn.forward(x, &pi_before);
+    dyn.fold_batchnorm(bn);
+    EXPECT_TRUE(dyn.has_bias());
+    const Tensor4<T> folded = dyn.forward(x, &pi_after);
+    EXPECT_LE(ref::rel_error(pi_after, pi_before), 0.0);  // attention reads the input only
+    EXPECT_LE(ref::rel_error(folded, expected), 4 * ref::tolerance<T>());
+  }
+}
+
+TYPED_TEST(DynamicFacts, UpcycledStaticKernelComputesTheStaticLayer) {
+  using T = TypeParam;
+  for (int i = 0; i < kFactCases; ++i) {
+    const Case& c = fact_case(i);
+    SCOPED_TRACE(c.name);
+    dynconv::Conv2d<T> conv(dynconv::Conv2dOptions(c.cin, c.cout, c.kernel)
+                                .stride(c.stride)
+                                .padding(c.pad)
+                                .dilation(c.dil)
+                                .groups(c.groups)
+                                .bias(c.bias));
+    Tensor4<T> w = conv.weight();
+    ref::fill_random(w, 23);
+    conv.set_weight(w);
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 24);  // any attention
+    Tensor5<T> wk(c.k, w.dimension(0), w.dimension(1), w.dimension(2), w.dimension(3));
+    for (Index k = 0; k < c.k; ++k) std::copy(w.data(), w.data() + w.size(), wk.data() + k * w.size());
+    dyn.set_weight(wk);
+    if (c.bias) {
+      Tensor2<T> bk(c.k, c.cout);
+      for (Index k = 0; k < c.k; ++k)
+        for (Index o = 0; o < c.cout; ++o) bk(k, o) = conv.bias()(o);
+      dyn.set_bias(bk);
+    }
+    const Tensor4<T> x = random_input<T>(c, 25);
+    EXPECT_LE(ref::rel_error(dyn.forward(x), conv.forward(x)), ref::tolerance<T>());
+  }
+}
+
+TYPED_TEST(DynamicFacts, CostFollowsThePaperFormulas) {
+  using T = TypeParam;
+  // 32 -> 64, 3x3, stride 2, padding 1, K = 4, hidden = 32 / 4 = 8, bias, input 16x16.
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(32, 64, 3).stride(2).padding(1));
+  const dynconv::LayerCost cost = dyn.cost(16, 16);
+  const std::int64_t kernel = 64 * 32 * 3 * 3;
+  EXPECT_EQ(cost.conv_madds, 8 * 8 * kernel);
+  EXPECT_EQ(cost.attention_madds, 16 * 16 * 32 + 32 * 8 + 8 * 4);
+  EXPECT_EQ(cost.aggregation_madds, 4 * kernel + 4 * 64);
+  EXPECT_EQ(cost.params, 4 * kernel + 4 * 64 + (32 * 8 + 8) + (8 * 4 + 4));
+}
+
+}  // namespace
