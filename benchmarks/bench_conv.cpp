@@ -1,0 +1,106 @@
+// Static vs dynamic convolution on real layer shapes of MobileNetV2, MobileNetV3-Small and
+// ResNet-18 (224x224 input), batch 1 and 8, float, one thread.
+//
+// Names: Conv/<layer>/<static|dynamic>/batch:<B>. Counters:
+//   GFLOPS      2 x all multiply-adds of the batch (conv + attention + aggregation) per second
+//   peak_frac   GFLOPS / 113, the measured single-core FP32 FMA peak of this machine kind
+//   conv_madds, attention_madds, aggregation_madds   per sample, as paper.md counts them
+// Compare static and dynamic of the same layer and batch: they run in the same process.
+#include <dynconv/dynamic_conv2d.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+namespace {
+
+using dynconv::Index;
+
+struct Layer {
+  const char* name;
+  Index cin, cout, size, kernel, stride, groups;
+};
+
+// clang-format off
+const Layer kLayers[] = {
+  // name                      cin  cout size k  s  groups
+  {"mbv2_expand_24x144_56",     24,  144, 56, 1, 1, 1},
+  {"mbv2_dw3x3_144_s2_56",     144,  144, 56, 3, 2, 144},
+  {"mbv2_project_144x32_28",   144,   32, 28, 1, 1, 1},
+  {"mbv2_dw3x3_576_14",        576,  576, 14, 3, 1, 576},
+  {"mbv2_1x1_320x1280_7",      320, 1280,  7, 1, 1, 1},
+  {"mbv3s_expand_16x72_56",     16,   72, 56, 1, 1, 1},
+  {"mbv3s_dw5x5_240_14",       240,  240, 14, 5, 1, 240},
+  {"mbv3s_1x1_96x576_7",        96,  576,  7, 1, 1, 1},
+  {"r18_3x3_64_56",             64,   64, 56, 3, 1, 1},
+  {"r18_3x3_64x128_s2_56",      64,  128, 56, 3, 2, 1},
+  {"r18_3x3_128_28",           128,  128, 28, 3, 1, 1},
+  {"r18_3x3_256_14",           256,  256, 14, 3, 1, 1},
+  {"r18_3x3_512_7",            512,  512,  7, 3, 1, 1},
+};
+// clang-format on
+
+constexpr double kPeakGflops = 113.0;
+
+template <typename Options>
+Options shape_options(const Layer& l) {
+  return Options(l.cin, l.cout, l.kernel)
+      .stride(l.stride)
+      .padding(l.kernel / 2)
+      .groups(l.groups)
+      .bias(false);
+}
+
+void set_counters(benchmark::State& state, const dynconv::LayerCost& cost, Index batch) {
+  const double flops = 2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch);
+  state.counters["GFLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["conv_madds"] = static_cast<double>(cost.conv_madds);
+  state.counters["attention_madds"] = static_cast<double>(cost.attention_madds);
+  state.counters["aggregation_madds"] = static_cast<double>(cost.aggregation_madds);
+}
+
+
+template <typename Layer_t, typename Options>
+void run(benchmark::State& state, const Layer& l, Index batch) {
+  Layer_t layer(shape_options<Options>(l));
+  dynconv::Tensor4<float> x(batch, l.size, l.size, l.cin);
+  x.setRandom();
+  for (auto _ : state) {
+    dynconv::Tensor4<float> y = layer.forward_nhwc(x);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const dynconv::LayerCost cost = layer.cost(l.size, l.size);
+  set_counters(state, cost, batch);
+  // A rate too, so Google Benchmark divides by the time: prints as "<fraction>/s".
+  state.counters["peak_frac"] = benchmark::Counter(
+      2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (kPeakGflops * 1e9),
+      benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(dynconv::algorithm_name(layer.algorithm()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const Layer& l : kLayers)
+    for (Index batch : {1, 8}) {
+      const std::string suffix = "/batch:" + std::to_string(batch);
+      benchmark::RegisterBenchmark(
+          (std::string("Conv/") + l.name + "/static" + suffix).c_str(),
+          [l, batch](benchmark::State& s) { run<dynconv::Conv2d<float>, dynconv::Conv2dOptions>(s, l, batch); })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(
+          (std::string("Conv/") + l.name + "/dynamic" + suffix).c_str(),
+          [l, batch](benchmark::State& s) {
+            run<dynconv::DynamicConv2d<float>, dynconv::DynamicConv2dOptions>(s, l, batch);
+          })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
