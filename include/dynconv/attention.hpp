@@ -59,9 +59,32 @@ struct KernelAttentionOptions {
 
 namespace detail {
 
-inline void check_temperature(const std::string& layer, double tau) {
+/// tau must be finite and > 0 in the layer's scalar type T (1e-50 is 0 in float).
+template <typename T>
+void check_temperature(const std::string& layer, double tau) {
   if (!(tau > 0) || !std::isfinite(tau))
     fail<OptionsError>(layer, ": temperature=", tau, " must be finite and > 0");
+  const T t = static_cast<T>(tau);
+  if (!(t > T(0)) || !std::isfinite(t))
+    fail<OptionsError>(layer, ": temperature=", tau, " must be finite and > 0 in float (it is ",
+                       t, " there)");
+}
+
+/// Validates attention options, reporting errors under `layer` (the attention's own
+/// description, or the DynamicConv2d that owns it).
+template <typename T>
+void validate_attention(const std::string& layer, const KernelAttentionOptions& o) {
+  auto positive = [&](const char* what, Index v) {
+    if (v < 1) fail<OptionsError>(layer, ": ", what, '=', v, " must be >= 1");
+  };
+  positive("in_channels", o.in_channels());
+  positive("kernels", o.kernels());
+  positive("reduction", o.reduction());
+  positive("min_hidden", o.min_hidden());
+  if (o.hidden_channels() < 0)
+    fail<OptionsError>(layer, ": hidden_channels=", o.hidden_channels(),
+                       " must be >= 0 (0 derives it from reduction)");
+  check_temperature<T>(layer, o.temperature());
 }
 
 }  // namespace detail
@@ -87,7 +110,7 @@ class KernelAttention {
   const Linear<T>& fc2() const { return fc2_; }
   T temperature() const { return temperature_; }
   void set_temperature(double tau) {
-    detail::check_temperature(layer_, tau);
+    detail::check_temperature<T>(layer_, tau);
     temperature_ = static_cast<T>(tau);
   }
 
@@ -131,17 +154,7 @@ class KernelAttention {
     const std::string head = o.name().empty() ? "" : o.name() + ": ";
     layer_ = detail::concat(head, "KernelAttention(", o.in_channels(), " -> ", o.hidden(), " -> ",
                             o.kernels(), ')');
-    auto positive = [&](const char* what, Index v) {
-      if (v < 1) detail::fail<OptionsError>(layer_, ": ", what, '=', v, " must be >= 1");
-    };
-    positive("in_channels", o.in_channels());
-    positive("kernels", o.kernels());
-    positive("reduction", o.reduction());
-    positive("min_hidden", o.min_hidden());
-    if (o.hidden_channels() < 0)
-      detail::fail<OptionsError>(layer_, ": hidden_channels=", o.hidden_channels(),
-                                 " must be >= 0 (0 derives it from reduction)");
-    detail::check_temperature(layer_, o.temperature());
+    detail::validate_attention<T>(layer_, o);
     return o;
   }
 

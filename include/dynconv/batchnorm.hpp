@@ -42,6 +42,10 @@ class BatchNorm2d {
       detail::fail<OptionsError>(layer_, ": num_features=", options.num_features(), " must be >= 1");
     if (!(options.eps() > 0) || !std::isfinite(options.eps()))
       detail::fail<OptionsError>(layer_, ": eps=", options.eps(), " must be finite and > 0");
+    const T eps = static_cast<T>(options.eps());
+    if (!(eps > T(0)) || !std::isfinite(eps))
+      detail::fail<OptionsError>(layer_, ": eps=", options.eps(),
+                                 " must be finite and > 0 in float (it is ", eps, " there)");
     const Index c = options.num_features();
     weight_ = Tensor1<T>(c);
     weight_.setConstant(T(1));
@@ -66,6 +70,7 @@ class BatchNorm2d {
   void set_running_mean(const Tensor1<T>& m) { set(mean_, m, "running_mean"); }
   /// Every value must be >= 0.
   void set_running_var(const Tensor1<T>& v) {
+    detail::check_shape<T, 1>(layer_, "running_var", v, {num_features()});
     for (Index i = 0; i < v.size(); ++i)
       if (!(v(i) >= T(0)))
         detail::fail<OptionsError>(layer_, ": running_var[", i, "]=", v(i), " must be >= 0");

@@ -32,7 +32,6 @@
 
 #include <cmath>
 #include <string>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -55,57 +54,58 @@ class Conv2d {
   /// Validates the options (OptionsError) and initialises weight and bias uniformly in
   /// +-1/sqrt(Cin/groups*kh*kw) from a fixed seed, as PyTorch's default range.
   explicit Conv2d(const Conv2dOptions& options)
-      : options_(options), layer_(detail::describe_conv("Conv2d", options)) {
-    std::tie(geometry_, algorithm_) = detail::validate_conv(layer_, options);
-    const Index fan_in = geometry_.in_per_group() * geometry_.kernel_h * geometry_.kernel_w;
+      : options_(options),
+        layer_(detail::describe_conv("Conv2d", options)),
+        conv_(detail::validate_conv(layer_, options)) {
+    const Index fan_in = conv_.geometry.in_per_group() * conv_.geometry.kernel_h * conv_.geometry.kernel_w;
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-    packed_.resize(static_cast<std::size_t>(geometry_.weight_size()));
-    detail::init_uniform(packed_.data(), geometry_.weight_size(), bound, 1);
+    packed_.resize(static_cast<std::size_t>(conv_.geometry.weight_size()));
+    detail::init_uniform(packed_.data(), conv_.geometry.weight_size(), bound, 1);
     if (options.bias()) {
-      bias_.resize(static_cast<std::size_t>(geometry_.out_channels));
-      detail::init_uniform(bias_.data(), geometry_.out_channels, bound, 2);
+      bias_.resize(static_cast<std::size_t>(conv_.geometry.out_channels));
+      detail::init_uniform(bias_.data(), conv_.geometry.out_channels, bound, 2);
     }
   }
 
   const Conv2dOptions& options() const { return options_; }
-  const ConvGeometry& geometry() const { return geometry_; }
+  const ConvGeometry& geometry() const { return conv_.geometry; }
   /// The algorithm in use (the forced one, or the one select_conv_algorithm() picked).
-  ConvAlgorithm algorithm() const { return algorithm_; }
+  ConvAlgorithm algorithm() const { return conv_.algorithm; }
   /// "Conv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
   const std::string& description() const { return layer_; }
 
   /// [Cout, Cin/groups, kh, kw]
   Tensor4<T> weight() const {
     Tensor4<T> w(weight_shape());
-    detail::unpack_weights(algorithm_, geometry_, packed_.data(), w.data());
+    detail::unpack_weights(conv_.algorithm, conv_.geometry, packed_.data(), w.data());
     return w;
   }
   void set_weight(const Tensor4<T>& w) {
     detail::check_shape<T, 4>(layer_, "weight", w, weight_shape());
-    detail::pack_weights(algorithm_, geometry_, w.data(), packed_.data());
+    detail::pack_weights(conv_.algorithm, conv_.geometry, w.data(), packed_.data());
   }
   bool has_bias() const { return !bias_.empty(); }
   /// [Cout]; zeros when the layer has no bias.
   Tensor1<T> bias() const {
-    Tensor1<T> b(geometry_.out_channels);
+    Tensor1<T> b(conv_.geometry.out_channels);
     for (Index c = 0; c < b.size(); ++c) b(c) = has_bias() ? bias_[c] : T(0);
     return b;
   }
   /// Sets the bias [Cout]; a layer built with bias(false) gains one.
   void set_bias(const Tensor1<T>& b) {
-    detail::check_shape<T, 1>(layer_, "bias", b, {geometry_.out_channels});
+    detail::check_shape<T, 1>(layer_, "bias", b, {conv_.geometry.out_channels});
     bias_.assign(b.data(), b.data() + b.size());
   }
 
   /// Folds an inference BatchNorm2d that follows this layer into weight and bias, exactly:
   /// W' = s W, b' = s b + shift (s = bn.scale(), shift = bn.shift()).
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
-    if (bn.num_features() != geometry_.out_channels)
+    if (bn.num_features() != conv_.geometry.out_channels)
       detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
-                               ": num_features must equal out_channels=", geometry_.out_channels);
+                               ": num_features must equal out_channels=", conv_.geometry.out_channels);
     const Tensor1<T> s = bn.scale(), shift = bn.shift();
     Tensor4<T> w = weight();
-    const Index per_out = w.size() / geometry_.out_channels;
+    const Index per_out = w.size() / conv_.geometry.out_channels;
     for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s(i / per_out);
     Tensor1<T> b = bias();
     for (Index c = 0; c < b.size(); ++c) b(c) = s(c) * b(c) + shift(c);
@@ -115,43 +115,44 @@ class Conv2d {
 
   /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]
   Tensor4<T> forward(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, geometry_, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x, 1);
     return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x)));
   }
 
   /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]
   Tensor4<T> forward_nhwc(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, geometry_, x, 3);
+    detail::check_conv_input(layer_, conv_.geometry, x, 3);
     const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
-    const Index oh = geometry_.out_h(h), ow = geometry_.out_w(w);
-    Tensor4<T> y(n, oh, ow, geometry_.out_channels);
+    const Index oh = conv_.geometry.out_h(h), ow = conv_.geometry.out_w(w);
+    Tensor4<T> y(n, oh, ow, conv_.geometry.out_channels);
     detail::ConvScratch<T> scratch;
     for (Index b = 0; b < n; ++b)
-      detail::run_conv(algorithm_, geometry_, x.data() + b * h * w * geometry_.in_channels, h, w,
+      detail::run_conv(conv_.algorithm, conv_.geometry, x.data() + b * h * w * conv_.geometry.in_channels, h, w,
                        packed_.data(), has_bias() ? bias_.data() : nullptr,
-                       y.data() + b * oh * ow * geometry_.out_channels, scratch);
+                       y.data() + b * oh * ow * conv_.geometry.out_channels, scratch);
     return y;
   }
 
-  /// Parameters and multiply-adds for one sample of size in_h x in_w.
+  /// Parameters and multiply-adds for one sample of size in_h x in_w (ShapeError if the
+  /// input does not fit the kernel).
   LayerCost cost(Index in_h, Index in_w) const {
+    detail::check_fits(layer_, conv_.geometry, in_h, in_w, detail::concat(in_h, 'x', in_w));
     LayerCost c;
-    c.params = geometry_.weight_size() + (has_bias() ? geometry_.out_channels : 0);
-    c.conv_madds = geometry_.out_h(in_h) * geometry_.out_w(in_w) * geometry_.weight_size();
+    c.params = conv_.geometry.weight_size() + (has_bias() ? conv_.geometry.out_channels : 0);
+    c.conv_madds = conv_.geometry.out_h(in_h) * conv_.geometry.out_w(in_w) * conv_.geometry.weight_size();
     return c;
   }
 
  private:
   std::array<Index, 4> weight_shape() const {
-    return {geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
-            geometry_.kernel_w};
+    return {conv_.geometry.out_channels, conv_.geometry.in_per_group(), conv_.geometry.kernel_h,
+            conv_.geometry.kernel_w};
   }
 
   Conv2dOptions options_;
   std::string layer_;
-  ConvGeometry geometry_;
-  ConvAlgorithm algorithm_;
-  std::vector<T> packed_;  // packed_index() layout of algorithm_
+  detail::ResolvedConv conv_;
+  std::vector<T> packed_;  // packed_index() layout of conv_.algorithm
   std::vector<T> bias_;    // [Cout] or empty
 };
 

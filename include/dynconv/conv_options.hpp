@@ -118,9 +118,15 @@ std::string describe_conv(const char* kind, const Options& o) {
                 o.kernel_size()[0], 'x', o.kernel_size()[1], ')');
 }
 
+/// A validated convolution: its geometry and the algorithm that computes it (never Auto).
+struct ResolvedConv {
+  ConvGeometry geometry;
+  ConvAlgorithm algorithm;
+};
+
 /// Validates the shared convolution options; returns the geometry and the resolved algorithm.
 template <typename Options>
-std::pair<ConvGeometry, ConvAlgorithm> validate_conv(const std::string& layer, const Options& o) {
+ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   auto positive = [&](const char* what, Index v) {
     if (v < 1) fail<OptionsError>(layer, ": ", what, '=', v, " must be >= 1");
   };
@@ -155,6 +161,18 @@ std::pair<ConvGeometry, ConvAlgorithm> validate_conv(const std::string& layer, c
   return {g, algo};
 }
 
+/// Throws ShapeError unless an input of in_h x in_w (described by `input`) fits the kernel.
+inline void check_fits(const std::string& layer, const ConvGeometry& g, Index in_h, Index in_w,
+                       const std::string& input) {
+  if (in_h < 1 || in_w < 1)
+    fail<ShapeError>(layer, ": input ", input, " has no pixels (", in_h, 'x', in_w, ')');
+  if (!g.fits(in_h, in_w))
+    fail<ShapeError>(layer, ": input ", input, " is ", in_h, 'x', in_w,
+                     ", smaller than the dilated kernel ", g.dilation_h * (g.kernel_h - 1) + 1,
+                     'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding (", g.pad_h, ", ",
+                     g.pad_w, ")");
+}
+
 /// Checks an NHWC (channel_axis 3) or NCHW (channel_axis 1) input against the geometry.
 template <typename T>
 void check_conv_input(const std::string& layer, const ConvGeometry& g, const Tensor4<T>& x,
@@ -166,11 +184,7 @@ void check_conv_input(const std::string& layer, const ConvGeometry& g, const Ten
   if (c != g.in_channels)
     fail<ShapeError>(layer, ": input ", shape_str(x.dimensions()), " (", layout, ") has ", c,
                      " channels, expected in_channels=", g.in_channels);
-  if (!g.fits(h, w))
-    fail<ShapeError>(layer, ": input ", shape_str(x.dimensions()), " (", layout, ") is ", h, 'x',
-                     w, ", smaller than the dilated kernel ", g.dilation_h * (g.kernel_h - 1) + 1,
-                     'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding (", g.pad_h, ", ",
-                     g.pad_w, ")");
+  check_fits(layer, g, h, w, concat(shape_str(x.dimensions()), " (", layout, ')'));
 }
 
 }  // namespace detail

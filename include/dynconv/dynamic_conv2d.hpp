@@ -79,23 +79,23 @@ class DynamicConv2d {
   explicit DynamicConv2d(const DynamicConv2dOptions& options)
       : options_(options),
         layer_(detail::describe_conv("DynamicConv2d", options)),
+        conv_(detail::validate_conv(layer_, options)),
         attention_(validated_attention_options()) {
-    std::tie(geometry_, algorithm_) = detail::validate_conv(layer_, options);
-    const Index k = kernels(), size = geometry_.weight_size();
-    const Index fan_in = geometry_.in_per_group() * geometry_.kernel_h * geometry_.kernel_w;
+    const Index k = kernels(), size = conv_.geometry.weight_size();
+    const Index fan_in = conv_.geometry.in_per_group() * conv_.geometry.kernel_h * conv_.geometry.kernel_w;
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
     packed_.resize(static_cast<std::size_t>(k * size));
     for (Index i = 0; i < k; ++i)
       detail::init_uniform(packed_.data() + i * size, size, bound, 10 + static_cast<unsigned>(i));
     if (options.bias()) {
-      bias_.resize(static_cast<std::size_t>(k * geometry_.out_channels));
-      detail::init_uniform(bias_.data(), k * geometry_.out_channels, bound, 9);
+      bias_.resize(static_cast<std::size_t>(k * conv_.geometry.out_channels));
+      detail::init_uniform(bias_.data(), k * conv_.geometry.out_channels, bound, 9);
     }
   }
 
   const DynamicConv2dOptions& options() const { return options_; }
-  const ConvGeometry& geometry() const { return geometry_; }
-  ConvAlgorithm algorithm() const { return algorithm_; }
+  const ConvGeometry& geometry() const { return conv_.geometry; }
+  ConvAlgorithm algorithm() const { return conv_.algorithm; }
   /// "DynamicConv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
   const std::string& description() const { return layer_; }
   Index kernels() const { return options_.kernels(); }
@@ -106,63 +106,63 @@ class DynamicConv2d {
   /// [K, Cout, Cin/groups, kh, kw]
   Tensor5<T> weight() const {
     Tensor5<T> w(weight_shape());
-    const Index size = geometry_.weight_size();
+    const Index size = conv_.geometry.weight_size();
     for (Index k = 0; k < kernels(); ++k)
-      detail::unpack_weights(algorithm_, geometry_, packed_.data() + k * size, w.data() + k * size);
+      detail::unpack_weights(conv_.algorithm, conv_.geometry, packed_.data() + k * size, w.data() + k * size);
     return w;
   }
   void set_weight(const Tensor5<T>& w) {
     detail::check_shape<T, 5>(layer_, "weight", w, weight_shape());
-    const Index size = geometry_.weight_size();
+    const Index size = conv_.geometry.weight_size();
     for (Index k = 0; k < kernels(); ++k)
-      detail::pack_weights(algorithm_, geometry_, w.data() + k * size, packed_.data() + k * size);
+      detail::pack_weights(conv_.algorithm, conv_.geometry, w.data() + k * size, packed_.data() + k * size);
   }
   bool has_bias() const { return !bias_.empty(); }
   /// [K, Cout]; zeros when the layer has no bias.
   Tensor2<T> bias() const {
-    Tensor2<T> b(kernels(), geometry_.out_channels);
+    Tensor2<T> b(kernels(), conv_.geometry.out_channels);
     for (Index i = 0; i < b.size(); ++i) b.data()[i] = has_bias() ? bias_[i] : T(0);
     return b;
   }
   /// Sets the K biases [K, Cout]; a layer built with bias(false) gains them.
   void set_bias(const Tensor2<T>& b) {
-    detail::check_shape<T, 2>(layer_, "bias", b, {kernels(), geometry_.out_channels});
+    detail::check_shape<T, 2>(layer_, "bias", b, {kernels(), conv_.geometry.out_channels});
     bias_.assign(b.data(), b.data() + b.size());
   }
 
   /// The kernel sum_k pi[k] W_k [Cout, Cin/groups, kh, kw] for one attention row pi [K].
   Tensor4<T> aggregated_weight(const Tensor1<T>& pi) const {
     detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
-    std::vector<T> mixed(static_cast<std::size_t>(geometry_.weight_size()));
-    detail::aggregate(packed_.data(), kernels(), geometry_.weight_size(), pi.data(), mixed.data());
-    Tensor4<T> w(geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
-                 geometry_.kernel_w);
-    detail::unpack_weights(algorithm_, geometry_, mixed.data(), w.data());
+    std::vector<T> mixed(static_cast<std::size_t>(conv_.geometry.weight_size()));
+    detail::aggregate(packed_.data(), kernels(), conv_.geometry.weight_size(), pi.data(), mixed.data());
+    Tensor4<T> w(conv_.geometry.out_channels, conv_.geometry.in_per_group(), conv_.geometry.kernel_h,
+                 conv_.geometry.kernel_w);
+    detail::unpack_weights(conv_.algorithm, conv_.geometry, mixed.data(), w.data());
     return w;
   }
   /// The bias sum_k pi[k] b_k [Cout] for one attention row pi [K] (zeros without bias).
   Tensor1<T> aggregated_bias(const Tensor1<T>& pi) const {
     detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
-    Tensor1<T> b(geometry_.out_channels);
+    Tensor1<T> b(conv_.geometry.out_channels);
     b.setZero();
     if (has_bias())
-      detail::aggregate(bias_.data(), kernels(), geometry_.out_channels, pi.data(), b.data());
+      detail::aggregate(bias_.data(), kernels(), conv_.geometry.out_channels, pi.data(), b.data());
     return b;
   }
 
   /// Folds an inference BatchNorm2d that follows this layer into all K kernels and biases,
   /// exactly (because every attention row sums to 1): W_k' = s W_k, b_k' = s b_k + shift.
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
-    if (bn.num_features() != geometry_.out_channels)
+    if (bn.num_features() != conv_.geometry.out_channels)
       detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
-                               ": num_features must equal out_channels=", geometry_.out_channels);
+                               ": num_features must equal out_channels=", conv_.geometry.out_channels);
     const Tensor1<T> s = bn.scale(), shift = bn.shift();
     Tensor5<T> w = weight();
-    const Index per_out = w.size() / (kernels() * geometry_.out_channels);
-    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s((i / per_out) % geometry_.out_channels);
+    const Index per_out = w.size() / (kernels() * conv_.geometry.out_channels);
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s((i / per_out) % conv_.geometry.out_channels);
     Tensor2<T> b = bias();
     for (Index i = 0; i < b.size(); ++i) {
-      const Index c = i % geometry_.out_channels;
+      const Index c = i % conv_.geometry.out_channels;
       b.data()[i] = s(c) * b.data()[i] + shift(c);
     }
     set_weight(w);
@@ -171,12 +171,12 @@ class DynamicConv2d {
 
   /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]. If `attention` is given, it receives pi [N, K].
   Tensor4<T> forward(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
-    detail::check_conv_input(layer_, geometry_, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x, 1);
     return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x), attention));
   }
   /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]. If `attention` is given, it receives pi [N, K].
   Tensor4<T> forward_nhwc(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
-    detail::check_conv_input(layer_, geometry_, x, 3);
+    detail::check_conv_input(layer_, conv_.geometry, x, 3);
     Tensor2<T> pi = attention_.forward_nhwc(x);
     Tensor4<T> y = convolve_nhwc(x, pi);
     if (attention) *attention = std::move(pi);
@@ -186,24 +186,24 @@ class DynamicConv2d {
   /// The convolution with a given attention pi [N, K] instead of the layer's own (rows need
   /// not sum to 1: any per-sample mix of the K kernels). [N, Cin, H, W] -> [N, Cout, Hout, Wout].
   Tensor4<T> convolve(const Tensor4<T>& x, const Tensor2<T>& pi) const {
-    detail::check_conv_input(layer_, geometry_, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x, 1);
     return nhwc_to_nchw(convolve_nhwc(nchw_to_nhwc(x), pi));
   }
   /// The same in NHWC: [N, H, W, Cin] -> [N, Hout, Wout, Cout].
   Tensor4<T> convolve_nhwc(const Tensor4<T>& x, const Tensor2<T>& pi) const {
-    detail::check_conv_input(layer_, geometry_, x, 3);
+    detail::check_conv_input(layer_, conv_.geometry, x, 3);
     const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
     detail::check_shape<T, 2>(layer_, "attention", pi, {n, kernels()});
-    const Index oh = geometry_.out_h(h), ow = geometry_.out_w(w), cout = geometry_.out_channels;
+    const Index oh = conv_.geometry.out_h(h), ow = conv_.geometry.out_w(w), cout = conv_.geometry.out_channels;
     Tensor4<T> y(n, oh, ow, cout);
-    std::vector<T> kernel(static_cast<std::size_t>(geometry_.weight_size()));
+    std::vector<T> kernel(static_cast<std::size_t>(conv_.geometry.weight_size()));
     std::vector<T> bias(has_bias() ? static_cast<std::size_t>(cout) : 0);
     detail::ConvScratch<T> scratch;
     for (Index b = 0; b < n; ++b) {
       const T* row = pi.data() + b * kernels();
-      detail::aggregate(packed_.data(), kernels(), geometry_.weight_size(), row, kernel.data());
+      detail::aggregate(packed_.data(), kernels(), conv_.geometry.weight_size(), row, kernel.data());
       if (has_bias()) detail::aggregate(bias_.data(), kernels(), cout, row, bias.data());
-      detail::run_conv(algorithm_, geometry_, x.data() + b * h * w * geometry_.in_channels, h, w,
+      detail::run_conv(conv_.algorithm, conv_.geometry, x.data() + b * h * w * conv_.geometry.in_channels, h, w,
                        kernel.data(), has_bias() ? bias.data() : nullptr,
                        y.data() + b * oh * ow * cout, scratch);
     }
@@ -213,10 +213,11 @@ class DynamicConv2d {
   /// Parameters and multiply-adds (conv, attention with GAP, aggregation) of one sample of
   /// size in_h x in_w, as paper.md counts them.
   LayerCost cost(Index in_h, Index in_w) const {
+    detail::check_fits(layer_, conv_.geometry, in_h, in_w, detail::concat(in_h, 'x', in_w));
     LayerCost c;
-    const Index k = kernels(), cout = geometry_.out_channels, size = geometry_.weight_size();
+    const Index k = kernels(), cout = conv_.geometry.out_channels, size = conv_.geometry.weight_size();
     c.params = k * size + (has_bias() ? k * cout : 0) + attention_.params();
-    c.conv_madds = geometry_.out_h(in_h) * geometry_.out_w(in_w) * size;
+    c.conv_madds = conv_.geometry.out_h(in_h) * conv_.geometry.out_w(in_w) * size;
     c.attention_madds = attention_.madds(in_h, in_w);
     c.aggregation_madds = k * size + (has_bias() ? k * cout : 0);
     return c;
@@ -224,24 +225,21 @@ class DynamicConv2d {
 
  private:
   KernelAttentionOptions validated_attention_options() const {
-    // Report attention option errors under this layer's description.
-    if (options_.kernels() < 1)
-      detail::fail<OptionsError>(layer_, ": kernels=", options_.kernels(), " must be >= 1");
-    detail::check_temperature(layer_, options_.temperature());
+    // Attention option errors are reported under this layer's description.
+    detail::validate_attention<T>(layer_, options_.attention_options());
     return options_.attention_options();
   }
 
   std::array<Index, 5> weight_shape() const {
-    return {kernels(), geometry_.out_channels, geometry_.in_per_group(), geometry_.kernel_h,
-            geometry_.kernel_w};
+    return {kernels(), conv_.geometry.out_channels, conv_.geometry.in_per_group(), conv_.geometry.kernel_h,
+            conv_.geometry.kernel_w};
   }
 
   DynamicConv2dOptions options_;
   std::string layer_;
+  detail::ResolvedConv conv_;
   KernelAttention<T> attention_;
-  ConvGeometry geometry_;
-  ConvAlgorithm algorithm_;
-  std::vector<T> packed_;  // K kernels, each in the packed_index() layout of algorithm_
+  std::vector<T> packed_;  // K kernels, each in the packed_index() layout of conv_.algorithm
   std::vector<T> bias_;    // [K, Cout] or empty
 };
 

@@ -68,11 +68,14 @@ class Linear {
     detail::check_shape<T, 2>(layer_, "weight", w, {out_features(), in_features()});
     weight_ = w;
   }
+  bool has_bias() const { return has_bias_; }
   /// [out_features]; zeros for a layer without bias.
   const Tensor1<T>& bias() const { return bias_; }
+  /// Sets the bias; a layer built with bias(false) gains one.
   void set_bias(const Tensor1<T>& b) {
     detail::check_shape<T, 1>(layer_, "bias", b, {out_features()});
     bias_ = b;
+    has_bias_ = true;
   }
 
   /// [N, in_features] -> [N, out_features]
@@ -93,7 +96,7 @@ class Linear {
 
   /// Parameters and multiply-adds for one sample.
   std::int64_t params() const {
-    return in_features() * out_features() + (options_.bias() ? out_features() : 0);
+    return in_features() * out_features() + (has_bias_ ? out_features() : 0);
   }
   std::int64_t madds() const { return in_features() * out_features(); }
 
@@ -101,7 +104,8 @@ class Linear {
   LinearOptions options_;
   std::string layer_;
   Tensor2<T> weight_;
-  Tensor1<T> bias_;
+  Tensor1<T> bias_;  // zeros without a bias, so forward() needs no branch
+  bool has_bias_ = options_.bias();
 };
 
 }  // namespace dynconv

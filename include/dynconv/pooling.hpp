@@ -1,6 +1,7 @@
 // dynconv: global average pooling.
 #pragma once
 
+#include <dynconv/error.hpp>
 #include <dynconv/tensor.hpp>
 
 namespace dynconv {
@@ -9,6 +10,9 @@ namespace dynconv {
 template <typename T>
 Tensor2<T> global_avg_pool(const Tensor4<T>& x) {
   const Index n = x.dimension(0), c = x.dimension(1), pixels = x.dimension(2) * x.dimension(3);
+  if (pixels < 1)
+    detail::fail<ShapeError>("global_avg_pool: input ", shape_str(x.dimensions()),
+                             " (NCHW) has no pixels");
   Tensor2<T> y(n, c);
   for (Index i = 0; i < n * c; ++i) {
     const T* p = x.data() + i * pixels;
@@ -23,6 +27,9 @@ Tensor2<T> global_avg_pool(const Tensor4<T>& x) {
 template <typename T>
 Tensor2<T> global_avg_pool_nhwc(const Tensor4<T>& x) {
   const Index n = x.dimension(0), pixels = x.dimension(1) * x.dimension(2), c = x.dimension(3);
+  if (pixels < 1)
+    detail::fail<ShapeError>("global_avg_pool_nhwc: input ", shape_str(x.dimensions()),
+                             " (NHWC) has no pixels");
   Tensor2<T> y(n, c);
   y.setZero();
   for (Index b = 0; b < n; ++b) {
