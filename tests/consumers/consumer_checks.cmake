@@ -1,0 +1,30 @@
+# Checks shared by the consumer projects (included after dynconv::dynconv exists).
+
+# dynconv_assert_no_flag_leak(<target>): the target, and each target it links, carries no
+# compile options. A header-only library must not push -march=native, -O3 or warnings into the
+# projects that use it.
+function(dynconv_assert_no_flag_leak target)
+  if(NOT TARGET ${target})
+    message(FATAL_ERROR "consumer: target ${target} does not exist")
+  endif()
+  get_target_property(options ${target} INTERFACE_COMPILE_OPTIONS)
+  if(options)
+    message(FATAL_ERROR "consumer: ${target} leaks INTERFACE_COMPILE_OPTIONS: ${options}")
+  endif()
+  get_target_property(links ${target} INTERFACE_LINK_LIBRARIES)
+  if(NOT links)
+    set(links)
+  endif()
+  foreach(link IN LISTS links)
+    if(link MATCHES "dynconv_dev_flags")
+      message(FATAL_ERROR "consumer: ${target} links dynconv's private ${link}")
+    endif()
+    if(TARGET ${link})
+      get_target_property(link_options ${link} INTERFACE_COMPILE_OPTIONS)
+      if(link_options MATCHES "-march|-O[0-9s]")
+        message(FATAL_ERROR "consumer: ${link}, linked by ${target}, leaks ${link_options}")
+      endif()
+    endif()
+  endforeach()
+  message(STATUS "consumer: ${target} carries no compile options (links: ${links})")
+endfunction()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# dynconv quick start: the two commands of README's "Quick start".
+#
+#   bash tools/quickstart.sh demo   build and run examples/dynamic_conv_demo (in build-demo/)
+#   bash tools/quickstart.sh test   build everything and run every test with ctest (in build/)
+#
+# Installs the Debian packages it needs first (as root; otherwise it prints the apt-get line).
+# Environment:
+#   DYNCONV_SKIP_TORCH=1   do not install python3-torch (the PyTorch parity tests then skip)
+#   DYNCONV_NATIVE=ON|OFF  passed to CMake: -O3 -march=native (default) or -O2
+#   CI=true                a missing torch fails the parity tests instead of skipping them
+set -euo pipefail
+
+usage() {
+  echo "usage: bash tools/quickstart.sh demo|test" >&2
+  exit 2
+}
+
+[[ $# -eq 1 ]] || usage
+mode=$1
+[[ $mode == demo || $mode == test ]] || usage
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "dynconv: $*"; }
+
+# ---- Debian packages -------------------------------------------------------------------------
+packages=(g++ cmake make libeigen3-dev nlohmann-json3-dev)
+if [[ $mode == test ]]; then
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev)
+  if [[ ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
+    packages+=(python3-torch)
+  fi
+fi
+
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=()
+  for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    if [[ $(id -u) -eq 0 ]]; then
+      say "installing ${missing[*]}"
+      apt-get update
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    else
+      echo "dynconv: missing Debian packages: ${missing[*]};" \
+        "install them with: sudo apt-get install ${missing[*]}" >&2
+      exit 1
+    fi
+  else
+    say "Debian packages present: ${packages[*]}"
+  fi
+else
+  say "no dpkg-query (not Debian?): not checking packages; needs ${packages[*]}"
+fi
+
+cmake_args=()
+if [[ -n ${DYNCONV_NATIVE:-} ]]; then
+  cmake_args+=("-DDYNCONV_NATIVE=${DYNCONV_NATIVE}")
+fi
+
+# ---- Build and run ---------------------------------------------------------------------------
+if [[ $mode == demo ]]; then
+  say "configuring build-demo/ (example only)"
+  cmake -S . -B build-demo -DDYNCONV_BUILD_EXAMPLES=ON -DDYNCONV_BUILD_TESTS=OFF \
+    -DDYNCONV_BUILD_BENCHMARKS=OFF ${cmake_args[@]+"${cmake_args[@]}"}
+  say "building dynamic_conv_demo"
+  cmake --build build-demo --target dynamic_conv_demo -j2
+  say "running build-demo/examples/dynamic_conv_demo"
+  ./build-demo/examples/dynamic_conv_demo
+  say "demo done"
+else
+  if [[ ${CI:-} == true && ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
+    say "CI=true: the PyTorch parity tests must run (DYNCONV_REQUIRE_TORCH=1)"
+    export DYNCONV_REQUIRE_TORCH=1
+  fi
+  say "configuring build/ (library, tests, benchmarks, examples)"
+  cmake -S . -B build -DDYNCONV_BUILD_TESTS=ON -DDYNCONV_BUILD_BENCHMARKS=ON \
+    -DDYNCONV_BUILD_EXAMPLES=ON ${cmake_args[@]+"${cmake_args[@]}"}
+  say "building everything (-j2)"
+  cmake --build build -j2
+  say "running ctest"
+  ctest --test-dir build --output-on-failure --no-tests=error
+fi
