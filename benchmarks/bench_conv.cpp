@@ -3,12 +3,15 @@
 //
 // Names: Conv/<layer>/<static|dynamic>/batch:<B>. Counters:
 //   GFLOPS      2 x all multiply-adds of the batch (conv + attention + aggregation) per second
-//   peak_frac   GFLOPS / 113, the measured single-core FP32 FMA peak of this machine kind
+//   peak_frac   GFLOPS / the single-core FP32 FMA peak measured at start-up (fma_peak.hpp;
+//               printed in the context as fma_peak_gflops)
 //   conv_madds, attention_madds, aggregation_madds   per sample, as paper.md counts them
 // Compare static and dynamic of the same layer and batch: they run in the same process.
 #include <dynconv/dynamic_conv2d.hpp>
 
 #include <benchmark/benchmark.h>
+
+#include "fma_peak.hpp"
 
 #include <string>
 
@@ -40,7 +43,7 @@ const Layer kLayers[] = {
 };
 // clang-format on
 
-constexpr double kPeakGflops = 113.0;
+double g_peak_gflops = 0;  // measured in main()
 
 template <typename Options>
 Options shape_options(const Layer& l) {
@@ -74,7 +77,7 @@ void run(benchmark::State& state, const Layer& l, Index batch) {
   set_counters(state, cost, batch);
   // A rate too, so Google Benchmark divides by the time: prints as "<fraction>/s".
   state.counters["peak_frac"] = benchmark::Counter(
-      2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (kPeakGflops * 1e9),
+      2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (g_peak_gflops * 1e9),
       benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(dynconv::algorithm_name(layer.algorithm()));
 }
@@ -82,6 +85,8 @@ void run(benchmark::State& state, const Layer& l, Index batch) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  g_peak_gflops = bench::measure_fma_peak_gflops();
+  benchmark::AddCustomContext("fma_peak_gflops", std::to_string(g_peak_gflops));
   for (const Layer& l : kLayers)
     for (Index batch : {1, 8}) {
       const std::string suffix = "/batch:" + std::to_string(batch);

@@ -38,8 +38,8 @@
 // below); big-endian hosts are not supported.
 #pragma once
 
-#include "dynconv/error.hpp"
-#include "dynconv/tensor.hpp"
+#include <dynconv/error.hpp>
+#include <dynconv/tensor.hpp>
 
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>

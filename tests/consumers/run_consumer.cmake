@@ -1,6 +1,6 @@
 # Builds and runs one consumer project of dynconv; registered by tests/CMakeLists.txt.
 #
-#   cmake -DMODE=find_package|add_subdirectory
+#   cmake -DMODE=find_package|add_subdirectory|fetchcontent
 #         -DDYNCONV_SOURCE_DIR=<dynconv source> -DDYNCONV_BINARY_DIR=<configured dynconv build>
 #         -DWORK_DIR=<scratch dir> [-DBUILD_TYPE=Release] [-DGENERATOR=...] [-DMAKE_PROGRAM=...]
 #         [-DCXX_COMPILER=...] [-DEIGEN3_DIR=...] [-DNLOHMANN_JSON_DIR=...]
@@ -9,6 +9,7 @@
 # find_package:     cmake --install <dynconv build> --prefix <dynconv build>/consumer-prefix,
 #                   then configure tests/consumers/find_package with CMAKE_PREFIX_PATH=<prefix>.
 # add_subdirectory: configure tests/consumers/add_subdirectory with DYNCONV_SOURCE_DIR.
+# fetchcontent:     the same project, taking dynconv with FetchContent from the local source.
 # Then build it and run it. Any failing step stops with FATAL_ERROR and the step's output.
 cmake_minimum_required(VERSION 3.25)
 
@@ -17,9 +18,9 @@ foreach(var MODE DYNCONV_SOURCE_DIR DYNCONV_BINARY_DIR WORK_DIR)
     message(FATAL_ERROR "run_consumer.cmake: pass -D${var}=...")
   endif()
 endforeach()
-if(NOT MODE MATCHES "^(find_package|add_subdirectory)$")
-  message(FATAL_ERROR "run_consumer.cmake: MODE must be find_package or add_subdirectory, "
-                      "not '${MODE}'")
+if(NOT MODE MATCHES "^(find_package|add_subdirectory|fetchcontent)$")
+  message(FATAL_ERROR "run_consumer.cmake: MODE must be find_package, add_subdirectory or "
+                      "fetchcontent, not '${MODE}'")
 endif()
 
 # run_step(<name> <command>...): run a command, stop with its output if it fails.
@@ -41,7 +42,11 @@ if(BUILD_TYPE)
   set(config_args --config "${BUILD_TYPE}")
 endif()
 
-set(configure_args -S "${DYNCONV_SOURCE_DIR}/tests/consumers/${MODE}" -B "${build_dir}"
+set(project_dir "${MODE}")
+if(MODE STREQUAL "fetchcontent")
+  set(project_dir add_subdirectory)
+endif()
+set(configure_args -S "${DYNCONV_SOURCE_DIR}/tests/consumers/${project_dir}" -B "${build_dir}"
                    -DCMAKE_EXPORT_COMPILE_COMMANDS=ON)
 if(GENERATOR)
   list(APPEND configure_args -G "${GENERATOR}")
@@ -71,6 +76,9 @@ if(MODE STREQUAL "find_package")
   list(APPEND configure_args "-DCMAKE_PREFIX_PATH=${prefix}" "-DDYNCONV_EXPECTED_PREFIX=${prefix}")
 else()
   list(APPEND configure_args "-DDYNCONV_SOURCE_DIR=${DYNCONV_SOURCE_DIR}")
+  if(MODE STREQUAL "fetchcontent")
+    list(APPEND configure_args -DDYNCONV_USE_FETCHCONTENT=ON)
+  endif()
 endif()
 
 run_step(configure "${CMAKE_COMMAND}" ${configure_args})
