@@ -4,6 +4,9 @@
 #include <dynconv/error.hpp>
 #include <dynconv/tensor.hpp>
 
+#include <algorithm>
+#include <limits>
+
 namespace dynconv {
 
 /// [N, C, H, W] -> [N, C]: the mean over H x W of every channel.
@@ -39,6 +42,36 @@ Tensor2<T> global_avg_pool_nhwc(const Tensor4<T>& x) {
       for (Index ch = 0; ch < c; ++ch) out[ch] += p[ch];
     for (Index ch = 0; ch < c; ++ch) out[ch] /= static_cast<T>(pixels);
   }
+  return y;
+}
+
+/// Max pooling over kernel x kernel windows with stride and implicit -inf padding (PyTorch's
+/// MaxPool2d). [N, H, W, C] -> [N, Hout, Wout, C], Hout = (H + 2*padding - kernel) / stride + 1.
+template <typename T>
+Tensor4<T> max_pool2d_nhwc(const Tensor4<T>& x, Index kernel, Index stride, Index padding) {
+  const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2), c = x.dimension(3);
+  if (kernel < 1 || stride < 1 || padding < 0 || 2 * padding > kernel)
+    detail::fail<OptionsError>("max_pool2d: kernel=", kernel, ", stride=", stride, ", padding=",
+                               padding, ": need kernel >= 1, stride >= 1, 0 <= padding <= kernel/2");
+  if (h + 2 * padding < kernel || w + 2 * padding < kernel)
+    detail::fail<ShapeError>("max_pool2d: input ", shape_str(x.dimensions()),
+                             " (NHWC) is smaller than the ", kernel, 'x', kernel,
+                             " window after padding ", padding);
+  const Index oh = (h + 2 * padding - kernel) / stride + 1, ow = (w + 2 * padding - kernel) / stride + 1;
+  Tensor4<T> y(n, oh, ow, c);
+  for (Index b = 0; b < n; ++b)
+    for (Index r = 0; r < oh; ++r)
+      for (Index q = 0; q < ow; ++q) {
+        T* out = y.data() + ((b * oh + r) * ow + q) * c;
+        std::fill(out, out + c, -std::numeric_limits<T>::infinity());
+        for (Index i = std::max<Index>(0, r * stride - padding);
+             i < std::min(h, r * stride - padding + kernel); ++i)
+          for (Index j = std::max<Index>(0, q * stride - padding);
+               j < std::min(w, q * stride - padding + kernel); ++j) {
+            const T* in = x.data() + ((b * h + i) * w + j) * c;
+            for (Index k = 0; k < c; ++k) out[k] = in[k] > out[k] || in[k] != in[k] ? in[k] : out[k];
+          }
+      }
   return y;
 }
 

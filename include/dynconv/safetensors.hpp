@@ -286,6 +286,8 @@ class SafeTensors {
   }
 
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  /// The path (or the source name given to parse) that error messages start with.
+  const std::string& source() const { return source_; }
 
   /// Tensor names, sorted.
   std::vector<std::string> names() const {

@@ -1,0 +1,77 @@
+// dynconv: the model zoo, by name.
+//
+//   zoo name                                   structure
+//   mobilenet_v2_x1_0 / _x0_75 / _x0_5 / _x0_35  torchvision mobilenet_v2(width_mult=...)
+//   mobilenet_v3_small                         torchvision mobilenet_v3_small
+//   resnet10                                   torchvision ResNet(BasicBlock, [1, 1, 1, 1])
+//   resnet18                                   torchvision resnet18
+// The dynamic model of each is the same name prefixed with "dy_" (e.g. "dy_resnet18"); which of
+// its convolutions are dynamic is ModelOptions::policy, by default the paper-closest one of
+// its family (mobilenet_v2_default_policy, mobilenet_v3_default_policy, resnet_default_policy).
+// Other policies: policy_by_name("all_but_stem" | "pointwise_only" | "none" | "default").
+#pragma once
+
+#include <dynconv/models/mobilenet_v2.hpp>
+#include <dynconv/models/mobilenet_v3.hpp>
+#include <dynconv/models/resnet.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dynconv {
+namespace models {
+
+/// The 14 zoo names: 7 static models, then their dy_ twins.
+inline std::vector<std::string> zoo_names() {
+  const std::vector<std::string> base = {"mobilenet_v2_x1_0", "mobilenet_v2_x0_75",
+                                         "mobilenet_v2_x0_5", "mobilenet_v2_x0_35",
+                                         "mobilenet_v3_small", "resnet10", "resnet18"};
+  std::vector<std::string> all = base;
+  for (const std::string& b : base) all.push_back("dy_" + b);
+  return all;
+}
+
+/// Named policies. "default" returns an empty policy: the model's own default.
+inline DynamicPolicy policy_by_name(const std::string& name) {
+  if (name == "default") return {};
+  if (name == "all_but_stem") return [](const ConvSite& s) { return s.role != ConvRole::Stem; };
+  if (name == "pointwise_only")
+    return [](const ConvSite& s) { return s.role != ConvRole::Stem && s.kernel == 1 && s.groups == 1; };
+  if (name == "none") return [](const ConvSite&) { return false; };
+  detail::fail<OptionsError>("policy '", name,
+                             "' is unknown; use default, all_but_stem, pointwise_only or none");
+}
+
+/// Builds a zoo model (weights initialised as a fresh PyTorch model; load real ones with
+/// Model::load). OptionsError for an unknown name or invalid options.
+template <typename T>
+std::unique_ptr<Model<T>> create(const std::string& name, const ModelOptions& options = {}) {
+  if (options.num_classes() < 1)
+    detail::fail<OptionsError>(name, ": num_classes=", options.num_classes(), " must be >= 1");
+  const bool dynamic = name.rfind("dy_", 0) == 0;
+  const std::string base = dynamic ? name.substr(3) : name;
+  auto pick = [&](DynamicPolicy family_default) -> DynamicPolicy {
+    if (!dynamic) return {};
+    return options.policy() ? options.policy() : family_default;
+  };
+  const struct { const char* suffix; double width; } widths[] = {
+      {"x1_0", 1.0}, {"x0_75", 0.75}, {"x0_5", 0.5}, {"x0_35", 0.35}};
+  for (const auto& w : widths)
+    if (base == std::string("mobilenet_v2_") + w.suffix)
+      return std::make_unique<Model<T>>(
+          mobilenet_v2<T>(name, w.width, pick(mobilenet_v2_default_policy), options));
+  if (base == "mobilenet_v3_small")
+    return std::make_unique<Model<T>>(
+        mobilenet_v3_small<T>(name, pick(mobilenet_v3_default_policy), options));
+  if (base == "resnet10")
+    return std::make_unique<Model<T>>(resnet<T>(name, 1, pick(resnet_default_policy), options));
+  if (base == "resnet18")
+    return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), options));
+  std::string known;
+  for (const std::string& n : zoo_names()) known += (known.empty() ? "" : ", ") + n;
+  detail::fail<OptionsError>("unknown model '", name, "'; the zoo has: ", known);
+}
+
+}  // namespace models
+}  // namespace dynconv

@@ -1,0 +1,90 @@
+// dynconv: strict loading of named parameters from a safetensors file.
+//
+// WeightLoader hands out tensors by name with their expected shape and remembers what it
+// handed out, so that a model load can insist that the file holds exactly the model's
+// parameters:
+//   - a missing tensor is a FormatError naming it and the shape the model expects;
+//   - a tensor of another shape is a ShapeError printing both shapes;
+//   - finish() reports every tensor of the file the model did not take (a FormatError listing
+//     them), except BatchNorm's "*.num_batches_tracked" counters, which are accepted and ignored.
+// Any stored dtype converts to the model's scalar type (F16/BF16 files load exactly).
+//
+// LoadMode::Upcycle reads a static checkpoint into a dynamic model: a dynamic convolution then
+// takes the static kernel [Cout, Cin/groups, kh, kw] as all K of its kernels and keeps its
+// attention parameters where the file has none; with sum(pi) = 1 it computes exactly the
+// static convolution, whatever the attention (paper.md).
+#pragma once
+
+#include <dynconv/error.hpp>
+#include <dynconv/safetensors.hpp>
+#include <dynconv/tensor.hpp>
+
+#include <array>
+#include <set>
+#include <string>
+
+namespace dynconv {
+
+enum class LoadMode { Strict, Upcycle };
+
+class WeightLoader {
+ public:
+  explicit WeightLoader(const SafeTensors& file, LoadMode mode = LoadMode::Strict)
+      : file_(file), mode_(mode) {}
+
+  LoadMode mode() const { return mode_; }
+
+  /// Whether the file holds `name` (does not take it).
+  bool contains(const std::string& name) const { return file_.contains(name); }
+
+  /// The tensor `name`, which must exist with exactly `shape`.
+  template <typename T, int Rank>
+  Tensor<T, Rank> take(const std::string& name, const std::array<Index, Rank>& shape) {
+    if (!file_.contains(name))
+      detail::fail<FormatError>(file_.source(), ": missing tensor '", name, "' ", shape_str(shape));
+    const TensorEntry& e = file_.entry(name);
+    bool same = static_cast<int>(e.shape.size()) == Rank;
+    for (int i = 0; same && i < Rank; ++i) same = e.shape[i] == shape[i];
+    if (!same)
+      detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
+                               shape_str(e.shape), ", the model expects ", shape_str(shape));
+    taken_.insert(name);
+    return file_.get<T, Rank>(name);
+  }
+
+  /// A one-element tensor (any rank) as a double, or `fallback` when the file lacks it.
+  double take_scalar_or(const std::string& name, double fallback) {
+    if (!file_.contains(name)) return fallback;
+    const std::vector<double> v = file_.get_flat<double>(name);
+    if (v.size() != 1)
+      detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
+                               shape_str(file_.entry(name).shape), ", expected one element");
+    taken_.insert(name);
+    return v[0];
+  }
+
+  /// Throws FormatError listing the tensors nobody took (num_batches_tracked excepted).
+  void finish() const {
+    const std::string ignored = ".num_batches_tracked";
+    std::string unexpected;
+    std::size_t count = 0;
+    for (const std::string& name : file_.names()) {
+      if (taken_.count(name)) continue;
+      if (name.size() >= ignored.size() &&
+          name.compare(name.size() - ignored.size(), ignored.size(), ignored) == 0)
+        continue;
+      if (++count <= 10) unexpected += (count > 1 ? ", '" : "'") + name + "'";
+    }
+    if (count > 10) unexpected += detail::concat(" and ", count - 10, " more");
+    if (count)
+      detail::fail<FormatError>(file_.source(), ": ", count, " unexpected tensor",
+                                count > 1 ? "s" : "", " the model does not have: ", unexpected);
+  }
+
+ private:
+  const SafeTensors& file_;
+  LoadMode mode_;
+  std::set<std::string> taken_;
+};
+
+}  // namespace dynconv
