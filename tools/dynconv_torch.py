@@ -21,7 +21,23 @@ weight files:
     attention.fc2.bias      [K]
     attention.temperature   scalar buffer (tau)
 
-Needs PyTorch (on this machine: /usr/bin/python3 with Debian's python3-torch).
+The second half builds the model zoo of the paper's results table in PyTorch (the static
+structure from torchvision, dynamic convolutions swapped in at the same attribute by a policy),
+and randomises a model's weights for the model parity test (tools/make_model_parity_data.py):
+
+    ZOO, DY_ZOO, ALL_MODELS         the 7 static names, their 7 "dy_" variants, all 14
+    build_model(name, ...)          torchvision structure; for dy_ names the policy's convs are
+                                    DynamicConv2d, so a state_dict has the interchange names
+                                    P.weight [K, Cout, Cin/g, kh, kw], P.bias [K, Cout] (only
+                                    where the static conv had one), P.attention.fc1.weight
+                                    [hidden, Cin], .fc1.bias, .fc2.weight [K, hidden], .fc2.bias,
+                                    P.attention.temperature (scalar buffer)
+    POLICIES                        "default", "all_but_stem", "pointwise_only", "none"
+    randomize_(model, seed)         random weights, BN statistics and attention FCs, every value
+                                    exactly representable in float16
+
+Needs PyTorch (on this machine: /usr/bin/python3 with Debian's python3-torch) and, for the zoo,
+torchvision (python3-torchvision); torchvision is imported only when a model is built.
 """
 
 import json
@@ -33,7 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["KernelAttention", "DynamicConv2d", "attention_hidden", "save_safetensors",
-           "SAFETENSORS_DTYPES"]
+           "SAFETENSORS_DTYPES", "ZOO", "DY_ZOO", "ALL_MODELS", "POLICIES", "model_family",
+           "build_model", "dynamic_layers", "randomize_", "random_input", "round_to_half_",
+           "is_half_exact", "KERNEL_SHARED", "ATTENTION_BIAS_SPREAD", "ATTENTION_INPUT_GAIN",
+           "INPUT_OFFSET_STD"]
 
 
 def _pair(v):
@@ -196,3 +215,339 @@ def save_safetensors(path, tensors, metadata=None):
         f.write(text)
         for data in chunks:
             f.write(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model zoo (paper.md, results table): torchvision structures, dynamic convs by policy
+
+ZOO = ["mobilenet_v2_x1_0", "mobilenet_v2_x0_75", "mobilenet_v2_x0_5", "mobilenet_v2_x0_35",
+       "mobilenet_v3_small", "resnet10", "resnet18"]
+DY_ZOO = ["dy_" + name for name in ZOO]
+ALL_MODELS = ZOO + DY_ZOO
+
+_MOBILENET_V2_WIDTHS = {"mobilenet_v2_x1_0": 1.0, "mobilenet_v2_x0_75": 0.75,
+                        "mobilenet_v2_x0_5": 0.5, "mobilenet_v2_x0_35": 0.35}
+
+
+def model_family(name):
+    """"mobilenet_v2", "mobilenet_v3_small" or "resnet" for a zoo name (with or without dy_)."""
+    base = name[3:] if name.startswith("dy_") else name
+    if base not in ZOO:
+        raise ValueError(f"unknown model '{name}'; the zoo: {', '.join(ALL_MODELS)}")
+    if base.startswith("mobilenet_v2"):
+        return "mobilenet_v2"
+    if base == "mobilenet_v3_small":
+        return "mobilenet_v3_small"
+    return "resnet"
+
+
+def _is_stem(prefix, family):
+    return prefix == ("conv1" if family == "resnet" else "features.0.0")
+
+
+def _is_squeeze_excite(prefix, family):
+    """The 1x1 convs fc1/fc2 of MobileNetV3's squeeze-excite blocks."""
+    return family == "mobilenet_v3_small" and prefix.rsplit(".", 1)[-1] in ("fc1", "fc2")
+
+
+def _policy_default(prefix, conv, family):
+    """The paper-closest configuration (paper.md, "Which layers are dynamic")."""
+    parts = prefix.split(".")
+    if family == "mobilenet_v2":
+        # features.1 .. features.17: the inverted residual blocks (expand, depthwise, project)
+        return parts[0] == "features" and 1 <= int(parts[1]) <= 17
+    if family == "mobilenet_v3_small":
+        # everything but the stem (the depthwise convs and features.12.0, 96->576, included)
+        return not _is_stem(prefix, family) and not _is_squeeze_excite(prefix, family)
+    # ResNet: conv1 and conv2 of every BasicBlock (layerN.M.convK); stem, downsample static
+    return len(parts) == 3 and parts[0].startswith("layer") and parts[2] in ("conv1", "conv2")
+
+
+def _policy_all_but_stem(prefix, conv, family):
+    return not _is_stem(prefix, family) and not _is_squeeze_excite(prefix, family)
+
+
+def _policy_pointwise_only(prefix, conv, family):
+    return (_policy_all_but_stem(prefix, conv, family) and tuple(conv.kernel_size) == (1, 1)
+            and conv.groups == 1)
+
+
+def _policy_none(prefix, conv, family):
+    return False
+
+
+# policy name -> function (prefix, conv_module, model_family) -> bool: is this conv dynamic?
+POLICIES = {"default": _policy_default, "all_but_stem": _policy_all_but_stem,
+            "pointwise_only": _policy_pointwise_only, "none": _policy_none}
+
+
+def _resolve_policy(policy):
+    if policy is None:
+        return "default", POLICIES["default"]
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy '{policy}'; known: {', '.join(POLICIES)}")
+        return policy, POLICIES[policy]
+    if callable(policy):
+        return getattr(policy, "__name__", "custom"), policy
+    raise TypeError(f"policy must be None, a name or a callable, got {policy!r}")
+
+
+def _torchvision_model(base, num_classes):
+    import torchvision.models as tvm  # imported here: DynamicConv2d alone needs no torchvision
+    from torchvision.models.resnet import BasicBlock, ResNet
+    if base in _MOBILENET_V2_WIDTHS:
+        return tvm.mobilenet_v2(weights=None, num_classes=num_classes,
+                                width_mult=_MOBILENET_V2_WIDTHS[base])
+    if base == "mobilenet_v3_small":
+        return tvm.mobilenet_v3_small(weights=None, num_classes=num_classes)
+    if base == "resnet10":
+        return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    if base == "resnet18":
+        return tvm.resnet18(weights=None, num_classes=num_classes)
+    raise ValueError(f"unknown model '{base}'")
+
+
+def build_model(name, num_classes=1000, policy=None, kernels=4, reduction=4, min_hidden=1,
+                temperature=1.0):
+    """The zoo model `name` with torchvision's structure and parameter names (weights=None: no
+    download, PyTorch's default initialisation). For a dy_ name every nn.Conv2d the policy
+    selects is replaced at the same attribute by a DynamicConv2d with the same in/out channels,
+    kernel size, stride, padding, dilation, groups and bias, `kernels` kernels and attention
+    hidden size max(min_hidden, Cin // reduction). The policy (None = "default", a name of
+    POLICIES, or a function (prefix, conv, family) -> bool) is ignored for static names. The
+    model's attributes `zoo_name`, `policy_name`, `kernels` record the choice."""
+    family = model_family(name)
+    dynamic = name.startswith("dy_")
+    base = name[3:] if dynamic else name
+    model = _torchvision_model(base, num_classes)
+    policy_name, decide = _resolve_policy(policy if dynamic else "none")
+    if dynamic:
+        chosen = [(prefix, m) for prefix, m in model.named_modules()
+                  if isinstance(m, nn.Conv2d) and decide(prefix, m, family)]
+        for prefix, conv in chosen:
+            if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                raise ValueError(f"{name}: {prefix}: only zero padding given as numbers is "
+                                 f"supported, got {conv.padding_mode} / {conv.padding!r}")
+            dyn = DynamicConv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                conv.stride, conv.padding, conv.dilation, conv.groups,
+                                bias=conv.bias is not None, kernels=kernels,
+                                temperature=temperature, reduction=reduction,
+                                min_hidden=min_hidden)
+            parent_name, _, attr = prefix.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, dyn)
+    model.zoo_name = name
+    model.policy_name = policy_name if dynamic else "none"
+    model.kernels = int(kernels) if dynamic else 1
+    return model
+
+
+def dynamic_layers(model):
+    """[(prefix, DynamicConv2d)] in forward (registration) order."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, DynamicConv2d)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Random weights for the parity tests
+
+def round_to_half_(t):
+    """Rounds a floating tensor in place to the nearest float16 value (kept in its dtype)."""
+    with torch.no_grad():
+        t.copy_(t.half().to(t.dtype))
+    return t
+
+
+def is_half_exact(t):
+    """True if every element of a floating tensor is a finite float16 value."""
+    h = t.detach().half()
+    return bool(torch.isfinite(h).all()) and bool((h.to(t.dtype) == t).all())
+
+
+# The K kernels of a dynamic conv share this fraction of their variance (W_k = sqrt(a) W_shared
+# + sqrt(1 - a) W_own_k): the norm of the aggregated kernel then depends less on how peaked
+# the attention of a sample is, so that samples with different attention keep comparable
+# activation scales through the depth (with independent kernels that norm varies by up to
+# sqrt(K) between uniform and one-hot attention, and MobileNetV3-Small's activations drift
+# apart by 100x between samples). Half of each kernel is still its own.
+KERNEL_SHARED = 0.5
+
+# The attention logits z / tau = (fc2.bias + fc2.weight h) / tau: the bias is spread by
+# ATTENTION_BIAS_SPREAD (std over the K kernels), which makes pi far from uniform; the input-
+# dependent part fc2.weight h has an RMS of about ATTENTION_INPUT_GAIN, which makes pi differ
+# from sample to sample. The gain is also how much an error of the layer's input (relative to
+# its RMS) is amplified into the attention, and so into the output: over 50 dynamic layers a
+# larger gain makes the float32 forward itself drift from the float64 one beyond 1e-4.
+ATTENTION_BIAS_SPREAD = 2.5
+ATTENTION_INPUT_GAIN = 0.5
+
+
+# Test inputs: N(0, 1) plus a per-sample, per-channel offset N(0, INPUT_OFFSET_STD^2), so that
+# the samples of a batch differ in their pooled features and so in their attention.
+INPUT_OFFSET_STD = 0.5
+
+
+def random_input(batch, height, width, generator, channels=3):
+    """A float64 input [batch, channels, height, width], every value a float16 value."""
+    x = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
+    x = x + INPUT_OFFSET_STD * torch.randn(batch, channels, 1, 1, generator=generator,
+                                           dtype=torch.float64)
+    return x.half().double()
+
+
+def randomize_(model, seed, input_size=(224, 224), calibration_batch=4,
+               calibration_input=None):
+    """Fills every parameter and BatchNorm buffer of `model` (a build_model result) with random
+    values drawn from a generator seeded with `seed`, each rounded to float16 so that it can
+    be stored as F16 without loss. Returns a summary dict.
+
+    - Conv2d (static, squeeze-excite) and each of the K kernels of a DynamicConv2d: normal with
+      std sqrt(2 / fan_in) (He), the K kernels sharing KERNEL_SHARED of their variance; conv
+      and Linear biases uniform in [-0.2, 0.2]; Linear: normal with std
+      sqrt(2 / in_features) (hidden classifier layer) or sqrt(1 / in_features) (the last).
+    - BatchNorm2d: weight uniform in [0.5, 1.5], bias in [-0.2, 0.2]. The running statistics
+      are calibrated on one forward pass of a batch (calibration_input, default a random_input
+      of calibration_batch x 3 x input_size drawn from the seeded generator), layer by layer in
+      forward order: with m, v the per-channel mean and variance of the BN's actual input,
+      running_mean = m + u sqrt(v), u uniform in [-0.2, 0.2], and running_var = v * r, r
+      uniform in [0.5, 2.0]. So every BN output is O(1): activations
+      neither explode nor vanish through the depth, whatever the attention does to the scale
+      of the aggregated kernels.
+    - Attention of each DynamicConv2d, calibrated on the same pass from its input x and pooled
+      input s: fc1 normal / (sqrt(Cin) rms(x)), bias uniform in [-0.5, 0.5] raised where needed
+      so that each hidden unit is active for some calibration sample; fc2 normal, scaled so
+      that fc2.weight h has an RMS of about ATTENTION_INPUT_GAIN * tau, bias normal with std
+      ATTENTION_BIAS_SPREAD * tau. So pi is far from uniform, differs between samples, and the
+      float32 forward stays within about 1e-5 of the float64 one.
+    - attention.temperature: 0.75 for every 5th dynamic layer (from the 2nd), 2.0 for every 5th
+      (from the 4th), else 1.0.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    dyn = dynamic_layers(model)
+    hooks = []
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    def put(t, value):
+        t.copy_(value.to(t.dtype))
+        round_to_half_(t)
+
+    with torch.no_grad():
+        attention_fcs = {id(fc) for _, m in dyn for fc in (m.attention.fc1, m.attention.fc2)}
+        last_linear = _last_linear(model)
+        for prefix, m in model.named_modules():
+            if isinstance(m, DynamicConv2d):
+                fan_in = m.weight[0, 0].numel()
+                shared = normal(*m.weight.shape[1:]).unsqueeze(0)
+                own = normal(*m.weight.shape)
+                mixed = math.sqrt(KERNEL_SHARED) * shared + math.sqrt(1 - KERNEL_SHARED) * own
+                put(m.weight, mixed * math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    put(m.bias, uniform(-0.2, 0.2, *m.bias.shape))
+            elif isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                put(m.weight, normal(*m.weight.shape) * math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    put(m.bias, uniform(-0.2, 0.2, *m.bias.shape))
+            elif isinstance(m, nn.Linear) and id(m) not in attention_fcs:
+                gain = 1.0 if prefix == last_linear else 2.0
+                put(m.weight, normal(*m.weight.shape) * math.sqrt(gain / m.in_features))
+                if m.bias is not None:
+                    put(m.bias, uniform(-0.2, 0.2, *m.bias.shape))
+            elif isinstance(m, nn.BatchNorm2d):
+                put(m.weight, uniform(0.5, 1.5, m.num_features))
+                put(m.bias, uniform(-0.2, 0.2, m.num_features))
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+                hooks.append(m.register_forward_pre_hook(_calibrate_batchnorm(gen)))
+            elif len(list(m.parameters(recurse=False))) or len(list(m.buffers(recurse=False))):
+                if not isinstance(m, (KernelAttention, nn.Linear)):
+                    raise TypeError(f"randomize_: no rule for {prefix} ({type(m).__name__})")
+        for i, (prefix, m) in enumerate(dyn):
+            tau = 0.75 if i % 5 == 1 else 2.0 if i % 5 == 3 else 1.0
+            m.attention.temperature.fill_(tau)
+            round_to_half_(m.attention.temperature)
+            hooks.append(m.register_forward_pre_hook(_calibrate_attention(gen)))
+
+        was_training = model.training
+        model.eval()
+        if calibration_input is not None:
+            x = calibration_input
+        else:
+            h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+            x = random_input(calibration_batch, h, w, gen)
+        dtype = next(model.parameters()).dtype
+        try:
+            model(x.to(dtype))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        model.train(was_training)
+
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and not is_half_exact(t):
+                raise AssertionError(f"randomize_: {name} is not exactly float16")
+    return {"seed": int(seed), "dynamic_layers": len(dyn),
+            "temperatures": [float(m.attention.temperature) for _, m in dyn]}
+
+
+def _last_linear(model):
+    """The prefix of the last Linear outside the attention modules (the classifier output)."""
+    last = None
+    for prefix, m in model.named_modules():
+        if isinstance(m, nn.Linear) and ".attention." not in f".{prefix}.":
+            last = prefix
+    return last
+
+
+def _calibrate_batchnorm(gen):
+    def hook(bn, inputs):
+        x = inputs[0].detach().double()
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False).clamp_min(1e-4)
+        c = bn.num_features
+        u = -0.2 + 0.4 * torch.rand(c, generator=gen, dtype=torch.float64)
+        r = 0.5 + 1.5 * torch.rand(c, generator=gen, dtype=torch.float64)
+        bn.running_mean.copy_((mean + u * var.sqrt()).to(bn.running_mean.dtype))
+        bn.running_var.copy_((var * r).to(bn.running_var.dtype))
+        round_to_half_(bn.running_mean)
+        round_to_half_(bn.running_var)
+    return hook
+
+
+def _rms(t):
+    return float(t.pow(2).mean().sqrt())
+
+
+def _calibrate_attention(gen):
+    def hook(layer, inputs):
+        att = layer.attention
+        x = inputs[0].detach().double()
+        s = x.mean(dim=(2, 3))                                          # [N, Cin]
+        cin, hid, k = layer.in_channels, layer.hidden, layer.kernels
+        tau = float(att.temperature)
+        # fc1 in units of the layer input's scale (not of the pooled features', which can be
+        # much smaller): an error of the input relative to its RMS is not amplified.
+        w1 = torch.randn(hid, cin, generator=gen, dtype=torch.float64) / math.sqrt(cin)
+        w1 = w1 / max(_rms(x), 1e-6)
+        u = s @ w1.t()
+        # every hidden unit active (> 0.25) for at least one calibration sample
+        b1 = -0.5 + torch.rand(hid, generator=gen, dtype=torch.float64)
+        b1 = torch.maximum(b1, 0.25 - u.max(dim=0).values)
+        att.fc1.weight.copy_(w1.to(att.fc1.weight.dtype))
+        att.fc1.bias.copy_(b1.to(att.fc1.bias.dtype))
+        round_to_half_(att.fc1.weight)
+        round_to_half_(att.fc1.bias)
+        hidden = F.relu(s @ att.fc1.weight.double().t() + att.fc1.bias.double())
+        w2 = torch.randn(k, hid, generator=gen, dtype=torch.float64) / math.sqrt(hid)
+        w2 = w2 * (ATTENTION_INPUT_GAIN * tau / max(_rms(hidden), 1e-3))
+        b2 = ATTENTION_BIAS_SPREAD * tau * torch.randn(k, generator=gen, dtype=torch.float64)
+        att.fc2.weight.copy_(w2.to(att.fc2.weight.dtype))
+        att.fc2.bias.copy_(b2.to(att.fc2.bias.dtype))
+        round_to_half_(att.fc2.weight)
+        round_to_half_(att.fc2.bias)
+    return hook

@@ -6,7 +6,7 @@
 #
 # Installs the Debian packages it needs first (as root; otherwise it prints the apt-get line).
 # Environment:
-#   DYNCONV_SKIP_TORCH=1   do not install python3-torch (the PyTorch parity tests then skip)
+#   DYNCONV_SKIP_TORCH=1   do not install python3-torch(vision) (the PyTorch parity tests then skip)
 #   DYNCONV_NATIVE=ON|OFF  passed to CMake: -O3 -march=native (default) or -O2
 #   CI=true                a missing torch fails the parity tests instead of skipping them
 set -euo pipefail
@@ -29,7 +29,7 @@ packages=(g++ cmake make libeigen3-dev nlohmann-json3-dev)
 if [[ $mode == test ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev)
   if [[ ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
-    packages+=(python3-torch)
+    packages+=(python3-torch python3-torchvision)
   fi
 fi
 

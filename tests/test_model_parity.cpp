@@ -1,0 +1,322 @@
+// Parity with PyTorch for the 14 zoo models (7 static, 7 dy_): logits of dynconv::models against
+// PyTorch's, computed in float64 by tools/make_model_parity_data.py (which builds the models
+// with torchvision and tools/dynconv_torch.py, randomises every weight, BatchNorm statistic and
+// attention FC, and stores them exactly as F16).
+//
+// The data directory comes from the environment variable DYNCONV_MODEL_PARITY_DIR; it holds
+// <model>.safetensors per model: the model's state_dict under its PyTorch names, plus "input"
+// [3, 3, H, W] and "logits" [3, num_classes] (F64), and metadata (model, num_classes, kernels,
+// reduction, min_hidden, policy, ...). Without the directory every test is skipped, and a
+// model whose file is missing is skipped.
+//
+// Per model: the float forward of the batch of 3 and of each sample alone (batch 1), and the
+// double forward of the batch; error = max|ours - torch| / max|torch| over the logits compared;
+// tolerances 1e-4 (float) and 1e-9 (double); the argmax class of each sample must agree. The
+// errors are printed and recorded as test properties. A strict load of the whole file must
+// reject the two extra tensors "input" and "logits".
+#include <dynconv/models/zoo.hpp>
+#include <dynconv/safetensors.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using dynconv::Index;
+using dynconv::SafeTensors;
+using dynconv::SafeTensorsWriter;
+using dynconv::Tensor2;
+using dynconv::Tensor4;
+namespace models = dynconv::models;
+
+constexpr double kFloatTolerance = 1e-4;
+constexpr double kDoubleTolerance = 1e-9;
+
+// The zoo, listed statically so that the test names exist without the data.
+const char* const kModels[] = {"mobilenet_v2_x1_0",
+                               "mobilenet_v2_x0_75",
+                               "mobilenet_v2_x0_5",
+                               "mobilenet_v2_x0_35",
+                               "mobilenet_v3_small",
+                               "resnet10",
+                               "resnet18",
+                               "dy_mobilenet_v2_x1_0",
+                               "dy_mobilenet_v2_x0_75",
+                               "dy_mobilenet_v2_x0_5",
+                               "dy_mobilenet_v2_x0_35",
+                               "dy_mobilenet_v3_small",
+                               "dy_resnet10",
+                               "dy_resnet18"};
+
+std::string sci(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3e", v);
+  return buf;
+}
+
+bool is_directory(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec);
+}
+
+bool is_file(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec);
+}
+
+/// The data directory, or "" with `why` set.
+std::string data_dir(std::string& why) {
+  const char* env = std::getenv("DYNCONV_MODEL_PARITY_DIR");
+  if (env == nullptr || *env == '\0') {
+    why = "DYNCONV_MODEL_PARITY_DIR is not set";
+    return {};
+  }
+  if (!is_directory(env)) {
+    why = std::string("DYNCONV_MODEL_PARITY_DIR=") + env + " is not a directory";
+    return {};
+  }
+  return env;
+}
+
+const char* const kHowToGenerate =
+    ". Generate the data with PyTorch and torchvision (Debian: apt install python3-torch "
+    "python3-torchvision): /usr/bin/python3 tools/make_model_parity_data.py --out DIR, then run "
+    "with DYNCONV_MODEL_PARITY_DIR=DIR";
+
+/// One model's file, split into the parameters (a safetensors image of their own, so that a
+/// strict load sees exactly the state_dict) and the test tensors.
+struct ModelData {
+  std::string name;
+  std::string path;
+  std::optional<SafeTensors> file;     // everything, as written by the generator
+  std::optional<SafeTensors> weights;  // the state_dict only
+  std::map<std::string, std::string> meta;
+
+  const std::string& str(const std::string& key) const {
+    const auto it = meta.find(key);
+    if (it == meta.end())
+      dynconv::detail::fail<dynconv::FormatError>(path, ": metadata has no '", key, "'");
+    return it->second;
+  }
+  Index integer(const std::string& key) const { return static_cast<Index>(std::stoll(str(key))); }
+};
+
+const std::vector<std::string> kTestTensors = {"input", "logits"};
+
+std::shared_ptr<const ModelData> load_model_data(const std::string& path, const std::string& name) {
+  auto d = std::make_shared<ModelData>();
+  d->name = name;
+  d->path = path;
+  d->file.emplace(SafeTensors::load(path));
+  d->meta = d->file->metadata();
+  SafeTensorsWriter w;
+  for (const std::string& t : d->file->names()) {
+    if (std::find(kTestTensors.begin(), kTestTensors.end(), t) != kTestTensors.end()) continue;
+    const dynconv::TensorEntry& e = d->file->entry(t);
+    w.add_raw(t, e.dtype, e.shape, d->file->raw_data(t), e.end - e.begin);
+  }
+  d->weights.emplace(SafeTensors::parse(w.to_bytes(), path + " (state_dict only)"));
+  return d;
+}
+
+/// The data of one model, loaded once for all the tests of that model (the last one is kept).
+std::shared_ptr<const ModelData> model_data(const std::string& path, const std::string& name) {
+  static std::shared_ptr<const ModelData> last;
+  if (!last || last->path != path) {
+    last.reset();
+    last = load_model_data(path, name);
+  }
+  return last;
+}
+
+models::ModelOptions options_for(const ModelData& d) {
+  models::ModelOptions o;
+  o.num_classes(d.integer("num_classes"));
+  if (d.name.rfind("dy_", 0) == 0) {
+    o.kernels(d.integer("kernels")).reduction(d.integer("reduction"));
+    o.min_hidden(d.integer("min_hidden"));
+    const std::string& policy = d.str("policy");
+    if (policy != "default") o.policy(models::policy_by_name(policy));
+  }
+  return o;
+}
+
+template <typename T>
+std::unique_ptr<models::Model<T>> make_loaded_model(const ModelData& d) {
+  std::unique_ptr<models::Model<T>> m = models::create<T>(d.name, options_for(d));
+  m->load(*d.weights);
+  return m;
+}
+
+/// Sample n of x as a batch of one.
+template <typename T>
+Tensor4<T> sample(const Tensor4<T>& x, Index n) {
+  Tensor4<T> s(1, x.dimension(1), x.dimension(2), x.dimension(3));
+  const Index size = s.size();
+  std::copy(x.data() + n * size, x.data() + (n + 1) * size, s.data());
+  return s;
+}
+
+/// Row n of y as a [1, C] tensor.
+Tensor2<double> row(const Tensor2<double>& y, Index n) {
+  Tensor2<double> r(1, y.dimension(1));
+  std::copy(y.data() + n * y.dimension(1), y.data() + (n + 1) * y.dimension(1), r.data());
+  return r;
+}
+
+/// max|ours - ref| / max|ref|; infinity if the shapes differ, NaN if ours has a NaN.
+template <typename T>
+double relative_error(const Tensor2<T>& ours, const Tensor2<double>& ref) {
+  if (ours.dimension(0) != ref.dimension(0) || ours.dimension(1) != ref.dimension(1))
+    return INFINITY;
+  double diff = 0, scale = 0;
+  for (Index i = 0; i < ref.size(); ++i) {
+    const double d = std::abs(static_cast<double>(ours.data()[i]) - ref.data()[i]);
+    diff = std::isnan(d) || std::isnan(diff) ? NAN : std::max(diff, d);
+    scale = std::max(scale, std::abs(ref.data()[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+template <typename T>
+Index argmax_row(const Tensor2<T>& y, Index n) {
+  const T* p = y.data() + n * y.dimension(1);
+  return static_cast<Index>(std::max_element(p, p + y.dimension(1)) - p);
+}
+
+/// Expects the argmax of ours to be PyTorch's for each sample; a class whose logit is within
+/// `slack` of PyTorch's top logit is accepted too (a near tie that rounding may flip).
+template <typename T>
+void expect_same_argmax(const std::string& what, const Tensor2<T>& ours, const Tensor2<double>& ref,
+                        double slack) {
+  ASSERT_EQ(ours.dimension(0), ref.dimension(0));
+  for (Index n = 0; n < ref.dimension(0); ++n) {
+    const Index mine = argmax_row(ours, n), theirs = argmax_row(ref, n);
+    if (mine == theirs) continue;
+    const double top = ref(n, theirs), alt = ref(n, mine);
+    EXPECT_LE(top - alt, slack) << what << ": sample " << n << ": argmax " << mine
+                                << " but PyTorch's is " << theirs << " (PyTorch logits " << top
+                                << " vs " << alt << ")";
+  }
+}
+
+void report(const std::string& model, const std::string& key, double err, double tolerance) {
+  std::cout << "[ model    ] " << model << " " << key << " relative error " << sci(err)
+            << " (tolerance " << sci(tolerance) << ")" << std::endl;
+  ::testing::Test::RecordProperty(key, sci(err));
+}
+
+class ModelParity : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    name_ = GetParam();
+    std::string why;
+    const std::string dir = data_dir(why);
+    if (dir.empty()) GTEST_SKIP() << "PyTorch model parity data: " << why << kHowToGenerate;
+    path_ = dir + "/" + name_ + ".safetensors";
+    if (!is_file(path_))
+      GTEST_SKIP() << path_ << " does not exist (generated with --models without " << name_ << "?)"
+                   << kHowToGenerate;
+    data_ = model_data(path_, name_);
+    ASSERT_EQ(data_->str("model"), name_) << path_ << ": metadata names another model";
+  }
+
+  std::string name_, path_;
+  std::shared_ptr<const ModelData> data_;
+};
+
+TEST_P(ModelParity, FloatBatchAndSingleSamples) {
+  const ModelData& d = *data_;
+  const Tensor4<float> x = d.file->get<float, 4>("input");
+  const Tensor2<double> ref = d.file->get<double, 2>("logits");
+  ASSERT_EQ(x.dimension(0), ref.dimension(0));
+  ASSERT_EQ(ref.dimension(1), d.integer("num_classes"));
+  const auto model = make_loaded_model<float>(d);
+  ASSERT_EQ(model->num_classes(), ref.dimension(1));
+
+  const Tensor2<float> y = model->forward(x);
+  const double err = relative_error(y, ref);
+  report(name_, "float_batch" + std::to_string(x.dimension(0)), err, kFloatTolerance);
+  EXPECT_LE(err, kFloatTolerance) << name_ << ": float, batch of " << x.dimension(0);
+  double scale = 0;
+  for (Index i = 0; i < ref.size(); ++i) scale = std::max(scale, std::abs(ref.data()[i]));
+  expect_same_argmax(name_ + " float batch", y, ref, 2 * kFloatTolerance * scale);
+
+  double worst = 0;
+  for (Index n = 0; n < x.dimension(0); ++n) {
+    const Tensor2<float> yn = model->forward(sample(x, n));
+    const Tensor2<double> rn = row(ref, n);
+    const double e = relative_error(yn, rn);
+    worst = std::isnan(e) ? e : std::max(worst, e);
+    EXPECT_LE(e, kFloatTolerance) << name_ << ": float, sample " << n << " alone";
+    expect_same_argmax(name_ + " float sample " + std::to_string(n), yn, rn,
+                       2 * kFloatTolerance * scale);
+  }
+  report(name_, "float_batch1_worst", worst, kFloatTolerance);
+}
+
+TEST_P(ModelParity, DoubleBatch) {
+  const ModelData& d = *data_;
+  const Tensor4<double> x = d.file->get<double, 4>("input");
+  const Tensor2<double> ref = d.file->get<double, 2>("logits");
+  const auto model = make_loaded_model<double>(d);
+  const Tensor2<double> y = model->forward(x);
+  const double err = relative_error(y, ref);
+  report(name_, "double_batch" + std::to_string(x.dimension(0)), err, kDoubleTolerance);
+  EXPECT_LE(err, kDoubleTolerance) << name_ << ": double, batch of " << x.dimension(0);
+  expect_same_argmax(name_ + " double batch", y, ref, 0.0);
+}
+
+// The file holds the state_dict plus "input" and "logits": a strict load of all of it must
+// name those two as unexpected; the state_dict alone loads (the tests above).
+TEST_P(ModelParity, StrictLoadRejectsExtraTensors) {
+  const ModelData& d = *data_;
+  const auto model = models::create<float>(d.name, options_for(d));
+  try {
+    model->load(*d.file);
+    ADD_FAILURE() << name_ << ": a strict load accepted the extra tensors 'input' and 'logits'";
+  } catch (const dynconv::FormatError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'input'"), std::string::npos) << what;
+    EXPECT_NE(what.find("'logits'"), std::string::npos) << what;
+  }
+}
+
+// PyTorch's parameter count (recorded by the generator: sum(p.numel()), BatchNorm's weight and
+// bias included) equals the cost model's.
+TEST_P(ModelParity, ParameterCount) {
+  const ModelData& d = *data_;
+  const std::int64_t torch_params = d.integer("params");
+  const auto model = models::create<float>(d.name, options_for(d));
+  const Index h = d.integer("input_height"), w = d.integer("input_width");
+  const std::int64_t ours = model->cost(h, w).total.params;
+  std::cout << "[ model    ] " << name_ << " params: ours " << ours << ", PyTorch " << torch_params
+            << std::endl;
+  RecordProperty("params_ours", std::to_string(ours));
+  RecordProperty("params_torch", std::to_string(torch_params));
+  EXPECT_EQ(ours, torch_params) << name_;
+}
+
+// The static list above is the zoo.
+TEST(ModelParityList, MatchesZooNames) {
+  const std::vector<std::string> listed(std::begin(kModels), std::end(kModels));
+  EXPECT_EQ(listed, models::zoo_names());
+}
+
+INSTANTIATE_TEST_SUITE_P(Zoo, ModelParity, ::testing::ValuesIn(kModels),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param);
+                         });
+
+}  // namespace
