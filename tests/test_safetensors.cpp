@@ -90,6 +90,16 @@ std::string temp_path(const std::string& name) {
   return ::testing::TempDir() + "dynconv_test_" + name;
 }
 
+/// n '[' then n ']'.
+std::string nested_arrays(std::size_t n) { return std::string(n, '[') + std::string(n, ']'); }
+
+/// {"a":{"a":...{"a":1}...}} with n objects.
+std::string nested_objects(std::size_t n) {
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) s += "{\"a\":";
+  return s + "1" + std::string(n, '}');
+}
+
 /// A tensor entry's JSON text.
 std::string entry(const std::string& dtype, const std::string& shape, const std::string& offsets) {
   return R"({"dtype":")" + dtype + R"(","shape":)" + shape + R"(,"data_offsets":)" + offsets + "}";
@@ -537,6 +547,73 @@ TEST(SafeTensorsRules, DuplicateKeys) {
       zeros(8))));
 }
 
+// A crafted header nested 100,000 levels deep used to overflow the stack: the error message
+// quoted the value with nlohmann's recursive dump(). The reader now stops at the first array or
+// object that starts at depth 3 (header object 0 > entry 1 > shape/data_offsets 2 > number 3).
+TEST(SafeTensorsRules, DeeplyNestedHeadersFailCleanly) {
+  const std::string rule = "header is nested too deeply: ";
+  const std::string array3 = rule + "an array starts at depth 3";
+  const std::string object3 = rule + "an object starts at depth 3";
+  const std::size_t deep = 100'000;
+  // In a tensor entry.
+  EXPECT_TRUE(rejects(file("{\"w\":" + nested_arrays(deep) + "}"), array3));
+  EXPECT_TRUE(rejects(file("{\"w\":" + nested_objects(deep) + "}"), object3));
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", nested_arrays(deep), "[0,4]") + "}", zeros(4)),
+                      array3));
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", "[1]", nested_arrays(deep)) + "}", zeros(4)),
+                      array3));
+  // In __metadata__, as its value and as one of its values.
+  EXPECT_TRUE(rejects(file("{\"__metadata__\":" + nested_arrays(deep) + "}"), array3));
+  EXPECT_TRUE(rejects(file("{\"__metadata__\":" + nested_objects(deep) + "}"), object3));
+  EXPECT_TRUE(rejects(file("{\"__metadata__\":{\"k\":" + nested_arrays(deep) + "}}"), array3));
+  // At the top level.
+  EXPECT_TRUE(rejects(file(nested_arrays(deep)), array3));
+  EXPECT_TRUE(rejects(file(nested_objects(deep)), object3));
+  // Never closed: the depth rule fires before the parser reaches the end of the input.
+  EXPECT_TRUE(rejects(file("{\"w\":" + std::string(deep, '[')), array3));
+  // One level too deep is enough, and the message states the rule.
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", "[[2]]", "[0,8]") + "}", zeros(8)),
+                      array3 + " (the header object is depth 0), but a valid header has arrays "
+                               "and objects only at depths 0-2 (header object > tensor entry > "
+                               "shape or data_offsets array > number)"));
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", "[1]", "[0,{}]") + "}", zeros(4)), object3));
+  EXPECT_TRUE(rejects(file(R"({"__metadata__":{"k":[["v"]]}})"), array3));
+}
+
+TEST(SafeTensorsRules, DeepestValidNestingIsAccepted) {
+  // Every level a valid header uses: the header object (depth 0), __metadata__ and a tensor
+  // entry (1), a metadata string, the dtype, shape and data_offsets (2), dimensions and
+  // offsets (3).
+  const SafeTensors st = SafeTensors::parse(
+      file(R"({"__metadata__":{"k":"v"},"w":)" + entry("F32", "[1,2]", "[0,8]") + "}", zeros(8)));
+  EXPECT_EQ(st.metadata().at("k"), "v");
+  EXPECT_EQ(st.entry("w").shape, (std::vector<Index>{1, 2}));
+  // Wrong but shallow values at depth 2 still get their own, more precise message.
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", "{}", "[0,4]") + "}", zeros(4)),
+                      "tensor 'w' has shape {}, not an array of non-negative integers"));
+  EXPECT_TRUE(rejects(file(R"({"__metadata__":{"a":"x","b":[]}})"),
+                      "__metadata__ value of 'b' must be a string, got []"));
+}
+
+// Error messages quote JSON values through json_brief, which must stay bounded on any value,
+// even one the reader's depth rule would never let through.
+TEST(SafeTensorsRules, QuotedValuesAreBriefAndSafe) {
+  using dynconv::detail::json_brief;
+  const auto deep = nlohmann::json::parse(nested_arrays(100'000));  // nlohmann parses iteratively
+  EXPECT_EQ(json_brief(deep), "[[[[[[[[[...]]]]]]]]]");
+  EXPECT_EQ(json_brief(nlohmann::json::parse(nested_objects(100'000))),
+            R"({"a":{"a":{"a":{"a":{"a":{"a":{"a":{"a":{...}}}}}}}}})");
+  // Shallow values read as dump() writes them, cut to 57 characters and "..." past 60.
+  for (const char* text : {"5", "null", "\"F8\"", "[]", "{}", "[1,2.5,\"x\"]", R"({"b":[1],"a":{}})",
+                           "[[[[[[[[1]]]]]]]]"}) {
+    const auto j = nlohmann::json::parse(text);
+    EXPECT_EQ(json_brief(j), j.dump()) << text;
+  }
+  std::vector<int> many(1000, 7);
+  const nlohmann::json long_array = many;
+  EXPECT_EQ(json_brief(long_array), long_array.dump().substr(0, 57) + "...");
+}
+
 TEST(SafeTensorsRules, EntryNotAnObject) {
   EXPECT_TRUE(rejects(file(R"({"w":5})"), "tensor 'w' must be an object, got 5"));
   EXPECT_TRUE(rejects(file(R"({"w":["F32",[1],[0,4]]})", zeros(4)),
@@ -858,6 +935,46 @@ TEST(SafeTensorsWriterErrors, DuplicateOrReservedNames) {
   EXPECT_TRUE(throws_with<OptionsError>([&] { w.add("bad\xFF", t); }, "is not valid UTF-8"));
   EXPECT_TRUE(
       throws_with<OptionsError>([&] { w.set_metadata("k", "\xC0\x80"); }, "is not valid UTF-8"));
+}
+
+// The writer used to produce headers longer than the reader's 100,000,000-byte limit.
+TEST(SafeTensorsWriterErrors, HeaderOverTheReadersLimitIsOptionsError) {
+  // The padded header size is checked against the limit; the limit itself is fine.
+  EXPECT_NO_THROW(SafeTensorsWriter::check_header_size(0));
+  EXPECT_NO_THROW(SafeTensorsWriter::check_header_size(100'000'000));
+  EXPECT_TRUE(throws_with<OptionsError>(
+      [] { SafeTensorsWriter::check_header_size(100'000'008); },
+      "SafeTensorsWriter: the header would be 100000008 bytes, over the limit of 100000000 bytes "
+      "that readers accept (too much metadata, or too many or too long tensor names)"));
+  EXPECT_TRUE(throws_with<OptionsError>(
+      [] { SafeTensorsWriter::check_header_size(std::numeric_limits<std::uint64_t>::max()); },
+      "the header would be 18446744073709551615 bytes"));
+
+  // End to end: 100 MB of metadata (rejected before the header is built, so this is quick).
+  const std::string path = temp_path("too_large.safetensors");
+  std::remove(path.c_str());
+  {
+    SafeTensorsWriter w;
+    w.set_metadata("k", std::string(100'000'000, 'x'));
+    EXPECT_TRUE(throws_with<OptionsError>(
+        [&] { w.to_bytes(); },
+        "SafeTensorsWriter: the header would be at least 100000003 bytes, over the limit of "
+        "100000000 bytes"));
+    EXPECT_TRUE(throws_with<OptionsError>([&] { w.save(path); }, "over the limit"));
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    EXPECT_EQ(f, nullptr) << "save() created " << path;
+    if (f) std::fclose(f);
+  }
+  // Tensor names count too.
+  {
+    SafeTensorsWriter w;
+    Tensor<float, 0> t;
+    t() = 1.f;
+    w.add(std::string(50'000'000, 'a'), t);
+    w.add(std::string(50'000'000, 'b'), t);
+    EXPECT_TRUE(throws_with<OptionsError>([&] { w.to_bytes(); },
+                                          "the header would be at least 100000002 bytes"));
+  }
 }
 
 TEST(SafeTensorsWriterErrors, StoredDtypeMustSuitTheElementType) {

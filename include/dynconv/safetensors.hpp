@@ -15,6 +15,10 @@
 //   - the file has at least 8 bytes; N <= 100,000,000; 8 + N <= file size
 //   - the header is valid UTF-8 and valid JSON, is an object, and starts with '{' (trailing
 //     whitespace such as the writer's space padding is allowed, leading whitespace is not)
+//   - no array or object is nested at depth 3 or deeper (the header object is depth 0): a valid
+//     header needs at most header object > tensor entry > shape/data_offsets array > number.
+//     This is checked while parsing, so a crafted header nested 100,000 levels deep is rejected
+//     at its fourth '[' or '{', in bounded time and memory, without any recursion
 //   - no object anywhere in the header has a duplicate key
 //   - "__metadata__", if present, is an object of string values
 //   - every other entry is an object with exactly the fields dtype, shape and data_offsets;
@@ -27,7 +31,10 @@
 // Once these hold, every tensor lies inside the buffer, so no later access can go out of bounds.
 //
 // The writer (SafeTensorsWriter) lays tensors out in name order, with "__metadata__" first
-// when there is any, and pads the header with spaces so that N is a multiple of 8.
+// when there is any, and pads the header with spaces so that N is a multiple of 8. It never
+// writes a file the reader rejects: a header that would exceed the 100,000,000-byte limit (huge
+// metadata or very many / very long tensor names) makes to_bytes() and save() throw
+// OptionsError, like the writer's other complaints about what it was given.
 //
 // Element types: stored F16/BF16 go through Eigen::half / Eigen::bfloat16 (round to nearest
 // even when writing). Reading converts any stored dtype to float, double or std::int64_t;
@@ -127,6 +134,11 @@ static_assert(std::numeric_limits<float>::is_iec559 && std::numeric_limits<doubl
               "safetensors.hpp assumes IEEE 754 float and double");
 
 inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
+
+/// The deepest nlohmann parse-callback depth at which a valid header has an array or object:
+/// the header object is at depth 0, a tensor entry (or __metadata__) at 1, shape and
+/// data_offsets at 2, and their numbers at 3.
+inline constexpr int kMaxContainerDepth = 2;
 
 template <typename T>
 struct type_tag {
@@ -241,9 +253,37 @@ inline bool is_valid_utf8(const std::string& s) {
          std::string::npos;
 }
 
-/// A JSON value as error messages quote it, shortened if long.
+/// Appends j as dump() writes it, but stops adding elements once out holds more than limit
+/// characters, and writes containers nested deeper than depth_left as [...] / {...}: bounded
+/// recursion and bounded work, whatever j holds.
+inline void json_brief_to(const nlohmann::json& j, std::string& out, std::size_t limit,
+                          int depth_left) {
+  if (!j.is_array() && !j.is_object()) {
+    out += j.dump();
+    return;
+  }
+  const bool array = j.is_array();
+  if (depth_left <= 0 && !j.empty()) {
+    out += array ? "[...]" : "{...}";
+    return;
+  }
+  out += array ? '[' : '{';
+  bool first = true;
+  for (auto it = j.begin(); it != j.end() && out.size() <= limit; ++it) {
+    if (!first) out += ',';
+    first = false;
+    if (!array) out += nlohmann::json(it.key()).dump() + ':';
+    json_brief_to(*it, out, limit, depth_left - 1);
+  }
+  out += array ? ']' : '}';
+}
+
+/// A JSON value as error messages quote it, shortened if long. Unlike dump(), it never
+/// recurses more than a few levels, so it is safe on any value (the reader's depth rule
+/// already keeps deeply nested values from reaching it).
 inline std::string json_brief(const nlohmann::json& j) {
-  std::string s = j.dump();
+  std::string s;
+  json_brief_to(j, s, 60, 8);
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
@@ -388,10 +428,21 @@ class SafeTensors {
           static_cast<const std::uint8_t*>(nul) - header);
 
     // nlohmann keeps the last of duplicate keys silently; the callback sees every key, and
-    // keeps one set of keys per open object.
+    // keeps one set of keys per open object. It also enforces the depth rule: nlohmann passes
+    // an array_start / object_start the number of containers around it, so the header object
+    // starts at 0 and the numbers of shape / data_offsets come at 3. Rejecting the first
+    // container that starts deeper than kMaxContainerDepth stops the parse early, so neither
+    // the tree built so far nor anything that later walks it (json_brief) is ever deep.
     std::vector<std::set<std::string>> open_objects;
-    const auto on_event = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    const auto on_event = [&](int depth, nlohmann::json::parse_event_t event,
+                              nlohmann::json& parsed) {
       using E = nlohmann::json::parse_event_t;
+      if ((event == E::object_start || event == E::array_start) &&
+          depth > detail::kMaxContainerDepth)
+        bad("header is nested too deeply: ", event == E::object_start ? "an object" : "an array",
+            " starts at depth ", depth, " (the header object is depth 0), but a valid header has ",
+            "arrays and objects only at depths 0-", detail::kMaxContainerDepth,
+            " (header object > tensor entry > shape or data_offsets array > number)");
       if (event == E::object_start) {
         open_objects.emplace_back();
       } else if (event == E::object_end) {
@@ -580,7 +631,15 @@ class SafeTensorsWriter {
   }
 
   /// The file: entries in name order, header padded with spaces to a multiple of 8.
+  /// OptionsError if the header would exceed the reader's limit of 100,000,000 bytes.
   std::vector<std::uint8_t> to_bytes() const {
+    // Every name, key and value is dumped at least as long as it is: a cheap lower bound that
+    // rejects a hopeless header before building and dumping it.
+    std::uint64_t at_least = 2;
+    for (const auto& [key, value] : metadata_) at_least += key.size() + value.size();
+    for (const auto& kv : entries_) at_least += kv.first.size();
+    if (at_least > detail::kMaxHeaderSize) header_too_large(at_least, "at least ");
+
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::size_t offset = 0;
@@ -592,6 +651,7 @@ class SafeTensorsWriter {
     }
     std::string text = header.dump();
     text.resize((text.size() + 7) / 8 * 8, ' ');
+    check_header_size(text.size());
 
     std::vector<std::uint8_t> out(8 + text.size());
     const std::uint64_t n = text.size();
@@ -603,7 +663,13 @@ class SafeTensorsWriter {
     return out;
   }
 
-  /// Writes to_bytes() to path; IoError on failure.
+  /// OptionsError unless a (padded) header of n bytes is within the reader's limit; to_bytes()
+  /// calls it, so a writer never produces a file that SafeTensors::parse rejects for its size.
+  static void check_header_size(std::uint64_t n) {
+    if (n > detail::kMaxHeaderSize) header_too_large(n, "");
+  }
+
+  /// Writes to_bytes() to path; IoError on failure, OptionsError as for to_bytes().
   void save(const std::string& path) const {
     const std::vector<std::uint8_t> bytes = to_bytes();
     std::FILE* f = std::fopen(path.c_str(), "wb");
@@ -620,6 +686,13 @@ class SafeTensorsWriter {
     std::vector<Index> shape;
     std::vector<std::uint8_t> bytes;
   };
+
+  [[noreturn]] static void header_too_large(std::uint64_t n, const char* at_least) {
+    detail::fail<OptionsError>("SafeTensorsWriter: the header would be ", at_least, n,
+                               " bytes, over the limit of ", detail::kMaxHeaderSize,
+                               " bytes that readers accept (too much metadata, or too many or "
+                               "too long tensor names)");
+  }
 
   void insert(const std::string& name, DType dtype, std::vector<Index> shape,
               std::vector<std::uint8_t> bytes) {
