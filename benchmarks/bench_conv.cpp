@@ -7,6 +7,7 @@
 //               printed in the context as fma_peak_gflops)
 //   conv_madds, attention_madds, aggregation_madds   per sample, as paper.md counts them
 // Compare static and dynamic of the same layer and batch: they run in the same process.
+#include <dynconv/conv2d.hpp>
 #include <dynconv/dynamic_conv2d.hpp>
 
 #include <benchmark/benchmark.h>

@@ -1,4 +1,5 @@
 // DynamicConv2d: a naive reference of the whole operator, and the math facts of paper.md.
+#include <dynconv/conv2d.hpp>
 #include <dynconv/dynamic_conv2d.hpp>
 
 #include <gtest/gtest.h>

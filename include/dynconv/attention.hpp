@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace dynconv {
 
@@ -27,6 +28,8 @@ struct KernelAttentionOptions {
   KernelAttentionOptions(Index in_channels, Index kernels)
       : in_channels_(in_channels), kernels_(kernels) {}
   Index in_channels() const { return in_channels_; }
+  /// Number of kernels K >= 1 the attention chooses between.
+  KernelAttentionOptions& kernels(Index k) { kernels_ = k; return *this; }
   Index kernels() const { return kernels_; }
   /// hidden = max(min_hidden, in_channels / reduction) unless hidden_channels is set. Default 4.
   KernelAttentionOptions& reduction(Index r) { reduction_ = r; return *this; }
@@ -59,38 +62,28 @@ struct KernelAttentionOptions {
 
 namespace detail {
 
-/// tau must be finite and > 0 in the layer's scalar type T (1e-50 is 0 in float).
-template <typename T>
-void check_temperature(const std::string& layer, double tau) {
-  if (!(tau > 0) || !std::isfinite(tau))
-    fail<OptionsError>(layer, ": temperature=", tau, " must be finite and > 0");
-  const T t = static_cast<T>(tau);
-  if (!(t > T(0)) || !std::isfinite(t))
-    fail<OptionsError>(layer, ": temperature=", tau, " must be finite and > 0 in float (it is ",
-                       t, " there)");
-}
-
 /// Validates attention options, reporting errors under `layer` (the attention's own
 /// description, or the DynamicConv2d that owns it).
 template <typename T>
 void validate_attention(const std::string& layer, const KernelAttentionOptions& o) {
-  auto positive = [&](const char* what, Index v) {
-    if (v < 1) fail<OptionsError>(layer, ": ", what, '=', v, " must be >= 1");
-  };
-  positive("in_channels", o.in_channels());
-  positive("kernels", o.kernels());
-  positive("reduction", o.reduction());
-  positive("min_hidden", o.min_hidden());
+  check_range(layer, "in_channels", o.in_channels());
+  check_range(layer, "kernels", o.kernels());
+  check_range(layer, "reduction", o.reduction());
+  check_range(layer, "min_hidden", o.min_hidden());
   if (o.hidden_channels() < 0)
     fail<OptionsError>(layer, ": hidden_channels=", o.hidden_channels(),
                        " must be >= 0 (0 derives it from reduction)");
-  check_temperature<T>(layer, o.temperature());
+  check_range(layer, "hidden_channels", o.hidden_channels(), 0);
+  check_positive_finite<T>(layer, "temperature", o.temperature());
 }
 
 }  // namespace detail
 
 template <typename T>
 class KernelAttention {
+  static_assert(std::is_floating_point<T>::value,
+                "dynconv::KernelAttention<T>: T must be a floating-point type (float or double)");
+
  public:
   explicit KernelAttention(const KernelAttentionOptions& options)
       : options_(validated(options)),
@@ -98,6 +91,7 @@ class KernelAttention {
         fc2_(LinearOptions(options.hidden(), options.kernels()).name(prefix() + "fc2")),
         temperature_(static_cast<T>(options.temperature())) {}
 
+  /// The options, temperature included (set_temperature updates it).
   const KernelAttentionOptions& options() const { return options_; }
   const std::string& description() const { return layer_; }
   Index in_channels() const { return options_.in_channels(); }
@@ -110,8 +104,9 @@ class KernelAttention {
   const Linear<T>& fc2() const { return fc2_; }
   T temperature() const { return temperature_; }
   void set_temperature(double tau) {
-    detail::check_temperature<T>(layer_, tau);
+    detail::check_positive_finite<T>(layer_, "temperature", tau);
     temperature_ = static_cast<T>(tau);
+    options_.temperature(tau);
   }
 
   /// [N, Cin, H, W] -> pi [N, K]
@@ -151,9 +146,8 @@ class KernelAttention {
   std::string prefix() const { return options_.name().empty() ? "" : options_.name() + "."; }
 
   KernelAttentionOptions validated(const KernelAttentionOptions& o) {
-    const std::string head = o.name().empty() ? "" : o.name() + ": ";
-    layer_ = detail::concat(head, "KernelAttention(", o.in_channels(), " -> ", o.hidden(), " -> ",
-                            o.kernels(), ')');
+    layer_ = detail::describe(o.name(), detail::concat("KernelAttention(", o.in_channels(), " -> ",
+                                                       o.hidden(), " -> ", o.kernels(), ')'));
     detail::validate_attention<T>(layer_, o);
     return o;
   }

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace dynconv {
 
@@ -33,19 +34,16 @@ struct BatchNorm2dOptions {
 
 template <typename T>
 class BatchNorm2d {
+  static_assert(std::is_floating_point<T>::value,
+                "dynconv::BatchNorm2d<T>: T must be a floating-point type (float or double)");
+
  public:
   /// Starts as the identity (weight 1, bias 0, mean 0, var 1), as PyTorch.
   explicit BatchNorm2d(const BatchNorm2dOptions& options) : options_(options) {
-    const std::string head = options.name().empty() ? "" : options.name() + ": ";
-    layer_ = detail::concat(head, "BatchNorm2d(", options.num_features(), ')');
-    if (options.num_features() < 1)
-      detail::fail<OptionsError>(layer_, ": num_features=", options.num_features(), " must be >= 1");
-    if (!(options.eps() > 0) || !std::isfinite(options.eps()))
-      detail::fail<OptionsError>(layer_, ": eps=", options.eps(), " must be finite and > 0");
-    const T eps = static_cast<T>(options.eps());
-    if (!(eps > T(0)) || !std::isfinite(eps))
-      detail::fail<OptionsError>(layer_, ": eps=", options.eps(),
-                                 " must be finite and > 0 in float (it is ", eps, " there)");
+    layer_ = detail::describe(options.name(),
+                              detail::concat("BatchNorm2d(", options.num_features(), ')'));
+    detail::check_range(layer_, "num_features", options.num_features());
+    detail::check_positive_finite<T>(layer_, "eps", options.eps());
     const Index c = options.num_features();
     weight_ = Tensor1<T>(c);
     weight_.setConstant(T(1));
@@ -125,4 +123,22 @@ class BatchNorm2d {
   Tensor1<T> weight_, bias_, mean_, var_;
 };
 
+namespace detail {
+
+/// Folds `bn` into `kernels` convolutions that precede it: each kernel's weights
+/// [Cout, per_out] (PyTorch order, consecutive) scale by s = bn.scale() per output channel,
+/// each bias [Cout] becomes s * bias + bn.shift().
+template <typename T>
+void fold_batchnorm(const BatchNorm2d<T>& bn, Index kernels, Index per_out, T* weights, T* bias) {
+  const Tensor1<T> s = bn.scale(), shift = bn.shift();
+  const Index cout = bn.num_features();
+  for (Index k = 0; k < kernels; ++k)
+    for (Index c = 0; c < cout; ++c) {
+      T* w = weights + (k * cout + c) * per_out;
+      for (Index i = 0; i < per_out; ++i) w[i] *= s(c);
+      bias[k * cout + c] = s(c) * bias[k * cout + c] + shift(c);
+    }
+}
+
+}  // namespace detail
 }  // namespace dynconv

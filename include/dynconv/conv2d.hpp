@@ -29,6 +29,7 @@
 
 #define DYNCONV_DETAIL_ALLOWED
 #include <dynconv/detail/conv_kernels.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
 
 #include <cmath>
 #include <string>
@@ -67,6 +68,8 @@ class Conv2d {
     }
   }
 
+  /// The options the layer was built with (set_bias and fold_batchnorm may add a bias:
+  /// has_bias() tells).
   const Conv2dOptions& options() const { return options_; }
   const ConvGeometry& geometry() const { return conv_.geometry; }
   /// The algorithm in use (the forced one, or the one select_conv_algorithm() picked).
@@ -103,12 +106,9 @@ class Conv2d {
     if (bn.num_features() != conv_.geometry.out_channels)
       detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
                                ": num_features must equal out_channels=", conv_.geometry.out_channels);
-    const Tensor1<T> s = bn.scale(), shift = bn.shift();
     Tensor4<T> w = weight();
-    const Index per_out = w.size() / conv_.geometry.out_channels;
-    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s(i / per_out);
     Tensor1<T> b = bias();
-    for (Index c = 0; c < b.size(); ++c) b(c) = s(c) * b(c) + shift(c);
+    detail::fold_batchnorm(bn, 1, w.size() / conv_.geometry.out_channels, w.data(), b.data());
     set_weight(w);
     set_bias(b);
   }

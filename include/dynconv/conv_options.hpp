@@ -113,9 +113,8 @@ namespace detail {
 /// "name: Kind(in -> out, khxkw)" or "Kind(in -> out, khxkw)" without a name.
 template <typename Options>
 std::string describe_conv(const char* kind, const Options& o) {
-  std::string head = o.name().empty() ? std::string() : o.name() + ": ";
-  return concat(head, kind, '(', o.in_channels(), " -> ", o.out_channels(), ", ",
-                o.kernel_size()[0], 'x', o.kernel_size()[1], ')');
+  return describe(o.name(), concat(kind, '(', o.in_channels(), " -> ", o.out_channels(), ", ",
+                                   o.kernel_size()[0], 'x', o.kernel_size()[1], ')'));
 }
 
 /// A validated convolution: its geometry and the algorithm that computes it (never Auto).
@@ -127,21 +126,20 @@ struct ResolvedConv {
 /// Validates the shared convolution options; returns the geometry and the resolved algorithm.
 template <typename Options>
 ResolvedConv validate_conv(const std::string& layer, const Options& o) {
-  auto positive = [&](const char* what, Index v) {
-    if (v < 1) fail<OptionsError>(layer, ": ", what, '=', v, " must be >= 1");
-  };
-  positive("in_channels", o.in_channels());
-  positive("out_channels", o.out_channels());
-  positive("kernel_size[0]", o.kernel_size()[0]);
-  positive("kernel_size[1]", o.kernel_size()[1]);
-  positive("stride[0]", o.stride()[0]);
-  positive("stride[1]", o.stride()[1]);
-  positive("dilation[0]", o.dilation()[0]);
-  positive("dilation[1]", o.dilation()[1]);
-  positive("groups", o.groups());
+  check_range(layer, "in_channels", o.in_channels());
+  check_range(layer, "out_channels", o.out_channels());
+  check_range(layer, "kernel_size[0]", o.kernel_size()[0]);
+  check_range(layer, "kernel_size[1]", o.kernel_size()[1]);
+  check_range(layer, "stride[0]", o.stride()[0]);
+  check_range(layer, "stride[1]", o.stride()[1]);
+  check_range(layer, "dilation[0]", o.dilation()[0]);
+  check_range(layer, "dilation[1]", o.dilation()[1]);
+  check_range(layer, "groups", o.groups());
   if (o.padding()[0] < 0 || o.padding()[1] < 0)
     fail<OptionsError>(layer, ": padding=(", o.padding()[0], ", ", o.padding()[1],
                        ") must be >= 0");
+  check_range(layer, "padding[0]", o.padding()[0], 0);
+  check_range(layer, "padding[1]", o.padding()[1], 0);
   if (o.in_channels() % o.groups() != 0)
     fail<OptionsError>(layer, ": groups=", o.groups(), " must divide in_channels=",
                        o.in_channels());
@@ -149,6 +147,10 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
     fail<OptionsError>(layer, ": groups=", o.groups(), " must divide out_channels=",
                        o.out_channels());
   const ConvGeometry g = o.geometry();
+  checked_mul<OptionsError>(
+      layer, "the weight size",
+      checked_mul<OptionsError>(layer, "the weight size", g.out_channels, g.in_per_group()),
+      checked_mul<OptionsError>(layer, "the weight size", g.kernel_h, g.kernel_w));
   ConvAlgorithm algo = o.algorithm();
   if (algo == ConvAlgorithm::Auto) {
     algo = select_conv_algorithm(g);
@@ -161,16 +163,23 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   return {g, algo};
 }
 
-/// Throws ShapeError unless an input of in_h x in_w (described by `input`) fits the kernel.
+/// Throws ShapeError unless an input of in_h x in_w (described by `input`) fits the kernel and
+/// the output and im2col sizes of one sample fit in int64.
 inline void check_fits(const std::string& layer, const ConvGeometry& g, Index in_h, Index in_w,
                        const std::string& input) {
   if (in_h < 1 || in_w < 1)
     fail<ShapeError>(layer, ": input ", input, " has no pixels (", in_h, 'x', in_w, ')');
+  check_range<ShapeError>(layer, "input height", in_h);
+  check_range<ShapeError>(layer, "input width", in_w);
   if (!g.fits(in_h, in_w))
     fail<ShapeError>(layer, ": input ", input, " is ", in_h, 'x', in_w,
                      ", smaller than the dilated kernel ", g.dilation_h * (g.kernel_h - 1) + 1,
                      'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding (", g.pad_h, ", ",
                      g.pad_w, ")");
+  const Index pixels = checked_mul<ShapeError>(layer, "the output size", g.out_h(in_h), g.out_w(in_w));
+  checked_mul<ShapeError>(layer, "the output size", pixels, g.out_channels);
+  checked_mul<ShapeError>(layer, "the im2col size", pixels,
+                          g.kernel_h * g.kernel_w * g.in_per_group());
 }
 
 /// Checks an NHWC (channel_axis 3) or NCHW (channel_axis 1) input against the geometry.

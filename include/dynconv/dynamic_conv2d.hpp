@@ -19,11 +19,11 @@
 
 #include <dynconv/attention.hpp>
 #include <dynconv/batchnorm.hpp>
-#include <dynconv/conv2d.hpp>
 #include <dynconv/conv_options.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
 #include <dynconv/detail/conv_kernels.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
 
 #include <string>
 #include <vector>
@@ -33,39 +33,35 @@ namespace dynconv {
 class DynamicConv2dOptions : public ConvOptionsBase<DynamicConv2dOptions> {
  public:
   DynamicConv2dOptions(Index in_channels, Index out_channels, Index kernel_size)
-      : ConvOptionsBase(in_channels, out_channels, Pair{kernel_size, kernel_size}) {}
+      : DynamicConv2dOptions(in_channels, out_channels, Pair{kernel_size, kernel_size}) {}
   DynamicConv2dOptions(Index in_channels, Index out_channels, Pair kernel_size)
-      : ConvOptionsBase(in_channels, out_channels, kernel_size) {}
+      : ConvOptionsBase(in_channels, out_channels, kernel_size),
+        attention_(in_channels, /*kernels=*/4) {}
 
-  /// Number of kernels K >= 1. Default 4.
-  DynamicConv2dOptions& kernels(Index k) { kernels_ = k; return *this; }
-  Index kernels() const { return kernels_; }
-  /// Softmax temperature tau > 0 of the attention. Default 1 (a fully trained model).
-  DynamicConv2dOptions& temperature(double t) { temperature_ = t; return *this; }
-  double temperature() const { return temperature_; }
-  /// Attention hidden size = max(min_hidden, in_channels / reduction). Default 4.
-  DynamicConv2dOptions& reduction(Index r) { reduction_ = r; return *this; }
-  Index reduction() const { return reduction_; }
-  /// Default 1.
-  DynamicConv2dOptions& min_hidden(Index m) { min_hidden_ = m; return *this; }
-  Index min_hidden() const { return min_hidden_; }
-  /// Explicit attention hidden size; 0 derives it. Default 0.
-  DynamicConv2dOptions& hidden_channels(Index h) { hidden_channels_ = h; return *this; }
-  Index hidden_channels() const { return hidden_channels_; }
+  // The attention's options, forwarded to KernelAttentionOptions (which holds their
+  // defaults): K = 4, temperature 1, reduction 4, min_hidden 1, hidden_channels 0 (derive).
+  DynamicConv2dOptions& kernels(Index k) { attention_.kernels(k); return *this; }
+  Index kernels() const { return attention_.kernels(); }
+  DynamicConv2dOptions& temperature(double t) { attention_.temperature(t); return *this; }
+  double temperature() const { return attention_.temperature(); }
+  DynamicConv2dOptions& reduction(Index r) { attention_.reduction(r); return *this; }
+  Index reduction() const { return attention_.reduction(); }
+  DynamicConv2dOptions& min_hidden(Index m) { attention_.min_hidden(m); return *this; }
+  Index min_hidden() const { return attention_.min_hidden(); }
+  DynamicConv2dOptions& hidden_channels(Index h) { attention_.hidden_channels(h); return *this; }
+  Index hidden_channels() const { return attention_.hidden_channels(); }
 
+  /// The attention's options; its name is this layer's name + ".attention" (or the layer's
+  /// description + ".attention" without a name), so its errors name the layer.
   KernelAttentionOptions attention_options() const {
-    return KernelAttentionOptions(in_channels(), kernels_)
-        .reduction(reduction_)
-        .min_hidden(min_hidden_)
-        .hidden_channels(hidden_channels_)
-        .temperature(temperature_)
-        .name(name().empty() ? "attention" : name() + ".attention");
+    KernelAttentionOptions a = attention_;
+    a.name((name().empty() ? detail::describe_conv("DynamicConv2d", *this) : name()) +
+           ".attention");
+    return a;
   }
 
  private:
-  Index kernels_ = 4;
-  double temperature_ = 1.0;
-  Index reduction_ = 4, min_hidden_ = 1, hidden_channels_ = 0;
+  KernelAttentionOptions attention_;
 };
 
 template <typename T>
@@ -82,6 +78,7 @@ class DynamicConv2d {
         conv_(detail::validate_conv(layer_, options)),
         attention_(validated_attention_options()) {
     const Index k = kernels(), size = conv_.geometry.weight_size();
+    detail::checked_mul<OptionsError>(layer_, "the size of the K kernels", k, size);
     const Index fan_in = conv_.geometry.in_per_group() * conv_.geometry.kernel_h * conv_.geometry.kernel_w;
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
     packed_.resize(static_cast<std::size_t>(k * size));
@@ -93,6 +90,8 @@ class DynamicConv2d {
     }
   }
 
+  /// The options the layer was built with (set_bias and fold_batchnorm may add biases:
+  /// has_bias() tells; the current temperature is attention().temperature()).
   const DynamicConv2dOptions& options() const { return options_; }
   const ConvGeometry& geometry() const { return conv_.geometry; }
   ConvAlgorithm algorithm() const { return conv_.algorithm; }
@@ -156,15 +155,10 @@ class DynamicConv2d {
     if (bn.num_features() != conv_.geometry.out_channels)
       detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
                                ": num_features must equal out_channels=", conv_.geometry.out_channels);
-    const Tensor1<T> s = bn.scale(), shift = bn.shift();
     Tensor5<T> w = weight();
-    const Index per_out = w.size() / (kernels() * conv_.geometry.out_channels);
-    for (Index i = 0; i < w.size(); ++i) w.data()[i] *= s((i / per_out) % conv_.geometry.out_channels);
     Tensor2<T> b = bias();
-    for (Index i = 0; i < b.size(); ++i) {
-      const Index c = i % conv_.geometry.out_channels;
-      b.data()[i] = s(c) * b.data()[i] + shift(c);
-    }
+    detail::fold_batchnorm(bn, kernels(), conv_.geometry.weight_size() / conv_.geometry.out_channels,
+                           w.data(), b.data());
     set_weight(w);
     set_bias(b);
   }

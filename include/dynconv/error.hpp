@@ -11,6 +11,9 @@
 //   +-- IoError        a file that cannot be opened, read or written
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -53,6 +56,44 @@ std::string concat(Args&&... args) {
 template <typename E, typename... Args>
 [[noreturn]] void fail(Args&&... args) {
   throw E(concat(std::forward<Args>(args)...));
+}
+
+/// How a layer names itself in messages: "name: Kind(...)", or "Kind(...)" without a name.
+inline std::string describe(const std::string& name, const std::string& kind) {
+  return name.empty() ? kind : name + ": " + kind;
+}
+
+/// The largest channel count, kernel size, stride, padding or dilation a layer accepts, so
+/// that products of a few of them cannot overflow before they are checked.
+constexpr std::int64_t kMaxDimension = std::int64_t(1) << 31;
+
+/// E "<layer>: <what>=<v> must be >= <lo>" unless lo <= v <= kMaxDimension.
+template <typename E = OptionsError>
+void check_range(const std::string& layer, const char* what, std::int64_t v, std::int64_t lo = 1) {
+  if (v < lo) fail<E>(layer, ": ", what, '=', v, " must be >= ", lo);
+  if (v > kMaxDimension) fail<E>(layer, ": ", what, '=', v, " must be <= ", kMaxDimension);
+}
+
+/// a * b for a, b >= 0, or E "<layer>: <what> overflows (a x b)" when it exceeds int64.
+template <typename E>
+std::int64_t checked_mul(const std::string& layer, const char* what, std::int64_t a,
+                         std::int64_t b) {
+  if (a != 0 && b > std::numeric_limits<std::int64_t>::max() / a)
+    fail<E>(layer, ": ", what, " overflows (", a, " x ", b, ")");
+  return a * b;
+}
+
+/// OptionsError unless `value` is finite and > 0, also once converted to the layer's type T
+/// (1e-50 is 0 in float).
+template <typename T>
+void check_positive_finite(const std::string& layer, const char* what, double value) {
+  if (!(value > 0) || !std::isfinite(value))
+    fail<OptionsError>(layer, ": ", what, '=', value, " must be finite and > 0");
+  const T t = static_cast<T>(value);
+  if (!(t > T(0)) || !std::isfinite(t))
+    fail<OptionsError>(layer, ": ", what, '=', value, " must be finite and > 0 in ",
+                       sizeof(T) == sizeof(float) ? "float" : "the layer's type", " (it is ", t,
+                       " there)");
 }
 
 }  // namespace detail

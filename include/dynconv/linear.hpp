@@ -8,10 +8,12 @@
 #include <dynconv/tensor.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
-#include <dynconv/detail/conv_kernels.hpp>
+#include <dynconv/detail/matrix.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace dynconv {
 
@@ -41,12 +43,12 @@ class Linear {
  public:
   /// Validates the options and initialises weight and bias uniformly in +-1/sqrt(in_features).
   explicit Linear(const LinearOptions& options) : options_(options) {
-    const std::string head = options.name().empty() ? "" : options.name() + ": ";
-    layer_ = detail::concat(head, "Linear(", options.in_features(), " -> ",
-                            options.out_features(), ')');
-    if (options.in_features() < 1 || options.out_features() < 1)
-      detail::fail<OptionsError>(layer_, ": in_features=", options.in_features(),
-                                 " and out_features=", options.out_features(), " must be >= 1");
+    layer_ = detail::describe(options.name(), detail::concat("Linear(", options.in_features(), " -> ",
+                                                             options.out_features(), ')'));
+    detail::check_range(layer_, "in_features", options.in_features());
+    detail::check_range(layer_, "out_features", options.out_features());
+    detail::checked_mul<OptionsError>(layer_, "the weight size", options.in_features(),
+                                      options.out_features());
     const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features()));
     weight_ = Tensor2<T>(options.out_features(), options.in_features());
     detail::init_uniform(weight_.data(), weight_.size(), bound, 3);

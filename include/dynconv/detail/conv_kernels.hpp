@@ -10,21 +10,13 @@
 #include <dynconv/detail/internal_check.hpp>
 
 #include <dynconv/conv_geometry.hpp>
-
-#include <Eigen/Core>
+#include <dynconv/detail/matrix.hpp>
 
 #include <algorithm>
 #include <vector>
 
 namespace dynconv {
 namespace detail {
-
-template <typename T>
-using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using StridedMap = Eigen::Map<RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <typename T>
-using ConstStridedMap = Eigen::Map<const RowMajorMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 /// Index of PyTorch weight element (co, ci, i, j) in the packed layout of `algo`.
 inline Index packed_index(ConvAlgorithm algo, const ConvGeometry& g, Index co, Index ci, Index i,
