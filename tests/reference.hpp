@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
 namespace ref {
@@ -48,12 +49,19 @@ Tensor4<double> conv2d(const Tensor4<T>& x, const Tensor4<T>& w, const T* bias, 
   return y;
 }
 
-/// max |a - b| / max(max |b|, tiny): the relative error measure of all tests.
+/// max |a - b| / max(max |b|, tiny): the relative error measure of all tests. It is +infinity,
+/// so that an EXPECT_LE on it fails cleanly, when the shapes differ in any dimension (even
+/// with equal sizes) or when a difference is NaN (which std::max would otherwise skip).
 template <typename A, typename B, int Rank>
 double rel_error(const dynconv::Tensor<A, Rank>& a, const dynconv::Tensor<B, Rank>& b) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  for (int d = 0; d < Rank; ++d)
+    if (a.dimension(d) != b.dimension(d)) return kInf;
   double diff = 0, scale = 0;
   for (Index i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a.data()[i]) - static_cast<double>(b.data()[i])));
+    const double e = std::abs(static_cast<double>(a.data()[i]) - static_cast<double>(b.data()[i]));
+    if (std::isnan(e)) return kInf;
+    diff = std::max(diff, e);
     scale = std::max(scale, std::abs(static_cast<double>(b.data()[i])));
   }
   return diff / std::max(scale, 1e-300);

@@ -4,10 +4,13 @@
 // attention FC, and stores them exactly as F16).
 //
 // The data directory comes from the environment variable DYNCONV_MODEL_PARITY_DIR; it holds
-// <model>.safetensors per model: the model's state_dict under its PyTorch names, plus "input"
-// [3, 3, H, W] and "logits" [3, num_classes] (F64), and metadata (model, num_classes, kernels,
-// reduction, min_hidden, policy, ...). Without the directory every test is skipped, and a
-// model whose file is missing is skipped.
+// manifest.txt (the models generated, one per line) and <model>.safetensors per model: the
+// model's state_dict under its PyTorch names, plus "input" [3, 3, H, W] and "logits"
+// [3, num_classes] (F64), and metadata (model, num_classes, kernels, reduction, min_hidden,
+// policy, ...). The generator deletes manifest.txt first and writes it last, so it exists only
+// after a run that completed. Without the directory or its manifest every test is skipped (the
+// per-model files may be a stale cache from an earlier run); a model the manifest does not list
+// is skipped (generated with --models without it); a model it lists whose file is missing fails.
 //
 // Per model: the float forward of the batch of 3 and of each sample alone (batch 1), and the
 // double forward of the batch; error = max|ours - torch| / max|torch| over the logits compared;
@@ -24,10 +27,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -75,18 +80,52 @@ bool is_file(const std::string& path) {
   return std::filesystem::is_regular_file(path, ec);
 }
 
-/// The data directory, or "" with `why` set.
-std::string data_dir(std::string& why) {
+std::string trim(const std::string& s) {
+  const auto first = s.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return {};
+  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+/// The data directory and its manifest, read once.
+struct Manifest {
+  std::string dir;
+  std::string why;  // why there is no data; empty if there is
+  std::vector<std::string> names;
+
+  bool lists(const std::string& name) const {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  }
+};
+
+Manifest read_manifest() {
+  Manifest m;
   const char* env = std::getenv("DYNCONV_MODEL_PARITY_DIR");
   if (env == nullptr || *env == '\0') {
-    why = "DYNCONV_MODEL_PARITY_DIR is not set";
-    return {};
+    m.why = "DYNCONV_MODEL_PARITY_DIR is not set";
+    return m;
   }
   if (!is_directory(env)) {
-    why = std::string("DYNCONV_MODEL_PARITY_DIR=") + env + " is not a directory";
-    return {};
+    m.why = std::string("DYNCONV_MODEL_PARITY_DIR=") + env + " is not a directory";
+    return m;
   }
-  return env;
+  m.dir = env;
+  const std::string path = m.dir + "/manifest.txt";
+  std::ifstream in(path);
+  if (!in) {
+    m.why = path + " does not exist (the generator did not complete; any model files there "
+                   "may be stale)";
+    return m;
+  }
+  for (std::string line; std::getline(in, line);) {
+    line = trim(line);
+    if (!line.empty() && line[0] != '#') m.names.push_back(line);
+  }
+  return m;
+}
+
+const Manifest& manifest() {
+  static const Manifest m = read_manifest();
+  return m;
 }
 
 const char* const kHowToGenerate =
@@ -221,13 +260,14 @@ class ModelParity : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
     name_ = GetParam();
-    std::string why;
-    const std::string dir = data_dir(why);
-    if (dir.empty()) GTEST_SKIP() << "PyTorch model parity data: " << why << kHowToGenerate;
-    path_ = dir + "/" + name_ + ".safetensors";
-    if (!is_file(path_))
-      GTEST_SKIP() << path_ << " does not exist (generated with --models without " << name_ << "?)"
-                   << kHowToGenerate;
+    const Manifest& m = manifest();
+    if (!m.why.empty()) GTEST_SKIP() << "PyTorch model parity data: " << m.why << kHowToGenerate;
+    if (!m.lists(name_))
+      GTEST_SKIP() << m.dir << "/manifest.txt does not list " << name_
+                   << " (generated with --models without it?)" << kHowToGenerate;
+    path_ = m.dir + "/" + name_ + ".safetensors";
+    ASSERT_TRUE(is_file(path_)) << m.dir << "/manifest.txt lists " << name_ << " but " << path_
+                                << " does not exist";
     data_ = model_data(path_, name_);
     ASSERT_EQ(data_->str("model"), name_) << path_ << ": metadata names another model";
   }
@@ -312,6 +352,20 @@ TEST_P(ModelParity, ParameterCount) {
 TEST(ModelParityList, MatchesZooNames) {
   const std::vector<std::string> listed(std::begin(kModels), std::end(kModels));
   EXPECT_EQ(listed, models::zoo_names());
+}
+
+// Every model the manifest lists is one of the zoo's (so has a test above).
+TEST(ModelParityList, ManifestListsZooModels) {
+  const Manifest& m = manifest();
+  if (!m.why.empty()) GTEST_SKIP() << "PyTorch model parity data: " << m.why << kHowToGenerate;
+  EXPECT_FALSE(m.names.empty()) << m.dir << "/manifest.txt lists no models";
+  const std::vector<std::string> zoo = models::zoo_names();
+  std::set<std::string> seen;
+  for (const std::string& name : m.names) {
+    EXPECT_NE(std::find(zoo.begin(), zoo.end(), name), zoo.end())
+        << m.dir << "/manifest.txt lists '" << name << "', which is not a zoo model";
+    EXPECT_TRUE(seen.insert(name).second) << m.dir << "/manifest.txt lists '" << name << "' twice";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Zoo, ModelParity, ::testing::ValuesIn(kModels),

@@ -24,6 +24,11 @@ model names to PyTorch's parameter count sum(p.numel() for p in model.parameters
 and bias included, buffers excluded). A model whose file exists with the same script_hash (a
 hash of this script and dynconv_torch.py) is not regenerated.
 
+DIR/manifest.txt exists only after a run that completed: it is deleted first thing (before
+PyTorch is imported) and written last. The per-model files stay as a cache, but without a
+manifest tests/test_model_parity.cpp skips every model, so a run that skips or fails never
+leaves stale data to be tested.
+
 Exit status: 0 on success; 77 (ctest's "skipped") if PyTorch or torchvision cannot be imported,
 unless the environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 """
@@ -36,6 +41,22 @@ import struct
 import sys
 import time
 import zlib
+
+
+def remove_manifest():
+    """Deletes --out's manifest.txt, if any. Runs before anything that can fail or skip."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--out")
+    out = pre.parse_known_args()[0].out
+    if out:
+        try:
+            os.remove(os.path.join(out, "manifest.txt"))
+        except FileNotFoundError:
+            pass
+
+
+if __name__ == "__main__":
+    remove_manifest()
 
 try:
     import torch
@@ -232,8 +253,10 @@ def main():
     # The manifest lists every model whose file is present (a --models run adds to it).
     present = [n for n in dt.ALL_MODELS
                if os.path.exists(os.path.join(args.out, n + ".safetensors"))]
-    with open(os.path.join(args.out, "manifest.txt"), "w") as f:
+    manifest = os.path.join(args.out, "manifest.txt")
+    with open(manifest + ".tmp", "w") as f:
         f.write("".join(n + "\n" for n in present))
+    os.replace(manifest + ".tmp", manifest)  # last, and atomically
     print(f"make_model_parity_data.py: {len(names)} models, {total / 1e6:.1f} MB, "
           f"{time.time() - t_start:.1f} s, in {args.out}")
 

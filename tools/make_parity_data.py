@@ -7,6 +7,10 @@ For every configuration below it writes DIR/<case>.safetensors holding the input
 output (computed in float64), the attention (dynamic cases) and every parameter, all as F64,
 plus metadata describing the layer; DIR/manifest.txt lists the case names, one per line.
 
+DIR/manifest.txt exists only after a run that completed: it is deleted first thing (before
+PyTorch is imported) and written last, so that a run that skips or fails never leaves an old
+manifest behind for tests/test_parity.cpp to run on stale data (it skips without a manifest).
+
 Exit status: 0 on success; 77 (ctest's "skipped") if PyTorch cannot be imported, unless the
 environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 """
@@ -15,6 +19,22 @@ import argparse
 import os
 import sys
 import zlib
+
+
+def remove_manifest():
+    """Deletes --out's manifest.txt, if any. Runs before anything that can fail or skip."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--out")
+    out = pre.parse_known_args()[0].out
+    if out:
+        try:
+            os.remove(os.path.join(out, "manifest.txt"))
+        except FileNotFoundError:
+            pass
+
+
+if __name__ == "__main__":
+    remove_manifest()
 
 try:
     import torch
@@ -206,8 +226,10 @@ def main():
             shape = "x".join(str(d) for d in tensors["output"].shape)
             print(f"{c['name']:48s} {c['kind']:10s} out {shape:14s} {size / 1024:7.1f} KiB  "
                   f"{summary}")
-    with open(os.path.join(args.out, "manifest.txt"), "w") as f:
+    manifest = os.path.join(args.out, "manifest.txt")
+    with open(manifest + ".tmp", "w") as f:
         f.write("".join(name + "\n" for name in names))
+    os.replace(manifest + ".tmp", manifest)  # last, and atomically
     print(f"make_parity_data.py: {len(CASES)} cases, {total / 1e6:.2f} MB in {args.out}")
 
 
