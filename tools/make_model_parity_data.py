@@ -43,34 +43,14 @@ import time
 import zlib
 
 
-def remove_manifest():
-    """Deletes --out's manifest.txt, if any. Runs before anything that can fail or skip."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--out")
-    out = pre.parse_known_args()[0].out
-    if out:
-        try:
-            os.remove(os.path.join(out, "manifest.txt"))
-        except FileNotFoundError:
-            pass
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from parity_guard import start  # noqa: E402
 
-
-if __name__ == "__main__":
-    remove_manifest()
-
-try:
-    import torch
-    import torchvision  # noqa: F401  (the zoo's static structures)
-except ImportError as e:  # pragma: no cover - depends on the machine
-    required = os.environ.get("DYNCONV_REQUIRE_TORCH") == "1"
-    print(f"make_model_parity_data.py: PyTorch/torchvision is not available ({e}); "
-          f"{'DYNCONV_REQUIRE_TORCH=1, failing' if required else 'skipping'} "
-          f"(install python3-torch and python3-torchvision and run with /usr/bin/python3)",
-          file=sys.stderr)
-    sys.exit(1 if required else 77)
+start(os.path.basename(__file__), ["torch", "torchvision"])
+import torch  # noqa: E402
+import torchvision  # noqa: E402,F401  (the zoo's static structures)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 import dynconv_torch as dt  # noqa: E402
 
 NUM_CLASSES = 1000

@@ -21,32 +21,13 @@ import sys
 import zlib
 
 
-def remove_manifest():
-    """Deletes --out's manifest.txt, if any. Runs before anything that can fail or skip."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--out")
-    out = pre.parse_known_args()[0].out
-    if out:
-        try:
-            os.remove(os.path.join(out, "manifest.txt"))
-        except FileNotFoundError:
-            pass
-
-
-if __name__ == "__main__":
-    remove_manifest()
-
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError as e:  # pragma: no cover - depends on the machine
-    required = os.environ.get("DYNCONV_REQUIRE_TORCH") == "1"
-    print(f"make_parity_data.py: PyTorch is not available ({e}); "
-          f"{'DYNCONV_REQUIRE_TORCH=1, failing' if required else 'skipping'} "
-          f"(install python3-torch and run with /usr/bin/python3)", file=sys.stderr)
-    sys.exit(1 if required else 77)
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from parity_guard import start  # noqa: E402
+
+start(os.path.basename(__file__), ["torch"])
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 from dynconv_torch import DynamicConv2d, save_safetensors  # noqa: E402
 
 

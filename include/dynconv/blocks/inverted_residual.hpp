@@ -17,48 +17,34 @@
 namespace dynconv {
 
 template <typename T>
-class InvertedResidual final : public Module<T> {
+class InvertedResidual final : public ResidualBlock<T> {
  public:
   InvertedResidual(const std::string& prefix, Index in, Index out, Index stride,
                    Index expand_ratio, const DynamicPolicy& policy, const DynamicSettings& dyn,
                    double bn_eps = 1e-5)
-      : residual_(stride == 1 && in == out) {
+      : ResidualBlock<T>(stride == 1 && in == out) {
     const Index hidden = static_cast<Index>(std::lround(static_cast<double>(in * expand_ratio)));
     const std::string c = prefix + ".conv.";
     int i = 0;
     if (expand_ratio != 1) {
       const std::string u = c + std::to_string(i++);
-      body_.template add<ConvUnit<T>>(
+      this->body_.template add<ConvUnit<T>>(
           ConvUnitSpec{u + ".0", u + ".1", ConvRole::Expand, in, hidden, 1, 1, 1,
                        Activation::ReLU6, bn_eps},
           policy, dyn);
     }
     const std::string u = c + std::to_string(i++);
-    body_.template add<ConvUnit<T>>(
+    this->body_.template add<ConvUnit<T>>(
         ConvUnitSpec{u + ".0", u + ".1", ConvRole::Depthwise, hidden, hidden, 3, stride, hidden,
                      Activation::ReLU6, bn_eps},
         policy, dyn);
     const std::string project = c + std::to_string(i++), bn = c + std::to_string(i);
-    body_.template add<ConvUnit<T>>(
+    this->body_.template add<ConvUnit<T>>(
         ConvUnitSpec{project, bn, ConvRole::Project, hidden, out, 1, 1, 1, Activation::Identity,
                      bn_eps},
         policy, dyn);
   }
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = body_.forward_nhwc(x);
-    if (residual_) y += x;
-    return y;
-  }
-  void load(WeightLoader& w) override { body_.load(w); }
-  void save(SafeTensorsWriter& out) const override { body_.save(out); }
-  std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>& out) const override {
-    return body_.cost(h, w, out);
-  }
-
- private:
-  bool residual_;
-  Sequential<T> body_;
 };
 
 }  // namespace dynconv

@@ -89,17 +89,17 @@ struct MobileNetV3BlockConfig {
 };
 
 template <typename T>
-class MobileNetV3Block final : public Module<T> {
+class MobileNetV3Block final : public ResidualBlock<T> {
  public:
   MobileNetV3Block(const std::string& prefix, const MobileNetV3BlockConfig& cfg,
                    const DynamicPolicy& policy, const DynamicSettings& dyn, double bn_eps)
-      : residual_(cfg.stride == 1 && cfg.in == cfg.out) {
+      : ResidualBlock<T>(cfg.stride == 1 && cfg.in == cfg.out) {
     const std::string b = prefix + ".block.";
     int i = 0;
     auto unit = [&](ConvRole role, Index in, Index out, Index k, Index stride, Index groups,
                     Activation act) {
       const std::string u = b + std::to_string(i++);
-      body_.template add<ConvUnit<T>>(
+      this->body_.template add<ConvUnit<T>>(
           ConvUnitSpec{u + ".0", u + ".1", role, in, out, k, stride, groups, act, bn_eps}, policy,
           dyn);
     };
@@ -108,25 +108,11 @@ class MobileNetV3Block final : public Module<T> {
     unit(ConvRole::Depthwise, cfg.expanded, cfg.expanded, cfg.kernel, cfg.stride, cfg.expanded,
          cfg.activation);
     if (cfg.use_se)
-      body_.template add<SqueezeExcite<T>>(b + std::to_string(i++), cfg.expanded,
+      this->body_.template add<SqueezeExcite<T>>(b + std::to_string(i++), cfg.expanded,
                                            make_divisible(static_cast<double>(cfg.expanded / 4)));
     unit(ConvRole::Project, cfg.expanded, cfg.out, 1, 1, 1, Activation::Identity);
   }
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = body_.forward_nhwc(x);
-    if (residual_) y += x;
-    return y;
-  }
-  void load(WeightLoader& w) override { body_.load(w); }
-  void save(SafeTensorsWriter& out) const override { body_.save(out); }
-  std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>& out) const override {
-    return body_.cost(h, w, out);
-  }
-
- private:
-  bool residual_;
-  Sequential<T> body_;
 };
 
 }  // namespace dynconv

@@ -314,4 +314,28 @@ class Sequential final : public Module<T> {
   std::vector<std::unique_ptr<Module<T>>> modules_;
 };
 
+/// A body of modules plus, when `residual`, the block's input: the shape of MobileNet blocks.
+template <typename T>
+class ResidualBlock : public Module<T> {
+ public:
+  explicit ResidualBlock(bool residual) : residual_(residual) {}
+
+  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
+    Tensor4<T> y = body_.forward_nhwc(x);
+    if (residual_) y += x;
+    return y;
+  }
+  void load(WeightLoader& w) override { body_.load(w); }
+  void save(SafeTensorsWriter& out) const override { body_.save(out); }
+  std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>& out) const override {
+    return body_.cost(h, w, out);
+  }
+
+ protected:
+  Sequential<T> body_;
+
+ private:
+  bool residual_;
+};
+
 }  // namespace dynconv
