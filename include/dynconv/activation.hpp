@@ -25,17 +25,43 @@ inline const char* activation_name(Activation a) {
   return "?";
 }
 
+namespace detail {
+
+// The activations as function objects; comparisons written so that a NaN input yields NaN.
+template <typename T>
+struct Relu6Of {
+  T operator()(T v) const { return v < T(0) ? T(0) : (v > T(6) ? T(6) : v); }
+};
+template <typename T>
+struct ReluOf {
+  T operator()(T v) const { return v < T(0) ? T(0) : v; }
+};
+template <typename T>
+struct HardSigmoidOf {
+  T operator()(T v) const { return Relu6Of<T>()(v + T(3)) / T(6); }
+};
+template <typename T>
+struct HardSwishOf {
+  T operator()(T v) const { return v * Relu6Of<T>()(v + T(3)) / T(6); }
+};
+
+/// p[i] = f(p[i]): one branch-free loop per activation, which the compiler vectorises.
+template <typename T, typename F>
+void map_inplace(T* p, Index n, F f) {
+  for (Index i = 0; i < n; ++i) p[i] = f(p[i]);
+}
+
+}  // namespace detail
+
 /// The activation of one value.
 template <typename T>
 T activate(Activation a, T x) {
-  // Comparisons written so that a NaN input yields NaN.
-  auto relu6 = [](T v) { return v < T(0) ? T(0) : (v > T(6) ? T(6) : v); };
   switch (a) {
     case Activation::Identity: return x;
-    case Activation::ReLU: return x < T(0) ? T(0) : x;
-    case Activation::ReLU6: return relu6(x);
-    case Activation::HardSigmoid: return relu6(x + T(3)) / T(6);
-    case Activation::HardSwish: return x * relu6(x + T(3)) / T(6);
+    case Activation::ReLU: return detail::ReluOf<T>()(x);
+    case Activation::ReLU6: return detail::Relu6Of<T>()(x);
+    case Activation::HardSigmoid: return detail::HardSigmoidOf<T>()(x);
+    case Activation::HardSwish: return detail::HardSwishOf<T>()(x);
   }
   return x;
 }
@@ -43,10 +69,15 @@ T activate(Activation a, T x) {
 /// Applies `a` to every element of t, in place (any layout, any rank).
 template <typename T, int Rank>
 void activate_inplace(Activation a, Tensor<T, Rank>& t) {
-  if (a == Activation::Identity) return;
   T* p = t.data();
   const Index n = t.size();
-  for (Index i = 0; i < n; ++i) p[i] = activate(a, p[i]);
+  switch (a) {
+    case Activation::Identity: return;
+    case Activation::ReLU: return detail::map_inplace(p, n, detail::ReluOf<T>());
+    case Activation::ReLU6: return detail::map_inplace(p, n, detail::Relu6Of<T>());
+    case Activation::HardSigmoid: return detail::map_inplace(p, n, detail::HardSigmoidOf<T>());
+    case Activation::HardSwish: return detail::map_inplace(p, n, detail::HardSwishOf<T>());
+  }
 }
 
 /// Returns `a` applied to every element of t.
