@@ -1,0 +1,640 @@
+// dynconv-run: runs a zoo model on images or on a tensor, or evaluates it on Fashion-MNIST.
+//
+//   dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
+//               [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
+//   dynconv-run --model NAME --weights W.safetensors --eval-fashion-mnist [DIR] [--limit N]
+//               [--predictions FILE] [--output OUT.safetensors] [--threads T] [--labels FILE]
+//
+// IN is a safetensors file holding a tensor `input` [N, 3, H, W] (any float dtype, used as it
+// is), or image files, preprocessed by examples/image_input.hpp: torchvision's ImageNet preset
+// unless the weights' metadata says otherwise (input_size, normalize_mean, normalize_std,
+// grayscale_to_rgb), with --size and --no-normalize on top. For each input it prints the top-K
+// classes (softmax), then the latency of the forward pass and the model's cost next to its
+// static (or dynamic) twin. Any bad argument or file ends with one line on stderr,
+// "dynconv-run: <what went wrong>", and exit status 1 (2 for a bad command line).
+#include "fashion_mnist.hpp"
+#include "image_input.hpp"
+
+#include <dynconv/models/zoo.hpp>
+#include <dynconv/safetensors.hpp>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using dynconv::Index;
+using dynconv::SafeTensors;
+using dynconv::Tensor2;
+using dynconv::Tensor4;
+using dynconv::models::Model;
+using dynconv::models::ModelOptions;
+using examples::Preprocessing;
+
+constexpr const char* kProgram = "dynconv-run";
+
+/// A bad command line (exit status 2); every other error is a std::exception (exit status 1).
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Options {
+  std::string model;  // zoo name; empty: the weights' metadata "model"
+  std::string weights;
+  std::vector<std::string> inputs;
+  std::string output;
+  std::string labels;
+  int threads = 1;
+  int top = 5;
+  Index classes = 0;  // 0: the weights' metadata "num_classes", else 1000
+  Index size = 0;     // 0: the weights' metadata "input_size", else 224
+  bool no_normalize = false;
+  bool eval = false;
+  std::string eval_dir;
+  Index limit = 0;  // 0: the whole test set
+  std::string predictions;
+};
+
+const char* const kFooter = R"(Preprocessing of images (not of a safetensors input, used as it is):
+  default   torchvision's ImageNet preset: resize the shorter side to 256 (bilinear,
+            antialiased), centre crop 224, scale to [0, 1], normalise with ImageNet's
+            mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+  metadata  the weights' metadata overrides that: input_size (crop S, resize the shorter
+            side to S too), resize_size, normalize_mean and normalize_std (JSON arrays),
+            grayscale_to_rgb ("true": colour images become grey; grey images always
+            become 3 equal channels).
+  --size S  crop S, resize the shorter side in the same ratio (ImageNet: round(S*256/224)).
+Also from the metadata: num_classes, class_names (JSON array), kernels, reduction,
+min_hidden, policy, and model (the default of --model).
+
+Examples:
+  dynconv-run --model dy_mobilenet_v3_small \
+      --weights models/fashion_mnist/dy_mobilenet_v3_small.safetensors --input shirt.png
+  dynconv-run --model resnet18 --weights resnet18.safetensors --input cat.jpg --top 3
+  dynconv-run --model dy_mobilenet_v3_small \
+      --weights models/fashion_mnist/dy_mobilenet_v3_small.safetensors --eval-fashion-mnist
+
+Exit status: 0 on success, 1 for a bad file or bad data, 2 for a bad command line; every
+error is one line on stderr, "dynconv-run: <what went wrong>".
+)";
+
+// ---- Command line ---------------------------------------------------------------------------
+
+const char* const kSynopsis = R"(Usage:
+  dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
+              [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
+  dynconv-run --model NAME --weights W.safetensors --eval-fashion-mnist [DIR] [--limit N]
+              [--predictions FILE] [--output OUT.safetensors] [--threads T] [--labels FILE]
+)";
+
+/// --help as the synopsis, then "--option ARG  description" per option: CLI11's default
+/// formatter also prints each validator and option relation, which buries the descriptions.
+class Help : public CLI::Formatter {
+ public:
+  std::string make_usage(const CLI::App*, std::string) const override { return kSynopsis; }
+  std::string make_option_opts(const CLI::Option* o) const override {
+    return o->get_type_name().empty() ? "" : " " + o->get_type_name();
+  }
+};
+
+/// `v` without a description (which CLI11 would append to the option's ARG in --help).
+CLI::Validator quiet(CLI::Validator v) {
+  v.description("");
+  return v;
+}
+
+/// Fills `opt` from the command line. Returns an exit status when the program should stop
+/// at once (--help); throws UsageError for a bad command line.
+std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
+  CLI::App app(
+      "Runs a dynconv zoo model on images or a tensor, or evaluates it on the "
+      "Fashion-MNIST test set.",
+      kProgram);
+  app.formatter(std::make_shared<Help>());
+  app.get_formatter()->column_width(30);
+  app.footer(kFooter);
+  const CLI::Validator file = quiet(CLI::ExistingFile);
+  app.add_option("--model", opt.model,
+                 "zoo model, e.g. dy_mobilenet_v3_small (default: the weights' metadata "
+                 "\"model\")")
+      ->type_name("NAME");
+  app.add_option("--weights", opt.weights, "the model's weights, safetensors (required)")
+      ->required()
+      ->type_name("FILE")
+      ->check(file);
+  auto* input = app.add_option("--input", opt.inputs,
+                               "image files (PNG, JPEG, PPM, ...), or one safetensors file with "
+                               "a tensor 'input' [N, 3, H, W]")
+                    ->expected(1, -1)
+                    ->type_name("IN...")
+                    ->check(file);
+  app.add_option("--output", opt.output,
+                 "write the logits [N, classes] (F32) as tensor 'logits' to this safetensors")
+      ->type_name("FILE");
+  app.add_option("--threads", opt.threads, "threads, each running a slice of the batch (default 1)")
+      ->type_name("T")
+      ->check(quiet(CLI::Range(1, 1024)));
+  app.add_option("--top", opt.top, "classes printed per input (default 5)")
+      ->type_name("K")
+      ->check(quiet(CLI::Range(1, 1 << 20)));
+  app.add_option("--classes", opt.classes,
+                 "number of classes (default: the weights' metadata \"num_classes\", else "
+                 "1000)")
+      ->type_name("N")
+      ->check(quiet(CLI::Range(Index(1), Index(1) << 24)));
+  app.add_option("--labels", opt.labels, "class names, one per line")
+      ->type_name("FILE")
+      ->check(file);
+  auto* size = app.add_option("--size", opt.size,
+                              "crop images to SxS, 32 <= S <= 4096 (default: the weights' "
+                              "metadata \"input_size\", else 224)")
+                   ->type_name("S")
+                   ->check(quiet(CLI::Range(32, 4096)));
+  auto* no_norm =
+      app.add_flag("--no-normalize", opt.no_normalize, "only scale images to [0, 1], no mean/std");
+  auto* eval = app.add_option("--eval-fashion-mnist", opt.eval_dir,
+                              "evaluate on the Fashion-MNIST test set in DIR (default " +
+                                  std::string(fashion_mnist::kDefaultDir) + ")")
+                   ->expected(0, 1)
+                   ->type_name("[DIR]");
+  auto* limit = app.add_option("--limit", opt.limit, "evaluate the first N test images only")
+                    ->type_name("N")
+                    ->check(quiet(CLI::Range(Index(1), Index(1) << 40)));
+  auto* predictions = app.add_option("--predictions", opt.predictions,
+                                     "write each test image's predicted class, one per line")
+                          ->type_name("FILE");
+  eval->excludes(input)->excludes(size)->excludes(no_norm);
+  limit->needs(eval);
+  predictions->needs(eval);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    throw UsageError(std::string(e.what()) + " (see --help)");
+  }
+  opt.eval = eval->count() > 0;
+  if (opt.eval && opt.eval_dir.empty()) opt.eval_dir = fashion_mnist::kDefaultDir;
+  if (!opt.eval && opt.inputs.empty())
+    throw UsageError("give --input FILE... or --eval-fashion-mnist [DIR] (see --help)");
+  return std::nullopt;
+}
+
+// ---- Model --------------------------------------------------------------------------------
+
+std::string zoo_list() {
+  std::string s;
+  for (const std::string& n : dynconv::models::zoo_names()) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+bool in_zoo(const std::string& name) {
+  const std::vector<std::string> zoo = dynconv::models::zoo_names();
+  return std::find(zoo.begin(), zoo.end(), name) != zoo.end();
+}
+
+/// Metadata `key` of the weights as an integer >= 1.
+Index metadata_int(const SafeTensors& w, const std::string& key) {
+  const std::string& v = w.metadata().at(key);
+  std::size_t used = 0;
+  long long n = 0;
+  try {
+    n = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != v.size() || n < 1)
+    throw dynconv::FormatError(w.source() + ": metadata " + key + "='" + v +
+                               "' is not a positive integer");
+  return static_cast<Index>(n);
+}
+
+/// The model options from the weights' metadata and --classes.
+ModelOptions model_options(const Options& opt, const SafeTensors& w) {
+  ModelOptions o;
+  Index classes = opt.classes;
+  if (w.metadata().count("num_classes")) {
+    const Index meta = metadata_int(w, "num_classes");
+    if (classes && classes != meta)
+      throw UsageError(dynconv::detail::concat("--classes ", classes, " contradicts ", w.source(),
+                                               ", whose metadata says num_classes=", meta));
+    classes = meta;
+  }
+  o.num_classes(classes ? classes : 1000);
+  if (w.metadata().count("kernels")) o.kernels(metadata_int(w, "kernels"));
+  if (w.metadata().count("reduction")) o.reduction(metadata_int(w, "reduction"));
+  if (w.metadata().count("min_hidden")) o.min_hidden(metadata_int(w, "min_hidden"));
+  if (w.metadata().count("policy"))
+    o.policy(dynconv::models::policy_by_name(w.metadata().at("policy")));
+  return o;
+}
+
+/// The zoo name to build: --model, else the weights' metadata "model".
+std::string model_name(const Options& opt, const SafeTensors& w) {
+  const auto it = w.metadata().find("model");
+  if (opt.model.empty() && it == w.metadata().end())
+    throw UsageError("--model is required: " + w.source() + " has no metadata \"model\"");
+  const std::string name = opt.model.empty() ? it->second : opt.model;
+  if (!in_zoo(name)) throw UsageError("unknown model '" + name + "'; the zoo has: " + zoo_list());
+  return name;
+}
+
+/// Builds the model and loads the weights; a weight file of another model is an error that
+/// keeps the library's message and adds what the file's metadata says.
+std::unique_ptr<Model<float>> load_model(const std::string& name, const ModelOptions& o,
+                                         const SafeTensors& w) {
+  std::unique_ptr<Model<float>> model = dynconv::models::create<float>(name, o);
+  try {
+    model->load(w);
+  } catch (const dynconv::Error& e) {
+    const auto it = w.metadata().find("model");
+    if (it == w.metadata().end() || it->second == name) throw;
+    throw dynconv::FormatError(std::string(e.what()) + " (the file's metadata says model '" +
+                               it->second + "', not '" + name + "')");
+  }
+  return model;
+}
+
+/// Class names from --labels or the metadata "class_names"; empty when neither gives them.
+std::vector<std::string> class_names(const Options& opt, const SafeTensors& w, Index classes) {
+  std::vector<std::string> names;
+  std::string source;
+  if (!opt.labels.empty()) {
+    source = opt.labels;
+    std::ifstream in(opt.labels);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      names.push_back(line);
+    }
+    if (in.bad()) throw dynconv::IoError(opt.labels + ": cannot read");
+    while (!names.empty() && names.back().empty()) names.pop_back();
+  } else if (w.metadata().count("class_names")) {
+    source = w.source() + " (metadata class_names)";
+    const nlohmann::json j = nlohmann::json::parse(w.metadata().at("class_names"), nullptr, false);
+    bool ok = j.is_array();
+    for (std::size_t i = 0; ok && i < j.size(); ++i) {
+      ok = j[i].is_string();
+      if (ok) names.push_back(j[i].get<std::string>());
+    }
+    if (!ok) throw dynconv::FormatError(source + " is not a JSON array of strings");
+  }
+  if (!names.empty() && static_cast<Index>(names.size()) != classes)
+    throw dynconv::FormatError(dynconv::detail::concat(
+        source, " has ", names.size(), " class names, the model has ", classes, " classes"));
+  return names;
+}
+
+std::string class_label(const std::vector<std::string>& names, Index c) {
+  if (names.empty()) return dynconv::detail::concat("class ", c);
+  return dynconv::detail::concat(names[static_cast<std::size_t>(c)], " (class ", c, ')');
+}
+
+/// The model's parameters and multiply-adds per image next to its static twin (for a dy_
+/// model) or its dynamic twin with the zoo's defaults (K = 4, for a static model).
+void print_cost(const Model<float>& model, Index h, Index w) {
+  const bool dynamic = model.name().rfind("dy_", 0) == 0;
+  const std::string twin_name = dynamic ? model.name().substr(3) : "dy_" + model.name();
+  const dynconv::LayerCost own = model.cost(h, w).total;
+  const dynconv::LayerCost twin =
+      dynconv::models::create<float>(twin_name, ModelOptions().num_classes(model.num_classes()))
+          ->cost(h, w)
+          .total;
+  const dynconv::LayerCost& stat = dynamic ? twin : own;
+  const dynconv::LayerCost& dyn = dynamic ? own : twin;
+  std::printf(
+      "%s: %.2fM params, %.2fM MAdds/image at %lldx%lld (%s twin %s: %.2fM params, "
+      "%.2fM MAdds; dynamic vs static: %+.1f%% params, %+.1f%% MAdds)\n",
+      model.name().c_str(), own.params / 1e6, own.madds() / 1e6, (long long)h, (long long)w,
+      dynamic ? "static" : "dynamic", twin_name.c_str(), twin.params / 1e6, twin.madds() / 1e6,
+      100.0 * (double(dyn.params) / double(stat.params) - 1.0),
+      100.0 * (double(dyn.madds()) / double(stat.madds()) - 1.0));
+}
+
+// ---- Forward ------------------------------------------------------------------------------
+
+/// logits [N, classes] of x [N, 3, H, W], the batch split into `threads` contiguous slices,
+/// each run by its own std::thread through the const (thread-safe) Model::forward.
+Tensor2<float> forward(const Model<float>& model, const Tensor4<float>& x, int threads) {
+  const Index n = x.dimension(0);
+  const Index t = std::min<Index>(threads, n);
+  if (t <= 1) return model.forward(x);
+  Tensor2<float> logits(n, model.num_classes());
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(t));
+  std::vector<std::thread> pool;
+  for (Index i = 0; i < t; ++i) {
+    const Index begin = n * i / t, end = n * (i + 1) / t;
+    pool.emplace_back([&, i, begin, end] {
+      try {
+        const std::array<Index, 4> at{begin, 0, 0, 0};
+        const std::array<Index, 4> len{end - begin, 3, x.dimension(2), x.dimension(3)};
+        const Tensor4<float> part = x.slice(at, len);
+        const Tensor2<float> y = model.forward(part);
+        logits.slice(std::array<Index, 2>{begin, 0},
+                     std::array<Index, 2>{end - begin, y.dimension(1)}) = y;
+      } catch (...) {
+        errors[static_cast<std::size_t>(i)] = std::current_exception();
+      }
+    });
+  }
+  for (std::thread& th : pool) th.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  return logits;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// ---- Inference on files -------------------------------------------------------------------
+
+struct Batch {
+  Tensor4<float> x;                // [N, 3, H, W]
+  std::vector<std::string> names;  // what each sample is, for the printout
+  bool from_tensor = false;        // a safetensors input (not preprocessed here)
+};
+
+bool is_safetensors(const std::string& path, const std::vector<std::uint8_t>& bytes) {
+  const std::string ext = ".safetensors";
+  if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
+    return true;
+  // An 8-byte little-endian header length, then the JSON header's '{'.
+  if (bytes.size() < 9 || bytes[8] != '{') return false;
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = n << 8 | bytes[static_cast<std::size_t>(i)];
+  return n <= bytes.size() - 8;
+}
+
+/// The tensor `input` [N, 3, H, W] (N >= 1, H, W >= 32, a float dtype) of a safetensors file.
+Batch read_tensor_input(const std::string& path, std::vector<std::uint8_t> bytes) {
+  const SafeTensors f = SafeTensors::parse(std::move(bytes), path);
+  const dynconv::TensorEntry& e = f.entry("input");
+  const std::string shape = dynconv::shape_str(e.shape);
+  if (e.dtype == dynconv::DType::I64)
+    throw dynconv::FormatError(path + ": tensor 'input' has dtype I64, expected a float dtype");
+  if (e.shape.size() != 4 || e.shape[0] < 1 || e.shape[1] != 3 || e.shape[2] < 32 ||
+      e.shape[3] < 32)
+    throw dynconv::ShapeError(path + ": tensor 'input' has shape " + shape +
+                              ", expected [N, 3, H, W] with N >= 1 and H, W >= 32");
+  Batch b;
+  b.x = f.get<float, 4>("input");
+  b.from_tensor = true;
+  for (Index i = 0; i < b.x.dimension(0); ++i)
+    b.names.push_back(dynconv::detail::concat(path, " input[", i, ']'));
+  return b;
+}
+
+/// One safetensors file, or image files preprocessed by `prep` into one batch.
+Batch read_inputs(const Options& opt, const Preprocessing& prep) {
+  std::vector<std::vector<std::uint8_t>> files;
+  for (const std::string& path : opt.inputs) files.push_back(examples::read_file(path));
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    if (!is_safetensors(opt.inputs[i], files[i])) continue;
+    if (files.size() > 1)
+      throw UsageError(opt.inputs[i] + ": a safetensors input must be the only --input");
+    if (opt.size || opt.no_normalize)
+      throw UsageError("--size and --no-normalize apply to images, not to a safetensors input");
+    return read_tensor_input(opt.inputs[i], std::move(files[i]));
+  }
+  Batch b;
+  b.x.resize(static_cast<Index>(files.size()), 3, prep.crop, prep.crop);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const examples::Image img = examples::decode_image(files[i], opt.inputs[i]);
+    examples::preprocess_into(img, prep, b.x.data() + Index(i) * 3 * prep.crop * prep.crop,
+                              opt.inputs[i]);
+    b.names.push_back(opt.inputs[i]);
+  }
+  return b;
+}
+
+/// Image preprocessing: the weights' metadata, else the ImageNet preset; then --size and
+/// --no-normalize.
+Preprocessing preprocessing(const Options& opt, const SafeTensors& w) {
+  Preprocessing p =
+      examples::preprocessing_from_metadata(w.metadata(), Preprocessing::imagenet(), w.source());
+  if (opt.size) p.with_crop(opt.size);
+  if (opt.no_normalize) p.normalize = false;
+  return p;
+}
+
+/// Prints the top-k classes of each row of logits, with softmax probabilities.
+void print_predictions(const Tensor2<float>& logits, const std::vector<std::string>& inputs,
+                       const std::vector<std::string>& names, int top) {
+  const Index classes = logits.dimension(1);
+  const Index k = std::min<Index>(top, classes);
+  for (Index n = 0; n < logits.dimension(0); ++n) {
+    double max = logits(n, 0), sum = 0.0;
+    for (Index c = 1; c < classes; ++c) max = std::max<double>(max, logits(n, c));
+    std::vector<double> p(static_cast<std::size_t>(classes));
+    for (Index c = 0; c < classes; ++c) sum += p[std::size_t(c)] = std::exp(logits(n, c) - max);
+    std::vector<Index> order(static_cast<std::size_t>(classes));
+    for (Index c = 0; c < classes; ++c) order[std::size_t(c)] = c;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](Index a, Index b) { return p[std::size_t(a)] > p[std::size_t(b)]; });
+    std::printf("[%lld] %s\n", (long long)n, inputs[std::size_t(n)].c_str());
+    for (Index r = 0; r < k; ++r) {
+      const Index c = order[std::size_t(r)];
+      std::printf("  %2lld. %7.3f%%  %s\n", (long long)(r + 1), 100.0 * p[std::size_t(c)] / sum,
+                  class_label(names, c).c_str());
+    }
+  }
+}
+
+/// --output: the logits as tensor "logits" [N, classes] (F32).
+void write_logits(const std::string& path, const Tensor2<float>& logits, const std::string& model) {
+  dynconv::SafeTensorsWriter out;
+  out.add("logits", logits);
+  out.set_metadata("model", model);
+  out.save(path);
+  std::printf("logits [%lld, %lld] written to %s\n", (long long)logits.dimension(0),
+              (long long)logits.dimension(1), path.c_str());
+}
+
+int run_inference(const Options& opt, const Model<float>& model, const SafeTensors& w,
+                  const std::vector<std::string>& names) {
+  const Preprocessing prep = preprocessing(opt, w);
+  const Batch batch = read_inputs(opt, prep);
+  if (!batch.from_tensor) std::printf("preprocessing: %s\n", prep.describe().c_str());
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tensor2<float> logits = forward(model, batch.x, opt.threads);
+  const double ms = 1e3 * seconds_since(t0);
+  print_predictions(logits, batch.names, names, opt.top);
+  const Index n = batch.x.dimension(0);
+  std::printf("latency: %.2f ms per batch of %lld, %.2f ms per image (%d thread%s)\n", ms,
+              (long long)n, ms / double(n), opt.threads, opt.threads == 1 ? "" : "s");
+  print_cost(model, batch.x.dimension(2), batch.x.dimension(3));
+  if (!opt.output.empty()) write_logits(opt.output, logits, model.name());
+  return 0;
+}
+
+// ---- Evaluation on Fashion-MNIST ------------------------------------------------------------
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+class Progress {
+ public:
+  explicit Progress(Index total) : total_(total), on_(isatty(fileno(stderr)) == 1) {}
+  void update(Index done, Index correct) const {
+    if (!on_) return;
+    const int width = 30, filled = static_cast<int>(width * done / total_);
+    std::fprintf(stderr, "\r[%s%s] %lld/%lld images, %.1f%% correct",
+                 std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                 (long long)done, (long long)total_,
+                 100.0 * double(correct) / double(std::max<Index>(done, 1)));
+    std::fflush(stderr);
+  }
+  void finish() const {
+    if (on_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  Index total_;
+  bool on_;
+};
+
+void print_confusion(const std::vector<std::vector<Index>>& m,
+                     const std::vector<std::string>& names) {
+  std::size_t wide = 0;
+  for (const std::string& s : names) wide = std::max(wide, s.size());
+  std::printf("confusion matrix (rows: true class, columns: predicted class):\n");
+  std::printf("%*s", int(wide) + 4, "");
+  for (std::size_t c = 0; c < m.size(); ++c) std::printf(" %5zu", c);
+  std::printf("\n");
+  for (std::size_t t = 0; t < m.size(); ++t) {
+    std::printf("%2zu  %-*s", t, int(wide), names[t].c_str());
+    for (Index v : m[t]) std::printf(" %5lld", (long long)v);
+    std::printf("\n");
+  }
+}
+
+int run_evaluation(const Options& opt, const Model<float>& model, const SafeTensors& w,
+                   std::vector<std::string> names) {
+  constexpr Index kBatch = 100;
+  const Index classes = fashion_mnist::kNumClasses;
+  if (model.num_classes() != classes)
+    throw UsageError(dynconv::detail::concat("--eval-fashion-mnist needs a model with ", classes,
+                                             " classes, ", model.name(), " has ",
+                                             model.num_classes()));
+  if (names.empty())
+    names.assign(fashion_mnist::class_names().begin(), fashion_mnist::class_names().end());
+  const Preprocessing prep = preprocessing(opt, w);
+  const fashion_mnist::Dataset data = fashion_mnist::load_test(opt.eval_dir);
+  const Index total = opt.limit ? std::min(opt.limit, data.count) : data.count;
+  if (total == 0) throw dynconv::FormatError(opt.eval_dir + ": the test set holds no images");
+  // Predicted classes, one per line (the format of tools/train_fashion_mnist.py --predictions);
+  // opened first so that a bad path fails before the evaluation.
+  std::ofstream predictions;
+  if (!opt.predictions.empty()) {
+    predictions.open(opt.predictions);
+    if (!predictions)
+      throw dynconv::IoError(opt.predictions +
+                             ": cannot open for writing: " + std::strerror(errno));
+  }
+
+  Tensor2<float> all_logits(opt.output.empty() ? 0 : total, classes);  // for --output
+  std::vector<std::vector<Index>> confusion(classes, std::vector<Index>(classes, 0));
+  Index correct = 0;
+  double forward_s = 0.0;
+  const Progress progress(total);
+  const auto t_all = std::chrono::steady_clock::now();
+  for (Index begin = 0; begin < total; begin += kBatch) {
+    const Index n = std::min(kBatch, total - begin);
+    Tensor4<float> x(n, 3, prep.crop, prep.crop);
+    for (Index i = 0; i < n; ++i)
+      examples::preprocess_into(data.image(begin + i), prep,
+                                x.data() + i * 3 * prep.crop * prep.crop,
+                                dynconv::detail::concat("test image ", begin + i));
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor2<float> logits = forward(model, x, opt.threads);
+    forward_s += seconds_since(t0);
+    if (all_logits.size())
+      all_logits.slice(std::array<Index, 2>{begin, 0}, std::array<Index, 2>{n, classes}) = logits;
+    for (Index i = 0; i < n; ++i) {
+      Index best = 0;
+      for (Index c = 1; c < classes; ++c)
+        if (logits(i, c) > logits(i, best)) best = c;
+      const Index truth = data.labels[std::size_t(begin + i)];
+      ++confusion[std::size_t(truth)][std::size_t(best)];
+      if (predictions.is_open()) predictions << best << '\n';
+      correct += best == truth;
+    }
+    progress.update(begin + n, correct);
+  }
+  const double all_s = seconds_since(t_all);
+  progress.finish();
+
+  std::printf("%s on the Fashion-MNIST test set (%s): %lld images at %lldx%lld\n",
+              model.name().c_str(), opt.eval_dir.c_str(), (long long)total, (long long)prep.crop,
+              (long long)prep.crop);
+  std::printf("preprocessing: %s\n", prep.describe().c_str());
+  std::printf("accuracy: %.2f%% (%lld of %lld)\n", 100.0 * double(correct) / double(total),
+              (long long)correct, (long long)total);
+  print_confusion(confusion, names);
+  std::printf(
+      "speed: %.1f images/s in forward (batch %lld, %d thread%s), %.1f images/s with "
+      "preprocessing\n",
+      double(total) / forward_s, (long long)kBatch, opt.threads, opt.threads == 1 ? "" : "s",
+      double(total) / all_s);
+  if (!opt.output.empty()) write_logits(opt.output, all_logits, model.name());
+  if (predictions.is_open()) {
+    predictions.close();
+    if (!predictions) throw dynconv::IoError(opt.predictions + ": cannot write");
+    std::printf("predicted classes written to %s\n", opt.predictions.c_str());
+  }
+  return 0;
+}
+
+/// The message on one line: newlines (from nested library messages) become "; ".
+std::string one_line(std::string s) {
+  for (std::size_t i; (i = s.find('\n')) != std::string::npos;) s.replace(i, 1, "; ");
+  return s;
+}
+
+int run(int argc, char** argv) {
+  Options opt;
+  if (const std::optional<int> status = parse_command_line(argc, argv, opt)) return *status;
+  if (!opt.model.empty() && !in_zoo(opt.model))
+    throw UsageError("unknown model '" + opt.model + "'; the zoo has: " + zoo_list());
+  const SafeTensors weights = SafeTensors::load(opt.weights);
+  const std::unique_ptr<Model<float>> model =
+      load_model(model_name(opt, weights), model_options(opt, weights), weights);
+  const std::vector<std::string> names = class_names(opt, weights, model->num_classes());
+  return opt.eval ? run_evaluation(opt, *model, weights, names)
+                  : run_inference(opt, *model, weights, names);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: %s\n", kProgram, one_line(e.what()).c_str());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: out of memory\n", kProgram);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", kProgram, one_line(e.what()).c_str());
+  } catch (...) {
+    std::fprintf(stderr, "%s: unknown error\n", kProgram);
+  }
+  return 1;
+}
