@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dynconv quick start: the two commands of README's "Quick start".
 #
-#   bash tools/quickstart.sh demo   build and run examples/dynamic_conv_demo (in build-demo/)
+#   bash tools/quickstart.sh demo   build and run examples/mobilenet_v3_small (in build-demo/):
+#                                   the shipped dynamic model classifying bundled images
 #   bash tools/quickstart.sh test   build everything and run every test with ctest (in build/)
 #
 # Installs the Debian packages it needs first (as root; otherwise it prints the apt-get line).
@@ -25,11 +26,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "dynconv: $*"; }
 
 # ---- Debian packages -------------------------------------------------------------------------
-packages=(g++ cmake make libeigen3-dev nlohmann-json3-dev)
+packages=(g++ cmake make pkg-config libeigen3-dev nlohmann-json3-dev libstb-dev zlib1g-dev
+  libcli11-dev)
 if [[ $mode == test ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev)
   if [[ ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
-    packages+=(python3-torch python3-torchvision)
+    packages+=(python3-torch python3-torchvision python3-pil)
   fi
 fi
 
@@ -66,10 +68,10 @@ if [[ $mode == demo ]]; then
   say "configuring build-demo/ (example only)"
   cmake -S . -B build-demo -DDYNCONV_BUILD_EXAMPLES=ON -DDYNCONV_BUILD_TESTS=OFF \
     -DDYNCONV_BUILD_BENCHMARKS=OFF ${cmake_args[@]+"${cmake_args[@]}"}
-  say "building dynamic_conv_demo"
-  cmake --build build-demo --target dynamic_conv_demo -j2
-  say "running build-demo/examples/dynamic_conv_demo"
-  ./build-demo/examples/dynamic_conv_demo
+  say "building mobilenet_v3_small"
+  cmake --build build-demo --target mobilenet_v3_small -j2
+  say "running build-demo/examples/mobilenet_v3_small"
+  ./build-demo/examples/mobilenet_v3_small
   say "demo done"
 else
   if [[ ${CI:-} == true && ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
