@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 #include <stb_image_write.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -735,10 +736,30 @@ class CliShipped : public ::testing::TestWithParam<const char*> {};
 TEST_P(CliShipped, FullTestSetAccuracyMatchesPyTorch) {
   const std::string weights =
       std::string(DYNCONV_SOURCE_DIR) + "/models/fashion_mnist/" + GetParam() + ".safetensors";
-  if (!fs::exists(weights)) GTEST_SKIP() << weights << " is not there (yet)";
+  ASSERT_TRUE(fs::exists(weights)) << weights << " is shipped with the repository";
   if (!has_fashion_mnist()) GTEST_SKIP() << "no Fashion-MNIST in " << fashion_mnist_dir();
-  const Result r = run_argv({"--weights", weights, "--eval-fashion-mnist", fashion_mnist_dir()});
+  const std::string ours_path = scratch(std::string(GetParam()) + ".cpp_predictions.txt");
+  const Result r = run_argv({"--weights", weights, "--eval-fashion-mnist", fashion_mnist_dir(),
+                             "--predictions", ours_path});
   ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  // Identical predictions to PyTorch's (same F16 weights) on at least 99.9% of the images.
+  if (!parity_dir().empty()) {
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      std::vector<int> v;
+      for (int c; in >> c;) v.push_back(c);
+      return v;
+    };
+    const std::vector<int> ours = read(ours_path);
+    const std::vector<int> torch = read(parity_dir() + "/" + GetParam() + ".torch_predictions.txt");
+    ASSERT_EQ(ours.size(), 10000u);
+    ASSERT_EQ(torch.size(), 10000u);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < ours.size(); ++i) same += ours[i] == torch[i];
+    std::printf("[ measured ] %s: C++ and PyTorch agree on %zu of 10000 test images\n", GetParam(),
+                same);
+    EXPECT_GE(same, 9990u);
+  }
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(accuracy: ([0-9.]+)% \((\d+) of 10000\))")))
       << r.out;
@@ -751,6 +772,38 @@ TEST_P(CliShipped, FullTestSetAccuracyMatchesPyTorch) {
   }
   if (std::string(GetParam()) == "dy_mobilenet_v3_small") {
     EXPECT_GE(ours, 0.90) << "issue 4: the dynamic model reaches at least 90%";
+  }
+}
+
+// The demo's bundled images (examples/data/<test index>_<label>_<class>.png, exact copies of
+// Fashion-MNIST test images): dynconv-run's top-1 equals PyTorch's prediction for that index.
+TEST_P(CliShipped, BundledImagesMatchPyTorch) {
+  const std::string weights =
+      std::string(DYNCONV_SOURCE_DIR) + "/models/fashion_mnist/" + GetParam() + ".safetensors";
+  if (parity_dir().empty()) GTEST_SKIP() << "no PyTorch data (DYNCONV_CLI_DATA)";
+  std::vector<std::string> images;
+  for (const auto& e : fs::directory_iterator(std::string(DYNCONV_SOURCE_DIR) + "/examples/data"))
+    images.push_back(e.path().string());
+  std::sort(images.begin(), images.end());
+  ASSERT_EQ(images.size(), 10u);
+  std::vector<std::string> args = {"--weights", weights, "--top", "1", "--output",
+                                   scratch(std::string(GetParam()) + ".bundled.safetensors"),
+                                   "--input"};
+  args.insert(args.end(), images.begin(), images.end());
+  const Result r = run_argv(args);
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  const auto logits = SafeTensors::load(scratch(std::string(GetParam()) + ".bundled.safetensors"))
+                          .get<float, 2>("logits");
+  std::ifstream in(parity_dir() + "/" + GetParam() + ".torch_predictions.txt");
+  std::vector<int> torch;
+  for (int c; in >> c;) torch.push_back(c);
+  ASSERT_EQ(torch.size(), 10000u);
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const int index = std::stoi(fs::path(images[i]).filename().string().substr(0, 4));
+    int best = 0;
+    for (int c = 1; c < 10; ++c)
+      if (logits(static_cast<Index>(i), c) > logits(static_cast<Index>(i), best)) best = c;
+    EXPECT_EQ(best, torch[static_cast<std::size_t>(index)]) << images[i];
   }
 }
 

@@ -44,6 +44,7 @@ imported, unless the environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import zlib
 
@@ -156,6 +157,9 @@ def preprocess(path, resize, crop, mean, std, grayscale):
     return x
 
 
+SHIPPED = ["dy_mobilenet_v3_small", "mobilenet_v3_small"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory")
@@ -210,6 +214,15 @@ def main():
                      f"{MIN_MARGIN:.0e}); change the seeds")
     dt.save_safetensors(os.path.join(out, "expected.safetensors"), expected,
                         {"torch_version": torch.__version__})
+
+    # PyTorch's predictions for the 10,000 Fashion-MNIST test images with each shipped model
+    # (models/fashion_mnist/), for the C++ agreement check: <model>.torch_predictions.txt.
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for name in SHIPPED:
+        weights = os.path.join(root, "models", "fashion_mnist", name + ".safetensors")
+        subprocess.run([sys.executable, os.path.join(root, "tools", "train_fashion_mnist.py"),
+                        "--predict-only", "--weights", weights, "--predictions",
+                        os.path.join(out, name + ".torch_predictions.txt")], check=True)
 
     manifest = os.path.join(out, "manifest.txt")
     with open(manifest + ".tmp", "w") as f:

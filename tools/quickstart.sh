@@ -29,7 +29,7 @@ say() { echo "dynconv: $*"; }
 packages=(g++ cmake make pkg-config libeigen3-dev nlohmann-json3-dev libstb-dev zlib1g-dev
   libcli11-dev)
 if [[ $mode == test ]]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev)
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist)
   if [[ ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
     packages+=(python3-torch python3-torchvision python3-pil)
   fi
