@@ -87,10 +87,10 @@ min_hidden, policy, and model (the default of --model).
 
 Examples:
   dynconv-run --model dy_mobilenet_v3_small \
-      --weights models/fashion_mnist/dy_mobilenet_v3_small.safetensors --input shirt.png
+      --weights examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors --input shirt.png
   dynconv-run --model resnet18 --weights resnet18.safetensors --input cat.jpg --top 3
   dynconv-run --model dy_mobilenet_v3_small \
-      --weights models/fashion_mnist/dy_mobilenet_v3_small.safetensors --eval-fashion-mnist
+      --weights examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors --eval-fashion-mnist
 
 Exit status: 0 on success, 1 for a bad file or bad data, 2 for a bad command line; every
 error is one line on stderr, "dynconv-run: <what went wrong>".

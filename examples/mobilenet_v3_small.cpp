@@ -34,7 +34,8 @@ int true_label(const std::string& path) {
 
 int run(int argc, char** argv) {
   const std::string weights_path =
-      argc > 1 ? argv[1] : kData + "/models/fashion_mnist/dy_mobilenet_v3_small.safetensors";
+      argc > 1 ? argv[1]
+               : kData + "/examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors";
   std::vector<std::string> paths(argv + std::min(argc, 2), argv + argc);
   if (paths.empty())
     for (const auto& entry : fs::directory_iterator(kData + "/examples/data"))

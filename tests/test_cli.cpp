@@ -8,7 +8,7 @@
 //                   tools/make_cli_test_data.py (the ctest fixture `cli`, directory in
 //                   $DYNCONV_CLI_DATA); skipped without it. CliParityDynamic: --threads on
 //                   the dynamic model of that data
-//   CliShipped.*    the trained Fashion-MNIST weights in models/fashion_mnist/, when present
+//   CliShipped.*    the trained Fashion-MNIST weights shipped in examples/fashion_mnist_weights/
 //
 // DYNCONV_RUN_PATH (the dynconv-run binary) and DYNCONV_SOURCE_DIR are compile definitions; the
 // Fashion-MNIST directory is $DYNCONV_FASHION_MNIST_DIR, else Debian's; tests that need it skip
@@ -729,13 +729,13 @@ TEST(CliParityDynamic, ThreadsGiveTheSameLogits) {
             1e-6);
 }
 
-// ---- CliShipped: the trained weights of models/fashion_mnist/ --------------------------------
+// ---- CliShipped: the trained weights of examples/fashion_mnist_weights/ -----------------
 
 class CliShipped : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CliShipped, FullTestSetAccuracyMatchesPyTorch) {
-  const std::string weights =
-      std::string(DYNCONV_SOURCE_DIR) + "/models/fashion_mnist/" + GetParam() + ".safetensors";
+  const std::string weights = std::string(DYNCONV_SOURCE_DIR) + "/examples/fashion_mnist_weights/" +
+                              GetParam() + ".safetensors";
   ASSERT_TRUE(fs::exists(weights)) << weights << " is shipped with the repository";
   if (!has_fashion_mnist()) GTEST_SKIP() << "no Fashion-MNIST in " << fashion_mnist_dir();
   const std::string ours_path = scratch(std::string(GetParam()) + ".cpp_predictions.txt");
@@ -778,17 +778,18 @@ TEST_P(CliShipped, FullTestSetAccuracyMatchesPyTorch) {
 // The demo's bundled images (examples/data/<test index>_<label>_<class>.png, exact copies of
 // Fashion-MNIST test images): dynconv-run's top-1 equals PyTorch's prediction for that index.
 TEST_P(CliShipped, BundledImagesMatchPyTorch) {
-  const std::string weights =
-      std::string(DYNCONV_SOURCE_DIR) + "/models/fashion_mnist/" + GetParam() + ".safetensors";
+  const std::string weights = std::string(DYNCONV_SOURCE_DIR) + "/examples/fashion_mnist_weights/" +
+                              GetParam() + ".safetensors";
   if (parity_dir().empty()) GTEST_SKIP() << "no PyTorch data (DYNCONV_CLI_DATA)";
   std::vector<std::string> images;
   for (const auto& e : fs::directory_iterator(std::string(DYNCONV_SOURCE_DIR) + "/examples/data"))
     images.push_back(e.path().string());
   std::sort(images.begin(), images.end());
   ASSERT_EQ(images.size(), 10u);
-  std::vector<std::string> args = {"--weights", weights, "--top", "1", "--output",
-                                   scratch(std::string(GetParam()) + ".bundled.safetensors"),
-                                   "--input"};
+  std::vector<std::string> args = {
+      "--weights", weights,    "--top",
+      "1",         "--output", scratch(std::string(GetParam()) + ".bundled.safetensors"),
+      "--input"};
   args.insert(args.end(), images.begin(), images.end());
   const Result r = run_argv(args);
   ASSERT_TRUE(r.exited && r.code == 0) << describe(r);

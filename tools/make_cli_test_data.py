@@ -216,10 +216,10 @@ def main():
                         {"torch_version": torch.__version__})
 
     # PyTorch's predictions for the 10,000 Fashion-MNIST test images with each shipped model
-    # (models/fashion_mnist/), for the C++ agreement check: <model>.torch_predictions.txt.
+    # (examples/fashion_mnist_weights/), for the C++ agreement check: <model>.torch_predictions.txt.
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     for name in SHIPPED:
-        weights = os.path.join(root, "models", "fashion_mnist", name + ".safetensors")
+        weights = os.path.join(root, "examples", "fashion_mnist_weights", name + ".safetensors")
         subprocess.run([sys.executable, os.path.join(root, "tools", "train_fashion_mnist.py"),
                         "--predict-only", "--weights", weights, "--predictions",
                         os.path.join(out, name + ".torch_predictions.txt")], check=True)

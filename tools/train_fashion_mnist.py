@@ -4,9 +4,9 @@
 One command per model, fixed seeds, deterministic data order:
 
     /usr/bin/python3 tools/train_fashion_mnist.py --model dy_mobilenet_v3_small \\
-        --out models/fashion_mnist/dy_mobilenet_v3_small.safetensors
+        --out examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors
     /usr/bin/python3 tools/train_fashion_mnist.py --model mobilenet_v3_small \\
-        --out models/fashion_mnist/mobilenet_v3_small.safetensors
+        --out examples/fashion_mnist_weights/mobilenet_v3_small.safetensors
 
 Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist/*-ubyte.gz, read here
 with gzip + numpy). Trains on the 60,000 training images; the 10,000 test images are only
@@ -37,7 +37,7 @@ again: that accuracy is printed and stored in the file's metadata as test_accura
 Predictions for the C++ agreement check (no training; any exported file):
 
     /usr/bin/python3 tools/train_fashion_mnist.py --predict-only \\
-        --weights models/fashion_mnist/dy_mobilenet_v3_small.safetensors \\
+        --weights examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors \\
         --predictions /tmp/dy_pred.txt [--logits /tmp/dy_logits.safetensors]
 
 writes PyTorch's predicted class (0..9) for each of the 10,000 test images, one per line in
