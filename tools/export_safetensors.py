@@ -78,21 +78,14 @@ def _metadata_value(value):
     raise TypeError(f"metadata value {value!r} ({type(value).__name__}) cannot be stored")
 
 
-def _last_linear(model):
-    last = None
-    for prefix, m in model.named_modules():
-        if isinstance(m, nn.Linear) and ".attention." not in f".{prefix}.":
-            last = m
-    return last
-
-
 def model_metadata(model):
     """What the model itself says: model, num_classes, kernels, temperature."""
     meta = {}
     name = getattr(model, "zoo_name", None)
     if name:
         meta["model"] = name
-    last = _last_linear(model)
+    prefix = dt._last_linear(model)
+    last = dict(model.named_modules())[prefix] if prefix is not None else None
     if last is not None:
         meta["num_classes"] = str(last.out_features)
     layers = dt.dynamic_layers(model)
