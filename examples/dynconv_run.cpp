@@ -14,6 +14,7 @@
 // "dynconv-run: <what went wrong>", and exit status 1 (2 for a bad command line).
 #include "fashion_mnist.hpp"
 #include "image_input.hpp"
+#include "model_metadata.hpp"
 
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/safetensors.hpp>
@@ -211,39 +212,13 @@ bool in_zoo(const std::string& name) {
   return std::find(zoo.begin(), zoo.end(), name) != zoo.end();
 }
 
-/// Metadata `key` of the weights as an integer >= 1.
-Index metadata_int(const SafeTensors& w, const std::string& key) {
-  const std::string& v = w.metadata().at(key);
-  std::size_t used = 0;
-  long long n = 0;
-  try {
-    n = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != v.size() || n < 1)
-    throw dynconv::FormatError(w.source() + ": metadata " + key + "='" + v +
-                               "' is not a positive integer");
-  return static_cast<Index>(n);
-}
-
 /// The model options from the weights' metadata and --classes.
 ModelOptions model_options(const Options& opt, const SafeTensors& w) {
-  ModelOptions o;
-  Index classes = opt.classes;
-  if (w.metadata().count("num_classes")) {
-    const Index meta = metadata_int(w, "num_classes");
-    if (classes && classes != meta)
-      throw UsageError(dynconv::detail::concat("--classes ", classes, " contradicts ", w.source(),
-                                               ", whose metadata says num_classes=", meta));
-    classes = meta;
-  }
-  o.num_classes(classes ? classes : 1000);
-  if (w.metadata().count("kernels")) o.kernels(metadata_int(w, "kernels"));
-  if (w.metadata().count("reduction")) o.reduction(metadata_int(w, "reduction"));
-  if (w.metadata().count("min_hidden")) o.min_hidden(metadata_int(w, "min_hidden"));
-  if (w.metadata().count("policy"))
-    o.policy(dynconv::models::policy_by_name(w.metadata().at("policy")));
+  ModelOptions o = examples::model_options_from_metadata(w, opt.classes ? opt.classes : 1000);
+  if (opt.classes && w.metadata().count("num_classes") && o.num_classes() != opt.classes)
+    throw UsageError(
+        dynconv::detail::concat("--classes ", opt.classes, " contradicts ", w.source(),
+                                ", whose metadata says num_classes=", o.num_classes()));
   return o;
 }
 
@@ -289,13 +264,7 @@ std::vector<std::string> class_names(const Options& opt, const SafeTensors& w, I
     while (!names.empty() && names.back().empty()) names.pop_back();
   } else if (w.metadata().count("class_names")) {
     source = w.source() + " (metadata class_names)";
-    const nlohmann::json j = nlohmann::json::parse(w.metadata().at("class_names"), nullptr, false);
-    bool ok = j.is_array();
-    for (std::size_t i = 0; ok && i < j.size(); ++i) {
-      ok = j[i].is_string();
-      if (ok) names.push_back(j[i].get<std::string>());
-    }
-    if (!ok) throw dynconv::FormatError(source + " is not a JSON array of strings");
+    names = examples::class_names_from_metadata(w);
   }
   if (!names.empty() && static_cast<Index>(names.size()) != classes)
     throw dynconv::FormatError(dynconv::detail::concat(
@@ -359,6 +328,22 @@ Tensor2<float> forward(const Model<float>& model, const Tensor4<float>& x, int t
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
   return logits;
+}
+
+/// Throws FormatError if any logit is NaN or infinite (a non-finite input value; the weights
+/// are checked at load): printing a "prediction" from it would be garbage.
+void check_finite(const Tensor2<float>& logits, Index first_input = 0) {
+  for (Index i = 0; i < logits.dimension(0); ++i)
+    for (Index c = 0; c < logits.dimension(1); ++c)
+      if (!std::isfinite(logits(i, c)))
+        throw dynconv::FormatError(dynconv::detail::concat(
+            "input ", first_input + i, " gives a non-finite logit (", logits(i, c), " for class ",
+            c, "): the input holds NaN or infinite values"));
+}
+
+/// The number of threads forward() really uses for a batch of n.
+int threads_used(int threads, Index n) {
+  return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, n)));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -477,10 +462,12 @@ int run_inference(const Options& opt, const Model<float>& model, const SafeTenso
   const auto t0 = std::chrono::steady_clock::now();
   const Tensor2<float> logits = forward(model, batch.x, opt.threads);
   const double ms = 1e3 * seconds_since(t0);
+  check_finite(logits);
   print_predictions(logits, batch.names, names, opt.top);
   const Index n = batch.x.dimension(0);
+  const int used = threads_used(opt.threads, n);
   std::printf("latency: %.2f ms per batch of %lld, %.2f ms per image (%d thread%s)\n", ms,
-              (long long)n, ms / double(n), opt.threads, opt.threads == 1 ? "" : "s");
+              (long long)n, ms / double(n), used, used == 1 ? "" : "s");
   print_cost(model, batch.x.dimension(2), batch.x.dimension(3));
   if (!opt.output.empty()) write_logits(opt.output, logits, model.name());
   return 0;
@@ -565,6 +552,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
     const auto t0 = std::chrono::steady_clock::now();
     const Tensor2<float> logits = forward(model, x, opt.threads);
     forward_s += seconds_since(t0);
+    check_finite(logits, begin);
     if (all_logits.size())
       all_logits.slice(std::array<Index, 2>{begin, 0}, std::array<Index, 2>{n, classes}) = logits;
     for (Index i = 0; i < n; ++i) {
@@ -591,8 +579,8 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
   std::printf(
       "speed: %.1f images/s in forward (batch %lld, %d thread%s), %.1f images/s with "
       "preprocessing\n",
-      double(total) / forward_s, (long long)kBatch, opt.threads, opt.threads == 1 ? "" : "s",
-      double(total) / all_s);
+      double(total) / forward_s, (long long)kBatch, threads_used(opt.threads, kBatch),
+      threads_used(opt.threads, kBatch) == 1 ? "" : "s", double(total) / all_s);
   if (!opt.output.empty()) write_logits(opt.output, all_logits, model.name());
   if (predictions.is_open()) {
     predictions.close();

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "image_input.hpp"
+#include "model_metadata.hpp"
 
 using namespace dynconv;
 namespace fs = std::filesystem;
@@ -37,23 +38,23 @@ int run(int argc, char** argv) {
       argc > 1 ? argv[1]
                : kData + "/examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors";
   std::vector<std::string> paths(argv + std::min(argc, 2), argv + argc);
-  if (paths.empty())
+  if (paths.empty()) {  // the bundled images, in name order
     for (const auto& entry : fs::directory_iterator(kData + "/examples/data"))
       paths.push_back(entry.path());
-  std::sort(paths.begin(), paths.end());
+    std::sort(paths.begin(), paths.end());
+  }
 
-  // 1. The weights say which model they are for, how many classes and how to preprocess.
+  // 1. The weights say which model they are for, its options, and how to preprocess.
   const SafeTensors weights = SafeTensors::load(weights_path);
   const auto& meta = weights.metadata();
   const std::string model_name = meta.count("model") ? meta.at("model") : "dy_mobilenet_v3_small";
-  const Index classes = meta.count("num_classes") ? std::stol(meta.at("num_classes")) : 1000;
-  std::vector<std::string> names;
-  if (meta.count("class_names"))
-    names = nlohmann::json::parse(meta.at("class_names")).get<std::vector<std::string>>();
+  const models::ModelOptions options = examples::model_options_from_metadata(weights, 1000);
+  const Index classes = options.num_classes();
+  const std::vector<std::string> names = examples::class_names_from_metadata(weights);
   auto class_name = [&](Index c) { return c < Index(names.size()) ? names[c] : std::to_string(c); };
 
   // 2. Build the network and load the weights (BatchNorm folds into the convolutions here).
-  auto model = models::create<float>(model_name, models::ModelOptions().num_classes(classes));
+  auto model = models::create<float>(model_name, options);
   model->load(weights);
 
   // 3. Images -> one batch [N, 3, S, S], preprocessed as in training.
@@ -92,14 +93,15 @@ int run(int argc, char** argv) {
   const bool dynamic = model_name.rfind("dy_", 0) == 0;
   const std::string twin = dynamic ? model_name.substr(3) : "dy_" + model_name;
   const LayerCost mine = model->cost(prep.crop, prep.crop).total;
-  const LayerCost other = models::create<float>(twin, models::ModelOptions().num_classes(classes))
-                              ->cost(prep.crop, prep.crop)
-                              .total;
+  // (A static file's metadata describes no dynamic layers: its twin gets the zoo defaults.)
+  const auto twin_options = dynamic ? options : models::ModelOptions().num_classes(classes);
+  const LayerCost other =
+      models::create<float>(twin, twin_options)->cost(prep.crop, prep.crop).total;
   const LayerCost& s = dynamic ? other : mine;
   const LayerCost& d = dynamic ? mine : other;
   std::printf(
       "cost per %lldx%lld image: static %.2fM params, %.2fM MAdds; dynamic %.2fM params (x%.2f), "
-      "%.2fM MAdds (+%.1f%%)\n",
+      "%.2fM MAdds (%+.1f%%)\n",
       (long long)prep.crop, (long long)prep.crop, s.params / 1e6, s.madds() / 1e6, d.params / 1e6,
       double(d.params) / s.params, d.madds() / 1e6, 100.0 * (double(d.madds()) / s.madds() - 1));
   return 0;

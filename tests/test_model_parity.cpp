@@ -151,7 +151,7 @@ struct ModelData {
   Index integer(const std::string& key) const { return static_cast<Index>(std::stoll(str(key))); }
 };
 
-const std::vector<std::string> kTestTensors = {"input", "logits"};
+const std::vector<std::string> kTestTensors = {"input", "logits", "input_odd", "logits_odd"};
 
 std::shared_ptr<const ModelData> load_model_data(const std::string& path, const std::string& name) {
   auto d = std::make_shared<ModelData>();
@@ -316,6 +316,21 @@ TEST_P(ModelParity, DoubleBatch) {
   report(name_, "double_batch" + std::to_string(x.dimension(0)), err, kDoubleTolerance);
   EXPECT_LE(err, kDoubleTolerance) << name_ << ": double, batch of " << x.dimension(0);
   expect_same_argmax(name_ + " double batch", y, ref, 0.0);
+}
+
+// An odd, non-square image (33x47: odd feature maps after every stride) against PyTorch, in
+// float and double: "any input size >= 32x32" rests on this.
+TEST_P(ModelParity, OddNonSquareInput) {
+  const ModelData& d = *data_;
+  const Tensor2<double> ref = d.file->get<double, 2>("logits_odd");
+  const auto model_f = make_loaded_model<float>(d);
+  const double err_f = relative_error(model_f->forward(d.file->get<float, 4>("input_odd")), ref);
+  report(name_, "float_33x47", err_f, kFloatTolerance);
+  EXPECT_LE(err_f, kFloatTolerance) << name_ << ": float, 33x47";
+  const auto model_d = make_loaded_model<double>(d);
+  const double err_d = relative_error(model_d->forward(d.file->get<double, 4>("input_odd")), ref);
+  report(name_, "double_33x47", err_d, kDoubleTolerance);
+  EXPECT_LE(err_d, kDoubleTolerance) << name_ << ": double, 33x47";
 }
 
 // The file holds the state_dict plus "input" and "logits": a strict load of all of it must

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -949,6 +950,22 @@ TEST(Load, WrongShapeIsShapeErrorWithBothShapes) {
   EXPECT_THAT([&] { m->load(write(d)); },
               ThrowsMessage<ShapeError>(AllOf(HasSubstr("'layer1.0.conv2.attention.fc1.weight'"),
                                               HasSubstr("[64, 16]"), HasSubstr("[16, 64]"))));
+}
+
+TEST(Load, NonFiniteWeightIsFormatErrorNamingTheTensor) {
+  const ModelPtr m = make("dy_resnet10");
+  Checkpoint c = saved("dy_resnet10");
+  std::vector<float> w(1000 * 512, 0.01f);
+  w[7] = std::numeric_limits<float>::quiet_NaN();
+  c["fc.weight"] = Entry{{1000, 512}, w};
+  EXPECT_THAT([&] { m->load(write(c)); },
+              ThrowsMessage<FormatError>(AllOf(HasSubstr("'fc.weight'"), HasSubstr("nan"),
+                                               HasSubstr("element 7"))));
+  Checkpoint d = saved("dy_resnet10");
+  d["layer1.0.conv1.attention.temperature"] =
+      Entry{{}, {std::numeric_limits<float>::infinity()}};
+  EXPECT_THAT([&] { m->load(write(d)); },
+              ThrowsMessage<FormatError>(HasSubstr("'layer1.0.conv1.attention.temperature'")));
 }
 
 TEST(Load, NumBatchesTrackedIsAcceptedAndIgnored) {

@@ -14,6 +14,8 @@ representable in float16), and writes DIR/<model>.safetensors with
                                  per-channel offset N(0, 0.5^2) (so that the samples differ),
                                  every value a float16 value
     logits  [3, 1000]     F64   PyTorch's eval-mode forward in float64 (model.double())
+    input_odd   [1, 3, 33, 47]  F32   an odd, non-square input (odd feature maps at every stride)
+    logits_odd  [1, 1000]       F64   PyTorch's float64 logits for it
 
 and metadata: model, num_classes, batch, input_height, input_width, policy, kernels,
 reduction, min_hidden, bn_eps (the distinct BatchNorm eps values, comma-separated), seed,
@@ -128,6 +130,11 @@ def make_model(name, out_dir, digest, policy=POLICY):
         logits = model(x)
     for hook in hooks:
         hook.remove()
+    # An odd, non-square input: every strided layer then sees odd sizes (padding, floor modes).
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{name}/odd".encode()))
+    x_odd = dt.random_input(1, 33, 47, gen)
+    with torch.no_grad():
+        logits_odd = model(x_odd)
     scale = float(logits.abs().max())
     err32 = float((logits32 - logits).abs().max()) / scale
 
@@ -143,10 +150,12 @@ def make_model(name, out_dir, digest, policy=POLICY):
             tensors[key] = t
         else:
             raise TypeError(f"{name}: {key} has dtype {t.dtype}")
-    if "input" in tensors or "logits" in tensors:
-        raise ValueError(f"{name}: a state_dict entry is named 'input' or 'logits'")
+    if {"input", "logits", "input_odd", "logits_odd"} & set(tensors):
+        raise ValueError(f"{name}: a state_dict entry is named like a test tensor")
     tensors["input"] = x.float()
     tensors["logits"] = logits
+    tensors["input_odd"] = x_odd.float()
+    tensors["logits_odd"] = logits_odd
 
     eps = sorted({m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
     # mean over the layers of (mean over the samples of max_k pi)

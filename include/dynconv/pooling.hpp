@@ -50,6 +50,11 @@ Tensor2<T> global_avg_pool_nhwc(const Tensor4<T>& x) {
   return y;
 }
 
+/// Output size of a pooling window along one axis (floor mode, as PyTorch's default).
+inline Index pool_out_size(Index in, Index kernel, Index stride, Index padding) {
+  return (in + 2 * padding - kernel) / stride + 1;
+}
+
 /// Max pooling over kernel x kernel windows with stride and implicit -inf padding (PyTorch's
 /// MaxPool2d). [N, H, W, C] -> [N, Hout, Wout, C], Hout = (H + 2*padding - kernel) / stride + 1.
 template <typename T>
@@ -62,7 +67,8 @@ Tensor4<T> max_pool2d_nhwc(const Tensor4<T>& x, Index kernel, Index stride, Inde
     detail::fail<ShapeError>("max_pool2d: input ", shape_str(x.dimensions()),
                              " (NHWC) is smaller than the ", kernel, 'x', kernel,
                              " window after padding ", padding);
-  const Index oh = (h + 2 * padding - kernel) / stride + 1, ow = (w + 2 * padding - kernel) / stride + 1;
+  const Index oh = pool_out_size(h, kernel, stride, padding);
+  const Index ow = pool_out_size(w, kernel, stride, padding);
   Tensor4<T> y(n, oh, ow, c);
   for (Index b = 0; b < n; ++b)
     for (Index r = 0; r < oh; ++r)

@@ -5,6 +5,8 @@
 // parameters:
 //   - a missing tensor is a FormatError naming it and the shape the model expects;
 //   - a tensor of another shape is a ShapeError printing both shapes;
+//   - a NaN or infinite value is a FormatError naming the tensor and the element (a model
+//     would otherwise turn it into confident-looking garbage);
 //   - finish() reports every tensor of the file the model did not take (a FormatError listing
 //     them), except BatchNorm's "*.num_batches_tracked" counters, which are accepted and ignored.
 // Any stored dtype converts to the model's scalar type (F16/BF16 files load exactly).
@@ -20,6 +22,7 @@
 #include <dynconv/tensor.hpp>
 
 #include <array>
+#include <cmath>
 #include <set>
 #include <string>
 
@@ -49,7 +52,9 @@ class WeightLoader {
       detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
                                shape_str(e.shape), ", the model expects ", shape_str(shape));
     taken_.insert(name);
-    return file_.get<T, Rank>(name);
+    Tensor<T, Rank> t = file_.get<T, Rank>(name);
+    check_finite(name, t.data(), t.size());
+    return t;
   }
 
   /// A one-element tensor (any rank) as a double, or `fallback` when the file lacks it.
@@ -60,6 +65,7 @@ class WeightLoader {
       detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
                                shape_str(file_.entry(name).shape), ", expected one element");
     taken_.insert(name);
+    check_finite(name, v.data(), 1);
     return v[0];
   }
 
@@ -82,6 +88,14 @@ class WeightLoader {
   }
 
  private:
+  template <typename T>
+  void check_finite(const std::string& name, const T* p, Index n) const {
+    for (Index i = 0; i < n; ++i)
+      if (!std::isfinite(p[i]))
+        detail::fail<FormatError>(file_.source(), ": tensor '", name, "' holds ", p[i],
+                                  " at element ", i, "; weights must be finite");
+  }
+
   const SafeTensors& file_;
   LoadMode mode_;
   std::set<std::string> taken_;

@@ -232,8 +232,9 @@ class ConvUnit final : public Module<T> {
     out.add(b + ".running_var", ones);
   }
 
-  /// Parameters are counted as PyTorch counts the unfolded unit: convolution (K kernels and
-  /// the attention FCs when dynamic) plus the BatchNorm's weight and bias.
+  /// Parameters and MAdds are counted as PyTorch counts the unfolded unit: convolution (K
+  /// kernels and the attention FCs when dynamic) plus the BatchNorm's weight and bias. (At run
+  /// time the folded BatchNorm bias is aggregated too: K x Cout more multiply-adds, not counted.)
   std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>& out) const override {
     LayerCost c = dynamic_ ? dynamic_->cost(h, w) : static_->cost(h, w);
     const Index cout = geometry().out_channels;

@@ -25,15 +25,34 @@ namespace models {
 /// Options of a zoo model. Defaults: 1000 classes, K = 4, attention hidden =
 /// max(1, Cin / 4), tau = 1, and the model's own paper-closest policy.
 struct ModelOptions {
-  ModelOptions& num_classes(Index n) { num_classes_ = n; return *this; }
+  ModelOptions& num_classes(Index n) {
+    num_classes_ = n;
+    return *this;
+  }
   Index num_classes() const { return num_classes_; }
-  ModelOptions& kernels(Index k) { dynamic_.kernels = k; return *this; }
-  ModelOptions& reduction(Index r) { dynamic_.reduction = r; return *this; }
-  ModelOptions& min_hidden(Index m) { dynamic_.min_hidden = m; return *this; }
-  ModelOptions& temperature(double t) { dynamic_.temperature = t; return *this; }
+  ModelOptions& kernels(Index k) {
+    dynamic_.kernels = k;
+    return *this;
+  }
+  ModelOptions& reduction(Index r) {
+    dynamic_.reduction = r;
+    return *this;
+  }
+  ModelOptions& min_hidden(Index m) {
+    dynamic_.min_hidden = m;
+    return *this;
+  }
+  /// The temperature of a freshly built (or upcycled) model; load() takes it from the file.
+  ModelOptions& temperature(double t) {
+    dynamic_.temperature = t;
+    return *this;
+  }
   const DynamicSettings& dynamic_settings() const { return dynamic_; }
   /// Which convolutions of a dy_ model are dynamic; unset: the model's default (see zoo.hpp).
-  ModelOptions& policy(DynamicPolicy p) { policy_ = std::move(p); return *this; }
+  ModelOptions& policy(DynamicPolicy p) {
+    policy_ = std::move(p);
+    return *this;
+  }
   const DynamicPolicy& policy() const { return policy_; }
 
  private:
@@ -69,21 +88,18 @@ class Model {
   /// [N, 3, H, W] (NCHW, H, W >= 32) -> logits [N, num_classes]
   Tensor2<T> forward(const Tensor4<T>& x) const {
     check_input(x, 1);
-    return forward_nhwc(nchw_to_nhwc(x));
+    return run(nchw_to_nhwc(x));
   }
   /// [N, H, W, 3] (NHWC) -> logits [N, num_classes]
   Tensor2<T> forward_nhwc(const Tensor4<T>& x) const {
     check_input(x, 3);
-    Tensor2<T> y = global_avg_pool_nhwc(features_.forward_nhwc(x));
-    for (const DenseLayer<T>& d : head_) {
-      y = d.linear.forward(y);
-      activate_inplace(d.activation, y);
-    }
-    return y;
+    return run(x);
   }
 
-  /// Loads every parameter from `file`; missing, unexpected or mis-shaped tensors are errors
-  /// naming the tensor (and both shapes). BatchNorm folds into the convolutions.
+  /// Loads every parameter from `file`; missing, unexpected, mis-shaped or non-finite tensors
+  /// are errors naming the tensor (and both shapes). BatchNorm folds into the convolutions.
+  /// The file sets each dynamic layer's temperature (1 where it holds none). After a failed
+  /// load the parameters are partly replaced: load again or discard the model.
   /// LoadMode::Upcycle loads a static model's checkpoint into this dynamic model (weights.hpp).
   void load(const SafeTensors& file, LoadMode mode = LoadMode::Strict) {
     WeightLoader w(file, mode);
@@ -123,9 +139,20 @@ class Model {
   }
 
  private:
+  /// The network on checked NHWC input.
+  Tensor2<T> run(const Tensor4<T>& x) const {
+    Tensor2<T> y = global_avg_pool_nhwc(features_.forward_nhwc(x));
+    for (const DenseLayer<T>& d : head_) {
+      y = d.linear.forward(y);
+      activate_inplace(d.activation, y);
+    }
+    return y;
+  }
+
   void check_input(const Tensor4<T>& x, int channel_axis) const {
     const Index c = x.dimension(channel_axis);
-    const Index h = x.dimension(channel_axis == 1 ? 2 : 1), w = x.dimension(channel_axis == 1 ? 3 : 2);
+    const Index h = x.dimension(channel_axis == 1 ? 2 : 1),
+                w = x.dimension(channel_axis == 1 ? 3 : 2);
     if (c != 3 || h < 32 || w < 32)
       detail::fail<ShapeError>(name_, ": input ", shape_str(x.dimensions()), " (",
                                channel_axis == 1 ? "NCHW" : "NHWC",

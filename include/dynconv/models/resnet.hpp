@@ -22,7 +22,7 @@ class MaxPool3x3s2 final : public Module<T> {
   void load(WeightLoader&) override {}
   void save(SafeTensorsWriter&) const override {}
   std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>&) const override {
-    return {(h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1};
+    return {pool_out_size(h, 3, 2, 1), pool_out_size(w, 3, 2, 1)};
   }
 };
 
