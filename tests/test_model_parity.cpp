@@ -376,11 +376,35 @@ TEST(ModelParityList, ManifestListsZooModels) {
   EXPECT_FALSE(m.names.empty()) << m.dir << "/manifest.txt lists no models";
   const std::vector<std::string> zoo = models::zoo_names();
   std::set<std::string> seen;
-  for (const std::string& name : m.names) {
+  for (const std::string& entry : m.names) {
+    const std::string name = entry.substr(0, entry.find('@'));  // "<model>@<policy>" too
     EXPECT_NE(std::find(zoo.begin(), zoo.end(), name), zoo.end())
-        << m.dir << "/manifest.txt lists '" << name << "', which is not a zoo model";
-    EXPECT_TRUE(seen.insert(name).second) << m.dir << "/manifest.txt lists '" << name << "' twice";
+        << m.dir << "/manifest.txt lists '" << entry << "', which is not a zoo model";
+    EXPECT_TRUE(seen.insert(entry).second) << m.dir << "/manifest.txt lists '" << entry << "' twice";
   }
+}
+
+// Non-default policies ("<model>@<policy>" in the manifest): the C++ policy of that name
+// (models::policy_by_name, by convolution role) makes the same convolutions dynamic as the
+// Python one (by parameter name), and the logits match PyTorch's.
+TEST(ModelParityPolicies, NamedPoliciesMatchPyTorch) {
+  const Manifest& m = manifest();
+  if (!m.why.empty()) GTEST_SKIP() << "PyTorch model parity data: " << m.why << kHowToGenerate;
+  int cases = 0;
+  for (const std::string& entry : m.names) {
+    const auto at = entry.find('@');
+    if (at == std::string::npos) continue;
+    SCOPED_TRACE(entry);
+    ++cases;
+    const auto d = load_model_data(m.dir + "/" + entry + ".safetensors", entry.substr(0, at));
+    EXPECT_EQ(d->str("policy"), entry.substr(at + 1));
+    const auto model = make_loaded_model<float>(*d);  // strict: names and shapes must agree
+    const double err = relative_error(model->forward(d->file->get<float, 4>("input")),
+                                      d->file->get<double, 2>("logits"));
+    report(entry, "float_batch3", err, kFloatTolerance);
+    EXPECT_LE(err, kFloatTolerance);
+  }
+  EXPECT_GE(cases, 3) << "the generator writes 3 named-policy cases";
 }
 
 INSTANTIATE_TEST_SUITE_P(Zoo, ModelParity, ::testing::ValuesIn(kModels),

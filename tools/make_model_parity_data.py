@@ -112,7 +112,7 @@ def make_input(name):
     return dt.random_input(BATCH, h, w, gen)  # float64, every value a float16 value
 
 
-def make_model(name, out_dir, digest, policy=POLICY):
+def make_model(name, out_dir, digest, policy=POLICY, filename=None):
     t0 = time.time()
     model, info = build(name, policy)
     x = make_input(name)
@@ -179,7 +179,7 @@ def make_model(name, out_dir, digest, policy=POLICY):
         "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
         "script_hash": digest,
     }
-    path = os.path.join(out_dir, name + ".safetensors")
+    path = os.path.join(out_dir, filename or name + ".safetensors")
     tmp = path + ".tmp"
     dt.save_safetensors(tmp, tensors, meta)
     os.replace(tmp, path)
@@ -192,6 +192,13 @@ def make_model(name, out_dir, digest, policy=POLICY):
         "argmax": logits.argmax(dim=1).tolist(),
     }
     return summary
+
+
+# Non-default policies, cross-checked against the C++ policies of the same name: written as
+# DIR/<model>@<policy>.safetensors and listed in the manifest as <model>@<policy>.
+POLICY_CASES = [("dy_mobilenet_v2_x0_35", "all_but_stem"),
+                ("dy_mobilenet_v3_small", "pointwise_only"),
+                ("dy_resnet10", "pointwise_only")]
 
 
 def main():
@@ -231,6 +238,16 @@ def main():
               f"{s['seconds']:5.1f} s  torch f32 err {s['err32']:.1e}  top1 margin "
               f"{s['margin']:.1e}  argmax {s['argmax']}{att}", flush=True)
 
+    if args.policy == POLICY:
+        for name, policy in POLICY_CASES:
+            filename = f"{name}@{policy}.safetensors"
+            path = os.path.join(args.out, filename)
+            meta = read_metadata(path) if os.path.exists(path) else None
+            if args.force or meta is None or meta.get("script_hash") != digest:
+                s = make_model(name, args.out, digest, policy, filename)
+                print(f"{name}@{policy}: {s['bytes'] / 1e6:.1f} MB, {s['seconds']:.1f} s, "
+                      f"torch f32 err {s['err32']:.1e}", flush=True)
+
     # Parameter counts of all 14 models (cheap: built, not randomised).
     counts = {}
     for name in dt.ALL_MODELS:
@@ -240,7 +257,7 @@ def main():
         json.dump(counts, f, indent=2)
         f.write("\n")
     # The manifest lists every model whose file is present (a --models run adds to it).
-    present = [n for n in dt.ALL_MODELS
+    present = [n for n in dt.ALL_MODELS + [f"{m}@{p}" for m, p in POLICY_CASES]
                if os.path.exists(os.path.join(args.out, n + ".safetensors"))]
     manifest = os.path.join(args.out, "manifest.txt")
     with open(manifest + ".tmp", "w") as f:
