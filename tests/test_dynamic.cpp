@@ -152,6 +152,16 @@ DynamicConv2dOptions options_of(const Case& c, ConvAlgorithm algo = ConvAlgorith
       .algorithm(algo);
 }
 
+/// The static convolution of the same geometry.
+dynconv::Conv2dOptions static_options_of(const Case& c) {
+  return dynconv::Conv2dOptions(c.cin, c.cout, c.kernel)
+      .stride(c.stride)
+      .padding(c.pad)
+      .dilation(c.dil)
+      .groups(c.groups)
+      .bias(c.bias);
+}
+
 std::vector<Param> all_params() {
   std::vector<Param> out;
   for (const Case& c : kCases) {
@@ -245,12 +255,7 @@ TYPED_TEST(DynamicFacts, OneKernelEqualsConv2d) {
     SCOPED_TRACE(c.name);
     DynamicConv2d<T> dyn(options_of(c));
     randomize(dyn, 3);
-    dynconv::Conv2d<T> conv(dynconv::Conv2dOptions(c.cin, c.cout, c.kernel)
-                                .stride(c.stride)
-                                .padding(c.pad)
-                                .dilation(c.dil)
-                                .groups(c.groups)
-                                .bias(c.bias));
+    dynconv::Conv2d<T> conv(static_options_of(c));
     const Tensor5<T> w5 = dyn.weight();
     Tensor4<T> w4(c.cout, c.cin / c.groups, c.kernel, c.kernel);
     std::copy(w5.data(), w5.data() + w5.size(), w4.data());
@@ -452,12 +457,7 @@ TYPED_TEST(DynamicFacts, UpcycledStaticKernelComputesTheStaticLayer) {
   for (int i = 0; i < kFactCases; ++i) {
     const Case& c = fact_case(i);
     SCOPED_TRACE(c.name);
-    dynconv::Conv2d<T> conv(dynconv::Conv2dOptions(c.cin, c.cout, c.kernel)
-                                .stride(c.stride)
-                                .padding(c.pad)
-                                .dilation(c.dil)
-                                .groups(c.groups)
-                                .bias(c.bias));
+    dynconv::Conv2d<T> conv(static_options_of(c));
     Tensor4<T> w = conv.weight();
     ref::fill_random(w, 23);
     conv.set_weight(w);
