@@ -14,6 +14,7 @@
 #include <dynconv/models/mobilenet_v2.hpp>
 #include <dynconv/models/mobilenet_v3.hpp>
 #include <dynconv/models/resnet.hpp>
+#include <dynconv/models/session.hpp>
 
 #include <memory>
 #include <string>
