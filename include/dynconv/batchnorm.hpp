@@ -16,6 +16,8 @@
 
 namespace dynconv {
 
+/// Options of a BatchNorm2d: the channel count, and eps. Validated by the BatchNorm2d
+/// constructor (@ref errors_batchnorm).
 struct BatchNorm2dOptions {
   explicit BatchNorm2dOptions(Index num_features) : num_features_(num_features) {}
   Index num_features() const { return num_features_; }
@@ -32,6 +34,12 @@ struct BatchNorm2dOptions {
   std::string name_;
 };
 
+/// Inference-mode batch normalisation, y = scale * x + shift per channel (see batchnorm.hpp),
+/// on NCHW (forward) or NHWC (forward_nhwc) input; folds exactly into a preceding convolution
+/// (Conv2d::fold_batchnorm, DynamicConv2d::fold_batchnorm).
+///
+/// Errors: OptionsError for invalid options or a negative running_var, ShapeError for a
+/// parameter or input of the wrong shape (@ref errors_batchnorm).
 template <typename T>
 class BatchNorm2d {
   static_assert(std::is_floating_point<T>::value,
@@ -39,6 +47,7 @@ class BatchNorm2d {
 
  public:
   /// Starts as the identity (weight 1, bias 0, mean 0, var 1), as PyTorch.
+  /// @throws OptionsError if num_features < 1 or eps is not finite and > 0 (@ref errors_batchnorm).
   explicit BatchNorm2d(const BatchNorm2dOptions& options) : options_(options) {
     layer_ = detail::describe(options.name(),
                               detail::concat("BatchNorm2d(", options.num_features(), ')'));
@@ -67,6 +76,8 @@ class BatchNorm2d {
   void set_bias(const Tensor1<T>& b) { set(bias_, b, "bias"); }
   void set_running_mean(const Tensor1<T>& m) { set(mean_, m, "running_mean"); }
   /// Every value must be >= 0.
+  /// @throws ShapeError unless v has shape [num_features];
+  /// @throws OptionsError if a value is negative or NaN.
   void set_running_var(const Tensor1<T>& v) {
     detail::check_shape<T, 1>(layer_, "running_var", v, {num_features()});
     for (Index i = 0; i < v.size(); ++i)

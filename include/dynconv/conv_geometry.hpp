@@ -20,8 +20,14 @@
 
 namespace dynconv {
 
+/// How a convolution is computed; options may force one (ConvOptionsBase::algorithm()).
+/// - `Auto`: let select_conv_algorithm() choose (the default).
+/// - `Pointwise`: 1x1 kernel, no padding: one GEMM over the pixels, no im2col.
+/// - `Depthwise`: groups == in_channels == out_channels: a direct loop across channels.
+/// - `Im2colGemm`: any geometry: im2col of each group, then one GEMM per group and sample.
 enum class ConvAlgorithm { Auto, Pointwise, Depthwise, Im2colGemm };
 
+/// "Auto", "Pointwise", "Depthwise" or "Im2colGemm".
 inline const char* algorithm_name(ConvAlgorithm a) {
   switch (a) {
     case ConvAlgorithm::Auto: return "Auto";
@@ -32,8 +38,11 @@ inline const char* algorithm_name(ConvAlgorithm a) {
   return "?";
 }
 
+/// Writes algorithm_name(a).
 inline std::ostream& operator<<(std::ostream& os, ConvAlgorithm a) { return os << algorithm_name(a); }
 
+/// The shape of a 2-d convolution: channels, groups, and kernel size, stride, zero padding and
+/// dilation per axis (h, w). A plain value; layers validate it (@ref errors_conv).
 struct ConvGeometry {
   Index in_channels = 0, out_channels = 0, groups = 1;
   Index kernel_h = 1, kernel_w = 1;
@@ -41,7 +50,9 @@ struct ConvGeometry {
   Index pad_h = 0, pad_w = 0;
   Index dilation_h = 1, dilation_w = 1;
 
+  /// Input channels per group: in_channels / groups.
   Index in_per_group() const { return in_channels / groups; }
+  /// Output channels per group: out_channels / groups.
   Index out_per_group() const { return out_channels / groups; }
   /// Weights of one kernel: out_channels * in_channels/groups * kh * kw.
   Index weight_size() const { return out_channels * in_per_group() * kernel_h * kernel_w; }
@@ -49,9 +60,11 @@ struct ConvGeometry {
   Index out_h(Index in_h) const {
     return (in_h + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
   }
+  /// Output columns, as out_h().
   Index out_w(Index in_w) const {
     return (in_w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
   }
+  /// Whether an in_h x in_w input, once padded, is at least as large as the dilated kernel.
   bool fits(Index in_h, Index in_w) const {
     return in_h + 2 * pad_h >= dilation_h * (kernel_h - 1) + 1 &&
            in_w + 2 * pad_w >= dilation_w * (kernel_w - 1) + 1;

@@ -21,22 +21,30 @@
 
 namespace dynconv {
 
+/// The base of every exception dynconv throws. what() names the layer or file, the offending
+/// values and the rule; every checked rule and its message: @ref errors.
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+/// Invalid options or parameter values. Detected once: at construction or in a setter (a
+/// channel count of 0, groups that do not divide the channels, a negative running variance).
 class OptionsError : public Error {
  public:
   using Error::Error;
 };
+/// A tensor whose shape does not fit the layer or parameter. Detected on every call.
 class ShapeError : public Error {
  public:
   using Error::Error;
 };
+/// A malformed file, or one that does not hold what a model needs. Detected while reading or
+/// loading it.
 class FormatError : public Error {
  public:
   using Error::Error;
 };
+/// A file that cannot be opened, read or written.
 class IoError : public Error {
  public:
   using Error::Error;

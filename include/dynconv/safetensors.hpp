@@ -73,8 +73,11 @@
 
 namespace dynconv {
 
+/// The element types of a safetensors file that dynconv reads and writes: IEEE half (F16),
+/// bfloat16 (BF16), float (F32), double (F64) and 64-bit signed integers (I64).
 enum class DType { F16, BF16, F32, F64, I64 };
 
+/// The name a safetensors header uses: "F16", "BF16", "F32", "F64" or "I64".
 inline const char* dtype_name(DType d) {
   switch (d) {
     case DType::F16: return "F16";
@@ -86,6 +89,7 @@ inline const char* dtype_name(DType d) {
   return "?";
 }
 
+/// Bytes per element: 2, 2, 4, 8, 8.
 inline std::size_t dtype_size(DType d) {
   switch (d) {
     case DType::F16:
@@ -298,9 +302,15 @@ inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
 }  // namespace detail
 
 /// A validated safetensors file held in memory.
+///
+/// load() and parse() check every rule of the format (listed in safetensors.hpp) before any
+/// tensor is read; once they succeed, every tensor lies inside the buffer. Each rule and its
+/// message: @ref errors_safetensors.
 class SafeTensors {
  public:
-  /// Reads and validates a file: IoError if it cannot be read, FormatError if it breaks a rule.
+  /// Reads and validates a file.
+  /// @throws IoError if the file cannot be opened or read;
+  /// @throws FormatError if it breaks a rule of the format (@ref errors_safetensors).
   static SafeTensors load(const std::string& path) {
     std::FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) detail::fail<IoError>(path, ": cannot open for reading: ", std::strerror(errno));
@@ -317,6 +327,7 @@ class SafeTensors {
   }
 
   /// Validates bytes; source names them in error messages.
+  /// @throws FormatError if they break a rule of the format (@ref errors_safetensors).
   static SafeTensors parse(std::vector<std::uint8_t> bytes, std::string source = "<memory>") {
     SafeTensors st;
     st.source_ = std::move(source);
@@ -325,6 +336,7 @@ class SafeTensors {
     return st;
   }
 
+  /// The "__metadata__" entries (string to string); empty if the file has none.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// The path (or the source name given to parse) that error messages start with.
   const std::string& source() const { return source_; }
@@ -336,8 +348,10 @@ class SafeTensors {
     return out;
   }
 
+  /// Whether the file holds a tensor `name`.
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
 
+  /// The dtype, shape and offsets of tensor `name`; FormatError if there is none.
   const TensorEntry& entry(const std::string& name) const {
     const auto it = entries_.find(name);
     if (it == entries_.end()) detail::fail<FormatError>(source_, ": no tensor named '", name, "'");
@@ -345,6 +359,9 @@ class SafeTensors {
   }
 
   /// Copies a tensor out, converting its stored dtype to T (float, double or std::int64_t).
+  /// @throws FormatError if there is no tensor `name`, or if a floating value read as
+  /// std::int64_t is not an integer in range;
+  /// @throws ShapeError if the tensor's rank is not Rank.
   template <typename T, int Rank>
   Tensor<T, Rank> get(const std::string& name) const {
     const TensorEntry& e = entry(name);
@@ -579,11 +596,13 @@ class SafeTensors {
   std::map<std::string, std::string> metadata_;
 };
 
-/// Builds a safetensors file in memory.
+/// Builds a safetensors file in memory; to_bytes() or save() writes it. It refuses, with
+/// OptionsError, anything that would make a file the reader rejects (@ref errors_writer).
 class SafeTensorsWriter {
  public:
   /// Stores t under name, converted to stored: F32, F64, F16 or BF16 for floating T, I64 for
   /// std::int64_t.
+  /// @throws OptionsError for another dtype, a reserved, invalid or duplicate name.
   template <typename T, int Rank>
   void add(const std::string& name, const Tensor<T, Rank>& t, DType stored = dtype_of<T>()) {
     constexpr bool integral = std::is_same_v<T, std::int64_t>;
@@ -623,6 +642,7 @@ class SafeTensorsWriter {
     insert(name, dtype, std::move(shape), std::vector<std::uint8_t>(p, p + nbytes));
   }
 
+  /// Sets one "__metadata__" entry; OptionsError unless key and value are valid UTF-8.
   void set_metadata(const std::string& key, const std::string& value) {
     if (!detail::is_valid_utf8(key) || !detail::is_valid_utf8(value))
       detail::fail<OptionsError>("SafeTensorsWriter: metadata key '", key,

@@ -28,10 +28,17 @@
 
 namespace dynconv {
 
+/// How a model load reads a file: `Strict` (the file holds exactly the model's parameters) or
+/// `Upcycle` (a static checkpoint into a dynamic model: each dynamic convolution takes the
+/// static kernel as all K kernels; see weights.hpp).
 enum class LoadMode { Strict, Upcycle };
 
+/// Hands out the tensors of a file by name, each with the shape the model expects, and
+/// remembers which it handed out, so that finish() can report the ones nobody took. Used by
+/// models::Model::load and the blocks' load(). Every rule and its message: @ref errors_loading.
 class WeightLoader {
  public:
+  /// Reads from `file`, which must outlive the loader (it is kept by reference).
   explicit WeightLoader(const SafeTensors& file, LoadMode mode = LoadMode::Strict)
       : file_(file), mode_(mode) {}
 
@@ -40,7 +47,9 @@ class WeightLoader {
   /// Whether the file holds `name` (does not take it).
   bool contains(const std::string& name) const { return file_.contains(name); }
 
-  /// The tensor `name`, which must exist with exactly `shape`.
+  /// The tensor `name`, which must exist with exactly `shape`, converted to T.
+  /// @throws FormatError if the file lacks it or a value is NaN or infinite;
+  /// @throws ShapeError if its shape is not `shape`.
   template <typename T, int Rank>
   Tensor<T, Rank> take(const std::string& name, const std::array<Index, Rank>& shape) {
     if (!file_.contains(name))
@@ -58,6 +67,8 @@ class WeightLoader {
   }
 
   /// A one-element tensor (any rank) as a double, or `fallback` when the file lacks it.
+  /// @throws ShapeError if it has more or fewer than one element;
+  /// @throws FormatError if it is NaN or infinite.
   double take_scalar_or(const std::string& name, double fallback) {
     if (!file_.contains(name)) return fallback;
     const std::vector<double> v = file_.get_flat<double>(name);
