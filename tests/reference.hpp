@@ -2,7 +2,13 @@
 // in double, sharing no code with the library's kernels.
 #pragma once
 
+#include <dynconv/activation.hpp>
 #include <dynconv/tensor.hpp>
+#include <dynconv/thread_pool.hpp>
+
+#define DYNCONV_DETAIL_ALLOWED  // the tests drive the network path (run) directly
+#include <dynconv/detail/exec.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
 
 #include <algorithm>
 #include <cmath>
@@ -81,4 +87,42 @@ constexpr double tolerance() {
   return sizeof(T) == 4 ? 2e-5 : 1e-12;
 }
 
+/// The network path of a convolution layer (Conv2d or DynamicConv2d `run`): for 1, 2 and 3
+/// threads, with a fused activation and residual, against act(forward_nhwc(x)) + r computed
+/// here. Thread counts may differ in the last bits (the split changes Eigen's remainder
+/// paths); a repeated run with the same count must give the same bits.
+template <typename Layer, typename T>
+void check_network_path(const Layer& layer, const dynconv::Tensor4<T>& x_nchw) {
+  using dynconv::Activation;
+  const dynconv::Tensor4<T> x = dynconv::nchw_to_nhwc(x_nchw);
+  const dynconv::Tensor4<T> plain = layer.forward_nhwc(x);
+  dynconv::Tensor4<T> residual(plain.dimensions());
+  fill_random(residual, 99);
+  for (Activation act : {Activation::Identity, Activation::HardSwish}) {
+    dynconv::Tensor4<T> expected = plain;
+    for (Index i = 0; i < expected.size(); ++i)
+      expected.data()[i] = dynconv::activate(act, expected.data()[i]) + residual.data()[i];
+    for (int threads : {1, 2, 3}) {
+      dynconv::ThreadPool pool(threads);
+      dynconv::detail::Workspace<T> ws(threads);
+      dynconv::detail::Exec<T> ex{pool, ws};
+      dynconv::Tensor4<T> first;
+      for (int repeat = 0; repeat < 2; ++repeat) {
+        dynconv::Tensor4<T> y(plain.dimensions());
+        y.setConstant(T(12345));  // every element must be written
+        layer.run(dynconv::detail::view(x), dynconv::detail::view(y), act, residual.data(), ex);
+        EXPECT_LE(rel_error(y, expected), tolerance<T>()) << threads << " threads, " << activation_name(act);
+        if (repeat == 0) {
+          first = y;
+        } else {
+          bool same = true;
+          for (Index i = 0; i < y.size(); ++i) same = same && y.data()[i] == first.data()[i];
+          EXPECT_TRUE(same) << threads << " threads: a second run differs";
+        }
+      }
+    }
+  }
+}
+
 }  // namespace ref
+

@@ -137,6 +137,8 @@ class ConvReference : public ::testing::TestWithParam<Param> {
     // The NHWC entry point computes the same numbers.
     const dynconv::Tensor4<T> y_nhwc = dynconv::nhwc_to_nchw(conv.forward_nhwc(dynconv::nchw_to_nhwc(x)));
     EXPECT_LE(ref::rel_error(y_nhwc, expected), ref::tolerance<T>()) << "NHWC";
+    // The network path: threads, fused activation and residual.
+    ref::check_network_path(conv, x);
   }
 };
 

@@ -221,6 +221,8 @@ class DynamicReference : public ::testing::TestWithParam<Param> {
     const Tensor4<T> y_nhwc =
         dynconv::nhwc_to_nchw(layer.forward_nhwc(dynconv::nchw_to_nhwc(x)));
     EXPECT_LE(ref::rel_error(y_nhwc, expected), ref::tolerance<T>()) << "NHWC";
+    // The network path: threads (channel tiles, samples), fused activation and residual.
+    ref::check_network_path(layer, x);
   }
 };
 

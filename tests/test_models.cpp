@@ -1295,3 +1295,55 @@ TEST(Input, ForwardAndForwardNhwcAgree) {
 }
 
 }  // namespace
+
+// ---- Session: threads, reused workspaces ----------------------------------------------------
+
+// Every zoo model at a small odd size, batch 1 and 3: a Session gives Model::forward's bits with
+// one thread, the same numbers up to rounding with 2 and 3 threads, the same bits when run
+// again, and allocates nothing once it has seen the input shape.
+TEST(Session, MatchesForwardForEveryThreadCountWithoutAllocating) {
+  for (const std::string& name : dynconv::models::zoo_names()) {
+    const ModelPtr model = dynconv::models::create<float>(name, ModelOptions().num_classes(10));
+    for (Index batch : {1, 3}) {
+      Tensor4<float> x(batch, 3, 41, 37);
+      x.setRandom();
+      const Tensor2<float> expected = model->forward(x);
+      for (int threads : {1, 2, 3}) {
+        dynconv::models::Session<float> session(*model, threads);
+        const Tensor2<float> first = session.forward(x);
+        const Index allocations = session.allocations();
+        const Tensor2<float>& again = session.forward(x);
+        EXPECT_EQ(session.allocations(), allocations) << name << " batch " << batch << ", " << threads
+                                                      << " threads: the second pass allocated";
+        double worst = 0, scale = 0;
+        bool same_bits = true;
+        for (Index i = 0; i < expected.size(); ++i) {
+          worst = std::max(worst, std::abs(double(first.data()[i]) - double(expected.data()[i])));
+          scale = std::max(scale, std::abs(double(expected.data()[i])));
+          same_bits = same_bits && first.data()[i] == again.data()[i];
+          if (threads == 1) {
+            EXPECT_EQ(first.data()[i], expected.data()[i]) << name << ": one-thread session != forward";
+          }
+        }
+        EXPECT_LE(worst, 1e-5 * std::max(scale, 1.0)) << name << " batch " << batch << ", " << threads << " threads";
+        EXPECT_TRUE(same_bits) << name << ", " << threads << " threads: a second pass gave other bits";
+      }
+    }
+  }
+}
+
+TEST(Session, NchwAndNhwcAgreeAndBadInputsAreShapeErrors) {
+  const ModelPtr model = dynconv::models::create<float>("dy_mobilenet_v3_small", ModelOptions().num_classes(5));
+  dynconv::models::Session<float> session(*model, 2);
+  Tensor4<float> x(2, 3, 40, 48);
+  x.setRandom();
+  const Tensor2<float> nchw = session.forward(x);
+  const Tensor2<float> nhwc = session.forward_nhwc(dynconv::nchw_to_nhwc(x));
+  for (Index i = 0; i < nchw.size(); ++i) EXPECT_EQ(nchw.data()[i], nhwc.data()[i]);
+  EXPECT_THAT([&] { session.forward(Tensor4<float>(1, 4, 40, 40)); },
+              ThrowsMessage<ShapeError>(HasSubstr("must have 3 channels and be at least 32x32")));
+  EXPECT_THAT([&] { session.forward(Tensor4<float>(1, 3, 31, 40)); },
+              ThrowsMessage<ShapeError>(HasSubstr("[1, 3, 31, 40] (NCHW)")));
+  EXPECT_THAT([] { dynconv::models::Session<float> s(*dynconv::models::create<float>("resnet10"), 0); },
+              ThrowsMessage<OptionsError>(HasSubstr("threads=0 must be in [1, 1024]")));
+}

@@ -66,18 +66,24 @@ T activate(Activation a, T x) {
   return x;
 }
 
+namespace detail {
+/// Applies `a` to p[0..n), in place.
+template <typename T>
+void activate_inplace(Activation a, T* p, Index n) {
+  switch (a) {
+    case Activation::Identity: return;
+    case Activation::ReLU: return map_inplace(p, n, ReluOf<T>());
+    case Activation::ReLU6: return map_inplace(p, n, Relu6Of<T>());
+    case Activation::HardSigmoid: return map_inplace(p, n, HardSigmoidOf<T>());
+    case Activation::HardSwish: return map_inplace(p, n, HardSwishOf<T>());
+  }
+}
+}  // namespace detail
+
 /// Applies `a` to every element of t, in place (any layout, any rank).
 template <typename T, int Rank>
 void activate_inplace(Activation a, Tensor<T, Rank>& t) {
-  T* p = t.data();
-  const Index n = t.size();
-  switch (a) {
-    case Activation::Identity: return;
-    case Activation::ReLU: return detail::map_inplace(p, n, detail::ReluOf<T>());
-    case Activation::ReLU6: return detail::map_inplace(p, n, detail::Relu6Of<T>());
-    case Activation::HardSigmoid: return detail::map_inplace(p, n, detail::HardSigmoidOf<T>());
-    case Activation::HardSwish: return detail::map_inplace(p, n, detail::HardSwishOf<T>());
-  }
+  detail::activate_inplace(a, t.data(), t.size());
 }
 
 /// Returns `a` applied to every element of t.

@@ -17,6 +17,10 @@
 #include <dynconv/pooling.hpp>
 #include <dynconv/tensor.hpp>
 
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/exec.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -122,20 +126,40 @@ class KernelAttention {
 
   /// Pooled features [N, Cin] -> pi [N, K].
   Tensor2<T> attend(const Tensor2<T>& pooled) const {
-    Tensor2<T> hidden = fc1_.forward(pooled);
-    activate_inplace(Activation::ReLU, hidden);
-    Tensor2<T> z = fc2_.forward(hidden);
-    const Index n = z.dimension(0), k = z.dimension(1);
+    fc1_.check_input(pooled.dimensions());
+    const Index n = pooled.dimension(0);
+    Tensor2<T> pi(n, kernels());
+    detail::Workspace<T> ws(1);
+    attend_into(pooled.data(), n, pi.data(), ws);
+    return pi;
+  }
+
+  /// The network path: pi [N, K] of NHWC x [N, H, W, Cin] into caller memory, unchecked,
+  /// buffers from the workspace.
+  void run(const detail::Nhwc<const T>& x, T* pi, detail::Workspace<T>& ws) const {
+    typename detail::Workspace<T>::Lease pooled = ws.acquire(x.n * in_channels());
+    detail::gap_nhwc(x.data, x.n, x.pixels(), x.c, pooled.data());
+    attend_into(pooled.data(), x.n, pi, ws);
+  }
+
+ private:
+  /// pooled [n, Cin] -> pi [n, K]
+  void attend_into(const T* pooled, Index n, T* pi, detail::Workspace<T>& ws) const {
+    typename detail::Workspace<T>::Lease h = ws.acquire(n * hidden());
+    fc1_.forward_into(pooled, n, h.data(), ws, 0);
+    detail::map_inplace(h.data(), n * hidden(), detail::ReluOf<T>());
+    fc2_.forward_into(h.data(), n, pi, ws, 0);
+    const Index k = kernels();
     for (Index b = 0; b < n; ++b) {
-      T* row = z.data() + b * k;
+      T* row = pi + b * k;
       const T top = *std::max_element(row, row + k);
       T sum(0);
       for (Index i = 0; i < k; ++i) sum += (row[i] = std::exp((row[i] - top) / temperature_));
       for (Index i = 0; i < k; ++i) row[i] /= sum;
     }
-    return z;
   }
 
+ public:
   /// Multiply-adds of one sample of size h x w: GAP + fc1 + fc2.
   std::int64_t madds(Index h, Index w) const {
     return h * w * in_channels() + fc1_.madds() + fc2_.madds();

@@ -115,28 +115,46 @@ class Conv2d {
 
   /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]
   Tensor4<T> forward(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 1);
     return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x)));
   }
 
   /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]
   Tensor4<T> forward_nhwc(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 3);
-    const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
-    const Index oh = conv_.geometry.out_h(h), ow = conv_.geometry.out_w(w);
-    Tensor4<T> y(n, oh, ow, conv_.geometry.out_channels);
-    detail::ConvScratch<T> scratch;
-    for (Index b = 0; b < n; ++b)
-      detail::run_conv(conv_.algorithm, conv_.geometry, x.data() + b * h * w * conv_.geometry.in_channels, h, w,
-                       packed_.data(), has_bias() ? bias_.data() : nullptr,
-                       y.data() + b * oh * ow * conv_.geometry.out_channels, scratch);
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 3);
+    Tensor4<T> y(x.dimension(0), conv_.geometry.out_h(x.dimension(1)), conv_.geometry.out_w(x.dimension(2)),
+                 conv_.geometry.out_channels);
+    ThreadPool pool(1);
+    detail::Workspace<T> ws(1);
+    detail::Exec<T> ex{pool, ws};
+    run(detail::view(x), detail::view(y), Activation::Identity, nullptr, ex);
     return y;
+  }
+
+  /// The network path (modules call it; forward_nhwc is the checked one): x [N, H, W, Cin] ->
+  /// y [N, Hout, Wout, Cout] in caller-owned memory, y = act(conv(x) + bias) + residual with
+  /// residual (laid out as y) optional, split over ex's threads, buffers from ex's workspace.
+  /// The shapes are the caller's duty.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
+           detail::Exec<T>& ex) const {
+    const ConvGeometry& g = conv_.geometry;
+    // Each sample is one task; a batch smaller than the pool splits every sample in parts.
+    const Index parts = x.n >= ex.threads() ? 1 : ex.threads();
+    ex.pool.parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
+      const Index b = task / parts;
+      const detail::Slice s = detail::slice_of(conv_.algorithm, g, y.h, parts, task % parts);
+      const detail::Epilogue<T> ep{has_bias() ? bias_.data() : nullptr, act,
+                                   residual ? residual + b * y.sample_size() : nullptr};
+      const bool by_channel = detail::channel_sliceable(conv_.algorithm, g);
+      detail::conv_slice(conv_.algorithm, g, x.sample(b), x.h, x.w, packed_.data() + (by_channel ? s.c0 : 0),
+                         g.out_channels, s, ep, y.sample(b), static_cast<const T*>(nullptr), ex.ws, worker);
+    });
   }
 
   /// Parameters and multiply-adds for one sample of size in_h x in_w (ShapeError if the
   /// input does not fit the kernel).
   LayerCost cost(Index in_h, Index in_w) const {
-    detail::check_fits(layer_, conv_.geometry, in_h, in_w, detail::concat(in_h, 'x', in_w));
+    detail::check_fits(layer_, conv_.geometry, in_h, in_w, [&] { return detail::concat(in_h, 'x', in_w); });
     LayerCost c;
     c.params = conv_.geometry.weight_size() + (has_bias() ? conv_.geometry.out_channels : 0);
     c.conv_madds = conv_.geometry.out_h(in_h) * conv_.geometry.out_w(in_w) * conv_.geometry.weight_size();

@@ -163,16 +163,17 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   return {g, algo};
 }
 
-/// Throws ShapeError unless an input of in_h x in_w (described by `input`) fits the kernel and
-/// the output and im2col sizes of one sample fit in int64.
-inline void check_fits(const std::string& layer, const ConvGeometry& g, Index in_h, Index in_w,
-                       const std::string& input) {
+/// Throws ShapeError unless an input of in_h x in_w fits the kernel and the output and im2col
+/// sizes of one sample fit in int64. input() describes the input; it is called only to fail.
+template <typename Describe>
+void check_fits(const std::string& layer, const ConvGeometry& g, Index in_h, Index in_w,
+                const Describe& input) {
   if (in_h < 1 || in_w < 1)
-    fail<ShapeError>(layer, ": input ", input, " has no pixels (", in_h, 'x', in_w, ')');
+    fail<ShapeError>(layer, ": input ", input(), " has no pixels (", in_h, 'x', in_w, ')');
   check_range<ShapeError>(layer, "input height", in_h);
   check_range<ShapeError>(layer, "input width", in_w);
   if (!g.fits(in_h, in_w))
-    fail<ShapeError>(layer, ": input ", input, " is ", in_h, 'x', in_w,
+    fail<ShapeError>(layer, ": input ", input(), " is ", in_h, 'x', in_w,
                      ", smaller than the dilated kernel ", g.dilation_h * (g.kernel_h - 1) + 1,
                      'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding (", g.pad_h, ", ",
                      g.pad_w, ")");
@@ -182,18 +183,19 @@ inline void check_fits(const std::string& layer, const ConvGeometry& g, Index in
                           g.kernel_h * g.kernel_w * g.in_per_group());
 }
 
-/// Checks an NHWC (channel_axis 3) or NCHW (channel_axis 1) input against the geometry.
-template <typename T>
-void check_conv_input(const std::string& layer, const ConvGeometry& g, const Tensor4<T>& x,
+/// Checks the dimensions of an NHWC (channel_axis 3) or NCHW (channel_axis 1) input against
+/// the geometry.
+template <typename Dims>
+void check_conv_input(const std::string& layer, const ConvGeometry& g, const Dims& dims,
                       int channel_axis) {
   const char* layout = channel_axis == 1 ? "NCHW" : "NHWC";
-  const Index c = x.dimension(channel_axis);
-  const Index h = x.dimension(channel_axis == 1 ? 2 : 1);
-  const Index w = x.dimension(channel_axis == 1 ? 3 : 2);
+  const Index c = dims[static_cast<std::size_t>(channel_axis)];
+  const Index h = dims[channel_axis == 1 ? 2 : 1];
+  const Index w = dims[channel_axis == 1 ? 3 : 2];
   if (c != g.in_channels)
-    fail<ShapeError>(layer, ": input ", shape_str(x.dimensions()), " (", layout, ") has ", c,
+    fail<ShapeError>(layer, ": input ", shape_str(dims), " (", layout, ") has ", c,
                      " channels, expected in_channels=", g.in_channels);
-  check_fits(layer, g, h, w, concat(shape_str(x.dimensions()), " (", layout, ')'));
+  check_fits(layer, g, h, w, [&] { return concat(shape_str(dims), " (", layout, ')'); });
 }
 
 }  // namespace detail

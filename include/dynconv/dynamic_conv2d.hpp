@@ -133,7 +133,8 @@ class DynamicConv2d {
   Tensor4<T> aggregated_weight(const Tensor1<T>& pi) const {
     detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
     std::vector<T> mixed(static_cast<std::size_t>(conv_.geometry.weight_size()));
-    detail::aggregate(packed_.data(), kernels(), conv_.geometry.weight_size(), pi.data(), mixed.data());
+    const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, conv_.geometry);
+    detail::aggregate(packed_.data(), kernels(), m[0], m[1], pi.data(), 0, m[1], mixed.data());
     Tensor4<T> w(conv_.geometry.out_channels, conv_.geometry.in_per_group(), conv_.geometry.kernel_h,
                  conv_.geometry.kernel_w);
     detail::unpack_weights(conv_.algorithm, conv_.geometry, mixed.data(), w.data());
@@ -145,7 +146,8 @@ class DynamicConv2d {
     Tensor1<T> b(conv_.geometry.out_channels);
     b.setZero();
     if (has_bias())
-      detail::aggregate(bias_.data(), kernels(), conv_.geometry.out_channels, pi.data(), b.data());
+      detail::aggregate(bias_.data(), kernels(), 1, conv_.geometry.out_channels, pi.data(), 0,
+                        conv_.geometry.out_channels, b.data());
     return b;
   }
 
@@ -165,12 +167,12 @@ class DynamicConv2d {
 
   /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]. If `attention` is given, it receives pi [N, K].
   Tensor4<T> forward(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 1);
     return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x), attention));
   }
   /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]. If `attention` is given, it receives pi [N, K].
   Tensor4<T> forward_nhwc(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 3);
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 3);
     Tensor2<T> pi = attention_.forward_nhwc(x);
     Tensor4<T> y = convolve_nhwc(x, pi);
     if (attention) *attention = std::move(pi);
@@ -180,34 +182,37 @@ class DynamicConv2d {
   /// The convolution with a given attention pi [N, K] instead of the layer's own (rows need
   /// not sum to 1: any per-sample mix of the K kernels). [N, Cin, H, W] -> [N, Cout, Hout, Wout].
   Tensor4<T> convolve(const Tensor4<T>& x, const Tensor2<T>& pi) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 1);
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 1);
     return nhwc_to_nchw(convolve_nhwc(nchw_to_nhwc(x), pi));
   }
   /// The same in NHWC: [N, H, W, Cin] -> [N, Hout, Wout, Cout].
   Tensor4<T> convolve_nhwc(const Tensor4<T>& x, const Tensor2<T>& pi) const {
-    detail::check_conv_input(layer_, conv_.geometry, x, 3);
-    const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2);
-    detail::check_shape<T, 2>(layer_, "attention", pi, {n, kernels()});
-    const Index oh = conv_.geometry.out_h(h), ow = conv_.geometry.out_w(w), cout = conv_.geometry.out_channels;
-    Tensor4<T> y(n, oh, ow, cout);
-    std::vector<T> kernel(static_cast<std::size_t>(conv_.geometry.weight_size()));
-    std::vector<T> bias(has_bias() ? static_cast<std::size_t>(cout) : 0);
-    detail::ConvScratch<T> scratch;
-    for (Index b = 0; b < n; ++b) {
-      const T* row = pi.data() + b * kernels();
-      detail::aggregate(packed_.data(), kernels(), conv_.geometry.weight_size(), row, kernel.data());
-      if (has_bias()) detail::aggregate(bias_.data(), kernels(), cout, row, bias.data());
-      detail::run_conv(conv_.algorithm, conv_.geometry, x.data() + b * h * w * conv_.geometry.in_channels, h, w,
-                       kernel.data(), has_bias() ? bias.data() : nullptr,
-                       y.data() + b * oh * ow * cout, scratch);
-    }
+    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 3);
+    detail::check_shape<T, 2>(layer_, "attention", pi, {x.dimension(0), kernels()});
+    Tensor4<T> y(x.dimension(0), conv_.geometry.out_h(x.dimension(1)), conv_.geometry.out_w(x.dimension(2)),
+                 conv_.geometry.out_channels);
+    ThreadPool pool(1);
+    detail::Workspace<T> ws(1);
+    detail::Exec<T> ex{pool, ws};
+    convolve_run(detail::view(x), pi.data(), detail::view(y), Activation::Identity, nullptr, ex);
     return y;
+  }
+
+  /// The network path (modules call it; forward_nhwc is the checked one): x [N, H, W, Cin] ->
+  /// y [N, Hout, Wout, Cout] in caller-owned memory, y = act(conv(x, mixed kernel) + mixed
+  /// bias) + residual (optional, laid out as y), split over ex's threads, no allocation in a
+  /// steady state. The shapes are the caller's duty.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
+           detail::Exec<T>& ex) const {
+    typename detail::Workspace<T>::Lease pi = ex.ws.acquire(x.n * kernels());
+    attention_.run(x, pi.data(), ex.ws);
+    convolve_run(x, pi.data(), y, act, residual, ex);
   }
 
   /// Parameters and multiply-adds (conv, attention with GAP, aggregation) of one sample of
   /// size in_h x in_w, as paper.md counts them.
   LayerCost cost(Index in_h, Index in_w) const {
-    detail::check_fits(layer_, conv_.geometry, in_h, in_w, detail::concat(in_h, 'x', in_w));
+    detail::check_fits(layer_, conv_.geometry, in_h, in_w, [&] { return detail::concat(in_h, 'x', in_w); });
     LayerCost c;
     const Index k = kernels(), cout = conv_.geometry.out_channels, size = conv_.geometry.weight_size();
     c.params = k * size + (has_bias() ? k * cout : 0) + attention_.params();
@@ -218,6 +223,78 @@ class DynamicConv2d {
   }
 
  private:
+  /// Kernel sources above this size (all K kernels) are mixed and used in channel tiles, so
+  /// that a batch reads them from memory once instead of once per sample.
+  static constexpr Index kTileSourceBytes = Index(8) << 20;
+
+  /// The convolution of every sample with its own mix pi [N, K] of the K kernels.
+  ///  - Mid-size kernels: one task per sample mixes the whole kernel into the worker's buffer
+  ///    and convolves (the K sources stay in cache from one sample to the next).
+  ///  - Large kernels in a batch, or a batch smaller than the pool: tasks are channel tiles;
+  ///    a task mixes its tile for each sample in turn and convolves that tile, so the tile's
+  ///    K sources are read from memory once per batch and the mixed tile stays in cache.
+  void convolve_run(const detail::Nhwc<const T>& x, const T* pi, const detail::Nhwc<T>& y, Activation act,
+                    const T* residual, detail::Exec<T>& ex) const {
+    const ConvGeometry& g = conv_.geometry;
+    const ConvAlgorithm algo = conv_.algorithm;
+    const Index n = x.n, k = kernels(), cout = g.out_channels, size = g.weight_size();
+    const std::array<Index, 2> m = detail::kernel_matrix(algo, g);
+    const int threads = ex.threads();
+
+    typename detail::Workspace<T>::Lease biases;
+    if (has_bias()) {
+      biases = ex.ws.acquire(n * cout);
+      for (Index b = 0; b < n; ++b)
+        detail::aggregate(bias_.data(), k, 1, cout, pi + b * k, 0, cout, biases.data() + b * cout);
+    }
+    auto epilogue = [&](Index b) {
+      return detail::Epilogue<T>{has_bias() ? biases.data() + b * cout : nullptr, act,
+                                 residual ? residual + b * y.sample_size() : nullptr};
+    };
+
+    Index tiles = 1;
+    if (detail::channel_sliceable(algo, g)) {
+      const Index source_bytes = k * size * static_cast<Index>(sizeof(T));
+      if (n > 1 && source_bytes > kTileSourceBytes) tiles = (source_bytes + kTileSourceBytes - 1) / kTileSourceBytes;
+      if (n < threads) tiles = std::max<Index>(tiles, threads);
+      tiles = std::min<Index>(tiles, (cout + 15) / 16);
+      if (tiles > 1 && tiles % threads) tiles += threads - tiles % threads;
+    }
+
+    if (tiles == 1) {
+      ex.pool.parallel_for(n, [&](std::int64_t b, int worker) {
+        T* kernel = ex.ws.scratch(worker, detail::Scratch::Kernel, size);
+        detail::aggregate(packed_.data(), k, m[0], m[1], pi + b * k, 0, m[1], kernel);
+        detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel, m[1], detail::Slice{0, y.h, 0, cout},
+                           epilogue(b), y.sample(b), static_cast<const T*>(nullptr), ex.ws, worker);
+      });
+      return;
+    }
+
+    // Channel tiles: every tile needs each sample's whole im2col matrix, built once here.
+    typename detail::Workspace<T>::Lease columns;
+    const Index col_size = y.pixels() * m[0];
+    const bool shared_columns = detail::needs_columns(algo, g);
+    if (shared_columns) {
+      columns = ex.ws.acquire(n * col_size);
+      ex.pool.parallel_for(n, [&](std::int64_t b, int) {
+        detail::im2col(g, x.sample(b), x.h, x.w, 0, y.h, 0, columns.data() + b * col_size);
+      });
+    }
+    ex.pool.parallel_for(tiles, [&](std::int64_t t, int worker) {
+      const std::array<Index, 2> c = detail::channel_part(cout, tiles, t);
+      if (c[0] >= c[1]) return;
+      const Index width = c[1] - c[0];
+      T* kernel = ex.ws.scratch(worker, detail::Scratch::Kernel, m[0] * width);
+      for (Index b = 0; b < n; ++b) {
+        detail::aggregate(packed_.data(), k, m[0], m[1], pi + b * k, c[0], width, kernel);
+        detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel, width, detail::Slice{0, y.h, c[0], c[1]},
+                           epilogue(b), y.sample(b), shared_columns ? columns.data() + b * col_size : nullptr,
+                           ex.ws, worker);
+      }
+    });
+  }
+
   KernelAttentionOptions validated_attention_options() const {
     // Attention option errors are reported under this layer's description.
     detail::validate_attention<T>(layer_, options_.attention_options());

@@ -8,6 +8,7 @@
 #include <dynconv/tensor.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/exec.hpp>
 #include <dynconv/detail/matrix.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
@@ -82,18 +83,39 @@ class Linear {
 
   /// [N, in_features] -> [N, out_features]
   Tensor2<T> forward(const Tensor2<T>& x) const {
-    if (x.dimension(1) != in_features())
-      detail::fail<ShapeError>(layer_, ": input ", shape_str(x.dimensions()), " has ",
-                               x.dimension(1), " features, expected in_features=", in_features());
+    check_input(x.dimensions());
     const Index n = x.dimension(0);
     Tensor2<T> y(n, out_features());
-    using Mat = detail::RowMajorMatrix<T>;
-    Eigen::Map<const Mat> xm(x.data(), n, in_features());
-    Eigen::Map<const Mat> wm(weight_.data(), out_features(), in_features());
-    Eigen::Map<Mat> ym(y.data(), n, out_features());
-    ym.noalias() = xm * wm.transpose();
-    ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias_.data(), out_features());
+    detail::Workspace<T> ws(1);
+    forward_into(x.data(), n, y.data(), ws, 0);
     return y;
+  }
+
+  /// ShapeError unless an input of shape `dims` [N, features] has in_features features.
+  void check_input(const std::array<Index, 2>& dims) const {
+    if (dims[1] != in_features())
+      detail::fail<ShapeError>(layer_, ": input ", shape_str(dims), " has ", dims[1],
+                               " features, expected in_features=", in_features());
+  }
+
+  /// The network path: y [n, out_features] = x [n, in_features] W^T + b in caller memory,
+  /// unchecked; a GEMV per row for small n, else a GEMM with `worker`'s buffers from ws.
+  void forward_into(const T* x, Index n, T* y, detail::Workspace<T>& ws, int worker) const {
+    using Mat = detail::RowMajorMatrix<T>;
+    using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+    const Index in = in_features(), out = out_features();
+    Eigen::Map<const Mat> wm(weight_.data(), out, in);
+    Eigen::Map<const Vec> bias(bias_.data(), out);
+    if (n <= 4) {
+      for (Index i = 0; i < n; ++i) {
+        Eigen::Map<Vec> yv(y + i * out, out);
+        yv = bias;
+        yv.noalias() += wm * Eigen::Map<const Vec>(x + i * in, in);
+      }
+      return;
+    }
+    for (Index i = 0; i < n; ++i) std::copy(bias_.data(), bias_.data() + out, y + i * out);
+    detail::gemm<T, /*TransposeB=*/true>(n, out, in, x, in, weight_.data(), in, y, out, ws, worker);
   }
 
   /// Parameters and multiply-adds for one sample.

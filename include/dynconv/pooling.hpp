@@ -4,6 +4,10 @@
 #include <dynconv/error.hpp>
 #include <dynconv/tensor.hpp>
 
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/exec.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
+
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -30,6 +34,28 @@ Tensor2<T> global_avg_pool(const Tensor4<T>& x) {
   return y;
 }
 
+namespace detail {
+
+/// out [n, c] = the mean over `pixels` of NHWC x [n, pixels, c], accumulated in double in
+/// chunks of channels on the stack (no allocation).
+template <typename T>
+void gap_nhwc(const T* x, Index n, Index pixels, Index c, T* out) {
+  constexpr Index kChunk = 256;
+  double sum[kChunk];
+  for (Index b = 0; b < n; ++b)
+    for (Index c0 = 0; c0 < c; c0 += kChunk) {
+      const Index len = std::min(kChunk, c - c0);
+      std::fill(sum, sum + len, 0.0);
+      const T* p = x + b * pixels * c + c0;
+      for (Index k = 0; k < pixels; ++k, p += c)
+        for (Index ch = 0; ch < len; ++ch) sum[ch] += static_cast<double>(p[ch]);
+      for (Index ch = 0; ch < len; ++ch)
+        out[b * c + c0 + ch] = static_cast<T>(sum[ch] / static_cast<double>(pixels));
+    }
+}
+
+}  // namespace detail
+
 /// [N, H, W, C] -> [N, C]: the same for NHWC activations (accumulates whole channel rows).
 template <typename T>
 Tensor2<T> global_avg_pool_nhwc(const Tensor4<T>& x) {
@@ -38,15 +64,7 @@ Tensor2<T> global_avg_pool_nhwc(const Tensor4<T>& x) {
     detail::fail<ShapeError>("global_avg_pool_nhwc: input ", shape_str(x.dimensions()),
                              " (NHWC) has no pixels");
   Tensor2<T> y(n, c);
-  std::vector<double> sum(static_cast<std::size_t>(c));
-  for (Index b = 0; b < n; ++b) {
-    std::fill(sum.begin(), sum.end(), 0.0);
-    const T* p = x.data() + b * pixels * c;
-    for (Index k = 0; k < pixels; ++k, p += c)
-      for (Index ch = 0; ch < c; ++ch) sum[ch] += static_cast<double>(p[ch]);
-    for (Index ch = 0; ch < c; ++ch)
-      y(b, ch) = static_cast<T>(sum[ch] / static_cast<double>(pixels));
-  }
+  detail::gap_nhwc(x.data(), n, pixels, c, y.data());
   return y;
 }
 
@@ -55,34 +73,47 @@ inline Index pool_out_size(Index in, Index kernel, Index stride, Index padding) 
   return (in + 2 * padding - kernel) / stride + 1;
 }
 
+namespace detail {
+
+/// The output shape of max pooling an NHWC shape; OptionsError / ShapeError naming `layer`.
+inline std::array<Index, 4> max_pool_shape(const std::string& layer, const std::array<Index, 4>& in,
+                                           Index kernel, Index stride, Index padding) {
+  if (kernel < 1 || stride < 1 || padding < 0 || 2 * padding > kernel)
+    fail<OptionsError>(layer, ": kernel=", kernel, ", stride=", stride, ", padding=", padding,
+                       ": need kernel >= 1, stride >= 1, 0 <= padding <= kernel/2");
+  if (in[1] + 2 * padding < kernel || in[2] + 2 * padding < kernel)
+    fail<ShapeError>(layer, ": input ", shape_str(in), " (NHWC) is smaller than the ", kernel, 'x',
+                     kernel, " window after padding ", padding);
+  return {in[0], pool_out_size(in[1], kernel, stride, padding), pool_out_size(in[2], kernel, stride, padding),
+          in[3]};
+}
+
+/// Max pooling of x into y (shapes from max_pool_shape); NaN propagates as in PyTorch.
+template <typename T>
+void max_pool_nhwc(const Nhwc<const T>& x, const Nhwc<T>& y, Index kernel, Index stride, Index padding) {
+  const Index h = x.h, w = x.w, c = x.c;
+  for (Index b = 0; b < x.n; ++b)
+    for (Index r = 0; r < y.h; ++r)
+      for (Index q = 0; q < y.w; ++q) {
+        T* out = y.data + ((b * y.h + r) * y.w + q) * c;
+        std::fill(out, out + c, -std::numeric_limits<T>::infinity());
+        for (Index i = std::max<Index>(0, r * stride - padding); i < std::min(h, r * stride - padding + kernel); ++i)
+          for (Index j = std::max<Index>(0, q * stride - padding); j < std::min(w, q * stride - padding + kernel);
+               ++j) {
+            const T* in = x.data + ((b * h + i) * w + j) * c;
+            for (Index k = 0; k < c; ++k) out[k] = in[k] > out[k] || in[k] != in[k] ? in[k] : out[k];
+          }
+      }
+}
+
+}  // namespace detail
+
 /// Max pooling over kernel x kernel windows with stride and implicit -inf padding (PyTorch's
 /// MaxPool2d). [N, H, W, C] -> [N, Hout, Wout, C], Hout = (H + 2*padding - kernel) / stride + 1.
 template <typename T>
 Tensor4<T> max_pool2d_nhwc(const Tensor4<T>& x, Index kernel, Index stride, Index padding) {
-  const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2), c = x.dimension(3);
-  if (kernel < 1 || stride < 1 || padding < 0 || 2 * padding > kernel)
-    detail::fail<OptionsError>("max_pool2d: kernel=", kernel, ", stride=", stride, ", padding=",
-                               padding, ": need kernel >= 1, stride >= 1, 0 <= padding <= kernel/2");
-  if (h + 2 * padding < kernel || w + 2 * padding < kernel)
-    detail::fail<ShapeError>("max_pool2d: input ", shape_str(x.dimensions()),
-                             " (NHWC) is smaller than the ", kernel, 'x', kernel,
-                             " window after padding ", padding);
-  const Index oh = pool_out_size(h, kernel, stride, padding);
-  const Index ow = pool_out_size(w, kernel, stride, padding);
-  Tensor4<T> y(n, oh, ow, c);
-  for (Index b = 0; b < n; ++b)
-    for (Index r = 0; r < oh; ++r)
-      for (Index q = 0; q < ow; ++q) {
-        T* out = y.data() + ((b * oh + r) * ow + q) * c;
-        std::fill(out, out + c, -std::numeric_limits<T>::infinity());
-        for (Index i = std::max<Index>(0, r * stride - padding);
-             i < std::min(h, r * stride - padding + kernel); ++i)
-          for (Index j = std::max<Index>(0, q * stride - padding);
-               j < std::min(w, q * stride - padding + kernel); ++j) {
-            const T* in = x.data() + ((b * h + i) * w + j) * c;
-            for (Index k = 0; k < c; ++k) out[k] = in[k] > out[k] || in[k] != in[k] ? in[k] : out[k];
-          }
-      }
+  Tensor4<T> y(detail::max_pool_shape("max_pool2d", x.dimensions(), kernel, stride, padding));
+  detail::max_pool_nhwc(detail::view(x), detail::view(y), kernel, stride, padding);
   return y;
 }
 

@@ -50,16 +50,22 @@ std::string shape_str(const Dims& dims) {
   return os.str();
 }
 
+namespace detail {
+/// dst [n, h, w, c] = src [n, c, h, w]
+template <typename T>
+void nchw_to_nhwc(const T* src, Index n, Index c, Index h, Index w, T* dst) {
+  for (Index b = 0; b < n; ++b)
+    for (Index ch = 0; ch < c; ++ch)
+      for (Index p = 0; p < h * w; ++p) dst[(b * h * w + p) * c + ch] = src[(b * c + ch) * h * w + p];
+}
+}  // namespace detail
+
 /// [N, C, H, W] -> [N, H, W, C]
 template <typename T>
 Tensor4<T> nchw_to_nhwc(const Tensor4<T>& x) {
   const Index n = x.dimension(0), c = x.dimension(1), h = x.dimension(2), w = x.dimension(3);
   Tensor4<T> y(n, h, w, c);
-  const T* src = x.data();
-  T* dst = y.data();
-  for (Index b = 0; b < n; ++b)
-    for (Index ch = 0; ch < c; ++ch)
-      for (Index p = 0; p < h * w; ++p) dst[(b * h * w + p) * c + ch] = src[(b * c + ch) * h * w + p];
+  detail::nchw_to_nhwc(x.data(), n, c, h, w, y.data());
   return y;
 }
 

@@ -19,7 +19,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
+#include <memory>
+#include <type_traits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -49,16 +50,30 @@ class ThreadPool {
 
   int threads() const { return threads_; }
 
-  /// Runs f(task, worker) for task in [0, tasks); worker in [0, threads()).
-  void parallel_for(std::int64_t tasks, const std::function<void(std::int64_t, int)>& f) {
+  /// Runs f(task, worker) for task in [0, tasks); worker in [0, threads()). f is called
+  /// through a pointer (no std::function, so no allocation).
+  template <typename F>
+  void parallel_for(std::int64_t tasks, F&& f) {
     if (tasks <= 0) return;
     if (threads_ == 1 || tasks == 1 || in_task()) {
-      for (std::int64_t t = 0; t < tasks; ++t) f(t, current_worker());
+      const int worker = current_worker();
+      for (std::int64_t t = 0; t < tasks; ++t) f(t, worker);
       return;
     }
+    using Fn = std::remove_reference_t<F>;
+    run_job(tasks, static_cast<const void*>(std::addressof(f)), [](const void* fn, std::int64_t t, int w) {
+      (*static_cast<Fn*>(const_cast<void*>(fn)))(t, w);
+    });
+  }
+
+ private:
+  using Call = void (*)(const void*, std::int64_t, int);
+
+  void run_job(std::int64_t tasks, const void* fn, Call call) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &f;
+      fn_ = fn;
+      call_ = call;
       tasks_ = tasks;
       next_.store(0, std::memory_order_relaxed);
       pending_.store(threads_ - 1, std::memory_order_relaxed);
@@ -69,11 +84,10 @@ class ThreadPool {
     run_tasks(0);
     // Wait for the workers to leave this job (they may still be finishing a task).
     while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-    job_ = nullptr;
+    fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
- private:
   static int& worker_slot() {
     static thread_local int slot = -1;  // -1: not inside a task of any pool
     return slot;
@@ -87,7 +101,7 @@ class ThreadPool {
       const std::int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
       if (t >= tasks_) break;
       try {
-        (*job_)(t, worker);
+        call_(fn_, t, worker);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!error_) error_ = std::current_exception();
@@ -127,7 +141,8 @@ class ThreadPool {
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<std::int64_t> next_{0};
   std::atomic<int> pending_{0};
-  const std::function<void(std::int64_t, int)>* job_ = nullptr;
+  const void* fn_ = nullptr;
+  Call call_ = nullptr;
   std::int64_t tasks_ = 0;
   std::exception_ptr error_;
   bool stop_ = false;

@@ -29,14 +29,27 @@ class BasicBlock final : public Module<T> {
                           policy, dyn);
   }
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = conv2_.forward_nhwc(conv1_.forward_nhwc(x));
-    if (downsample_)
-      y += downsample_->forward_nhwc(x);
-    else
-      y += x;
-    activate_inplace(Activation::ReLU, y);
-    return y;
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    const std::array<Index, 4> out = conv2_.output_shape(conv1_.output_shape(in));
+    if (downsample_) downsample_->output_shape(in);
+    return out;
+  }
+  /// conv2's epilogue adds the shortcut; the ReLU follows in place.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+           const T* residual) const override {
+    const std::array<Index, 4> m = conv1_.output_shape(x.dims());
+    typename detail::Workspace<T>::Lease mid = ex.ws.acquire(m[0] * m[1] * m[2] * m[3]), shortcut;
+    const detail::Nhwc<T> mid_view{mid.data(), m[0], m[1], m[2], m[3]};
+    conv1_.run(x, mid_view, ex, nullptr);
+    const T* skip = x.data;
+    if (downsample_) {
+      shortcut = ex.ws.acquire(y.size());
+      downsample_->run(x, detail::Nhwc<T>{shortcut.data(), y.n, y.h, y.w, y.c}, ex, nullptr);
+      skip = shortcut.data();
+    }
+    conv2_.run(detail::as_const(mid_view), y, ex, skip);
+    detail::map_inplace(y.data, y.size(), detail::ReluOf<T>());
+    add_residual(y.data, residual, y.size());
   }
   void load(WeightLoader& w) override {
     conv1_.load(w);

@@ -35,21 +35,30 @@ class SqueezeExcite final : public Module<T> {
         fc1_(LinearOptions(channels, squeeze).name(prefix + ".fc1")),
         fc2_(LinearOptions(squeeze, channels).name(prefix + ".fc2")) {}
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor2<T> s = fc1_.forward(global_avg_pool_nhwc(x));
-    activate_inplace(Activation::ReLU, s);
-    s = fc2_.forward(s);
-    activate_inplace(Activation::HardSigmoid, s);
-    Tensor4<T> y(x.dimensions());
-    const Index n = x.dimension(0), pixels = x.dimension(1) * x.dimension(2), c = x.dimension(3);
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    if (in[3] != fc1_.in_features())
+      detail::fail<ShapeError>(prefix_, ": input ", shape_str(in), " (NHWC) has ", in[3],
+                               " channels, expected ", fc1_.in_features());
+    return in;
+  }
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+           const T* residual) const override {
+    const Index n = x.n, pixels = x.pixels(), c = x.c;
+    typename detail::Workspace<T>::Lease pooled = ex.ws.acquire(n * c), hidden = ex.ws.acquire(n * fc1_.out_features()),
+                                         scale = ex.ws.acquire(n * c);
+    detail::gap_nhwc(x.data, n, pixels, c, pooled.data());
+    fc1_.forward_into(pooled.data(), n, hidden.data(), ex.ws, 0);
+    detail::map_inplace(hidden.data(), n * fc1_.out_features(), detail::ReluOf<T>());
+    fc2_.forward_into(hidden.data(), n, scale.data(), ex.ws, 0);
+    detail::map_inplace(scale.data(), n * c, detail::HardSigmoidOf<T>());
     for (Index b = 0; b < n; ++b)
       for (Index p = 0; p < pixels; ++p) {
-        const T* in = x.data() + (b * pixels + p) * c;
-        T* out = y.data() + (b * pixels + p) * c;
-        const T* scale = s.data() + b * c;
-        for (Index k = 0; k < c; ++k) out[k] = in[k] * scale[k];
+        const T* __restrict in = x.data + (b * pixels + p) * c;
+        T* __restrict out = y.data + (b * pixels + p) * c;
+        const T* __restrict sc = scale.data() + b * c;
+        for (Index k = 0; k < c; ++k) out[k] = in[k] * sc[k];
       }
-    return y;
+    add_residual(y.data, residual, y.size());
   }
   void load(WeightLoader& w) override { load_fc(w, fc1_, ".fc1"); load_fc(w, fc2_, ".fc2"); }
   void save(SafeTensorsWriter& out) const override { save_fc(out, fc1_, ".fc1"); save_fc(out, fc2_, ".fc2"); }

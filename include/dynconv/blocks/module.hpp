@@ -74,12 +74,35 @@ struct DynamicSettings {
   double temperature = 1.0;
 };
 
+/// y += r over n values (a residual added by a module that cannot fuse it).
+template <typename T>
+void add_residual(T* y, const T* r, Index n) {
+  if (r)
+    for (Index i = 0; i < n; ++i) y[i] += r[i];
+}
+
 template <typename T>
 class Module {
  public:
   virtual ~Module() = default;
-  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]
-  virtual Tensor4<T> forward_nhwc(const Tensor4<T>& x) const = 0;
+  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout] (ShapeError if x does not fit), on the calling
+  /// thread with buffers of its own. Networks run through models::Session instead.
+  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const {
+    Tensor4<T> y(output_shape(x.dimensions()));
+    ThreadPool pool(1);
+    detail::Workspace<T> ws(1);
+    detail::Exec<T> ex{pool, ws};
+    run(detail::view(x), detail::view(y), ex, nullptr);
+    return y;
+  }
+  /// The output shape [N, Hout, Wout, Cout] of an NHWC input shape; ShapeError if it does
+  /// not fit. Allocates nothing unless it throws.
+  virtual std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const = 0;
+  /// y = module(x) + residual (when not null; laid out as y) into caller memory, shapes
+  /// already checked with output_shape, work split over ex's threads, buffers from ex's
+  /// workspace.
+  virtual void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+                   const T* residual) const = 0;
   /// Takes this module's parameters (by their full names) from `weights`.
   virtual void load(WeightLoader& weights) = 0;
   /// Writes this module's parameters under the names load() takes.
@@ -136,10 +159,18 @@ class ConvUnit final : public Module<T> {
   const std::optional<Conv2d<T>>& static_conv() const { return static_; }
   const std::optional<DynamicConv2d<T>>& dynamic_conv() const { return dynamic_; }
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = dynamic_ ? dynamic_->forward_nhwc(x) : static_->forward_nhwc(x);
-    activate_inplace(spec_.activation, y);
-    return y;
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    const ConvGeometry& g = geometry();
+    detail::check_conv_input(dynamic_ ? dynamic_->description() : static_->description(), g, in, 3);
+    return {in[0], g.out_h(in[1]), g.out_w(in[2]), g.out_channels};
+  }
+  /// conv -> (folded BN) -> activation, then + residual, fused into the convolution.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+           const T* residual) const override {
+    if (dynamic_)
+      dynamic_->run(x, y, spec_.activation, residual, ex);
+    else
+      static_->run(x, y, spec_.activation, residual, ex);
   }
 
   void load(WeightLoader& w) override {
@@ -294,10 +325,34 @@ class Sequential final : public Module<T> {
   std::size_t size() const { return modules_.size(); }
   const Module<T>& operator[](std::size_t i) const { return *modules_[i]; }
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = x;
-    for (const auto& m : modules_) y = m->forward_nhwc(y);
-    return y;
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    std::array<Index, 4> shape = in;
+    for (const auto& m : modules_) shape = m->output_shape(shape);
+    return shape;
+  }
+  /// Each module's output goes to a pooled buffer that is released once the next module has
+  /// read it; the last module writes y and takes the residual.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+           const T* residual) const override {
+    if (modules_.empty()) {
+      std::copy(x.data, x.data + x.size(), y.data);
+      add_residual(y.data, residual, y.size());
+      return;
+    }
+    typename detail::Workspace<T>::Lease held;
+    detail::Nhwc<const T> in = x;
+    for (std::size_t i = 0; i < modules_.size(); ++i) {
+      if (i + 1 == modules_.size()) {
+        modules_[i]->run(in, y, ex, residual);
+        return;
+      }
+      const std::array<Index, 4> s = modules_[i]->output_shape(in.dims());
+      typename detail::Workspace<T>::Lease out = ex.ws.acquire(s[0] * s[1] * s[2] * s[3]);
+      const detail::Nhwc<T> o{out.data(), s[0], s[1], s[2], s[3]};
+      modules_[i]->run(in, o, ex, nullptr);
+      in = detail::as_const(o);
+      held = std::move(out);  // releases the buffer `in` was read from
+    }
   }
   void load(WeightLoader& w) override {
     for (auto& m : modules_) m->load(w);
@@ -321,10 +376,14 @@ class ResidualBlock : public Module<T> {
  public:
   explicit ResidualBlock(bool residual) : residual_(residual) {}
 
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override {
-    Tensor4<T> y = body_.forward_nhwc(x);
-    if (residual_) y += x;
-    return y;
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    return body_.output_shape(in);
+  }
+  /// The body's last convolution adds the block's input in its epilogue.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
+           const T* residual) const override {
+    body_.run(x, y, ex, residual_ ? x.data : residual);
+    if (residual_) add_residual(y.data, residual, y.size());
   }
   void load(WeightLoader& w) override { body_.load(w); }
   void save(SafeTensorsWriter& out) const override { body_.save(out); }

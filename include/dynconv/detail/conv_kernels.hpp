@@ -9,7 +9,9 @@
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
+#include <dynconv/activation.hpp>
 #include <dynconv/conv_geometry.hpp>
+#include <dynconv/detail/exec.hpp>
 #include <dynconv/detail/matrix.hpp>
 
 #include <algorithm>
@@ -50,138 +52,265 @@ void unpack_weights(ConvAlgorithm algo, const ConvGeometry& g, const T* packed, 
           *torch_order++ = packed[packed_index(algo, g, co, ci, i, j)];
 }
 
-/// Scratch memory of a convolution call; grows on demand and is reused across samples.
+/// What follows the convolution of a slice, fused into it: y = act(conv + bias) + residual.
 template <typename T>
-struct ConvScratch {
-  std::vector<T> columns;  // im2col matrix of one group: [Hout*Wout, kh*kw*Cin/g]
+struct Epilogue {
+  const T* bias = nullptr;      // [Cout] (absolute channel index) or null
+  Activation act = Activation::Identity;
+  const T* residual = nullptr;  // laid out as the sample's output [Hout, Wout, Cout], or null
 };
 
-/// Writes bias (or zeros) into every pixel of y: [P, C].
+/// The part of one sample's output a kernel call computes: output rows [r0, r1), channels
+/// [c0, c1). Channel slices need groups == 1 or a depthwise convolution.
+struct Slice {
+  Index r0, r1, c0, c1;
+};
+
+/// y[p, c0:c1] = bias (+ residual when there is no activation to apply first), p in `pixels`.
 template <typename T>
-void fill_bias(Index pixels, Index channels, const T* bias, T* y) {
-  for (Index p = 0; p < pixels; ++p, y += channels) {
-    if (bias)
-      std::copy(bias, bias + channels, y);
+void epilogue_begin(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
+  const bool add_residual = ep.residual && ep.act == Activation::Identity;
+  for (Index p = p0; p < p0 + pixels; ++p) {
+    T* __restrict o = y + p * cout;
+    const T* __restrict r = add_residual ? ep.residual + p * cout : nullptr;
+    if (ep.bias && r)
+      for (Index c = c0; c < c1; ++c) o[c] = ep.bias[c] + r[c];
+    else if (ep.bias)
+      for (Index c = c0; c < c1; ++c) o[c] = ep.bias[c];
+    else if (r)
+      for (Index c = c0; c < c1; ++c) o[c] = r[c];
     else
-      std::fill(y, y + channels, T(0));
+      for (Index c = c0; c < c1; ++c) o[c] = T(0);
   }
 }
 
-/// 1x1 convolution: per group Y_g[P, Cout/g] += X_g[P, Cin/g] * B_g. Stride > 1 subsamples X.
-/// x: [H, W, Cin], y: [Hout, Wout, Cout].
-template <typename T>
-void conv_pointwise(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* packed,
-                    const T* bias, T* y, ConvScratch<T>& scratch) {
-  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), pixels = oh * ow;
-  const Index cin = g.in_channels, cout = g.out_channels;
-  const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
-  const T* src = x;
-  if (g.stride_h != 1 || g.stride_w != 1) {
-    // [H, W, Cin] -> [Hout, Wout, Cin]: keep every stride-th pixel.
-    scratch.columns.resize(static_cast<std::size_t>(pixels * cin));
-    T* dst = scratch.columns.data();
-    for (Index r = 0; r < oh; ++r)
-      for (Index c = 0; c < ow; ++c, dst += cin) {
-        const T* p = x + ((r * g.stride_h) * in_w + c * g.stride_w) * cin;
-        std::copy(p, p + cin, dst);
-      }
-    src = scratch.columns.data();
-  }
-  fill_bias(pixels, cout, bias, y);
-  for (Index grp = 0; grp < g.groups; ++grp) {
-    ConstStridedMap<T> a(src + grp * cin_g, pixels, cin_g, Eigen::OuterStride<>(cin));
-    ConstStridedMap<T> b(packed + grp * cin_g * cout_g, cin_g, cout_g, Eigen::OuterStride<>(cout_g));
-    StridedMap<T> out(y + grp * cout_g, pixels, cout_g, Eigen::OuterStride<>(cout));
-    out.noalias() += a * b;
+template <typename T, typename F>
+void map_rows(Index pixels, Index cout, Index c0, Index c1, Index p0, T* y, const T* residual, F f) {
+  for (Index p = p0; p < p0 + pixels; ++p) {
+    T* __restrict o = y + p * cout;
+    if (residual) {
+      const T* __restrict r = residual + p * cout;
+      for (Index c = c0; c < c1; ++c) o[c] = f(o[c]) + r[c];
+    } else {
+      for (Index c = c0; c < c1; ++c) o[c] = f(o[c]);
+    }
   }
 }
 
-/// Depthwise convolution (one filter per channel), vectorised across channels.
-/// x: [H, W, C], packed: [kh, kw, C], y: [Hout, Wout, C].
+/// Applies the activation, then adds the residual (unless epilogue_begin already did).
 template <typename T>
-void conv_depthwise(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* packed,
-                    const T* bias, T* y) {
-  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), ch = g.out_channels;
-  fill_bias(oh * ow, ch, bias, y);
-  for (Index r = 0; r < oh; ++r) {
-    for (Index c = 0; c < ow; ++c) {
-      T* __restrict out = y + (r * ow + c) * ch;
+void epilogue_end(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
+  switch (ep.act) {
+    case Activation::Identity: return;
+    case Activation::ReLU: return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, ReluOf<T>());
+    case Activation::ReLU6: return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, Relu6Of<T>());
+    case Activation::HardSigmoid:
+      return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, HardSigmoidOf<T>());
+    case Activation::HardSwish:
+      return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, HardSwishOf<T>());
+  }
+}
+
+/// im2col of output rows [r0, r1) of group `grp`: [(r1-r0)*Wout, kh*kw*Cin/g], zeros where the
+/// window leaves the image. A strided 1x1 convolution gathers its pixels the same way.
+template <typename T>
+void im2col(const ConvGeometry& g, const T* x, Index in_h, Index in_w, Index r0, Index r1, Index grp, T* col) {
+  const Index ow = g.out_w(in_w), cin = g.in_channels, cin_g = g.in_per_group();
+  for (Index r = r0; r < r1; ++r)
+    for (Index c = 0; c < ow; ++c)
       for (Index i = 0; i < g.kernel_h; ++i) {
         const Index ih = r * g.stride_h - g.pad_h + i * g.dilation_h;
-        if (ih < 0 || ih >= in_h) continue;
-        for (Index j = 0; j < g.kernel_w; ++j) {
+        for (Index j = 0; j < g.kernel_w; ++j, col += cin_g) {
           const Index iw = c * g.stride_w - g.pad_w + j * g.dilation_w;
-          if (iw < 0 || iw >= in_w) continue;
-          const T* __restrict in = x + (ih * in_w + iw) * ch;
-          const T* __restrict w = packed + (i * g.kernel_w + j) * ch;
-          for (Index k = 0; k < ch; ++k) out[k] += in[k] * w[k];
-        }
-      }
-    }
-  }
-}
-
-/// General convolution: per group, im2col [Hout*Wout, kh*kw*Cin/g] then one GEMM with B_g.
-/// x: [H, W, Cin], y: [Hout, Wout, Cout].
-template <typename T>
-void conv_im2col(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* packed,
-                 const T* bias, T* y, ConvScratch<T>& scratch) {
-  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), pixels = oh * ow;
-  const Index cin = g.in_channels, cout = g.out_channels;
-  const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
-  const Index depth = g.kernel_h * g.kernel_w * cin_g;
-  scratch.columns.resize(static_cast<std::size_t>(pixels * depth));
-  fill_bias(pixels, cout, bias, y);
-  for (Index grp = 0; grp < g.groups; ++grp) {
-    T* col = scratch.columns.data();
-    for (Index r = 0; r < oh; ++r)
-      for (Index c = 0; c < ow; ++c)
-        for (Index i = 0; i < g.kernel_h; ++i) {
-          const Index ih = r * g.stride_h - g.pad_h + i * g.dilation_h;
-          for (Index j = 0; j < g.kernel_w; ++j, col += cin_g) {
-            const Index iw = c * g.stride_w - g.pad_w + j * g.dilation_w;
-            if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) {
-              std::fill(col, col + cin_g, T(0));
-            } else {
-              const T* p = x + (ih * in_w + iw) * cin + grp * cin_g;
-              std::copy(p, p + cin_g, col);
-            }
+          if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) {
+            std::fill(col, col + cin_g, T(0));
+          } else {
+            const T* p = x + (ih * in_w + iw) * cin + grp * cin_g;
+            std::copy(p, p + cin_g, col);
           }
         }
-    Eigen::Map<const RowMajorMatrix<T>> a(scratch.columns.data(), pixels, depth);
-    Eigen::Map<const RowMajorMatrix<T>> b(packed + grp * depth * cout_g, depth, cout_g);
-    StridedMap<T> out(y + grp * cout_g, pixels, cout_g, Eigen::OuterStride<>(cout));
-    out.noalias() += a * b;
+      }
+}
+
+/// Whether the algorithm reads its GEMM operand from an im2col buffer (not x itself).
+inline bool needs_columns(ConvAlgorithm algo, const ConvGeometry& g) {
+  if (algo == ConvAlgorithm::Depthwise) return false;
+  if (algo == ConvAlgorithm::Pointwise) return g.stride_h != 1 || g.stride_w != 1;
+  return true;
+}
+
+/// Depthwise slice, vectorised across channels: a block of kLanes channels is accumulated in
+/// registers over all taps of one output pixel. kernel points at tap 0, channel c0; ldk is the
+/// stride between taps.
+template <typename T>
+void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel, Index ldk,
+                     const Slice& s, const Epilogue<T>& ep, T* y) {
+  constexpr Index kLanes = 64 / static_cast<Index>(sizeof(T));
+  const Index ow = g.out_w(in_w), ch = g.out_channels;
+  const Index c0 = s.c0, c1 = s.c1;
+  for (Index r = s.r0; r < s.r1; ++r) {
+    const Index ih0 = r * g.stride_h - g.pad_h;
+    for (Index c = 0; c < ow; ++c) {
+      const Index iw0 = c * g.stride_w - g.pad_w;
+      const Index p = r * ow + c;
+      T* out = y + p * ch;
+      const T* res = ep.residual ? ep.residual + p * ch : nullptr;
+      for (Index cb = c0; cb < c1; cb += kLanes) {
+        const Index lanes = std::min(kLanes, c1 - cb);
+        T acc[kLanes];
+        if (lanes == kLanes) {
+          for (Index v = 0; v < kLanes; ++v) acc[v] = ep.bias ? ep.bias[cb + v] : T(0);
+          for (Index i = 0; i < g.kernel_h; ++i) {
+            const Index ih = ih0 + i * g.dilation_h;
+            if (ih < 0 || ih >= in_h) continue;
+            for (Index j = 0; j < g.kernel_w; ++j) {
+              const Index iw = iw0 + j * g.dilation_w;
+              if (iw < 0 || iw >= in_w) continue;
+              const T* __restrict in = x + (ih * in_w + iw) * ch + cb;
+              const T* __restrict w = kernel + (i * g.kernel_w + j) * ldk + (cb - c0);
+              for (Index v = 0; v < kLanes; ++v) acc[v] += in[v] * w[v];
+            }
+          }
+          for (Index v = 0; v < kLanes; ++v) out[cb + v] = acc[v];
+        } else {
+          for (Index v = 0; v < lanes; ++v) acc[v] = ep.bias ? ep.bias[cb + v] : T(0);
+          for (Index i = 0; i < g.kernel_h; ++i) {
+            const Index ih = ih0 + i * g.dilation_h;
+            if (ih < 0 || ih >= in_h) continue;
+            for (Index j = 0; j < g.kernel_w; ++j) {
+              const Index iw = iw0 + j * g.dilation_w;
+              if (iw < 0 || iw >= in_w) continue;
+              const T* in = x + (ih * in_w + iw) * ch + cb;
+              const T* w = kernel + (i * g.kernel_w + j) * ldk + (cb - c0);
+              for (Index v = 0; v < lanes; ++v) acc[v] += in[v] * w[v];
+            }
+          }
+          for (Index v = 0; v < lanes; ++v) out[cb + v] = acc[v];
+        }
+      }
+      (void)res;
+    }
+    Epilogue<T> tail = ep;
+    if (ep.act == Activation::Identity && ep.residual) {
+      // No activation: the residual still has to be added.
+      for (Index c = 0; c < ow; ++c) {
+        const Index p = r * ow + c;
+        for (Index k = c0; k < c1; ++k) y[p * ch + k] += ep.residual[p * ch + k];
+      }
+      tail.residual = nullptr;
+    }
+    epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
   }
 }
 
-/// Runs one sample through the algorithm `algo` (never Auto).
+/// One slice of one sample's convolution with its fused epilogue.
+///   x: the sample [H, W, Cin]; y: the sample's output [Hout, Wout, Cout].
+///   kernel, ldk: the packed kernel; for groups == 1 (and depthwise) it points at column
+///     (channel) s.c0 and ldk is its row stride; for groups > 1 it is the whole packed kernel
+///     and the slice must span all channels.
+///   columns: this sample's whole im2col matrix when the caller built it already (a batch
+///     shared across channel slices), else null and the slice builds its own rows.
 template <typename T>
-void run_conv(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w,
-              const T* packed, const T* bias, T* y, ConvScratch<T>& scratch) {
-  switch (algo) {
-    case ConvAlgorithm::Pointwise: conv_pointwise(g, x, in_h, in_w, packed, bias, y, scratch); break;
-    case ConvAlgorithm::Depthwise: conv_depthwise(g, x, in_h, in_w, packed, bias, y); break;
-    default: conv_im2col(g, x, in_h, in_w, packed, bias, y, scratch); break;
-  }
-}
-
-/// out[i] = sum_k pi[k] * src[k*size + i]: mixes K packed kernels in one pass over each,
-/// block by block so the output block stays in L1 while the K sources stream through.
-template <typename T>
-void aggregate(const T* src, Index kernels, Index size, const T* pi, T* out) {
-  constexpr Index kBlock = 1024;
-  for (Index start = 0; start < size; start += kBlock) {
-    const Index len = std::min(kBlock, size - start);
-    T* __restrict o = out + start;
-    const T* __restrict s0 = src + start;
-    for (Index i = 0; i < len; ++i) o[i] = pi[0] * s0[i];
-    for (Index k = 1; k < kernels; ++k) {
-      const T* __restrict s = src + k * size + start;
-      const T w = pi[k];
-      for (Index i = 0; i < len; ++i) o[i] += w * s[i];
+void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w,
+                const T* kernel, Index ldk, const Slice& s, const Epilogue<T>& ep, T* y,
+                const T* columns, Workspace<T>& ws, int worker) {
+  if (algo == ConvAlgorithm::Depthwise) return depthwise_slice(g, x, in_h, in_w, kernel, ldk, s, ep, y);
+  const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels;
+  const Index p0 = s.r0 * ow, pixels = (s.r1 - s.r0) * ow;
+  const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
+  const Index depth = g.kernel_h * g.kernel_w * cin_g;
+  epilogue_begin(ep, pixels, cout, s.c0, s.c1, p0, y);
+  if (g.groups == 1) {
+    const T* a;
+    Index lda;
+    if (!needs_columns(algo, g)) {
+      a = x + p0 * cin;
+      lda = cin;
+    } else if (columns) {
+      a = columns + p0 * depth;
+      lda = depth;
+    } else {
+      T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);
+      im2col(g, x, in_h, in_w, s.r0, s.r1, 0, col);
+      a = col;
+      lda = depth;
+    }
+    gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker);
+  } else {
+    eigen_assert(s.c0 == 0 && s.c1 == cout && !columns);
+    T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);
+    for (Index grp = 0; grp < g.groups; ++grp) {
+      im2col(g, x, in_h, in_w, s.r0, s.r1, grp, col);
+      gemm(pixels, cout_g, depth, col, depth, kernel + grp * depth * cout_g, cout_g,
+           y + p0 * cout + grp * cout_g, cout, ws, worker);
     }
   }
+  epilogue_end(ep, pixels, cout, s.c0, s.c1, p0, y);
+}
+
+/// out[r, 0:width] = sum_k pi[k] * src_k[r, c0:c0+width] for the K row-major [rows, cols]
+/// matrices src_k = src + k*rows*cols: mixes K packed kernels (or a channel slice of them) in
+/// one pass, in blocks that keep the output in L1 while the K sources stream through.
+template <typename T>
+void aggregate(const T* src, Index kernels, Index rows, Index cols, const T* pi, Index c0, Index width,
+               T* out) {
+  const Index size = rows * cols;
+  if (c0 == 0 && width == cols) {
+    constexpr Index kBlock = 1024;
+    for (Index start = 0; start < size; start += kBlock) {
+      const Index len = std::min(kBlock, size - start);
+      T* __restrict o = out + start;
+      const T* __restrict s0 = src + start;
+      for (Index i = 0; i < len; ++i) o[i] = pi[0] * s0[i];
+      for (Index k = 1; k < kernels; ++k) {
+        const T* __restrict s = src + k * size + start;
+        const T w = pi[k];
+        for (Index i = 0; i < len; ++i) o[i] += w * s[i];
+      }
+    }
+    return;
+  }
+  for (Index r = 0; r < rows; ++r) {
+    T* __restrict o = out + r * width;
+    const T* __restrict s0 = src + r * cols + c0;
+    for (Index i = 0; i < width; ++i) o[i] = pi[0] * s0[i];
+    for (Index k = 1; k < kernels; ++k) {
+      const T* __restrict s = src + k * size + r * cols + c0;
+      const T w = pi[k];
+      for (Index i = 0; i < width; ++i) o[i] += w * s[i];
+    }
+  }
+}
+
+/// Rows x columns of the packed kernel as a matrix whose columns are output channels (groups
+/// == 1 or depthwise; for groups > 1 the columns are the channels of one group).
+inline std::array<Index, 2> kernel_matrix(ConvAlgorithm algo, const ConvGeometry& g) {
+  if (algo == ConvAlgorithm::Depthwise) return {g.kernel_h * g.kernel_w, g.out_channels};
+  return {g.weight_size() / g.out_channels, g.out_channels};
+}
+
+/// Whether slices of this convolution may split the output channels.
+inline bool channel_sliceable(ConvAlgorithm algo, const ConvGeometry& g) {
+  return algo == ConvAlgorithm::Depthwise || g.groups == 1;
+}
+
+/// Channels [c0, c1) of part `part` of `parts`, in whole units of 16 channels.
+inline std::array<Index, 2> channel_part(Index channels, Index parts, Index part) {
+  constexpr Index kUnit = 16;
+  const std::array<Index, 2> u = split_range((channels + kUnit - 1) / kUnit, parts, part);
+  return {std::min(channels, u[0] * kUnit), std::min(channels, u[1] * kUnit)};
+}
+
+/// Part `part` of one sample's output split in `parts`: by channels when the convolution
+/// allows it and the image has few rows (late layers: 7x7, 14x14), else by rows.
+inline Slice slice_of(ConvAlgorithm algo, const ConvGeometry& g, Index out_h, Index parts, Index part) {
+  if (parts == 1) return {0, out_h, 0, g.out_channels};
+  if (channel_sliceable(algo, g) && out_h < 8 * parts) {
+    const std::array<Index, 2> c = channel_part(g.out_channels, parts, part);
+    return {0, out_h, c[0], c[1]};
+  }
+  const std::array<Index, 2> r = split_range(out_h, parts, part);
+  return {r[0], r[1], 0, g.out_channels};
 }
 
 }  // namespace detail

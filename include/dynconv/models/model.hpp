@@ -85,15 +85,50 @@ class Model {
   Index num_classes() const { return head_.back().linear.out_features(); }
   const Sequential<T>& features() const { return features_; }
 
-  /// [N, 3, H, W] (NCHW, H, W >= 32) -> logits [N, num_classes]
+  /// [N, 3, H, W] (NCHW, H, W >= 32) -> logits [N, num_classes], on the calling thread. A
+  /// Session runs the same with reused buffers and threads.
   Tensor2<T> forward(const Tensor4<T>& x) const {
-    check_input(x, 1);
-    return run(nchw_to_nhwc(x));
+    check_input(x.dimensions(), 1);
+    return forward_nhwc(nchw_to_nhwc(x));
   }
   /// [N, H, W, 3] (NHWC) -> logits [N, num_classes]
   Tensor2<T> forward_nhwc(const Tensor4<T>& x) const {
-    check_input(x, 3);
-    return run(x);
+    check_input(x.dimensions(), 3);
+    Tensor2<T> y(x.dimension(0), num_classes());
+    ThreadPool pool(1);
+    detail::Workspace<T> ws(1);
+    detail::Exec<T> ex{pool, ws};
+    run(detail::view(x), y.data(), ex);
+    return y;
+  }
+
+  /// Throws ShapeError unless `dims` (NCHW: channel_axis 1, NHWC: 3) is a valid input: 3
+  /// channels, at least 32x32, and every layer fits.
+  void check_input(const std::array<Index, 4>& dims, int channel_axis) const {
+    const Index c = dims[static_cast<std::size_t>(channel_axis)];
+    const Index h = dims[channel_axis == 1 ? 2 : 1], w = dims[channel_axis == 1 ? 3 : 2];
+    if (c != 3 || h < 32 || w < 32)
+      detail::fail<ShapeError>(name_, ": input ", shape_str(dims), " (", channel_axis == 1 ? "NCHW" : "NHWC",
+                               ") must have 3 channels and be at least 32x32");
+    features_.output_shape({dims[0], h, w, c});
+  }
+
+  /// The network path: checked NHWC x -> logits [N, num_classes] in caller memory.
+  void run(const detail::Nhwc<const T>& x, T* logits, detail::Exec<T>& ex) const {
+    const std::array<Index, 4> s = features_.output_shape(x.dims());
+    typename detail::Workspace<T>::Lease features = ex.ws.acquire(s[0] * s[1] * s[2] * s[3]);
+    features_.run(x, detail::Nhwc<T>{features.data(), s[0], s[1], s[2], s[3]}, ex, nullptr);
+    typename detail::Workspace<T>::Lease in = ex.ws.acquire(s[0] * s[3]), out;
+    detail::gap_nhwc(features.data(), s[0], s[1] * s[2], s[3], in.data());
+    for (std::size_t i = 0; i < head_.size(); ++i) {
+      const DenseLayer<T>& d = head_[i];
+      const bool last = i + 1 == head_.size();
+      if (!last) out = ex.ws.acquire(s[0] * d.linear.out_features());
+      T* y = last ? logits : out.data();
+      d.linear.forward_into(in.data(), s[0], y, ex.ws, 0);
+      detail::activate_inplace(d.activation, y, s[0] * d.linear.out_features());
+      if (!last) std::swap(in, out);
+    }
   }
 
   /// Loads every parameter from `file`; missing, unexpected, mis-shaped or non-finite tensors
@@ -139,26 +174,6 @@ class Model {
   }
 
  private:
-  /// The network on checked NHWC input.
-  Tensor2<T> run(const Tensor4<T>& x) const {
-    Tensor2<T> y = global_avg_pool_nhwc(features_.forward_nhwc(x));
-    for (const DenseLayer<T>& d : head_) {
-      y = d.linear.forward(y);
-      activate_inplace(d.activation, y);
-    }
-    return y;
-  }
-
-  void check_input(const Tensor4<T>& x, int channel_axis) const {
-    const Index c = x.dimension(channel_axis);
-    const Index h = x.dimension(channel_axis == 1 ? 2 : 1),
-                w = x.dimension(channel_axis == 1 ? 3 : 2);
-    if (c != 3 || h < 32 || w < 32)
-      detail::fail<ShapeError>(name_, ": input ", shape_str(x.dimensions()), " (",
-                               channel_axis == 1 ? "NCHW" : "NHWC",
-                               ") must have 3 channels and be at least 32x32");
-  }
-
   std::string name_;
   Sequential<T> features_;
   std::vector<DenseLayer<T>> head_;

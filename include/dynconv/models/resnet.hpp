@@ -18,7 +18,14 @@ inline bool resnet_default_policy(const ConvSite& s) { return s.role == ConvRole
 template <typename T>
 class MaxPool3x3s2 final : public Module<T> {
  public:
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const override { return max_pool2d_nhwc(x, 3, 2, 1); }
+  std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
+    return detail::max_pool_shape("maxpool", in, 3, 2, 1);
+  }
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>&,
+           const T* residual) const override {
+    detail::max_pool_nhwc(x, y, 3, 2, 1);
+    add_residual(y.data, residual, y.size());
+  }
   void load(WeightLoader&) override {}
   void save(SafeTensorsWriter&) const override {}
   std::array<Index, 2> cost(Index h, Index w, std::vector<NamedCost>&) const override {
