@@ -438,7 +438,7 @@ def plot(path, models, dc, pt, title):
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(models)))
-        ax.set_xticklabels([m.replace("_", " ") for m in models], fontsize=8)
+        ax.set_xticklabels(models, fontsize=7)
         ax.set_title(f"batch {b}, {t} thread{'s' if t > 1 else ''}")
         ax.set_ylabel("latency per batch, ms (log)")
         ax.grid(axis="y", which="both", alpha=0.3)
@@ -562,6 +562,7 @@ def main():
     pt = {}  # (variant, base, B, T) -> [ms]
     dc = {}  # (name, B, T) -> {"ms": [...], "peak_frac": [...], ...}
     context = {}
+    peaks = []  # each bench_models run's fma_peak_gflops
     inputs = {b: make_input(b) for b in BATCHES}
     torch_models = {}
     default_threads = torch.get_num_threads()
@@ -584,6 +585,7 @@ def main():
                 nonlocal context
                 res, context = run_bench_models(exe, [base, "dy_" + base], BATCHES, THREADS,
                                                 dc_reps, dc_min_time)
+                peaks.append(float(context.get("fma_peak_gflops", "nan")))
                 for key, r in res.items():
                     slot = dc.setdefault(key, {"ms": [], "peak_frac": [], "gflops": [],
                                                "madds": r["madds"]})
@@ -595,14 +597,15 @@ def main():
                 step()
             print(f"  round {rnd + 1}/{rounds}: {base} done", file=sys.stderr, flush=True)
 
-    peak = float(context.get("fma_peak_gflops", "nan"))
+    peak = med(peaks)
     samples_pt = min(len(v) for v in pt.values())
     samples_dc = min(len(v["ms"]) for v in dc.values())
     title = (f"dynconv {git_commit()} vs PyTorch {torch.__version__}, "
              f"{started:%Y-%m-%d %H:%M %Z}, {cpu_model()}")
     header = [
         f"Whole models, 224x224, float32: {started:%Y-%m-%d %H:%M %Z}; CPU {cpu_model()}; "
-        f"FMA peak measured by bench_models {peak:.0f} GFLOP/s per core; dynconv {git_commit()}, "
+        f"FMA peak measured by bench_models {peak:.0f} GFLOP/s per core (median of "
+        f"{len(peaks)} runs, {min(peaks):.0f}-{max(peaks):.0f}); dynconv {git_commit()}, "
         f"Eigen {eigen_version()}; PyTorch {torch.__version__}, torchvision "
         f"{torchvision_version()}; load average {load_start[0]:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end.",
@@ -620,7 +623,8 @@ def main():
     if args.out_json:
         out = {"date": started.isoformat(), "cpu": cpu_model(), "torch": torch.__version__,
                "torchvision": torchvision_version(), "eigen": eigen_version(),
-               "commit": git_commit(), "fma_peak_gflops": peak, "rounds": rounds,
+               "commit": git_commit(), "fma_peak_gflops": peak, "fma_peaks": peaks,
+               "rounds": rounds,
                "dynamic_path": args.dynamic_path, "bench_models_context": context,
                "load_average": [load_start[0], os.getloadavg()[0]],
                "dynconv": [{"name": k[0], "batch": k[1], "threads": k[2], **v}
