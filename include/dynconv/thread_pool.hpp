@@ -41,8 +41,8 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
+      stop_.store(true);
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     for (std::thread& t : workers_) t.join();
@@ -69,22 +69,24 @@ class ThreadPool {
  private:
   using Call = void (*)(const void*, std::int64_t, int);
 
+  // A job is open while its caller may still hand out tasks. A worker enters a job by counting
+  // itself active and then seeing it open; the caller closes the job once its own share is
+  // done and waits only for the workers that entered (never for one that has not woken yet).
   void run_job(std::int64_t tasks, const void* fn, Call call) {
+    fn_ = fn;
+    call_ = call;
+    tasks_ = tasks;
+    error_ = nullptr;
+    next_.store(0, std::memory_order_relaxed);
+    open_.store(true);  // seq_cst: publishes the job to workers that see it open
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      fn_ = fn;
-      call_ = call;
-      tasks_ = tasks;
-      next_.store(0, std::memory_order_relaxed);
-      pending_.store(threads_ - 1, std::memory_order_relaxed);
-      error_ = nullptr;
-      generation_.fetch_add(1, std::memory_order_release);
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     run_tasks(0);
-    // Wait for the workers to leave this job (they may still be finishing a task).
-    while (pending_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
-    fn_ = nullptr;
+    open_.store(false);
+    while (active_.load() != 0) std::this_thread::yield();
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -114,23 +116,21 @@ class ThreadPool {
     std::uint64_t seen = 0;
     for (;;) {
       // Spin a little: the next layer's parallel_for usually comes within microseconds.
-      std::uint64_t g = generation_.load(std::memory_order_acquire);
+      std::uint64_t g = generation_.load();
       for (int spin = 0; g == seen && spin < 20000; ++spin) {
         std::this_thread::yield();
-        g = generation_.load(std::memory_order_acquire);
+        g = generation_.load();
       }
       if (g == seen) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        g = generation_.load(std::memory_order_acquire);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+        g = generation_.load();
       }
       seen = g;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);  // pairs with the job's publication
-        if (stop_) return;
-      }
-      run_tasks(worker);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      if (stop_.load()) return;
+      active_.fetch_add(1);
+      if (open_.load()) run_tasks(worker);
+      active_.fetch_sub(1);
     }
   }
 
@@ -140,12 +140,13 @@ class ThreadPool {
   std::condition_variable wake_;
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<std::int64_t> next_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<bool> open_{false};
+  std::atomic<int> active_{0};
+  std::atomic<bool> stop_{false};
   const void* fn_ = nullptr;
   Call call_ = nullptr;
   std::int64_t tasks_ = 0;
   std::exception_ptr error_;
-  bool stop_ = false;
 };
 
 }  // namespace dynconv
