@@ -255,38 +255,54 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   epilogue_end(ep, pixels, cout, s.c0, s.c1, p0, y);
 }
 
+/// o[0:len] (+)= sum_{g < G} w[g] * s[g][0:len] in one pass: G loads, one store per element.
+template <int G, bool First, typename T>
+void mix_group(const T* const* s, const T* w, Index len, T* __restrict o) {
+  const T* __restrict s0 = s[0];
+  const T* __restrict s1 = s[G > 1 ? 1 : 0];
+  const T* __restrict s2 = s[G > 2 ? 2 : 0];
+  const T* __restrict s3 = s[G > 3 ? 3 : 0];
+  const T w0 = w[0], w1 = G > 1 ? w[1] : T(0), w2 = G > 2 ? w[2] : T(0), w3 = G > 3 ? w[3] : T(0);
+  for (Index i = 0; i < len; ++i) {
+    T v = First ? w0 * s0[i] : o[i] + w0 * s0[i];
+    if (G > 1) v += w1 * s1[i];
+    if (G > 2) v += w2 * s2[i];
+    if (G > 3) v += w3 * s3[i];
+    o[i] = v;
+  }
+}
+
+/// o[0:len] = sum_k pi[k] * (src + k*stride)[0:len], the kernels taken four at a time.
+template <typename T>
+void mix(const T* src, Index stride, Index kernels, const T* pi, Index len, T* o) {
+  for (Index k = 0; k < kernels; k += 4) {
+    const T* s[4] = {src + k * stride, src + std::min(k + 1, kernels - 1) * stride,
+                     src + std::min(k + 2, kernels - 1) * stride, src + std::min(k + 3, kernels - 1) * stride};
+    const Index g = std::min<Index>(4, kernels - k);
+    const bool first = k == 0;
+    switch (g) {
+      case 1: first ? mix_group<1, true>(s, pi + k, len, o) : mix_group<1, false>(s, pi + k, len, o); break;
+      case 2: first ? mix_group<2, true>(s, pi + k, len, o) : mix_group<2, false>(s, pi + k, len, o); break;
+      case 3: first ? mix_group<3, true>(s, pi + k, len, o) : mix_group<3, false>(s, pi + k, len, o); break;
+      default: first ? mix_group<4, true>(s, pi + k, len, o) : mix_group<4, false>(s, pi + k, len, o); break;
+    }
+  }
+}
+
 /// out[r, 0:width] = sum_k pi[k] * src_k[r, c0:c0+width] for the K row-major [rows, cols]
-/// matrices src_k = src + k*rows*cols: mixes K packed kernels (or a channel slice of them) in
-/// one pass, in blocks that keep the output in L1 while the K sources stream through.
+/// matrices src_k = src + k*rows*cols: mixes K packed kernels (or a channel slice of them),
+/// reading each source once; whole kernels in blocks that keep the output in L1.
 template <typename T>
 void aggregate(const T* src, Index kernels, Index rows, Index cols, const T* pi, Index c0, Index width,
                T* out) {
   const Index size = rows * cols;
   if (c0 == 0 && width == cols) {
-    constexpr Index kBlock = 1024;
-    for (Index start = 0; start < size; start += kBlock) {
-      const Index len = std::min(kBlock, size - start);
-      T* __restrict o = out + start;
-      const T* __restrict s0 = src + start;
-      for (Index i = 0; i < len; ++i) o[i] = pi[0] * s0[i];
-      for (Index k = 1; k < kernels; ++k) {
-        const T* __restrict s = src + k * size + start;
-        const T w = pi[k];
-        for (Index i = 0; i < len; ++i) o[i] += w * s[i];
-      }
-    }
+    constexpr Index kBlock = 2048;
+    for (Index start = 0; start < size; start += kBlock)
+      mix(src + start, size, kernels, pi, std::min(kBlock, size - start), out + start);
     return;
   }
-  for (Index r = 0; r < rows; ++r) {
-    T* __restrict o = out + r * width;
-    const T* __restrict s0 = src + r * cols + c0;
-    for (Index i = 0; i < width; ++i) o[i] = pi[0] * s0[i];
-    for (Index k = 1; k < kernels; ++k) {
-      const T* __restrict s = src + k * size + r * cols + c0;
-      const T w = pi[k];
-      for (Index i = 0; i < width; ++i) o[i] += w * s[i];
-    }
-  }
+  for (Index r = 0; r < rows; ++r) mix(src + r * cols + c0, size, kernels, pi, width, out + r * width);
 }
 
 /// Rows x columns of the packed kernel as a matrix whose columns are output channels (groups
