@@ -122,11 +122,13 @@ void im2col(const ConvGeometry& g, const T* x, Index in_h, Index in_w, Index r0,
         const Index ih = r * g.stride_h - g.pad_h + i * g.dilation_h;
         for (Index j = 0; j < g.kernel_w; ++j, col += cin_g) {
           const Index iw = c * g.stride_w - g.pad_w + j * g.dilation_w;
+          // Plain loops, not std::copy: a stem has 3 channels, and a memmove call per tap costs
+          // more than the copy.
           if (ih < 0 || ih >= in_h || iw < 0 || iw >= in_w) {
-            std::fill(col, col + cin_g, T(0));
+            for (Index k = 0; k < cin_g; ++k) col[k] = T(0);
           } else {
-            const T* p = x + (ih * in_w + iw) * cin + grp * cin_g;
-            std::copy(p, p + cin_g, col);
+            const T* __restrict p = x + (ih * in_w + iw) * cin + grp * cin_g;
+            for (Index k = 0; k < cin_g; ++k) col[k] = p[k];
           }
         }
       }
