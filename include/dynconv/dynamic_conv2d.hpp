@@ -223,16 +223,24 @@ class DynamicConv2d {
   }
 
  private:
-  /// Kernel sources above this size (all K kernels) are mixed and used in channel tiles, so
-  /// that a batch reads them from memory once instead of once per sample.
+  /// K kernels above this size no longer stay in the L3 cache from one sample to the next: a
+  /// batch then mixes them in channel tiles, all samples of a tile at once.
   static constexpr Index kTileSourceBytes = Index(8) << 20;
+  /// The mixed tiles of all samples of a batch, at most (they are consumed from L2/L3).
+  static constexpr Index kMixedTileBytes = Index(4) << 20;
+  /// Up to this many output pixels a channel tile mixes inside the GEMM's packing.
+  static constexpr Index kFusedMaxPixels = 256;
 
   /// The convolution of every sample with its own mix pi [N, K] of the K kernels.
   ///  - Mid-size kernels: one task per sample mixes the whole kernel into the worker's buffer
   ///    and convolves (the K sources stay in cache from one sample to the next).
-  ///  - Large kernels in a batch, or a batch smaller than the pool: tasks are channel tiles;
-  ///    a task mixes its tile for each sample in turn and convolves that tile, so the tile's
-  ///    K sources are read from memory once per batch and the mixed tile stays in cache.
+  ///  - Large kernels in a batch, or a batch smaller than the pool: tasks are channel tiles
+  ///    and the tile's K sources are read from memory once for the whole batch. With few
+  ///    pixels (late layers) the mix is fused into the GEMM: each cache block of the K sources
+  ///    is packed once and mixed into the packed block every sample's micro-kernel reads (no
+  ///    mixed kernel is written out). Otherwise a task mixes its tile for all samples at once,
+  ///    then convolves each (tiles at least 48 channels wide, the GEMM's register block).
+  ///    (Fusing at batch 1 measured slower: K packs per block cost more than one mix.)
   void convolve_run(const detail::Nhwc<const T>& x, const T* pi, const detail::Nhwc<T>& y, Activation act,
                     const T* residual, detail::Exec<T>& ex) const {
     const ConvGeometry& g = conv_.geometry;
@@ -252,16 +260,24 @@ class DynamicConv2d {
                                  residual ? residual + b * y.sample_size() : nullptr};
     };
 
-    Index tiles = 1;
-    if (detail::channel_sliceable(algo, g)) {
-      const Index source_bytes = k * size * static_cast<Index>(sizeof(T));
-      if (n > 1 && source_bytes > kTileSourceBytes) tiles = (source_bytes + kTileSourceBytes - 1) / kTileSourceBytes;
-      if (n < threads) tiles = std::max<Index>(tiles, threads);
-      tiles = std::min<Index>(tiles, (cout + 15) / 16);
-      if (tiles > 1 && tiles % threads) tiles += threads - tiles % threads;
+    // Channel tiles when the K kernels would not stay cached across a batch, or to split one
+    // sample over the pool; with few pixels the mix happens inside the GEMM's packing.
+    const bool sliceable = detail::channel_sliceable(algo, g);
+    const Index source_bytes = k * size * static_cast<Index>(sizeof(T));
+    const bool big_batch = n > 1 && source_bytes > kTileSourceBytes;
+    const bool fused = algo != ConvAlgorithm::Depthwise && y.pixels() <= kFusedMaxPixels;
+    Index tiles = 0;  // 0: one task per sample
+    if (sliceable && (big_batch || n < threads)) {
+      tiles = 1;
+      if (big_batch && !fused) {
+        const Index width = std::max<Index>(48, kMixedTileBytes / (n * m[0] * static_cast<Index>(sizeof(T))));
+        tiles = (cout + width - 1) / width;
+      }
+      tiles = std::min<Index>(std::max<Index>(tiles, threads), (cout + 15) / 16);
+      if (tiles % threads) tiles += threads - tiles % threads;
     }
 
-    if (tiles == 1) {
+    if (tiles == 0) {
       ex.pool.parallel_for(n, [&](std::int64_t b, int worker) {
         T* kernel = ex.ws.scratch(worker, detail::Scratch::Kernel, size);
         detail::aggregate(packed_.data(), k, m[0], m[1], pi + b * k, 0, m[1], kernel);
@@ -285,10 +301,23 @@ class DynamicConv2d {
       const std::array<Index, 2> c = detail::channel_part(cout, tiles, t);
       if (c[0] >= c[1]) return;
       const Index width = c[1] - c[0];
-      T* kernel = ex.ws.scratch(worker, detail::Scratch::Kernel, m[0] * width);
+      if (fused) {
+        // Few pixels: the mix fused into the GEMM's packing, all samples of the tile at once.
+        for (Index b = 0; b < n; ++b)
+          detail::epilogue_begin(epilogue(b), y.pixels(), cout, c[0], c[1], 0, y.sample(b));
+        const T* a = shared_columns ? columns.data() : x.data;
+        const Index a_stride = shared_columns ? col_size : x.sample_size();
+        detail::mixed_gemm_batch(packed_.data(), k, m[0], m[1], pi, n, c[0], c[1], a, a_stride, y.pixels(), y.data,
+                                 y.sample_size(), cout, ex.ws, worker);
+        for (Index b = 0; b < n; ++b)
+          detail::epilogue_end(epilogue(b), y.pixels(), cout, c[0], c[1], 0, y.sample(b));
+        return;
+      }
+      T* kernels = ex.ws.scratch(worker, detail::Scratch::Kernel, n * m[0] * width);
+      detail::aggregate_batch(packed_.data(), k, m[0], m[1], pi, n, c[0], width, kernels);
       for (Index b = 0; b < n; ++b) {
-        detail::aggregate(packed_.data(), k, m[0], m[1], pi + b * k, c[0], width, kernel);
-        detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel, width, detail::Slice{0, y.h, c[0], c[1]},
+        detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernels + b * m[0] * width, width,
+                           detail::Slice{0, y.h, c[0], c[1]},
                            epilogue(b), y.sample(b), shared_columns ? columns.data() + b * col_size : nullptr,
                            ex.ws, worker);
       }

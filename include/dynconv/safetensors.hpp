@@ -25,6 +25,11 @@
 //     dtype is one of F16, BF16, F32, F64, I64; shape is an array of non-negative integers
 //     (an empty array is a scalar); data_offsets is two non-negative integers begin <= end
 //   - product(shape) x dtype size, computed with overflow checks, equals end - begin
+//   - the product of the non-zero dimensions is at most 2^63 - 1, the largest Index: Eigen
+//     computes a tensor's size and strides as products of its dimensions in signed Index, so
+//     get<T, Rank>() of a zero-size [2^32, 2^31, 0] would throw std::bad_alloc (Eigen's
+//     overflow check) and strides of a [0, 2^32, 2^32] would overflow. No real file has such
+//     a shape; the reference implementation accepts the second one
 //   - the tensors, sorted by offset, tile the data section exactly: the first begins at 0,
 //     each begins where the previous one ended, and the last ends at the end of the file;
 //     with no tensors the data section is empty
@@ -299,6 +304,28 @@ inline bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
   return true;
 }
 
+/// product(shape) x dtype_size(dtype), the element count first: false if either overflows 64
+/// bits. The reader and the writer both count bytes this way, so they agree on every shape.
+template <typename Dims>
+bool byte_size(DType dtype, const Dims& shape, std::uint64_t& out) {
+  std::uint64_t elements = 1;
+  for (const auto d : shape)
+    if (!checked_mul(elements, static_cast<std::uint64_t>(d), elements)) return false;
+  return checked_mul(elements, dtype_size(dtype), out);
+}
+
+/// Whether the non-zero dimensions (all >= 0) multiply to at most the largest Index, so that
+/// no product of dimensions (a size, a stride) overflows Index.
+template <typename Dims>
+bool shape_fits_index(const Dims& shape) {
+  constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<Index>::max());
+  std::uint64_t product = 1;
+  for (const auto d : shape)
+    if (d != 0 && (!checked_mul(product, static_cast<std::uint64_t>(d), product) || product > kMax))
+      return false;
+  return true;
+}
+
 }  // namespace detail
 
 /// A validated safetensors file held in memory.
@@ -561,20 +588,21 @@ class SafeTensors {
     if (!shape.is_array() || !std::all_of(shape.begin(), shape.end(), is_count))
       bad("tensor '", name, "' has shape ", detail::json_brief(shape),
           ", not an array of non-negative integers");
-    std::uint64_t bytes = dtype_size(e.dtype), elements = 1;
-    bool fits = true;
     for (const auto& d : shape) {
       const auto dim = d.get<std::uint64_t>();
       if (dim > static_cast<std::uint64_t>(std::numeric_limits<Index>::max()))
         bad("tensor '", name, "' has dimension ", dim, " in shape ", detail::json_brief(shape),
             ", too large for an index");
       e.shape.push_back(static_cast<Index>(dim));
-      fits = fits && detail::checked_mul(elements, dim, elements);
     }
-    fits = fits && detail::checked_mul(elements, bytes, bytes);
-    if (!fits)
+    std::uint64_t bytes = 0;
+    if (!detail::byte_size(e.dtype, e.shape, bytes))
       bad("tensor '", name, "' has shape ", shape_str(e.shape), " x ", dtype_name(e.dtype),
           " whose byte size overflows 64 bits");
+    if (!detail::shape_fits_index(e.shape))
+      bad("tensor '", name, "' has shape ", shape_str(e.shape),
+          " whose non-zero dimensions multiply to more than the largest index ",
+          std::numeric_limits<Index>::max());
 
     const nlohmann::json& offsets = v["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !is_count(offsets[0]) ||
@@ -627,11 +655,13 @@ class SafeTensorsWriter {
   /// Stores nbytes little-endian bytes; nbytes must equal product(shape) x dtype_size(dtype).
   void add_raw(const std::string& name, DType dtype, std::vector<Index> shape, const void* data,
                std::size_t nbytes) {
-    std::uint64_t expected = dtype_size(dtype);
-    for (Index d : shape)
-      if (d < 0 || !detail::checked_mul(expected, static_cast<std::uint64_t>(d), expected))
-        detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has invalid shape ",
-                                   shape_str(shape));
+    // The byte count as the reader computes it (detail::byte_size), so that the writer takes
+    // every shape the reader accepts.
+    std::uint64_t expected = 0;
+    if (std::any_of(shape.begin(), shape.end(), [](Index d) { return d < 0; }) ||
+        !detail::byte_size(dtype, shape, expected))
+      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has invalid shape ",
+                                 shape_str(shape));
     if (expected != nbytes)
       detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
                                  shape_str(shape), " x ", dtype_name(dtype), " = ", expected,
@@ -718,6 +748,12 @@ class SafeTensorsWriter {
               std::vector<std::uint8_t> bytes) {
     if (name == "__metadata__")
       detail::fail<OptionsError>("SafeTensorsWriter: the name '__metadata__' is reserved");
+    if (!detail::shape_fits_index(shape))  // the reader's rule
+      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
+                                 shape_str(shape),
+                                 " whose non-zero dimensions multiply to more than the largest "
+                                 "index ",
+                                 std::numeric_limits<Index>::max());
     if (!detail::is_valid_utf8(name))
       detail::fail<OptionsError>("SafeTensorsWriter: tensor name '", name, "' is not valid UTF-8");
     if (!entries_.emplace(name, Entry{dtype, std::move(shape), std::move(bytes)}).second)

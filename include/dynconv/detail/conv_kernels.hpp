@@ -257,36 +257,42 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   epilogue_end(ep, pixels, cout, s.c0, s.c1, p0, y);
 }
 
-/// o[0:len] (+)= sum_{g < G} w[g] * s[g][0:len] in one pass: G loads, one store per element.
+/// o[r, 0:len] (+)= sum_{g < G} w[g] * s[g][r, 0:len] for `rows` rows (source row stride ls,
+/// output row stride lo), in one pass: G loads and one store per element.
 template <int G, bool First, typename T>
-void mix_group(const T* const* s, const T* w, Index len, T* __restrict o) {
-  const T* __restrict s0 = s[0];
-  const T* __restrict s1 = s[G > 1 ? 1 : 0];
-  const T* __restrict s2 = s[G > 2 ? 2 : 0];
-  const T* __restrict s3 = s[G > 3 ? 3 : 0];
+void mix_group(const T* const* s, const T* w, Index rows, Index len, Index ls, T* o, Index lo) {
   const T w0 = w[0], w1 = G > 1 ? w[1] : T(0), w2 = G > 2 ? w[2] : T(0), w3 = G > 3 ? w[3] : T(0);
-  for (Index i = 0; i < len; ++i) {
-    T v = First ? w0 * s0[i] : o[i] + w0 * s0[i];
-    if (G > 1) v += w1 * s1[i];
-    if (G > 2) v += w2 * s2[i];
-    if (G > 3) v += w3 * s3[i];
-    o[i] = v;
+  for (Index r = 0; r < rows; ++r) {
+    const T* __restrict s0 = s[0] + r * ls;
+    const T* __restrict s1 = s[G > 1 ? 1 : 0] + r * ls;
+    const T* __restrict s2 = s[G > 2 ? 2 : 0] + r * ls;
+    const T* __restrict s3 = s[G > 3 ? 3 : 0] + r * ls;
+    T* __restrict out = o + r * lo;
+    for (Index i = 0; i < len; ++i) {
+      T v = First ? w0 * s0[i] : out[i] + w0 * s0[i];
+      if (G > 1) v += w1 * s1[i];
+      if (G > 2) v += w2 * s2[i];
+      if (G > 3) v += w3 * s3[i];
+      out[i] = v;
+    }
   }
 }
 
-/// o[0:len] = sum_k pi[k] * (src + k*stride)[0:len], the kernels taken four at a time.
+/// o[r, 0:len] = sum_k pi[k] * (src + k*stride)[r, 0:len] for `rows` rows (source row stride
+/// ls, output row stride lo), the kernels taken four at a time.
 template <typename T>
-void mix(const T* src, Index stride, Index kernels, const T* pi, Index len, T* o) {
+void mix(const T* src, Index stride, Index kernels, const T* pi, Index rows, Index len, Index ls, T* o,
+         Index lo) {
   for (Index k = 0; k < kernels; k += 4) {
     const T* s[4] = {src + k * stride, src + std::min(k + 1, kernels - 1) * stride,
                      src + std::min(k + 2, kernels - 1) * stride, src + std::min(k + 3, kernels - 1) * stride};
-    const Index g = std::min<Index>(4, kernels - k);
+    const T* w = pi + k;
     const bool first = k == 0;
-    switch (g) {
-      case 1: first ? mix_group<1, true>(s, pi + k, len, o) : mix_group<1, false>(s, pi + k, len, o); break;
-      case 2: first ? mix_group<2, true>(s, pi + k, len, o) : mix_group<2, false>(s, pi + k, len, o); break;
-      case 3: first ? mix_group<3, true>(s, pi + k, len, o) : mix_group<3, false>(s, pi + k, len, o); break;
-      default: first ? mix_group<4, true>(s, pi + k, len, o) : mix_group<4, false>(s, pi + k, len, o); break;
+    switch (std::min<Index>(4, kernels - k)) {
+      case 1: first ? mix_group<1, true>(s, w, rows, len, ls, o, lo) : mix_group<1, false>(s, w, rows, len, ls, o, lo); break;
+      case 2: first ? mix_group<2, true>(s, w, rows, len, ls, o, lo) : mix_group<2, false>(s, w, rows, len, ls, o, lo); break;
+      case 3: first ? mix_group<3, true>(s, w, rows, len, ls, o, lo) : mix_group<3, false>(s, w, rows, len, ls, o, lo); break;
+      default: first ? mix_group<4, true>(s, w, rows, len, ls, o, lo) : mix_group<4, false>(s, w, rows, len, ls, o, lo); break;
     }
   }
 }
@@ -301,10 +307,73 @@ void aggregate(const T* src, Index kernels, Index rows, Index cols, const T* pi,
   if (c0 == 0 && width == cols) {
     constexpr Index kBlock = 2048;
     for (Index start = 0; start < size; start += kBlock)
-      mix(src + start, size, kernels, pi, std::min(kBlock, size - start), out + start);
+      mix(src + start, size, kernels, pi, 1, std::min(kBlock, size - start), 0, out + start, 0);
     return;
   }
-  for (Index r = 0; r < rows; ++r) mix(src + r * cols + c0, size, kernels, pi, width, out + r * width);
+  mix(src + c0, size, kernels, pi, rows, width, cols, out, width);
+}
+
+/// The mixes of n samples at once: out[b][r, 0:width] = sum_k pi[b, k] * src_k[r, c0:c0+width].
+/// The K sources are read from memory once for all n samples (a block of rows at a time stays
+/// in L1 while the n mixes read it).
+template <typename T>
+void aggregate_batch(const T* src, Index kernels, Index rows, Index cols, const T* pi, Index n, Index c0,
+                     Index width, T* out) {
+  const Index size = rows * cols;
+  const Index block = std::max<Index>(1, 2048 / std::max<Index>(width, 1));
+  for (Index r0 = 0; r0 < rows; r0 += block) {
+    const Index len = std::min(block, rows - r0);
+    for (Index b = 0; b < n; ++b)
+      mix(src + r0 * cols + c0, size, kernels, pi + b * kernels, len, width, cols, out + (b * rows + r0) * width,
+          width);
+  }
+}
+
+/// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
+///   C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1]   for b in [0, n)
+/// W_k = src + k*depth*cols (row-major [depth, cols]), A_b = a + b*a_stride (row-major
+/// [P, depth]), C_b = c + b*c_stride (row-major, leading dimension ldc). For every cache block
+/// of the kernels, the K source blocks are packed once for the whole batch and mixed into the
+/// packed block each sample's micro-kernel reads: the sources cross the memory bus once per
+/// batch and no mixed kernel is ever written out. Packing is a permutation, so mixing packed
+/// blocks is mixing kernels. Meant for few pixels (late layers): all samples' packed A panels
+/// of one depth block are kept.
+template <typename T>
+void mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+                      Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                      Workspace<T>& ws, int worker) {
+  namespace ei = Eigen::internal;
+  using Traits = ei::gebp_traits<T, T>;
+  using Mapper = ei::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
+  using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+  const Index rows = c1 - c0;
+  if (rows <= 0 || pixels <= 0 || depth <= 0) return;
+  Index kc = depth, mc = rows, nc = pixels;
+  ei::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
+  T* rhs = ws.scratch(worker, Scratch::PackB, n * kc * pixels);
+  T* sources = ws.scratch(worker, Scratch::Sources, kernels * mc * kc);
+  T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
+  ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
+                    Eigen::ColMajor>
+      pack_lhs;
+  ei::gemm_pack_rhs<T, Index, Mapper, Traits::nr, Eigen::ColMajor> pack_rhs;
+  ei::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
+  // In Eigen's column-major terms: C_b^T [c1-c0, P] += W^T [c1-c0, depth] * A_b^T [depth, P].
+  for (Index k2 = 0; k2 < depth; k2 += kc) {
+    const Index kcur = std::min(kc, depth - k2);
+    for (Index b = 0; b < n; ++b)
+      pack_rhs(rhs + b * kc * pixels, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
+    for (Index i2 = 0; i2 < rows; i2 += mc) {
+      const Index mcur = std::min(mc, rows - i2);
+      for (Index k = 0; k < kernels; ++k)
+        pack_lhs(sources + k * mc * kc, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
+      for (Index b = 0; b < n; ++b) {
+        mix(sources, mc * kc, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
+        gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * kc * pixels, mcur, kcur,
+             pixels, T(1));
+      }
+    }
+  }
 }
 
 /// Rows x columns of the packed kernel as a matrix whose columns are output channels (groups

@@ -75,7 +75,7 @@ class GrowBuffer {
 };
 
 /// Scratch kinds of a worker; each is a separate grow-only buffer.
-enum class Scratch { Columns, Kernel, Bias, PackA, PackB, Attention, Count };
+enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Count };
 
 template <typename T>
 class Workspace {
