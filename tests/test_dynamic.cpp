@@ -492,3 +492,35 @@ TYPED_TEST(DynamicFacts, CostFollowsThePaperFormulas) {
 }
 
 }  // namespace
+
+// Kernels too large to stay cached across a batch (here K x 9.4 MB) are mixed per channel tile
+// for the whole batch: fused into the GEMM's packing for few pixels (7x7), mixed tile by tile
+// for more (17x17). Each sample must get what it gets alone (the one-sample path mixes the
+// whole kernel), with 1 and 2 threads.
+TEST(DynamicLargeKernels, BatchTilesMatchOneSampleAtATime) {
+  DynamicConv2d<float> layer(DynamicConv2dOptions(512, 512, 3).padding(1).bias(true));
+  for (Index side : {7, 17}) {
+    Tensor4<float> x(3, 512, side, side);
+    ref::fill_random(x, 5);
+    for (Index b = 0; b < 3; ++b)  // distinct attention per sample
+      for (Index i = 0; i < 512 * side * side; ++i) x.data()[b * 512 * side * side + i] += 0.5f * float(b);
+    const Tensor4<float> nhwc = dynconv::nchw_to_nhwc(x);
+    Tensor2<float> pi;
+    layer.forward_nhwc(nhwc, &pi);
+    ASSERT_GT(max_abs_diff_between_rows(pi), 1e-4) << "the samples should mix differently";
+    for (int threads : {1, 2}) {
+      dynconv::ThreadPool pool(threads);
+      dynconv::detail::Workspace<float> ws(threads);
+      dynconv::detail::Exec<float> ex{pool, ws};
+      Tensor4<float> y(3, side, side, 512);
+      layer.run(dynconv::detail::view(nhwc), dynconv::detail::view(y), dynconv::Activation::Identity, nullptr, ex);
+      for (Index b = 0; b < 3; ++b) {
+        const Tensor4<float> xb = nhwc.slice(std::array<Index, 4>{b, 0, 0, 0}, std::array<Index, 4>{1, side, side, 512});
+        const Tensor4<float> alone = layer.forward_nhwc(xb);
+        const Tensor4<float> yb = y.slice(std::array<Index, 4>{b, 0, 0, 0}, std::array<Index, 4>{1, side, side, 512});
+        EXPECT_LE(ref::rel_error(yb, alone), ref::tolerance<float>()) << side << "x" << side << ", sample " << b
+                                                                       << ", " << threads << " threads";
+      }
+    }
+  }
+}
