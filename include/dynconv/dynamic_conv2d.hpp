@@ -293,8 +293,11 @@ class DynamicConv2d {
     const bool shared_columns = detail::needs_columns(algo, g);
     if (shared_columns) {
       columns = ex.ws.acquire(n * col_size);
-      ex.pool.parallel_for(n, [&](std::int64_t b, int) {
-        detail::im2col(g, x.sample(b), x.h, x.w, 0, y.h, 0, columns.data() + b * col_size);
+      const Index parts = n >= threads ? 1 : threads;  // rows of one sample split over the pool
+      ex.pool.parallel_for(n * parts, [&](std::int64_t task, int) {
+        const Index b = task / parts;
+        const std::array<Index, 2> r = detail::split_range(y.h, parts, task % parts);
+        detail::im2col(g, x.sample(b), x.h, x.w, r[0], r[1], 0, columns.data() + b * col_size + r[0] * y.w * m[0]);
       });
     }
     ex.pool.parallel_for(tiles, [&](std::int64_t t, int worker) {
