@@ -106,6 +106,7 @@ void check_network_path(const Layer& layer, const dynconv::Tensor4<T>& x_nchw) {
       dynconv::ThreadPool pool(threads);
       dynconv::detail::Workspace<T> ws(threads);
       dynconv::detail::Exec<T> ex{pool, ws};
+      ex.min_parallel_madds = 0;  // split even these small layers
       dynconv::Tensor4<T> first;
       for (int repeat = 0; repeat < 2; ++repeat) {
         dynconv::Tensor4<T> y(plain.dimensions());

@@ -139,7 +139,7 @@ class Conv2d {
            detail::Exec<T>& ex) const {
     const ConvGeometry& g = conv_.geometry;
     // Each sample is one task; a batch smaller than the pool splits every sample in parts.
-    const Index parts = x.n >= ex.threads() ? 1 : ex.threads();
+    const Index parts = ex.sample_parts(x.n, y.pixels() * g.weight_size());
     ex.pool.parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(conv_.algorithm, g, y.h, parts, task % parts);

@@ -267,7 +267,8 @@ class DynamicConv2d {
     const bool big_batch = n > 1 && source_bytes > kTileSourceBytes;
     const bool fused = algo != ConvAlgorithm::Depthwise && y.pixels() <= kFusedMaxPixels;
     Index tiles = 0;  // 0: one task per sample
-    if (sliceable && (big_batch || n < threads)) {
+    const bool split = ex.sample_parts(n, y.pixels() * size) > 1;
+    if (sliceable && (big_batch || split)) {
       tiles = 1;
       if (big_batch && !fused) {
         const Index width = std::max<Index>(48, kMixedTileBytes / (n * m[0] * static_cast<Index>(sizeof(T))));
@@ -293,7 +294,7 @@ class DynamicConv2d {
     const bool shared_columns = detail::needs_columns(algo, g);
     if (shared_columns) {
       columns = ex.ws.acquire(n * col_size);
-      const Index parts = n >= threads ? 1 : threads;  // rows of one sample split over the pool
+      const Index parts = split ? threads : 1;  // rows of one sample split over the pool
       ex.pool.parallel_for(n * parts, [&](std::int64_t task, int) {
         const Index b = task / parts;
         const std::array<Index, 2> r = detail::split_range(y.h, parts, task % parts);

@@ -179,7 +179,15 @@ template <typename T>
 struct Exec {
   ThreadPool& pool;
   Workspace<T>& ws;
+  /// A sample with less work (multiply-adds) is not split over the pool: waking it costs a
+  /// few microseconds. (Tests set 0 to drive the split paths with small layers.)
+  Index min_parallel_madds = Index(1) << 18;
   int threads() const { return pool.threads(); }
+  /// Into how many parts each of n samples is split: one when the batch alone keeps the pool
+  /// busy or a sample is too small to pay for it, else threads().
+  Index sample_parts(Index n, Index madds_per_sample) const {
+    return n >= threads() || madds_per_sample < min_parallel_madds ? 1 : threads();
+  }
 };
 
 /// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB), all row-major with
