@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <utility>
 
 namespace ref {
 
@@ -98,10 +99,15 @@ void check_network_path(const Layer& layer, const dynconv::Tensor4<T>& x_nchw) {
   const dynconv::Tensor4<T> plain = layer.forward_nhwc(x);
   dynconv::Tensor4<T> residual(plain.dimensions());
   fill_random(residual, 99);
-  for (Activation act : {Activation::Identity, Activation::HardSwish}) {
+  // (activation, activation after the residual): MobileNet units, a ResNet block's end.
+  const std::pair<Activation, Activation> epilogues[] = {{Activation::Identity, Activation::Identity},
+                                                         {Activation::HardSwish, Activation::Identity},
+                                                         {Activation::Identity, Activation::ReLU}};
+  for (const auto& [act, after] : epilogues) {
     dynconv::Tensor4<T> expected = plain;
     for (Index i = 0; i < expected.size(); ++i)
-      expected.data()[i] = dynconv::activate(act, expected.data()[i]) + residual.data()[i];
+      expected.data()[i] =
+          dynconv::activate(after, dynconv::activate(act, expected.data()[i]) + residual.data()[i]);
     for (int threads : {1, 2, 3}) {
       dynconv::ThreadPool pool(threads);
       dynconv::detail::Workspace<T> ws(threads);
@@ -111,8 +117,9 @@ void check_network_path(const Layer& layer, const dynconv::Tensor4<T>& x_nchw) {
       for (int repeat = 0; repeat < 2; ++repeat) {
         dynconv::Tensor4<T> y(plain.dimensions());
         y.setConstant(T(12345));  // every element must be written
-        layer.run(dynconv::detail::view(x), dynconv::detail::view(y), act, residual.data(), ex);
-        EXPECT_LE(rel_error(y, expected), tolerance<T>()) << threads << " threads, " << activation_name(act);
+        layer.run(dynconv::detail::view(x), dynconv::detail::view(y), act, residual.data(), ex, after);
+        EXPECT_LE(rel_error(y, expected), tolerance<T>()) << threads << " threads, " << activation_name(act) << " then "
+                                                      << activation_name(after);
         if (repeat == 0) {
           first = y;
         } else {

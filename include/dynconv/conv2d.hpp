@@ -135,8 +135,9 @@ class Conv2d {
   /// y [N, Hout, Wout, Cout] in caller-owned memory, y = act(conv(x) + bias) + residual with
   /// residual (laid out as y) optional, split over ex's threads, buffers from ex's workspace.
   /// The shapes are the caller's duty.
+  /// `after` is applied last (a ResNet block's ReLU after its shortcut).
   void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
-           detail::Exec<T>& ex) const {
+           detail::Exec<T>& ex, Activation after = Activation::Identity) const {
     const ConvGeometry& g = conv_.geometry;
     // Each sample is one task; a batch smaller than the pool splits every sample in parts.
     const Index parts = ex.sample_parts(x.n, y.pixels() * g.weight_size());
@@ -144,7 +145,7 @@ class Conv2d {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(conv_.algorithm, g, y.h, parts, task % parts);
       const detail::Epilogue<T> ep{has_bias() ? bias_.data() : nullptr, act,
-                                   residual ? residual + b * y.sample_size() : nullptr};
+                                   residual ? residual + b * y.sample_size() : nullptr, after};
       const bool by_channel = detail::channel_sliceable(conv_.algorithm, g);
       detail::conv_slice(conv_.algorithm, g, x.sample(b), x.h, x.w, packed_.data() + (by_channel ? s.c0 : 0),
                          g.out_channels, s, ep, y.sample(b), static_cast<const T*>(nullptr), ex.ws, worker);

@@ -202,11 +202,12 @@ class DynamicConv2d {
   /// y [N, Hout, Wout, Cout] in caller-owned memory, y = act(conv(x, mixed kernel) + mixed
   /// bias) + residual (optional, laid out as y), split over ex's threads, no allocation in a
   /// steady state. The shapes are the caller's duty.
+  /// `after` is applied last (a ResNet block's ReLU after its shortcut).
   void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
-           detail::Exec<T>& ex) const {
+           detail::Exec<T>& ex, Activation after = Activation::Identity) const {
     typename detail::Workspace<T>::Lease pi = ex.ws.acquire(x.n * kernels());
     attention_.run(x, pi.data(), ex.ws);
-    convolve_run(x, pi.data(), y, act, residual, ex);
+    convolve_run(x, pi.data(), y, act, residual, ex, after);
   }
 
   /// Parameters and multiply-adds (conv, attention with GAP, aggregation) of one sample of
@@ -242,7 +243,7 @@ class DynamicConv2d {
   ///    then convolves each (tiles at least 48 channels wide, the GEMM's register block).
   ///    (Fusing at batch 1 measured slower: K packs per block cost more than one mix.)
   void convolve_run(const detail::Nhwc<const T>& x, const T* pi, const detail::Nhwc<T>& y, Activation act,
-                    const T* residual, detail::Exec<T>& ex) const {
+                    const T* residual, detail::Exec<T>& ex, Activation after = Activation::Identity) const {
     const ConvGeometry& g = conv_.geometry;
     const ConvAlgorithm algo = conv_.algorithm;
     const Index n = x.n, k = kernels(), cout = g.out_channels, size = g.weight_size();
@@ -257,7 +258,7 @@ class DynamicConv2d {
     }
     auto epilogue = [&](Index b) {
       return detail::Epilogue<T>{has_bias() ? biases.data() + b * cout : nullptr, act,
-                                 residual ? residual + b * y.sample_size() : nullptr};
+                                 residual ? residual + b * y.sample_size() : nullptr, after};
     };
 
     // Channel tiles when the K kernels would not stay cached across a batch, or to split one

@@ -88,22 +88,22 @@ inline std::array<Index, 4> max_pool_shape(const std::string& layer, const std::
           in[3]};
 }
 
-/// Max pooling of x into y (shapes from max_pool_shape); NaN propagates as in PyTorch.
+/// Max pooling of output rows [r0, r1) of sample b of x into y (shapes from max_pool_shape);
+/// NaN propagates as in PyTorch.
 template <typename T>
-void max_pool_nhwc(const Nhwc<const T>& x, const Nhwc<T>& y, Index kernel, Index stride, Index padding) {
+void max_pool_nhwc(const Nhwc<const T>& x, const Nhwc<T>& y, Index kernel, Index stride, Index padding, Index b,
+                   Index r0, Index r1) {
   const Index h = x.h, w = x.w, c = x.c;
-  for (Index b = 0; b < x.n; ++b)
-    for (Index r = 0; r < y.h; ++r)
-      for (Index q = 0; q < y.w; ++q) {
-        T* out = y.data + ((b * y.h + r) * y.w + q) * c;
-        std::fill(out, out + c, -std::numeric_limits<T>::infinity());
-        for (Index i = std::max<Index>(0, r * stride - padding); i < std::min(h, r * stride - padding + kernel); ++i)
-          for (Index j = std::max<Index>(0, q * stride - padding); j < std::min(w, q * stride - padding + kernel);
-               ++j) {
-            const T* in = x.data + ((b * h + i) * w + j) * c;
-            for (Index k = 0; k < c; ++k) out[k] = in[k] > out[k] || in[k] != in[k] ? in[k] : out[k];
-          }
-      }
+  for (Index r = r0; r < r1; ++r)
+    for (Index q = 0; q < y.w; ++q) {
+      T* out = y.data + ((b * y.h + r) * y.w + q) * c;
+      std::fill(out, out + c, -std::numeric_limits<T>::infinity());
+      for (Index i = std::max<Index>(0, r * stride - padding); i < std::min(h, r * stride - padding + kernel); ++i)
+        for (Index j = std::max<Index>(0, q * stride - padding); j < std::min(w, q * stride - padding + kernel); ++j) {
+          const T* in = x.data + ((b * h + i) * w + j) * c;
+          for (Index k = 0; k < c; ++k) out[k] = in[k] > out[k] || in[k] != in[k] ? in[k] : out[k];
+        }
+    }
 }
 
 }  // namespace detail
@@ -113,7 +113,8 @@ void max_pool_nhwc(const Nhwc<const T>& x, const Nhwc<T>& y, Index kernel, Index
 template <typename T>
 Tensor4<T> max_pool2d_nhwc(const Tensor4<T>& x, Index kernel, Index stride, Index padding) {
   Tensor4<T> y(detail::max_pool_shape("max_pool2d", x.dimensions(), kernel, stride, padding));
-  detail::max_pool_nhwc(detail::view(x), detail::view(y), kernel, stride, padding);
+  for (Index b = 0; b < y.dimension(0); ++b)
+    detail::max_pool_nhwc(detail::view(x), detail::view(y), kernel, stride, padding, b, 0, y.dimension(1));
   return y;
 }
 

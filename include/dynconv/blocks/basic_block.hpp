@@ -34,7 +34,7 @@ class BasicBlock final : public Module<T> {
     if (downsample_) downsample_->output_shape(in);
     return out;
   }
-  /// conv2's epilogue adds the shortcut; the ReLU follows in place.
+  /// conv2's epilogue adds the shortcut and applies the ReLU.
   void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
            const T* residual) const override {
     const std::array<Index, 4> m = conv1_.output_shape(x.dims());
@@ -47,8 +47,7 @@ class BasicBlock final : public Module<T> {
       downsample_->run(x, detail::Nhwc<T>{shortcut.data(), y.n, y.h, y.w, y.c}, ex, nullptr);
       skip = shortcut.data();
     }
-    conv2_.run(detail::as_const(mid_view), y, ex, skip);
-    detail::map_inplace(y.data, y.size(), detail::ReluOf<T>());
+    conv2_.run(detail::as_const(mid_view), y, ex, skip, Activation::ReLU);
     add_residual(y.data, residual, y.size());
   }
   void load(WeightLoader& w) override {

@@ -167,10 +167,15 @@ class ConvUnit final : public Module<T> {
   /// conv -> (folded BN) -> activation, then + residual, fused into the convolution.
   void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
            const T* residual) const override {
+    run(x, y, ex, residual, Activation::Identity);
+  }
+  /// The same, then `after` (a ResNet block's ReLU after its shortcut), still fused.
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex, const T* residual,
+           Activation after) const {
     if (dynamic_)
-      dynamic_->run(x, y, spec_.activation, residual, ex);
+      dynamic_->run(x, y, spec_.activation, residual, ex, after);
     else
-      static_->run(x, y, spec_.activation, residual, ex);
+      static_->run(x, y, spec_.activation, residual, ex, after);
   }
 
   void load(WeightLoader& w) override {

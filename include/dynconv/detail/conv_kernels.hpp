@@ -58,6 +58,7 @@ struct Epilogue {
   const T* bias = nullptr;      // [Cout] (absolute channel index) or null
   Activation act = Activation::Identity;
   const T* residual = nullptr;  // laid out as the sample's output [Hout, Wout, Cout], or null
+  Activation after = Activation::Identity;  // applied last (ResNet: ReLU after the shortcut)
 };
 
 /// The part of one sample's output a kernel call computes: output rows [r0, r1), channels
@@ -97,18 +98,24 @@ void map_rows(Index pixels, Index cout, Index c0, Index c1, Index p0, T* y, cons
   }
 }
 
-/// Applies the activation, then adds the residual (unless epilogue_begin already did).
+/// y = a(y) (+ residual) over the slice's rows.
+template <typename T>
+void activate_rows(Activation a, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y, const T* residual) {
+  switch (a) {
+    case Activation::Identity: return;
+    case Activation::ReLU: return map_rows(pixels, cout, c0, c1, p0, y, residual, ReluOf<T>());
+    case Activation::ReLU6: return map_rows(pixels, cout, c0, c1, p0, y, residual, Relu6Of<T>());
+    case Activation::HardSigmoid: return map_rows(pixels, cout, c0, c1, p0, y, residual, HardSigmoidOf<T>());
+    case Activation::HardSwish: return map_rows(pixels, cout, c0, c1, p0, y, residual, HardSwishOf<T>());
+  }
+}
+
+/// Applies the activation, adds the residual (unless epilogue_begin already did), then the
+/// final activation.
 template <typename T>
 void epilogue_end(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
-  switch (ep.act) {
-    case Activation::Identity: return;
-    case Activation::ReLU: return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, ReluOf<T>());
-    case Activation::ReLU6: return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, Relu6Of<T>());
-    case Activation::HardSigmoid:
-      return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, HardSigmoidOf<T>());
-    case Activation::HardSwish:
-      return map_rows(pixels, cout, c0, c1, p0, y, ep.residual, HardSwishOf<T>());
-  }
+  activate_rows(ep.act, pixels, cout, c0, c1, p0, y, ep.residual);
+  activate_rows(ep.after, pixels, cout, c0, c1, p0, y, static_cast<const T*>(nullptr));
 }
 
 /// im2col of output rows [r0, r1) of group `grp`: [(r1-r0)*Wout, kh*kw*Cin/g], zeros where the

@@ -21,9 +21,13 @@ class MaxPool3x3s2 final : public Module<T> {
   std::array<Index, 4> output_shape(const std::array<Index, 4>& in) const override {
     return detail::max_pool_shape("maxpool", in, 3, 2, 1);
   }
-  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>&,
+  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, detail::Exec<T>& ex,
            const T* residual) const override {
-    detail::max_pool_nhwc(x, y, 3, 2, 1);
+    const Index parts = ex.sample_parts(x.n, y.size() / y.n * 9);
+    ex.pool.parallel_for(x.n * parts, [&](std::int64_t task, int) {
+      const std::array<Index, 2> r = detail::split_range(y.h, parts, task % parts);
+      detail::max_pool_nhwc(x, y, 3, 2, 1, task / parts, r[0], r[1]);
+    });
     add_residual(y.data, residual, y.size());
   }
   void load(WeightLoader&) override {}
