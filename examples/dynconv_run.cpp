@@ -33,6 +33,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -330,15 +331,19 @@ Tensor2<float> forward(const Model<float>& model, const Tensor4<float>& x, int t
   return logits;
 }
 
-/// Throws FormatError if any logit is NaN or infinite (a non-finite input value; the weights
-/// are checked at load): printing a "prediction" from it would be garbage.
-void check_finite(const Tensor2<float>& logits, Index first_input = 0) {
+/// Throws FormatError if any logit is NaN or infinite: printing a "prediction" from it would be
+/// garbage. Inputs and weights are checked finite before (read_tensor_input, the model's load;
+/// images are finite by construction), so what remains is an overflow: finite values too large
+/// for float somewhere in the network. names[i] is what input first_input + i is.
+void check_finite(const Tensor2<float>& logits, const std::vector<std::string>& names,
+                  Index first_input = 0) {
   for (Index i = 0; i < logits.dimension(0); ++i)
     for (Index c = 0; c < logits.dimension(1); ++c)
       if (!std::isfinite(logits(i, c)))
         throw dynconv::FormatError(dynconv::detail::concat(
-            "input ", first_input + i, " gives a non-finite logit (", logits(i, c), " for class ",
-            c, "): the input holds NaN or infinite values"));
+            "input ", first_input + i, " (", names[static_cast<std::size_t>(i)],
+            ") gives a non-finite logit (", logits(i, c), " for class ", c,
+            "): the network overflows float on it (input or weight values too large)"));
 }
 
 /// The number of threads forward() really uses for a batch of n.
@@ -380,8 +385,20 @@ Batch read_tensor_input(const std::string& path, std::vector<std::uint8_t> bytes
       e.shape[3] < 32)
     throw dynconv::ShapeError(path + ": tensor 'input' has shape " + shape +
                               ", expected [N, 3, H, W] with N >= 1 and H, W >= 32");
+  // Read as double (exact for every stored dtype): a NaN, an infinity or a value beyond float's
+  // range would only turn into garbage logits, so it is refused here, by its place.
+  const dynconv::Tensor<double, 4> values = f.get<double, 4>("input");
+  for (Index i = 0; i < values.size(); ++i) {
+    const double v = values.data()[i];
+    if (std::isfinite(v) && std::abs(v) <= std::numeric_limits<float>::max()) continue;
+    const Index w = values.dimension(3), hw = values.dimension(2) * w, chw = values.dimension(1) * hw;
+    throw dynconv::FormatError(dynconv::detail::concat(
+        path, ": tensor 'input' holds ", v, " at element ", i, " (input[", i / chw, ", ",
+        i % chw / hw, ", ", i % hw / w, ", ", i % w, "]); inputs must be finite",
+        std::isfinite(v) ? " floats" : ""));
+  }
   Batch b;
-  b.x = f.get<float, 4>("input");
+  b.x = values.cast<float>();
   b.from_tensor = true;
   for (Index i = 0; i < b.x.dimension(0); ++i)
     b.names.push_back(dynconv::detail::concat(path, " input[", i, ']'));
@@ -462,7 +479,7 @@ int run_inference(const Options& opt, const Model<float>& model, const SafeTenso
   const auto t0 = std::chrono::steady_clock::now();
   const Tensor2<float> logits = forward(model, batch.x, opt.threads);
   const double ms = 1e3 * seconds_since(t0);
-  check_finite(logits);
+  check_finite(logits, batch.names);
   print_predictions(logits, batch.names, names, opt.top);
   const Index n = batch.x.dimension(0);
   const int used = threads_used(opt.threads, n);
@@ -552,7 +569,9 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
     const auto t0 = std::chrono::steady_clock::now();
     const Tensor2<float> logits = forward(model, x, opt.threads);
     forward_s += seconds_since(t0);
-    check_finite(logits, begin);
+    std::vector<std::string> names;
+    for (Index i = 0; i < n; ++i) names.push_back(dynconv::detail::concat("test image ", begin + i));
+    check_finite(logits, names, begin);
     if (all_logits.size())
       all_logits.slice(std::array<Index, 2>{begin, 0}, std::array<Index, 2>{n, classes}) = logits;
     for (Index i = 0; i < n; ++i) {
