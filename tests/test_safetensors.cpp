@@ -727,6 +727,16 @@ TEST(SafeTensorsRules, ByteSizeOverflows) {
   // 2^64.
   EXPECT_TRUE(rejects(file("{\"w\":" + entry("F16", "[4294967296,2147483648]", "[0,0]") + "}"),
                       "overflows 64 bits"));
+  // Zero bytes, but non-zero dimensions that multiply past the largest index 2^63 - 1: get<T, 3>
+  // threw std::bad_alloc from Eigen's size check (found by tests/fuzz/fuzz_safetensors).
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("F32", "[4294967296,2147483648,0]", "[0,0]") + "}"),
+                      "tensor 'w' has shape [4294967296, 2147483648, 0] whose non-zero dimensions "
+                      "multiply to more than the largest index 9223372036854775807"));
+  EXPECT_TRUE(rejects(file("{\"w\":" + entry("I64", "[0,4294967296,4294967296]", "[0,0]") + "}"),
+                      "whose non-zero dimensions multiply to more than the largest index"));
+  const SafeTensors largest = SafeTensors::parse(
+      file("{\"w\":" + entry("F32", "[0,9223372036854775807,1]", "[0,0]") + "}"));
+  EXPECT_EQ((largest.get<float, 3>("w").size()), 0);
 }
 
 TEST(SafeTensorsRules, FirstTensorDoesNotBeginAtZero) {
@@ -1002,11 +1012,23 @@ TEST(SafeTensorsWriterErrors, AddRawChecksTheByteCount) {
                                         "tensor 'r' has invalid shape [-1]"));
   EXPECT_TRUE(throws_with<OptionsError>([&] { w.add_raw("r", DType::F16, {4}, nullptr, 8); },
                                         "tensor 'r' has null data"));
+  // The reader's index rule: a shape it would reject is not written.
+  EXPECT_TRUE(throws_with<OptionsError>(
+      [&] {
+        w.add_raw("r", DType::F32, {0, Index(1) << 32, Index(1) << 32}, nullptr, 0);
+      },
+      "tensor 'r' has shape [0, 4294967296, 4294967296] whose non-zero dimensions multiply to "
+      "more than the largest index"));
+  // The writer counts bytes as the reader does (elements first, then x dtype size): a zero-size
+  // shape whose dimensions x 4 bytes would overflow 64 bits is still writable (found by
+  // tests/fuzz/fuzz_safetensors: the writer rejected a file the reader had accepted).
+  w.add_raw("z", DType::F32, {4294967295, 2147483648, 0}, nullptr, 0);
   w.add_raw("r", DType::F64, {2}, buf, 16);
   w.add_raw("e", DType::F64, {0}, nullptr, 0);
   const SafeTensors st = SafeTensors::parse(w.to_bytes());
   EXPECT_EQ(st.get_flat<double>("r"), (std::vector<double>{0.0, 0.0}));
   EXPECT_TRUE(st.get_flat<double>("e").empty());
+  EXPECT_EQ(st.entry("z").shape, (std::vector<Index>{4294967295, 2147483648, 0}));
 }
 
 }  // namespace
