@@ -968,6 +968,21 @@ TEST(Load, NonFiniteWeightIsFormatErrorNamingTheTensor) {
               ThrowsMessage<FormatError>(HasSubstr("'layer1.0.conv1.attention.temperature'")));
 }
 
+// Finite tensors whose BatchNorm folds to infinity (3e38 / sqrt(0 + eps)) must not load into
+// a model that computes NaN: found by fuzzing (tests/fuzz/corpus/model_load/edge_huge_bn_weight).
+TEST(Load, BatchNormThatFoldsToInfinityIsFormatError) {
+  for (const std::string name : {"resnet10", "dy_resnet10"}) {
+    const ModelPtr m = make(name);
+    Checkpoint c = saved(name);
+    c["layer1.0.bn1.weight"].values[3] = 3e38f;
+    c["layer1.0.bn1.running_var"].values[3] = 0.0f;
+    EXPECT_THAT([&] { m->load(write(c)); },
+                ThrowsMessage<FormatError>(AllOf(HasSubstr("ckpt.safetensors"), HasSubstr("'layer1.0.bn1'"),
+                                                 HasSubstr("'layer1.0.conv1'"), HasSubstr("overflows float"))))
+        << name;
+  }
+}
+
 TEST(Load, NumBatchesTrackedIsAcceptedAndIgnored) {
   for (const std::string name : {"dy_mobilenet_v3_small", "resnet10"}) {
     SCOPED_TRACE(name);

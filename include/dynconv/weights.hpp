@@ -43,6 +43,8 @@ class WeightLoader {
       : file_(file), mode_(mode) {}
 
   LoadMode mode() const { return mode_; }
+  /// The file's name (or description), for error messages.
+  const std::string& source() const { return file_.source(); }
 
   /// Whether the file holds `name` (does not take it).
   bool contains(const std::string& name) const { return file_.contains(name); }

@@ -219,6 +219,11 @@ class ConvUnit final : public Module<T> {
     bn.set_running_mean(w.take<T, 1>(b + ".running_mean", {g.out_channels}));
     bn.set_running_var(w.take<T, 1>(b + ".running_var", {g.out_channels}));
     fold(bn);
+    // Finite tensors can still fold into infinite ones (weight 3e38 / sqrt(var + eps)).
+    if (!folded_finite())
+      detail::fail<FormatError>(w.source(), ": folding BatchNorm '", b, "' into '", p,
+                                "' overflows ", sizeof(T) == sizeof(float) ? "float" : "the scalar type",
+                                ": the weight, running_var and bias values give non-finite kernels");
   }
 
   /// Writes the folded convolution and, in place of the BatchNorm, one that is exactly the
@@ -296,6 +301,15 @@ class ConvUnit final : public Module<T> {
       dynamic_->fold_batchnorm(bn);
     else
       static_->fold_batchnorm(bn);
+  }
+  bool folded_finite() const {
+    auto finite = [](const auto& t) {
+      for (Index i = 0; i < t.size(); ++i)
+        if (!std::isfinite(t.data()[i])) return false;
+      return true;
+    };
+    return dynamic_ ? finite(dynamic_->weight()) && finite(dynamic_->bias())
+                    : finite(static_->weight()) && finite(static_->bias());
   }
   /// Drops the bias a previous fold left, before folding freshly loaded BatchNorm statistics.
   void clear_bias() {
