@@ -173,7 +173,7 @@ template <typename T>
 void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel, Index ldk,
                      const Slice& s, const Epilogue<T>& ep, T* y) {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
-  constexpr Index kLanes = Eigen::internal::unpacket_traits<Packet>::size;
+  constexpr Index kLanes = Eigen::internal::packet_traits<T>::size;
   constexpr Index kBlock = 4;
   const Index ow = g.out_w(in_w), ch = g.out_channels;
   const Index c0 = s.c0, c1 = s.c1;
