@@ -38,7 +38,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -151,7 +150,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   app.add_option("--output", opt.output,
                  "write the logits [N, classes] (F32) as tensor 'logits' to this safetensors")
       ->type_name("FILE");
-  app.add_option("--threads", opt.threads, "threads, each running a slice of the batch (default 1)")
+  app.add_option("--threads", opt.threads,
+                 "threads splitting every layer: samples of the batch, or parts of one sample "
+                 "(default 1)")
       ->type_name("T")
       ->check(quiet(CLI::Range(1, 1024)));
   app.add_option("--top", opt.top, "classes printed per input (default 5)")
@@ -301,34 +302,10 @@ void print_cost(const Model<float>& model, Index h, Index w) {
 
 // ---- Forward ------------------------------------------------------------------------------
 
-/// logits [N, classes] of x [N, 3, H, W], the batch split into `threads` contiguous slices,
-/// each run by its own std::thread through the const (thread-safe) Model::forward.
-Tensor2<float> forward(const Model<float>& model, const Tensor4<float>& x, int threads) {
-  const Index n = x.dimension(0);
-  const Index t = std::min<Index>(threads, n);
-  if (t <= 1) return model.forward(x);
-  Tensor2<float> logits(n, model.num_classes());
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(t));
-  std::vector<std::thread> pool;
-  for (Index i = 0; i < t; ++i) {
-    const Index begin = n * i / t, end = n * (i + 1) / t;
-    pool.emplace_back([&, i, begin, end] {
-      try {
-        const std::array<Index, 4> at{begin, 0, 0, 0};
-        const std::array<Index, 4> len{end - begin, 3, x.dimension(2), x.dimension(3)};
-        const Tensor4<float> part = x.slice(at, len);
-        const Tensor2<float> y = model.forward(part);
-        logits.slice(std::array<Index, 2>{begin, 0},
-                     std::array<Index, 2>{end - begin, y.dimension(1)}) = y;
-      } catch (...) {
-        errors[static_cast<std::size_t>(i)] = std::current_exception();
-      }
-    });
-  }
-  for (std::thread& th : pool) th.join();
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
-  return logits;
+/// logits [N, classes] of x [N, 3, H, W] through the session, whose threads split each layer
+/// (samples of the batch, or rows / channel tiles of one sample).
+Tensor2<float> forward(dynconv::models::Session<float>& session, const Tensor4<float>& x) {
+  return session.forward(x);
 }
 
 /// Throws FormatError if any logit is NaN or infinite: printing a "prediction" from it would be
@@ -344,11 +321,6 @@ void check_finite(const Tensor2<float>& logits, const std::vector<std::string>& 
             "input ", first_input + i, " (", names[static_cast<std::size_t>(i)],
             ") gives a non-finite logit (", logits(i, c), " for class ", c,
             "): the network overflows float on it (input or weight values too large)"));
-}
-
-/// The number of threads forward() really uses for a batch of n.
-int threads_used(int threads, Index n) {
-  return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, n)));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -476,15 +448,15 @@ int run_inference(const Options& opt, const Model<float>& model, const SafeTenso
   const Preprocessing prep = preprocessing(opt, w);
   const Batch batch = read_inputs(opt, prep);
   if (!batch.from_tensor) std::printf("preprocessing: %s\n", prep.describe().c_str());
+  dynconv::models::Session<float> session(model, opt.threads);
   const auto t0 = std::chrono::steady_clock::now();
-  const Tensor2<float> logits = forward(model, batch.x, opt.threads);
+  const Tensor2<float> logits = forward(session, batch.x);
   const double ms = 1e3 * seconds_since(t0);
   check_finite(logits, batch.names);
   print_predictions(logits, batch.names, names, opt.top);
   const Index n = batch.x.dimension(0);
-  const int used = threads_used(opt.threads, n);
   std::printf("latency: %.2f ms per batch of %lld, %.2f ms per image (%d thread%s)\n", ms,
-              (long long)n, ms / double(n), used, used == 1 ? "" : "s");
+              (long long)n, ms / double(n), opt.threads, opt.threads == 1 ? "" : "s");
   print_cost(model, batch.x.dimension(2), batch.x.dimension(3));
   if (!opt.output.empty()) write_logits(opt.output, logits, model.name());
   return 0;
@@ -558,6 +530,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
   Index correct = 0;
   double forward_s = 0.0;
   const Progress progress(total);
+  dynconv::models::Session<float> session(model, opt.threads);
   const auto t_all = std::chrono::steady_clock::now();
   for (Index begin = 0; begin < total; begin += kBatch) {
     const Index n = std::min(kBatch, total - begin);
@@ -567,7 +540,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
                                 x.data() + i * 3 * prep.crop * prep.crop,
                                 dynconv::detail::concat("test image ", begin + i));
     const auto t0 = std::chrono::steady_clock::now();
-    const Tensor2<float> logits = forward(model, x, opt.threads);
+    const Tensor2<float> logits = forward(session, x);
     forward_s += seconds_since(t0);
     std::vector<std::string> names;
     for (Index i = 0; i < n; ++i) names.push_back(dynconv::detail::concat("test image ", begin + i));
@@ -598,8 +571,8 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
   std::printf(
       "speed: %.1f images/s in forward (batch %lld, %d thread%s), %.1f images/s with "
       "preprocessing\n",
-      double(total) / forward_s, (long long)kBatch, threads_used(opt.threads, kBatch),
-      threads_used(opt.threads, kBatch) == 1 ? "" : "s", double(total) / all_s);
+      double(total) / forward_s, (long long)kBatch, opt.threads,
+      opt.threads == 1 ? "" : "s", double(total) / all_s);
   if (!opt.output.empty()) write_logits(opt.output, all_logits, model.name());
   if (predictions.is_open()) {
     predictions.close();
