@@ -40,12 +40,8 @@
 #include <typeinfo>
 #include <vector>
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "subprocess.hpp"
 
-extern char** environ;
 
 namespace {
 
@@ -68,12 +64,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---- Scratch files, written on first use ----------------------------------------------------
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testproc::read_text;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary);
@@ -731,11 +722,7 @@ INSTANTIATE_TEST_SUITE_P(BadInput, Api, ::testing::ValuesIn(rows_with(false)), r
 
 #ifdef DYNCONV_RUN_PATH
 
-struct Result {
-  bool exited = false;  // false: killed by a signal (a crash)
-  int code = -1;
-  std::string out, err;
-};
+using testproc::Result;
 
 /// Runs dynconv-run with `args` split on spaces, {key} words replaced by file paths.
 Result run_cli(const std::string& args) {
@@ -750,33 +737,7 @@ Result run_cli(const std::string& args) {
     argv_s.push_back(w);
   }
   const std::string dir = fs::path(file("missing")).parent_path().string();
-  const std::string out_path = dir + "/stdout." + std::to_string(calls);
-  const std::string err_path = dir + "/stderr." + std::to_string(calls++);
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0644);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  Result r;
-  if (rc != 0) {
-    r.err = std::string("posix_spawn failed: ") + std::strerror(rc);
-    return r;
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.exited = WIFEXITED(status);
-  r.code = r.exited ? WEXITSTATUS(status) : -1;
-  r.out = read_text(out_path);
-  r.err = read_text(err_path);
-  return r;
+  return testproc::run(argv_s, dir + "/run." + std::to_string(calls++));
 }
 
 class Cli : public ::testing::TestWithParam<Row> {};

@@ -33,12 +33,8 @@
 #include <string>
 #include <vector>
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "subprocess.hpp"
 
-extern char** environ;
 
 namespace {
 
@@ -51,18 +47,8 @@ using ::testing::StartsWith;
 
 // ---- Running dynconv-run --------------------------------------------------------------------
 
-struct Result {
-  bool exited = false;  // false: killed by a signal (a crash)
-  int code = -1;        // exit status, when exited
-  std::string out, err;
-};
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testproc::read_text;
+using testproc::Result;
 
 /// A fresh directory for one test process, removed at exit.
 const std::string& scratch_dir() {
@@ -85,36 +71,9 @@ std::string scratch(const std::string& name) { return scratch_dir() + "/" + name
 /// Runs dynconv-run with `args` (no shell), stdout and stderr captured through files.
 Result run_argv(const std::vector<std::string>& args) {
   static int calls = 0;
-  const std::string out_path = scratch("stdout." + std::to_string(calls));
-  const std::string err_path = scratch("stderr." + std::to_string(calls++));
   std::vector<std::string> argv_s = {DYNCONV_RUN_PATH};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0644);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  Result r;
-  if (rc != 0) {
-    r.err = std::string("posix_spawn failed: ") + std::strerror(rc);
-    return r;
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.exited = WIFEXITED(status);
-  r.code = r.exited ? WEXITSTATUS(status) : -1;
-  r.out = read_text(out_path);
-  r.err = read_text(err_path);
-  return r;
+  return testproc::run(argv_s, scratch("run." + std::to_string(calls++)));
 }
 
 std::string describe(const Result& r) {

@@ -14,10 +14,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 build_dir=${1:-build-docs}
 
-if ! command -v doxygen >/dev/null 2>&1; then
-  echo "build_docs: doxygen not found; install it (Debian: apt-get install doxygen)" >&2
-  exit 1
-fi
+# shellcheck source=tools/debian_packages.sh
+source tools/debian_packages.sh
+ensure_debian_packages doxygen cmake libeigen3-dev nlohmann-json3-dev
 
 echo "build_docs: configuring ${build_dir}/ (library only, Doxygen $(doxygen --version))"
 cmake -S . -B "$build_dir" -DDYNCONV_BUILD_TESTS=OFF -DDYNCONV_BUILD_BENCHMARKS=OFF \

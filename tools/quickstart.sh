@@ -29,34 +29,15 @@ say() { echo "dynconv: $*"; }
 packages=(g++ cmake make pkg-config libeigen3-dev nlohmann-json3-dev libstb-dev zlib1g-dev
   libcli11-dev)
 if [[ $mode == test ]]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist)
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev dataset-fashion-mnist doxygen)
   if [[ ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then
     packages+=(python3-torch python3-torchvision python3-pil)
   fi
 fi
 
-if command -v dpkg-query >/dev/null 2>&1; then
-  missing=()
-  for pkg in "${packages[@]}"; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == "install ok installed" ]] || missing+=("$pkg")
-  done
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    if [[ $(id -u) -eq 0 ]]; then
-      say "installing ${missing[*]}"
-      apt-get update
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    else
-      echo "dynconv: missing Debian packages: ${missing[*]};" \
-        "install them with: sudo apt-get install ${missing[*]}" >&2
-      exit 1
-    fi
-  else
-    say "Debian packages present: ${packages[*]}"
-  fi
-else
-  say "no dpkg-query (not Debian?): not checking packages; needs ${packages[*]}"
-fi
+# shellcheck source=tools/debian_packages.sh
+source tools/debian_packages.sh
+ensure_debian_packages "${packages[@]}"
 
 cmake_args=()
 if [[ -n ${DYNCONV_NATIVE:-} ]]; then

@@ -52,23 +52,10 @@ jobs=${DYNCONV_SANITIZE_JOBS:-2}
 reports="$build/sanitizer-reports"
 
 # ---- Debian packages: clang and its sanitizer runtimes (tools/quickstart.sh test installed the rest)
-if [[ $cxx == clang++ ]] && command -v dpkg-query >/dev/null 2>&1; then
-  missing=()
-  for pkg in clang libclang-rt-dev; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == "install ok installed" ]] || missing+=("$pkg")
-  done
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    if [[ $(id -u) -eq 0 ]]; then
-      say "installing ${missing[*]}"
-      apt-get update
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    else
-      echo "dynconv: missing Debian packages: ${missing[*]};" \
-        "install them with: sudo apt-get install ${missing[*]}" >&2
-      exit 1
-    fi
-  fi
+if [[ $cxx == clang++ ]]; then
+  # shellcheck source=tools/debian_packages.sh
+  source tools/debian_packages.sh
+  ensure_debian_packages clang libclang-rt-dev
 fi
 
 if [[ ${CI:-} == true && ${DYNCONV_SKIP_TORCH:-0} != 1 ]]; then

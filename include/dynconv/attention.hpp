@@ -135,11 +135,13 @@ class KernelAttention {
   }
 
   /// The network path: pi [N, K] of NHWC x [N, H, W, Cin] into caller memory, unchecked,
-  /// buffers from the workspace.
-  void run(const detail::Nhwc<const T>& x, T* pi, detail::Workspace<T>& ws) const {
-    typename detail::Workspace<T>::Lease pooled = ws.acquire(x.n * in_channels());
-    detail::gap_nhwc(x.data, x.n, x.pixels(), x.c, pooled.data());
-    attend_into(pooled.data(), x.n, pi, ws);
+  /// buffers from the workspace, the pooling of the samples split over the pool.
+  void run(const detail::Nhwc<const T>& x, T* pi, detail::Exec<T>& ex) const {
+    typename detail::Workspace<T>::Lease pooled = ex.ws.acquire(x.n * in_channels());
+    ex.pool.parallel_for(x.n, [&](std::int64_t b, int) {
+      detail::gap_nhwc(x.sample(b), 1, x.pixels(), x.c, pooled.data() + b * x.c);
+    });
+    attend_into(pooled.data(), x.n, pi, ex.ws);
   }
 
  private:

@@ -206,7 +206,7 @@ class DynamicConv2d {
   void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
            detail::Exec<T>& ex, Activation after = Activation::Identity) const {
     typename detail::Workspace<T>::Lease pi = ex.ws.acquire(x.n * kernels());
-    attention_.run(x, pi.data(), ex.ws);
+    attention_.run(x, pi.data(), ex);
     convolve_run(x, pi.data(), y, act, residual, ex, after);
   }
 
@@ -266,7 +266,7 @@ class DynamicConv2d {
     const bool sliceable = detail::channel_sliceable(algo, g);
     const Index source_bytes = k * size * static_cast<Index>(sizeof(T));
     const bool big_batch = n > 1 && source_bytes > kTileSourceBytes;
-    const bool fused = algo != ConvAlgorithm::Depthwise && y.pixels() <= kFusedMaxPixels;
+    const bool fused = n > 1 && algo != ConvAlgorithm::Depthwise && y.pixels() <= kFusedMaxPixels;
     Index tiles = 0;  // 0: one task per sample
     const bool split = ex.sample_parts(n, y.pixels() * size) > 1;
     if (sliceable && (big_batch || split)) {

@@ -101,21 +101,27 @@ class Linear {
   /// The network path: y [n, out_features] = x [n, in_features] W^T + b in caller memory,
   /// unchecked; a GEMV per row for small n, else a GEMM with `worker`'s buffers from ws.
   void forward_into(const T* x, Index n, T* y, detail::Workspace<T>& ws, int worker) const {
+    forward_into(x, n, y, 0, out_features(), ws, worker);
+  }
+  /// The same for output features [o0, o1) only (y keeps its row stride out_features), so that
+  /// threads can split the weight matrix between them.
+  void forward_into(const T* x, Index n, T* y, Index o0, Index o1, detail::Workspace<T>& ws, int worker) const {
     using Mat = detail::RowMajorMatrix<T>;
     using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
-    const Index in = in_features(), out = out_features();
-    Eigen::Map<const Mat> wm(weight_.data(), out, in);
-    Eigen::Map<const Vec> bias(bias_.data(), out);
+    const Index in = in_features(), out = out_features(), len = o1 - o0;
+    if (len <= 0) return;
+    Eigen::Map<const Mat> wm(weight_.data() + o0 * in, len, in);
+    Eigen::Map<const Vec> bias(bias_.data() + o0, len);
     if (n <= 4) {
       for (Index i = 0; i < n; ++i) {
-        Eigen::Map<Vec> yv(y + i * out, out);
+        Eigen::Map<Vec> yv(y + i * out + o0, len);
         yv = bias;
         yv.noalias() += wm * Eigen::Map<const Vec>(x + i * in, in);
       }
       return;
     }
-    for (Index i = 0; i < n; ++i) std::copy(bias_.data(), bias_.data() + out, y + i * out);
-    detail::gemm<T, /*TransposeB=*/true>(n, out, in, x, in, weight_.data(), in, y, out, ws, worker);
+    for (Index i = 0; i < n; ++i) std::copy(bias_.data() + o0, bias_.data() + o1, y + i * out + o0);
+    detail::gemm<T, /*TransposeB=*/true>(n, len, in, x, in, weight_.data() + o0 * in, in, y + o0, out, ws, worker);
   }
 
   /// Parameters and multiply-adds for one sample.

@@ -46,19 +46,27 @@ class SqueezeExcite final : public Module<T> {
     const Index n = x.n, pixels = x.pixels(), c = x.c;
     typename detail::Workspace<T>::Lease pooled = ex.ws.acquire(n * c), hidden = ex.ws.acquire(n * fc1_.out_features()),
                                          scale = ex.ws.acquire(n * c);
-    detail::gap_nhwc(x.data, n, pixels, c, pooled.data());
+    ex.pool.parallel_for(n, [&](std::int64_t b, int) {
+      detail::gap_nhwc(x.sample(b), 1, pixels, c, pooled.data() + b * c);
+    });
     fc1_.forward_into(pooled.data(), n, hidden.data(), ex.ws, 0);
     detail::map_inplace(hidden.data(), n * fc1_.out_features(), detail::ReluOf<T>());
     fc2_.forward_into(hidden.data(), n, scale.data(), ex.ws, 0);
     detail::map_inplace(scale.data(), n * c, detail::HardSigmoidOf<T>());
-    for (Index b = 0; b < n; ++b)
-      for (Index p = 0; p < pixels; ++p) {
-        const T* __restrict in = x.data + (b * pixels + p) * c;
-        T* __restrict out = y.data + (b * pixels + p) * c;
-        const T* __restrict sc = scale.data() + b * c;
+    // y = x * scale (+ residual), split over samples and pixels.
+    const Index parts = ex.sample_parts(n, pixels * c);
+    ex.pool.parallel_for(n * parts, [&](std::int64_t task, int) {
+      const Index b = task / parts;
+      const std::array<Index, 2> range = detail::split_range(pixels, parts, task % parts);
+      const T* __restrict sc = scale.data() + b * c;
+      for (Index p = range[0]; p < range[1]; ++p) {
+        const Index at = (b * pixels + p) * c;
+        const T* __restrict in = x.data + at;
+        T* __restrict out = y.data + at;
         for (Index k = 0; k < c; ++k) out[k] = in[k] * sc[k];
+        if (residual) add_residual(out, residual + at, c);
       }
-    add_residual(y.data, residual, y.size());
+    });
   }
   void load(WeightLoader& w) override { load_fc(w, fc1_, ".fc1"); load_fc(w, fc2_, ".fc2"); }
   void save(SafeTensorsWriter& out) const override { save_fc(out, fc1_, ".fc1"); save_fc(out, fc2_, ".fc2"); }

@@ -119,14 +119,22 @@ class Model {
     typename detail::Workspace<T>::Lease features = ex.ws.acquire(s[0] * s[1] * s[2] * s[3]);
     features_.run(x, detail::Nhwc<T>{features.data(), s[0], s[1], s[2], s[3]}, ex, nullptr);
     typename detail::Workspace<T>::Lease in = ex.ws.acquire(s[0] * s[3]), out;
-    detail::gap_nhwc(features.data(), s[0], s[1] * s[2], s[3], in.data());
+    ex.pool.parallel_for(s[0], [&](std::int64_t b, int) {
+      detail::gap_nhwc(features.data() + b * s[1] * s[2] * s[3], 1, s[1] * s[2], s[3], in.data() + b * s[3]);
+    });
     for (std::size_t i = 0; i < head_.size(); ++i) {
       const DenseLayer<T>& d = head_[i];
       const bool last = i + 1 == head_.size();
       if (!last) out = ex.ws.acquire(s[0] * d.linear.out_features());
       T* y = last ? logits : out.data();
-      d.linear.forward_into(in.data(), s[0], y, ex.ws, 0);
-      detail::activate_inplace(d.activation, y, s[0] * d.linear.out_features());
+      // The dense layers are memory-bound on their weights: threads split the output features.
+      const Index outs = d.linear.out_features();
+      const Index parts = ex.sample_parts(1, s[0] * d.linear.madds());
+      ex.pool.parallel_for(parts, [&](std::int64_t part, int worker) {
+        const std::array<Index, 2> o = detail::split_range(outs, parts, part);
+        d.linear.forward_into(in.data(), s[0], y, o[0], o[1], ex.ws, worker);
+        for (Index b = 0; b < s[0]; ++b) detail::activate_inplace(d.activation, y + b * outs + o[0], o[1] - o[0]);
+      });
       if (!last) std::swap(in, out);
     }
   }
