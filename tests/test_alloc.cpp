@@ -79,7 +79,7 @@ TEST(SteadyState, ForwardAllocatesNothing) {
   std::free(probe);
   ASSERT_EQ(g_calls.exchange(0), 1) << "malloc is not being counted";
 
-  for (const std::string& name : {"dy_mobilenet_v3_small", "dy_mobilenet_v2_x0_5", "dy_resnet10", "resnet10"}) {
+  for (const char* name : {"dy_mobilenet_v3_small", "dy_mobilenet_v2_x0_5", "dy_resnet10", "resnet10"}) {
     const auto model = dynconv::models::create<float>(name, dynconv::models::ModelOptions().num_classes(10));
     for (Index batch : {1, 8})
       for (int threads : {1, 2}) {
