@@ -524,3 +524,25 @@ TEST(DynamicLargeKernels, BatchTilesMatchOneSampleAtATime) {
     }
   }
 }
+
+// One image on a pool, many output rows (early layers): the kernel is mixed once and the rows
+// are split over the threads, for any groups; each must equal the one-thread forward.
+TEST(DynamicRowSplit, OneImageOnSeveralThreadsEqualsOneThread) {
+  for (Index groups : {1, 2}) {
+    DynamicConv2d<float> layer(DynamicConv2dOptions(16, 32, 3).padding(1).groups(groups).bias(true));
+    Tensor4<float> x(1, 16, 40, 37);
+    ref::fill_random(x, 21);
+    const Tensor4<float> nhwc = dynconv::nchw_to_nhwc(x);
+    const Tensor4<float> expected = layer.forward_nhwc(nhwc);
+    for (int threads : {2, 3}) {
+      dynconv::ThreadPool pool(threads);
+      dynconv::detail::Workspace<float> ws(threads);
+      dynconv::detail::Exec<float> ex{pool, ws};
+      Tensor4<float> y(expected.dimensions());
+      y.setConstant(12345.0f);
+      layer.run(dynconv::detail::view(nhwc), dynconv::detail::view(y), dynconv::Activation::Identity, nullptr, ex);
+      EXPECT_LE(ref::rel_error(y, expected), ref::tolerance<float>()) << "groups " << groups << ", " << threads
+                                                                      << " threads";
+    }
+  }
+}

@@ -235,6 +235,8 @@ class DynamicConv2d {
   /// The convolution of every sample with its own mix pi [N, K] of the K kernels.
   ///  - Mid-size kernels: one task per sample mixes the whole kernel into the worker's buffer
   ///    and convolves (the K sources stay in cache from one sample to the next).
+  ///  - A batch smaller than the pool, early layers (many rows): each kernel mixed once, then
+  ///    the output rows split over the pool.
   ///  - Large kernels in a batch, or a batch smaller than the pool: tasks are channel tiles
   ///    and the tile's K sources are read from memory once for the whole batch. With few
   ///    pixels (late layers) the mix is fused into the GEMM: each cache block of the K sources
@@ -269,6 +271,25 @@ class DynamicConv2d {
     const bool fused = n > 1 && algo != ConvAlgorithm::Depthwise && y.pixels() <= kFusedMaxPixels;
     Index tiles = 0;  // 0: one task per sample
     const bool split = ex.sample_parts(n, y.pixels() * size) > 1;
+    if (split && !big_batch && y.h >= 8 * threads) {
+      // A batch smaller than the pool, many rows (early layers): mix each kernel once, split
+      // over the pool, then split the rows as the static convolution does (channel tiles would
+      // make GEMMs narrower than the micro-kernel there).
+      typename detail::Workspace<T>::Lease mixed = ex.ws.acquire(n * size);
+      ex.pool.parallel_for(n * threads, [&](std::int64_t task, int) {
+        const Index b = task / threads;
+        const std::array<Index, 2> r = detail::split_range(size, threads, task % threads);
+        detail::mix(packed_.data() + r[0], size, k, pi + b * k, 1, r[1] - r[0], 0, mixed.data() + b * size + r[0], 0);
+      });
+      ex.pool.parallel_for(n * threads, [&](std::int64_t task, int worker) {
+        const Index b = task / threads;
+        const std::array<Index, 2> r = detail::split_range(y.h, threads, task % threads);
+        detail::conv_slice(algo, g, x.sample(b), x.h, x.w, mixed.data() + b * size, m[1],
+                           detail::Slice{r[0], r[1], 0, cout}, epilogue(b), y.sample(b),
+                           static_cast<const T*>(nullptr), ex.ws, worker);
+      });
+      return;
+    }
     if (sliceable && (big_batch || split)) {
       tiles = 1;
       if (big_batch && !fused) {
