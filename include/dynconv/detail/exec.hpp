@@ -151,8 +151,6 @@ class Workspace {
         w[k].get(largest_[k].load(std::memory_order_relaxed), allocations_);
   }
 
-  int workers() const { return static_cast<int>(workers_.size()); }
-
   /// Buffers allocated so far (pooled and scratch): constant in a steady state.
   Index allocations() const {
     Index total = allocations_;
