@@ -3,16 +3,21 @@
 //   ReLU6       min(max(x, 0), 6)
 //   HardSigmoid ReLU6(x + 3) / 6
 //   HardSwish   x * ReLU6(x + 3) / 6
-// NaN inputs stay NaN for ReLU6/HardSigmoid/HardSwish; ReLU maps NaN to NaN as well.
+//   Sigmoid     1 / (1 + exp(-x))
+//   SiLU        x * Sigmoid(x)
+//   Tanh        tanh(x)
+//   GELU        x * (1 + erf(x / sqrt(2))) / 2   (PyTorch's default, exact form)
+// NaN inputs stay NaN for every activation.
 #pragma once
 
 #include <dynconv/tensor.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 namespace dynconv {
 
-enum class Activation { Identity, ReLU, ReLU6, HardSigmoid, HardSwish };
+enum class Activation { Identity, ReLU, ReLU6, HardSigmoid, HardSwish, Sigmoid, SiLU, Tanh, GELU };
 
 inline const char* activation_name(Activation a) {
   switch (a) {
@@ -21,6 +26,10 @@ inline const char* activation_name(Activation a) {
     case Activation::ReLU6: return "ReLU6";
     case Activation::HardSigmoid: return "HardSigmoid";
     case Activation::HardSwish: return "HardSwish";
+    case Activation::Sigmoid: return "Sigmoid";
+    case Activation::SiLU: return "SiLU";
+    case Activation::Tanh: return "Tanh";
+    case Activation::GELU: return "GELU";
   }
   return "?";
 }
@@ -44,6 +53,38 @@ template <typename T>
 struct HardSwishOf {
   T operator()(T v) const { return v * Relu6Of<T>()(v + T(3)) / T(6); }
 };
+template <typename T>
+struct SigmoidOf {
+  T operator()(T v) const { return T(1) / (T(1) + std::exp(-v)); }
+};
+template <typename T>
+struct SiluOf {
+  T operator()(T v) const { return v / (T(1) + std::exp(-v)); }
+};
+template <typename T>
+struct TanhOf {
+  T operator()(T v) const { return std::tanh(v); }
+};
+template <typename T>
+struct GeluOf {
+  T operator()(T v) const { return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440))); }
+};
+
+/// Calls f(functor) with the function object of activation a (not for Identity).
+template <typename T, typename F>
+void with_activation(Activation a, F&& f) {
+  switch (a) {
+    case Activation::Identity: return;
+    case Activation::ReLU: return f(ReluOf<T>());
+    case Activation::ReLU6: return f(Relu6Of<T>());
+    case Activation::HardSigmoid: return f(HardSigmoidOf<T>());
+    case Activation::HardSwish: return f(HardSwishOf<T>());
+    case Activation::Sigmoid: return f(SigmoidOf<T>());
+    case Activation::SiLU: return f(SiluOf<T>());
+    case Activation::Tanh: return f(TanhOf<T>());
+    case Activation::GELU: return f(GeluOf<T>());
+  }
+}
 
 /// p[i] = f(p[i]): one branch-free loop per activation, which the compiler vectorises.
 template <typename T, typename F>
@@ -62,6 +103,10 @@ T activate(Activation a, T x) {
     case Activation::ReLU6: return detail::Relu6Of<T>()(x);
     case Activation::HardSigmoid: return detail::HardSigmoidOf<T>()(x);
     case Activation::HardSwish: return detail::HardSwishOf<T>()(x);
+    case Activation::Sigmoid: return detail::SigmoidOf<T>()(x);
+    case Activation::SiLU: return detail::SiluOf<T>()(x);
+    case Activation::Tanh: return detail::TanhOf<T>()(x);
+    case Activation::GELU: return detail::GeluOf<T>()(x);
   }
   return x;
 }
@@ -70,13 +115,7 @@ namespace detail {
 /// Applies `a` to p[0..n), in place.
 template <typename T>
 void activate_inplace(Activation a, T* p, Index n) {
-  switch (a) {
-    case Activation::Identity: return;
-    case Activation::ReLU: return map_inplace(p, n, ReluOf<T>());
-    case Activation::ReLU6: return map_inplace(p, n, Relu6Of<T>());
-    case Activation::HardSigmoid: return map_inplace(p, n, HardSigmoidOf<T>());
-    case Activation::HardSwish: return map_inplace(p, n, HardSwishOf<T>());
-  }
+  with_activation<T>(a, [&](auto f) { map_inplace(p, n, f); });
 }
 }  // namespace detail
 

@@ -15,11 +15,8 @@
 #include <dynconv/error.hpp>
 #include <dynconv/linear.hpp>
 #include <dynconv/pooling.hpp>
+#include <dynconv/runtime.hpp>
 #include <dynconv/tensor.hpp>
-
-#define DYNCONV_DETAIL_ALLOWED
-#include <dynconv/detail/exec.hpp>
-#undef DYNCONV_DETAIL_ALLOWED
 
 #include <algorithm>
 #include <cmath>
@@ -118,10 +115,10 @@ class KernelAttention {
     check_input(x, 1);
     return attend(global_avg_pool(x));
   }
-  /// [N, H, W, Cin] -> pi [N, K]
-  Tensor2<T> forward_nhwc(const Tensor4<T>& x) const {
-    check_input(x, 3);
-    return attend(global_avg_pool_nhwc(x));
+  /// NHWC [N, H, W, Cin] -> pi [N, K]
+  Tensor2<T> forward(const NhwcTensor<T>& x) const {
+    check_input(x.tensor(), 3);
+    return attend(global_avg_pool(x));
   }
 
   /// Pooled features [N, Cin] -> pi [N, K].
@@ -129,25 +126,25 @@ class KernelAttention {
     fc1_.check_input(pooled.dimensions());
     const Index n = pooled.dimension(0);
     Tensor2<T> pi(n, kernels());
-    detail::Workspace<T> ws(1);
+    Workspace<T> ws(1);
     attend_into(pooled.data(), n, pi.data(), ws);
     return pi;
   }
 
   /// The network path: pi [N, K] of NHWC x [N, H, W, Cin] into caller memory, unchecked,
   /// buffers from the workspace, the pooling of the samples split over the pool.
-  void run(const detail::Nhwc<const T>& x, T* pi, detail::Exec<T>& ex) const {
-    typename detail::Workspace<T>::Lease pooled = ex.ws.acquire(x.n * in_channels());
-    ex.pool.parallel_for(x.n, [&](std::int64_t b, int) {
+  void run(const NhwcView<const T>& x, T* pi, Context<T>& ctx) const {
+    typename Workspace<T>::Lease pooled = ctx.workspace().acquire(x.n * in_channels());
+    ctx.pool().parallel_for(x.n, [&](std::int64_t b, int) {
       detail::gap_nhwc(x.sample(b), 1, x.pixels(), x.c, pooled.data() + b * x.c);
     });
-    attend_into(pooled.data(), x.n, pi, ex.ws);
+    attend_into(pooled.data(), x.n, pi, ctx.workspace());
   }
 
  private:
   /// pooled [n, Cin] -> pi [n, K]
-  void attend_into(const T* pooled, Index n, T* pi, detail::Workspace<T>& ws) const {
-    typename detail::Workspace<T>::Lease h = ws.acquire(n * hidden());
+  void attend_into(const T* pooled, Index n, T* pi, Workspace<T>& ws) const {
+    typename Workspace<T>::Lease h = ws.acquire(n * hidden());
     fc1_.forward_into(pooled, n, h.data(), ws, 0);
     detail::map_inplace(h.data(), n * hidden(), detail::ReluOf<T>());
     fc2_.forward_into(h.data(), n, pi, ws, 0);
@@ -172,7 +169,7 @@ class KernelAttention {
   std::string prefix() const { return options_.name().empty() ? "" : options_.name() + "."; }
 
   KernelAttentionOptions validated(const KernelAttentionOptions& o) {
-    layer_ = detail::describe(o.name(), detail::concat("KernelAttention(", o.in_channels(), " -> ",
+    layer_ = detail::describe(o.name(), concat("KernelAttention(", o.in_channels(), " -> ",
                                                        o.hidden(), " -> ", o.kernels(), ')'));
     detail::validate_attention<T>(layer_, o);
     return o;
@@ -183,7 +180,7 @@ class KernelAttention {
     const Index pixels = channel_axis == 1 ? x.dimension(2) * x.dimension(3)
                                            : x.dimension(1) * x.dimension(2);
     if (c != in_channels() || pixels < 1)
-      detail::fail<ShapeError>(layer_, ": input ", shape_str(x.dimensions()), " (",
+      fail<ShapeError>(layer_, ": input ", shape_str(x.dimensions()), " (",
                                channel_axis == 1 ? "NCHW" : "NHWC", ") must have ", in_channels(),
                                " channels and at least one pixel");
   }

@@ -3,8 +3,9 @@
 // Conv2d<T> computes PyTorch's conv2d:
 //   y[n, co, oh, ow] = bias[co] + sum_{ci in group(co), i, j}
 //                      weight[co, ci, i, j] * x[n, g*Cin/g + ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
-// Input [N, Cin, H, W] -> output [N, Cout, Hout, Wout] (forward), or the same in NHWC
-// (forward_nhwc), with Hout = (H + 2*ph - dh*(kh - 1) - 1) / sh + 1, likewise Wout.
+// Input [N, Cin, H, W] -> output [N, Cout, Hout, Wout] (forward of a Tensor4), or the same in
+// NHWC (forward of an NhwcTensor), with Hout = (H + ph0 + ph1 - dh*(kh - 1) - 1) / sh + 1
+// (padding per side: top, bottom, left, right), likewise Wout.
 // Weights are [Cout, Cin/groups, kh, kw] (PyTorch's order), bias [Cout].
 //
 // Layout note (why activations travel in NHWC between layers). Measured on this project's
@@ -16,19 +17,20 @@
 // fully, whatever the image width), and a 1x1 convolution is one GEMM [H*W, Cin] x [Cin, Cout]
 // with no reshaping; im2col copies whole channel runs. In NCHW the depthwise loop vectorises
 // along rows that are only 7 or 14 wide in late MobileNet stages and needs per-row edge
-// handling. So forward() converts NCHW at the door, and networks call forward_nhwc() to keep
-// NHWC from layer to layer; weights stay in PyTorch order in the API and are packed once.
+// handling. So forward() converts NCHW at the door, and networks keep NHWC from layer to layer
+// (NhwcTensor, NhwcView); weights stay in PyTorch order in the API and are packed once.
 //
-// Thread safety: forward() and forward_nhwc() are const and may run concurrently on one
-// object; the setters and fold_batchnorm() may not run concurrently with anything.
+// Thread safety: forward() and run() are const and may run concurrently on one object; the
+// setters, load() and fold_batchnorm() may not run concurrently with anything.
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
 #include <dynconv/conv_options.hpp>
+#include <dynconv/module.hpp>
 #include <dynconv/tensor.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
-#include <dynconv/detail/conv_kernels.hpp>
+#include <dynconv/detail/conv_slice.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
 #include <cmath>
@@ -47,7 +49,7 @@ class Conv2dOptions : public ConvOptionsBase<Conv2dOptions> {
 };
 
 template <typename T>
-class Conv2d {
+class Conv2d final : public Module<T> {
   static_assert(std::is_floating_point<T>::value,
                 "dynconv::Conv2d<T>: T must be a floating-point type (float or double)");
 
@@ -75,7 +77,7 @@ class Conv2d {
   /// The algorithm in use (the forced one, or the one select_conv_algorithm() picked).
   ConvAlgorithm algorithm() const { return conv_.algorithm; }
   /// "Conv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
-  const std::string& description() const { return layer_; }
+  std::string description() const override { return layer_; }
 
   /// [Cout, Cin/groups, kh, kw]
   Tensor4<T> weight() const {
@@ -94,70 +96,112 @@ class Conv2d {
     for (Index c = 0; c < b.size(); ++c) b(c) = has_bias() ? bias_[c] : T(0);
     return b;
   }
-  /// Sets the bias [Cout]; a layer built with bias(false) gains one.
+  /// Sets the bias [Cout]; a layer built with bias(false) gains one (a parameter from then on).
   void set_bias(const Tensor1<T>& b) {
     detail::check_shape<T, 1>(layer_, "bias", b, {conv_.geometry.out_channels});
     bias_.assign(b.data(), b.data() + b.size());
+    bias_param_ = true;
   }
+  /// Whether the bias is a parameter (built with bias(true), or set_bias called); a BatchNorm
+  /// folded into a layer without one gives it a bias that is not a parameter.
+  bool bias_is_parameter() const { return bias_param_; }
 
   /// Folds an inference BatchNorm2d that follows this layer into weight and bias, exactly:
   /// W' = s W, b' = s b + shift (s = bn.scale(), shift = bn.shift()).
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
     if (bn.num_features() != conv_.geometry.out_channels)
-      detail::fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
+      fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
                                ": num_features must equal out_channels=", conv_.geometry.out_channels);
     Tensor4<T> w = weight();
     Tensor1<T> b = bias();
     detail::fold_batchnorm(bn, 1, w.size() / conv_.geometry.out_channels, w.data(), b.data());
     set_weight(w);
-    set_bias(b);
+    bias_.assign(b.data(), b.data() + b.size());
   }
 
-  /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]
-  Tensor4<T> forward(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 1);
-    return nhwc_to_nchw(forward_nhwc(nchw_to_nhwc(x)));
-  }
+  using Module<T>::forward;
 
-  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]
-  Tensor4<T> forward_nhwc(const Tensor4<T>& x) const {
-    detail::check_conv_input(layer_, conv_.geometry, x.dimensions(), 3);
-    Tensor4<T> y(x.dimension(0), conv_.geometry.out_h(x.dimension(1)), conv_.geometry.out_w(x.dimension(2)),
-                 conv_.geometry.out_channels);
-    ThreadPool pool(1);
-    detail::Workspace<T> ws(1);
-    detail::Exec<T> ex{pool, ws};
-    run(detail::view(x), detail::view(y), Activation::Identity, nullptr, ex);
-    return y;
+  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]; ShapeError if the input does not fit.
+  NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
+    this->check_arity(in, 1);
+    detail::check_conv_input(layer_, conv_.geometry, in[0]);
+    return {in[0].n, conv_.geometry.out_h(in[0].h), conv_.geometry.out_w(in[0].w), conv_.geometry.out_channels};
   }
+  bool fuses_post_ops() const override { return true; }
 
-  /// The network path (modules call it; forward_nhwc is the checked one): x [N, H, W, Cin] ->
-  /// y [N, Hout, Wout, Cout] in caller-owned memory, y = act(conv(x) + bias) + residual with
-  /// residual (laid out as y) optional, split over ex's threads, buffers from ex's workspace.
-  /// The shapes are the caller's duty.
-  /// `after` is applied last (a ResNet block's ReLU after its shortcut).
-  void run(const detail::Nhwc<const T>& x, const detail::Nhwc<T>& y, Activation act, const T* residual,
-           detail::Exec<T>& ex, Activation after = Activation::Identity) const {
+  /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
+  /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
+  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch.
+  void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
+    const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
-    // Each sample is one task; a batch smaller than the pool splits every sample in parts.
-    const Index parts = ex.sample_parts(x.n, y.pixels() * g.weight_size());
-    ex.pool.parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
+    const T* bias = has_bias() ? bias_.data() : nullptr;
+    if (x.h == 1 && x.w == 1 && conv_.algorithm == ConvAlgorithm::Pointwise && g.groups == 1 && g.stride_h == 1 &&
+        g.stride_w == 1) {
+      // [N, Cin] x [Cin, Cout]: the samples are the GEMM's rows.
+      const detail::Epilogue<T> ep{bias, post.act, post.residual, post.after};
+      detail::conv_slice(conv_.algorithm, g, x.data, x.n, 1, packed_.data(), g.out_channels,
+                         detail::Slice{0, x.n, 0, g.out_channels}, ep, y.data, static_cast<const T*>(nullptr),
+                         ctx.workspace(), 0);
+      return;
+    }
+    const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
+    const bool by_channel = detail::channel_sliceable(conv_.algorithm, g);
+    ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(conv_.algorithm, g, y.h, parts, task % parts);
-      const detail::Epilogue<T> ep{has_bias() ? bias_.data() : nullptr, act,
-                                   residual ? residual + b * y.sample_size() : nullptr, after};
-      const bool by_channel = detail::channel_sliceable(conv_.algorithm, g);
+      const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
+                                   post.after};
       detail::conv_slice(conv_.algorithm, g, x.sample(b), x.h, x.w, packed_.data() + (by_channel ? s.c0 : 0),
-                         g.out_channels, s, ep, y.sample(b), static_cast<const T*>(nullptr), ex.ws, worker);
+                         g.out_channels, s, ep, y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker);
     });
+  }
+
+  /// "weight" [Cout, Cin/groups, kh, kw] and, when the bias is a parameter, "bias" [Cout].
+  std::vector<ParameterInfo> parameters() const override {
+    const ConvGeometry& g = conv_.geometry;
+    std::vector<ParameterInfo> p{{"weight", {g.out_channels, g.in_per_group(), g.kernel_h, g.kernel_w}}};
+    if (bias_param_) p.push_back({"bias", {g.out_channels}});
+    return p;
+  }
+  std::vector<T> parameter(const std::string& name) const override {
+    if (name == "weight") {
+      const Tensor4<T> w = weight();
+      return std::vector<T>(w.data(), w.data() + w.size());
+    }
+    if (name == "bias" && bias_param_) return bias_;
+    this->unknown_parameter(name);
+  }
+  void set_parameter(const std::string& name, const std::vector<T>& v) override {
+    const std::array<Index, 4> ws = weight_shape();
+    if (name == "weight") {
+      this->check_count(name, v, {ws[0], ws[1], ws[2], ws[3]});
+      set_weight(Eigen::TensorMap<const Tensor4<T>>(v.data(), ws));
+    } else if (name == "bias" && bias_param_) {
+      this->check_count(name, v, {ws[0]});
+      bias_ = v;
+    } else {
+      this->unknown_parameter(name);
+    }
+  }
+  /// Loads weight (and bias); a bias left by an earlier BatchNorm fold is dropped first.
+  void load(WeightLoader& w, const std::string& prefix) override {
+    if (!bias_param_) bias_.clear();
+    Module<T>::load(w, prefix);
+  }
+
+  /// Parameters and multiply-adds of one sample of this input shape.
+  LayerCost cost(const std::vector<NhwcShape>& in) const override {
+    this->check_arity(in, 1);
+    return cost(in[0].h, in[0].w);
   }
 
   /// Parameters and multiply-adds for one sample of size in_h x in_w (ShapeError if the
   /// input does not fit the kernel).
   LayerCost cost(Index in_h, Index in_w) const {
-    detail::check_fits(layer_, conv_.geometry, in_h, in_w, [&] { return detail::concat(in_h, 'x', in_w); });
+    detail::check_fits(layer_, conv_.geometry, in_h, in_w, [&] { return concat(in_h, 'x', in_w); });
     LayerCost c;
-    c.params = conv_.geometry.weight_size() + (has_bias() ? conv_.geometry.out_channels : 0);
+    c.params = conv_.geometry.weight_size() + (bias_param_ ? conv_.geometry.out_channels : 0);
     c.conv_madds = conv_.geometry.out_h(in_h) * conv_.geometry.out_w(in_w) * conv_.geometry.weight_size();
     return c;
   }
@@ -173,6 +217,7 @@ class Conv2d {
   detail::ResolvedConv conv_;
   std::vector<T> packed_;  // packed_index() layout of conv_.algorithm
   std::vector<T> bias_;    // [Cout] or empty
+  bool bias_param_ = options_.bias();
 };
 
 }  // namespace dynconv

@@ -1,10 +1,11 @@
 // dynconv: the geometry of a 2-d convolution and the choice of its algorithm.
 //
 // ConvGeometry holds what every convolution kernel needs to know besides the tensors:
-// channels, groups, kernel size, stride, padding and dilation, each per axis (h, w).
+// channels, groups, kernel size, stride, padding and dilation, each per axis (h, w); the
+// zero padding per side (top pad_h, bottom pad_h_end, left pad_w, right pad_w_end).
 //
-// Output size (PyTorch's formula, per axis):
-//   Hout = floor((H + 2*pad_h - dil_h*(kh - 1) - 1) / stride_h) + 1
+// Output size (PyTorch's formula, per axis; symmetric padding p gives H + 2p):
+//   Hout = floor((H + pad_h + pad_h_end - dil_h*(kh - 1) - 1) / stride_h) + 1
 //
 // Three algorithms compute the same convolution; select_conv_algorithm() is the one predicate
 // that picks between them, and options may force any algorithm that supports the geometry:
@@ -42,12 +43,14 @@ inline const char* algorithm_name(ConvAlgorithm a) {
 inline std::ostream& operator<<(std::ostream& os, ConvAlgorithm a) { return os << algorithm_name(a); }
 
 /// The shape of a 2-d convolution: channels, groups, and kernel size, stride, zero padding and
-/// dilation per axis (h, w). A plain value; layers validate it (@ref errors_conv).
+/// dilation per axis (h, w); padding per side: pad_h (top), pad_h_end (bottom), pad_w (left),
+/// pad_w_end (right). A plain value; layers validate it (@ref errors_conv).
 struct ConvGeometry {
   Index in_channels = 0, out_channels = 0, groups = 1;
   Index kernel_h = 1, kernel_w = 1;
   Index stride_h = 1, stride_w = 1;
   Index pad_h = 0, pad_w = 0;
+  Index pad_h_end = 0, pad_w_end = 0;
   Index dilation_h = 1, dilation_w = 1;
 
   /// Input channels per group: in_channels / groups.
@@ -58,17 +61,19 @@ struct ConvGeometry {
   Index weight_size() const { return out_channels * in_per_group() * kernel_h * kernel_w; }
   /// Output rows/cols; <= 0 means the (padded) input is smaller than the dilated kernel.
   Index out_h(Index in_h) const {
-    return (in_h + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
+    return (in_h + pad_h + pad_h_end - dilation_h * (kernel_h - 1) - 1) / stride_h + 1;
   }
   /// Output columns, as out_h().
   Index out_w(Index in_w) const {
-    return (in_w + 2 * pad_w - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
+    return (in_w + pad_w + pad_w_end - dilation_w * (kernel_w - 1) - 1) / stride_w + 1;
   }
   /// Whether an in_h x in_w input, once padded, is at least as large as the dilated kernel.
   bool fits(Index in_h, Index in_w) const {
-    return in_h + 2 * pad_h >= dilation_h * (kernel_h - 1) + 1 &&
-           in_w + 2 * pad_w >= dilation_w * (kernel_w - 1) + 1;
+    return in_h + pad_h + pad_h_end >= dilation_h * (kernel_h - 1) + 1 &&
+           in_w + pad_w + pad_w_end >= dilation_w * (kernel_w - 1) + 1;
   }
+  /// Whether there is no padding on any side.
+  bool unpadded() const { return pad_h == 0 && pad_w == 0 && pad_h_end == 0 && pad_w_end == 0; }
 };
 
 /// Whether algorithm `a` can compute a convolution of geometry `g`.
@@ -77,7 +82,7 @@ inline bool algorithm_supports(ConvAlgorithm a, const ConvGeometry& g) {
     case ConvAlgorithm::Auto:
     case ConvAlgorithm::Im2colGemm: return true;
     case ConvAlgorithm::Pointwise:
-      return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+      return g.kernel_h == 1 && g.kernel_w == 1 && g.unpadded();
     case ConvAlgorithm::Depthwise:
       return g.groups == g.in_channels && g.out_channels == g.in_channels;
   }

@@ -10,6 +10,7 @@
 
 #include <dynconv/conv_geometry.hpp>
 #include <dynconv/error.hpp>
+#include <dynconv/runtime.hpp>
 
 #include <array>
 #include <cstdint>
@@ -56,8 +57,17 @@ class ConvOptionsBase {
   const Pair& stride() const { return stride_; }
   /// Zero padding added on both sides, per axis. Default 0.
   Derived& padding(Index p) { return padding(p, p); }
-  Derived& padding(Index h, Index w) { return set(padding_, Pair{h, w}); }
+  Derived& padding(Index h, Index w) { return padding(h, h, w, w); }
+  /// Zero padding per side: top, bottom, left, right (F.pad's order is left, right, top, bottom).
+  Derived& padding(Index top, Index bottom, Index left, Index right) {
+    padding_ = Pair{top, left};
+    padding_end_ = Pair{bottom, right};
+    return static_cast<Derived&>(*this);
+  }
+  /// Padding at the start of each axis (top, left).
   const Pair& padding() const { return padding_; }
+  /// Padding at the end of each axis (bottom, right).
+  const Pair& padding_end() const { return padding_end_; }
   /// Spacing between kernel taps, per axis. Default 1.
   Derived& dilation(Index d) { return dilation(d, d); }
   Derived& dilation(Index h, Index w) { return set(dilation_, Pair{h, w}); }
@@ -87,6 +97,8 @@ class ConvOptionsBase {
     g.stride_w = stride_[1];
     g.pad_h = padding_[0];
     g.pad_w = padding_[1];
+    g.pad_h_end = padding_end_[0];
+    g.pad_w_end = padding_end_[1];
     g.dilation_h = dilation_[0];
     g.dilation_w = dilation_[1];
     return g;
@@ -101,7 +113,7 @@ class ConvOptionsBase {
 
   Index in_channels_, out_channels_;
   Pair kernel_size_;
-  Pair stride_{1, 1}, padding_{0, 0}, dilation_{1, 1};
+  Pair stride_{1, 1}, padding_{0, 0}, padding_end_{0, 0}, dilation_{1, 1};
   Index groups_ = 1;
   bool bias_ = true;
   ConvAlgorithm algorithm_ = ConvAlgorithm::Auto;
@@ -135,11 +147,15 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   check_range(layer, "dilation[0]", o.dilation()[0]);
   check_range(layer, "dilation[1]", o.dilation()[1]);
   check_range(layer, "groups", o.groups());
-  if (o.padding()[0] < 0 || o.padding()[1] < 0)
+  if (o.padding()[0] < 0 || o.padding()[1] < 0 || o.padding_end()[0] < 0 || o.padding_end()[1] < 0)
     fail<OptionsError>(layer, ": padding=(", o.padding()[0], ", ", o.padding()[1],
-                       ") must be >= 0");
+                       ") must be >= 0", o.padding_end() == o.padding() ? "" :
+                       concat(" (per side: top ", o.padding()[0], ", bottom ", o.padding_end()[0], ", left ",
+                              o.padding()[1], ", right ", o.padding_end()[1], ')'));
   check_range(layer, "padding[0]", o.padding()[0], 0);
   check_range(layer, "padding[1]", o.padding()[1], 0);
+  check_range(layer, "padding_end[0]", o.padding_end()[0], 0);
+  check_range(layer, "padding_end[1]", o.padding_end()[1], 0);
   if (o.in_channels() % o.groups() != 0)
     fail<OptionsError>(layer, ": groups=", o.groups(), " must divide in_channels=",
                        o.in_channels());
@@ -157,7 +173,7 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   } else if (!algorithm_supports(algo, g)) {
     fail<OptionsError>(layer, ": algorithm=", algorithm_name(algo), " needs ",
                        algorithm_requirement(algo), ", got kernel ", g.kernel_h, 'x', g.kernel_w,
-                       ", padding (", g.pad_h, ", ", g.pad_w, "), groups=", g.groups,
+                       ", padding (", g.pad_h, ", ", g.pad_w, ", ", g.pad_h_end, ", ", g.pad_w_end, "), groups=", g.groups,
                        ", in_channels=", g.in_channels, ", out_channels=", g.out_channels);
   }
   return {g, algo};
@@ -196,6 +212,13 @@ void check_conv_input(const std::string& layer, const ConvGeometry& g, const Dim
     fail<ShapeError>(layer, ": input ", shape_str(dims), " (", layout, ") has ", c,
                      " channels, expected in_channels=", g.in_channels);
   check_fits(layer, g, h, w, [&] { return concat(shape_str(dims), " (", layout, ')'); });
+}
+
+/// The same for an NHWC activation shape (messages print it in PyTorch's NCHW order).
+inline void check_conv_input(const std::string& layer, const ConvGeometry& g, const NhwcShape& s) {
+  if (s.c != g.in_channels)
+    fail<ShapeError>(layer, ": input ", s.str(), " has ", s.c, " channels, expected in_channels=", g.in_channels);
+  check_fits(layer, g, s.h, s.w, [&] { return s.str(); });
 }
 
 }  // namespace detail

@@ -9,8 +9,14 @@
 #include <dynconv/conv_geometry.hpp>
 #include <dynconv/conv_options.hpp>
 #include <dynconv/dynamic_conv2d.hpp>
+#include <dynconv/elementwise.hpp>
 #include <dynconv/error.hpp>
+#include <dynconv/graph.hpp>
 #include <dynconv/linear.hpp>
+#include <dynconv/module.hpp>
 #include <dynconv/pooling.hpp>
+#include <dynconv/runtime.hpp>
 #include <dynconv/safetensors.hpp>
+#include <dynconv/session.hpp>
 #include <dynconv/tensor.hpp>
+#include <dynconv/upsample.hpp>

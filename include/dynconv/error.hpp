@@ -50,8 +50,6 @@ class IoError : public Error {
   using Error::Error;
 };
 
-namespace detail {
-
 /// Concatenates its arguments with operator<< into one string.
 template <typename... Args>
 std::string concat(Args&&... args) {
@@ -65,6 +63,8 @@ template <typename E, typename... Args>
 [[noreturn]] void fail(Args&&... args) {
   throw E(concat(std::forward<Args>(args)...));
 }
+
+namespace detail {
 
 /// How a layer names itself in messages: "name: Kind(...)", or "Kind(...)" without a name.
 inline std::string describe(const std::string& name, const std::string& kind) {

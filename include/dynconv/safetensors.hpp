@@ -340,7 +340,7 @@ class SafeTensors {
   /// @throws FormatError if it breaks a rule of the format (@ref errors_safetensors).
   static SafeTensors load(const std::string& path) {
     std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) detail::fail<IoError>(path, ": cannot open for reading: ", std::strerror(errno));
+    if (!f) fail<IoError>(path, ": cannot open for reading: ", std::strerror(errno));
     std::vector<std::uint8_t> bytes;
     std::uint8_t chunk[1 << 16];
     std::size_t got;
@@ -349,7 +349,7 @@ class SafeTensors {
     const bool failed = std::ferror(f);
     const int err = errno;
     std::fclose(f);
-    if (failed) detail::fail<IoError>(path, ": cannot read: ", std::strerror(err));
+    if (failed) fail<IoError>(path, ": cannot read: ", std::strerror(err));
     return parse(std::move(bytes), path);
   }
 
@@ -381,7 +381,7 @@ class SafeTensors {
   /// The dtype, shape and offsets of tensor `name`; FormatError if there is none.
   const TensorEntry& entry(const std::string& name) const {
     const auto it = entries_.find(name);
-    if (it == entries_.end()) detail::fail<FormatError>(source_, ": no tensor named '", name, "'");
+    if (it == entries_.end()) fail<FormatError>(source_, ": no tensor named '", name, "'");
     return it->second;
   }
 
@@ -393,7 +393,7 @@ class SafeTensors {
   Tensor<T, Rank> get(const std::string& name) const {
     const TensorEntry& e = entry(name);
     if (e.shape.size() != static_cast<std::size_t>(Rank))
-      detail::fail<ShapeError>(source_, ": tensor '", name, "' has shape ", shape_str(e.shape),
+      fail<ShapeError>(source_, ": tensor '", name, "' has shape ", shape_str(e.shape),
                                " (rank ", e.shape.size(), ") but rank ", Rank, " was requested");
     Eigen::array<Index, Rank> dims;
     for (int i = 0; i < Rank; ++i)
@@ -436,7 +436,7 @@ class SafeTensors {
         for (std::size_t i = 0; i < n; ++i) {
           const S s = detail::load_le<S>(src + i * sizeof(S));
           if (!detail::convert_value(s, dst[i]))
-            detail::fail<FormatError>(source_, ": tensor '", name, "' (", dtype_name(e.dtype),
+            fail<FormatError>(source_, ": tensor '", name, "' (", dtype_name(e.dtype),
                                       ") element ", i, " = ", detail::to_double(s),
                                       " is not an integer in the int64 range");
         }
@@ -446,7 +446,7 @@ class SafeTensors {
 
   template <typename... Args>
   [[noreturn]] void bad(Args&&... args) const {
-    detail::fail<FormatError>(source_, ": ", std::forward<Args>(args)...);
+    fail<FormatError>(source_, ": ", std::forward<Args>(args)...);
   }
 
   void validate() {
@@ -540,7 +540,7 @@ class SafeTensors {
     for (const Span& s : spans) {
       if (s.begin != at) {
         const std::string before =
-            prev ? detail::concat("the previous tensor '", prev->name, "' ends at ", at)
+            prev ? concat("the previous tensor '", prev->name, "' ends at ", at)
                  : std::string("the first tensor must begin at 0");
         bad("tensor '", s.name, "' begins at offset ", s.begin, " but ", before,
             s.begin > at ? " (a gap)" : " (an overlap)");
@@ -633,19 +633,25 @@ class SafeTensorsWriter {
   /// @throws OptionsError for another dtype, a reserved, invalid or duplicate name.
   template <typename T, int Rank>
   void add(const std::string& name, const Tensor<T, Rank>& t, DType stored = dtype_of<T>()) {
+    add(name, std::vector<Index>(t.dimensions().begin(), t.dimensions().end()), t.data(), stored);
+  }
+  /// Stores product(shape) values from `data` (row-major) under name, as add() above.
+  template <typename T>
+  void add(const std::string& name, std::vector<Index> shape, const T* data, DType stored = dtype_of<T>()) {
     constexpr bool integral = std::is_same_v<T, std::int64_t>;
     if (integral != (stored == DType::I64))
-      detail::fail<OptionsError>(
+      fail<OptionsError>(
           "SafeTensorsWriter: tensor '", name, "' of ", dtype_name(dtype_of<T>()),
           " cannot be stored as ", dtype_name(stored),
           integral ? " (integers are stored as I64)" : " (use F32, F64, F16 or BF16)");
-    std::vector<Index> shape(t.dimensions().begin(), t.dimensions().end());
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(t.size()) * dtype_size(stored));
+    Index size = 1;
+    for (Index d : shape) size *= d;
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size) * dtype_size(stored));
     detail::visit_dtype(stored, [&](auto tag) {
       using S = typename decltype(tag)::type;
-      for (Index i = 0; i < t.size(); ++i) {
+      for (Index i = 0; i < size; ++i) {
         S s{};
-        detail::convert_value(t.data()[i], s);  // cannot fail: no floating -> int64 here
+        detail::convert_value(data[i], s);  // cannot fail: no floating -> int64 here
         detail::store_le(s, bytes.data() + static_cast<std::size_t>(i) * sizeof(S));
       }
     });
@@ -660,14 +666,14 @@ class SafeTensorsWriter {
     std::uint64_t expected = 0;
     if (std::any_of(shape.begin(), shape.end(), [](Index d) { return d < 0; }) ||
         !detail::byte_size(dtype, shape, expected))
-      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has invalid shape ",
+      fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has invalid shape ",
                                  shape_str(shape));
     if (expected != nbytes)
-      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
+      fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
                                  shape_str(shape), " x ", dtype_name(dtype), " = ", expected,
                                  " bytes but ", nbytes, " bytes were given");
     if (nbytes && !data)
-      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has null data");
+      fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has null data");
     const auto* p = static_cast<const std::uint8_t*>(data);
     insert(name, dtype, std::move(shape), std::vector<std::uint8_t>(p, p + nbytes));
   }
@@ -675,7 +681,7 @@ class SafeTensorsWriter {
   /// Sets one "__metadata__" entry; OptionsError unless key and value are valid UTF-8.
   void set_metadata(const std::string& key, const std::string& value) {
     if (!detail::is_valid_utf8(key) || !detail::is_valid_utf8(value))
-      detail::fail<OptionsError>("SafeTensorsWriter: metadata key '", key,
+      fail<OptionsError>("SafeTensorsWriter: metadata key '", key,
                                  "' or its value is not valid UTF-8");
     metadata_[key] = value;
   }
@@ -723,11 +729,11 @@ class SafeTensorsWriter {
   void save(const std::string& path) const {
     const std::vector<std::uint8_t> bytes = to_bytes();
     std::FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) detail::fail<IoError>(path, ": cannot open for writing: ", std::strerror(errno));
+    if (!f) fail<IoError>(path, ": cannot open for writing: ", std::strerror(errno));
     const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
     const int err = errno;
     if (std::fclose(f) != 0 || !written)
-      detail::fail<IoError>(path, ": cannot write: ", std::strerror(written ? errno : err));
+      fail<IoError>(path, ": cannot write: ", std::strerror(written ? errno : err));
   }
 
  private:
@@ -738,7 +744,7 @@ class SafeTensorsWriter {
   };
 
   [[noreturn]] static void header_too_large(std::uint64_t n, const char* at_least) {
-    detail::fail<OptionsError>("SafeTensorsWriter: the header would be ", at_least, n,
+    fail<OptionsError>("SafeTensorsWriter: the header would be ", at_least, n,
                                " bytes, over the limit of ", detail::kMaxHeaderSize,
                                " bytes that readers accept (too much metadata, or too many or "
                                "too long tensor names)");
@@ -747,17 +753,17 @@ class SafeTensorsWriter {
   void insert(const std::string& name, DType dtype, std::vector<Index> shape,
               std::vector<std::uint8_t> bytes) {
     if (name == "__metadata__")
-      detail::fail<OptionsError>("SafeTensorsWriter: the name '__metadata__' is reserved");
+      fail<OptionsError>("SafeTensorsWriter: the name '__metadata__' is reserved");
     if (!detail::shape_fits_index(shape))  // the reader's rule
-      detail::fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
+      fail<OptionsError>("SafeTensorsWriter: tensor '", name, "' has shape ",
                                  shape_str(shape),
                                  " whose non-zero dimensions multiply to more than the largest "
                                  "index ",
                                  std::numeric_limits<Index>::max());
     if (!detail::is_valid_utf8(name))
-      detail::fail<OptionsError>("SafeTensorsWriter: tensor name '", name, "' is not valid UTF-8");
+      fail<OptionsError>("SafeTensorsWriter: tensor name '", name, "' is not valid UTF-8");
     if (!entries_.emplace(name, Entry{dtype, std::move(shape), std::move(bytes)}).second)
-      detail::fail<OptionsError>("SafeTensorsWriter: duplicate tensor name '", name, "'");
+      fail<OptionsError>("SafeTensorsWriter: duplicate tensor name '", name, "'");
   }
 
   std::map<std::string, Entry> entries_;

@@ -7,8 +7,8 @@
 //   Tensor1<T>  vectors, e.g. biases [C]
 //
 // The public API speaks NCHW. Inside a network activations travel in NHWC (see the layout
-// note in conv2d.hpp for why); each layer has forward() for NCHW and forward_nhwc() for NHWC,
-// and the two give the same numbers.
+// note in conv2d.hpp for why), as NhwcTensor / NhwcView (runtime.hpp): a different type, so
+// the two layouts cannot be mixed up. Each layer's forward() takes either and returns the same.
 #pragma once
 
 #include <dynconv/error.hpp>
@@ -58,29 +58,14 @@ void nchw_to_nhwc(const T* src, Index n, Index c, Index h, Index w, T* dst) {
     for (Index ch = 0; ch < c; ++ch)
       for (Index p = 0; p < h * w; ++p) dst[(b * h * w + p) * c + ch] = src[(b * c + ch) * h * w + p];
 }
-}  // namespace detail
-
-/// [N, C, H, W] -> [N, H, W, C]
+/// dst [n, c, h, w] = src [n, h, w, c]
 template <typename T>
-Tensor4<T> nchw_to_nhwc(const Tensor4<T>& x) {
-  const Index n = x.dimension(0), c = x.dimension(1), h = x.dimension(2), w = x.dimension(3);
-  Tensor4<T> y(n, h, w, c);
-  detail::nchw_to_nhwc(x.data(), n, c, h, w, y.data());
-  return y;
-}
-
-/// [N, H, W, C] -> [N, C, H, W]
-template <typename T>
-Tensor4<T> nhwc_to_nchw(const Tensor4<T>& x) {
-  const Index n = x.dimension(0), h = x.dimension(1), w = x.dimension(2), c = x.dimension(3);
-  Tensor4<T> y(n, c, h, w);
-  const T* src = x.data();
-  T* dst = y.data();
+void nhwc_to_nchw(const T* src, Index n, Index h, Index w, Index c, T* dst) {
   for (Index b = 0; b < n; ++b)
     for (Index p = 0; p < h * w; ++p)
       for (Index ch = 0; ch < c; ++ch) dst[(b * c + ch) * h * w + p] = src[(b * h * w + p) * c + ch];
-  return y;
 }
+}  // namespace detail
 
 namespace detail {
 

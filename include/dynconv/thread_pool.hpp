@@ -32,7 +32,7 @@ class ThreadPool {
   /// threads >= 1 (the caller counts as one); OptionsError otherwise or above 1024.
   explicit ThreadPool(int threads) : threads_(threads) {
     if (threads < 1 || threads > 1024)
-      detail::fail<OptionsError>("ThreadPool: threads=", threads, " must be in [1, 1024]");
+      fail<OptionsError>("ThreadPool: threads=", threads, " must be in [1, 1024]");
     workers_.reserve(static_cast<std::size_t>(threads - 1));
     for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { work(w); });
   }

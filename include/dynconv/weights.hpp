@@ -25,6 +25,7 @@
 #include <cmath>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace dynconv {
 
@@ -55,16 +56,32 @@ class WeightLoader {
   template <typename T, int Rank>
   Tensor<T, Rank> take(const std::string& name, const std::array<Index, Rank>& shape) {
     if (!file_.contains(name))
-      detail::fail<FormatError>(file_.source(), ": missing tensor '", name, "' ", shape_str(shape));
+      fail<FormatError>(file_.source(), ": missing tensor '", name, "' ", shape_str(shape));
     const TensorEntry& e = file_.entry(name);
     bool same = static_cast<int>(e.shape.size()) == Rank;
     for (int i = 0; same && i < Rank; ++i) same = e.shape[i] == shape[i];
     if (!same)
-      detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
+      fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
                                shape_str(e.shape), ", the model expects ", shape_str(shape));
     taken_.insert(name);
     Tensor<T, Rank> t = file_.get<T, Rank>(name);
     check_finite(name, t.data(), t.size());
+    return t;
+  }
+
+  /// The tensor `name` flat (row-major), which must exist with exactly `shape`, converted to T.
+  /// The same rules as take().
+  template <typename T>
+  std::vector<T> take_flat(const std::string& name, const std::vector<Index>& shape) {
+    if (!file_.contains(name))
+      fail<FormatError>(file_.source(), ": missing tensor '", name, "' ", shape_str(shape));
+    const TensorEntry& e = file_.entry(name);
+    if (e.shape != shape)
+      fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ", shape_str(e.shape),
+                       ", the model expects ", shape_str(shape));
+    taken_.insert(name);
+    std::vector<T> t = file_.get_flat<T>(name);
+    check_finite(name, t.data(), static_cast<Index>(t.size()));
     return t;
   }
 
@@ -75,7 +92,7 @@ class WeightLoader {
     if (!file_.contains(name)) return fallback;
     const std::vector<double> v = file_.get_flat<double>(name);
     if (v.size() != 1)
-      detail::fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
+      fail<ShapeError>(file_.source(), ": tensor '", name, "' has shape ",
                                shape_str(file_.entry(name).shape), ", expected one element");
     taken_.insert(name);
     check_finite(name, v.data(), 1);
@@ -94,9 +111,9 @@ class WeightLoader {
         continue;
       if (++count <= 10) unexpected += (count > 1 ? ", '" : "'") + name + "'";
     }
-    if (count > 10) unexpected += detail::concat(" and ", count - 10, " more");
+    if (count > 10) unexpected += concat(" and ", count - 10, " more");
     if (count)
-      detail::fail<FormatError>(file_.source(), ": ", count, " unexpected tensor",
+      fail<FormatError>(file_.source(), ": ", count, " unexpected tensor",
                                 count > 1 ? "s" : "", " the model does not have: ", unexpected);
   }
 
@@ -105,7 +122,7 @@ class WeightLoader {
   void check_finite(const std::string& name, const T* p, Index n) const {
     for (Index i = 0; i < n; ++i)
       if (!std::isfinite(p[i]))
-        detail::fail<FormatError>(file_.source(), ": tensor '", name, "' holds ", p[i],
+        fail<FormatError>(file_.source(), ": tensor '", name, "' holds ", p[i],
                                   " at element ", i, "; weights must be finite");
   }
 

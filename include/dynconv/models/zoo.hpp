@@ -14,7 +14,7 @@
 #include <dynconv/models/mobilenet_v2.hpp>
 #include <dynconv/models/mobilenet_v3.hpp>
 #include <dynconv/models/resnet.hpp>
-#include <dynconv/models/session.hpp>
+#include <dynconv/session.hpp>
 
 #include <memory>
 #include <string>
@@ -40,16 +40,15 @@ inline DynamicPolicy policy_by_name(const std::string& name) {
   if (name == "pointwise_only")
     return [](const ConvSite& s) { return s.role != ConvRole::Stem && s.kernel == 1 && s.groups == 1; };
   if (name == "none") return [](const ConvSite&) { return false; };
-  detail::fail<OptionsError>("policy '", name,
+  fail<OptionsError>("policy '", name,
                              "' is unknown; use default, all_but_stem, pointwise_only or none");
 }
 
-/// Builds a zoo model (weights initialised as a fresh PyTorch model; load real ones with
-/// Model::load). OptionsError for an unknown name or invalid options.
+/// The zoo model `name`, BatchNorms not folded yet (create() folds them).
 template <typename T>
-std::unique_ptr<Model<T>> create(const std::string& name, const ModelOptions& options = {}) {
+std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOptions& options) {
   if (options.num_classes() < 1)
-    detail::fail<OptionsError>(name, ": num_classes=", options.num_classes(), " must be >= 1");
+    fail<OptionsError>(name, ": num_classes=", options.num_classes(), " must be >= 1");
   const bool dynamic = name.rfind("dy_", 0) == 0;
   const std::string base = dynamic ? name.substr(3) : name;
   auto pick = [&](DynamicPolicy family_default) -> DynamicPolicy {
@@ -71,7 +70,16 @@ std::unique_ptr<Model<T>> create(const std::string& name, const ModelOptions& op
     return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), options));
   std::string known;
   for (const std::string& n : zoo_names()) known += (known.empty() ? "" : ", ") + n;
-  detail::fail<OptionsError>("unknown model '", name, "'; the zoo has: ", known);
+  fail<OptionsError>("unknown model '", name, "'; the zoo has: ", known);
+}
+
+/// Builds a zoo model (weights initialised as a fresh PyTorch model, BatchNorms folded; load
+/// real ones with Graph::load). OptionsError for an unknown name or invalid options.
+template <typename T>
+std::unique_ptr<Model<T>> create(const std::string& name, const ModelOptions& options = {}) {
+  std::unique_ptr<Model<T>> m = build_zoo_model<T>(name, options);
+  m->fold_batchnorms();
+  return m;
 }
 
 }  // namespace models

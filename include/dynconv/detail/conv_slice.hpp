@@ -1,0 +1,61 @@
+// One slice of one sample's convolution with its fused epilogue: the kernels' entry point.
+// Lean loops and GEMMs over raw NHWC buffers; no argument checks (the operators validate once).
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/detail/depthwise.hpp>
+#include <dynconv/detail/epilogue.hpp>
+#include <dynconv/detail/gemm.hpp>
+#include <dynconv/detail/im2col.hpp>
+#include <dynconv/detail/packing.hpp>
+
+namespace dynconv {
+namespace detail {
+
+/// One slice of one sample's convolution with its fused epilogue.
+///   x: the sample [H, W, Cin]; y: the sample's output [Hout, Wout, Cout].
+///   kernel, ldk: the packed kernel; for groups == 1 (and depthwise) it points at column
+///     (channel) s.c0 and ldk is its row stride; for groups > 1 it is the whole packed kernel
+///     and the slice must span all channels.
+///   columns: this sample's whole im2col matrix when the caller built it already (a batch
+///     shared across channel slices), else null and the slice builds its own rows.
+template <typename T>
+void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w,
+                const T* kernel, Index ldk, const Slice& s, const Epilogue<T>& ep, T* y,
+                const T* columns, Workspace<T>& ws, int worker) {
+  if (algo == ConvAlgorithm::Depthwise) return depthwise_slice(g, x, in_h, in_w, kernel, ldk, s, ep, y);
+  const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels;
+  const Index p0 = s.r0 * ow, pixels = (s.r1 - s.r0) * ow;
+  const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
+  const Index depth = g.kernel_h * g.kernel_w * cin_g;
+  epilogue_begin(ep, pixels, cout, s.c0, s.c1, p0, y);
+  if (g.groups == 1) {
+    const T* a;
+    Index lda;
+    if (!needs_columns(algo, g)) {
+      a = x + p0 * cin;
+      lda = cin;
+    } else if (columns) {
+      a = columns + p0 * depth;
+      lda = depth;
+    } else {
+      T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);
+      im2col(g, x, in_h, in_w, s.r0, s.r1, 0, col);
+      a = col;
+      lda = depth;
+    }
+    gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker);
+  } else {
+    eigen_assert(s.c0 == 0 && s.c1 == cout && !columns);
+    T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);
+    for (Index grp = 0; grp < g.groups; ++grp) {
+      im2col(g, x, in_h, in_w, s.r0, s.r1, grp, col);
+      gemm(pixels, cout_g, depth, col, depth, kernel + grp * depth * cout_g, cout_g,
+           y + p0 * cout + grp * cout_g, cout, ws, worker);
+    }
+  }
+  epilogue_end(ep, pixels, cout, s.c0, s.c1, p0, y);
+}
+
+}  // namespace detail
+}  // namespace dynconv

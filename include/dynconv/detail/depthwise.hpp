@@ -1,0 +1,87 @@
+// The depthwise convolution kernel: a direct loop vectorised across channels (NHWC).
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/detail/epilogue.hpp>
+#include <dynconv/detail/packing.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+
+namespace dynconv {
+namespace detail {
+
+/// Depthwise slice, vectorised across channels with Eigen's packets: for one output pixel,
+/// kBlock packets of channels accumulate in registers over all taps (independent FMA chains),
+/// then single packets, then a scalar tail. kernel points at tap 0, channel c0; ldk is the
+/// stride between taps.
+template <typename T>
+void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel, Index ldk,
+                     const Slice& s, const Epilogue<T>& ep, T* y) {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  constexpr Index kLanes = Eigen::internal::packet_traits<T>::size;
+  constexpr Index kBlock = 4;
+  const Index ow = g.out_w(in_w), ch = g.out_channels;
+  const Index c0 = s.c0, c1 = s.c1;
+  for (Index r = s.r0; r < s.r1; ++r) {
+    const Index ih0 = r * g.stride_h - g.pad_h;
+    // The taps whose input row is inside the image.
+    const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
+    const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+    for (Index c = 0; c < ow; ++c) {
+      const Index iw0 = c * g.stride_w - g.pad_w;
+      const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
+      const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+      T* out = y + (r * ow + c) * ch;
+      auto init = [&](Index k) {
+        return ep.bias ? Eigen::internal::ploadu<Packet>(ep.bias + k) : Eigen::internal::pset1<Packet>(T(0));
+      };
+      Index cb = c0;
+      for (; cb + kBlock * kLanes <= c1; cb += kBlock * kLanes) {
+        Packet acc[kBlock];
+        for (Index v = 0; v < kBlock; ++v) acc[v] = init(cb + v * kLanes);
+        for (Index i = i_begin; i < i_end; ++i) {
+          const T* in_row = x + ((ih0 + i * g.dilation_h) * in_w) * ch + cb;
+          const T* w_row = kernel + i * g.kernel_w * ldk + (cb - c0);
+          for (Index j = j_begin; j < j_end; ++j) {
+            const T* in = in_row + (iw0 + j * g.dilation_w) * ch;
+            const T* w = w_row + j * ldk;
+            for (Index v = 0; v < kBlock; ++v)
+              acc[v] = Eigen::internal::pmadd(Eigen::internal::ploadu<Packet>(in + v * kLanes),
+                                              Eigen::internal::ploadu<Packet>(w + v * kLanes), acc[v]);
+          }
+        }
+        for (Index v = 0; v < kBlock; ++v) Eigen::internal::pstoreu(out + cb + v * kLanes, acc[v]);
+      }
+      for (; cb + kLanes <= c1; cb += kLanes) {
+        Packet acc = init(cb);
+        for (Index i = i_begin; i < i_end; ++i)
+          for (Index j = j_begin; j < j_end; ++j)
+            acc = Eigen::internal::pmadd(
+                Eigen::internal::ploadu<Packet>(x + ((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb),
+                Eigen::internal::ploadu<Packet>(kernel + (i * g.kernel_w + j) * ldk + (cb - c0)), acc);
+        Eigen::internal::pstoreu(out + cb, acc);
+      }
+      for (; cb < c1; ++cb) {
+        T acc = ep.bias ? ep.bias[cb] : T(0);
+        for (Index i = i_begin; i < i_end; ++i)
+          for (Index j = j_begin; j < j_end; ++j)
+            acc += x[((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb] *
+                   kernel[(i * g.kernel_w + j) * ldk + (cb - c0)];
+        out[cb] = acc;
+      }
+    }
+    Epilogue<T> tail = ep;
+    if (ep.act == Activation::Identity && ep.residual) {
+      // No activation: the residual still has to be added.
+      for (Index p = r * ow; p < (r + 1) * ow; ++p)
+        for (Index k = c0; k < c1; ++k) y[p * ch + k] += ep.residual[p * ch + k];
+      tail.residual = nullptr;
+    }
+    epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
+  }
+}
+
+}  // namespace detail
+}  // namespace dynconv

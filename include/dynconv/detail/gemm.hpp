@@ -1,0 +1,145 @@
+// The GEMM kernels, behind a small kernel table: the one header that uses Eigen's internal
+// GEMM API (general_matrix_matrix_product, gebp_kernel, gemm_pack_lhs/rhs, level3_blocking).
+//
+// An entry of the table (GemmKernels<T>) holds:
+//   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions)
+//   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T
+//   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
+//                     the mix fused into the packing of W (see eigen_mixed_gemm_batch)
+// Each works on the calling thread with one worker's packing buffers from the workspace, so it
+// allocates nothing. gemm_kernel_table() lists the entries; gemm_kernels() is the one in use.
+// Today the table has one entry, "eigen" (Eigen 3.4's blocked GEMM); a new micro-kernel (an
+// AVX-512 or AVX2 path, say) is a new entry, tested by test_gemm against a naive product.
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/detail/mix.hpp>
+#include <dynconv/runtime.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <array>
+
+namespace dynconv {
+namespace detail {
+
+/// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB), all row-major with
+/// leading dimensions lda, ldb, ldc, on the calling thread, with `worker`'s packing buffers from
+/// the workspace (so Eigen's GEMM allocates nothing). Eigen's internal GEMM driver of 3.4.
+template <typename T, bool TransposeB = false>
+void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+          Workspace<T>& ws, int worker) {
+  if (m == 0 || n == 0 || k == 0) return;
+  // Eigen computes the row-major product as the column-major C^T [n, m] = B^T [n, k] A^T [k, m]:
+  // B row-major [k, n] is B^T column-major; a transposed B [n, k] row-major is B^T row-major.
+  struct Blocking : Eigen::internal::level3_blocking<T, T> {
+    Blocking(Index rows, Index cols, Index depth, Workspace<T>& w, int worker) {
+      this->m_mc = rows;
+      this->m_nc = cols;
+      this->m_kc = depth;
+      Eigen::internal::computeProductBlockingSizes<T, T, 1, Index>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+      this->m_blockA = w.scratch(worker, Scratch::PackA, this->m_kc * this->m_mc);
+      this->m_blockB = w.scratch(worker, Scratch::PackB, this->m_kc * this->m_nc);
+    }
+  } blocking(n, m, k, ws, worker);
+  constexpr int kLhsOrder = TransposeB ? Eigen::RowMajor : Eigen::ColMajor;
+  Eigen::internal::general_matrix_matrix_product<Index, T, kLhsOrder, false, T, Eigen::ColMajor, false,
+                                                 Eigen::ColMajor, 1>::run(n, m, k, b, ldb, a, lda, c, 1, ldc,
+                                                                          T(1), blocking, nullptr);
+}
+
+/// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
+///   C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1]   for b in [0, n)
+/// W_k = src + k*depth*cols (row-major [depth, cols]), A_b = a + b*a_stride (row-major
+/// [P, depth]), C_b = c + b*c_stride (row-major, leading dimension ldc). For every cache block
+/// of the kernels, the K source blocks are packed once for the whole batch and mixed into the
+/// packed block each sample's micro-kernel reads: the sources cross the memory bus once per
+/// batch and no mixed kernel is ever written out. Packing is a permutation, so mixing packed
+/// blocks is mixing kernels. Meant for few pixels (late layers): all samples' packed A panels
+/// of one depth block are kept.
+template <typename T>
+void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+                      Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                      Workspace<T>& ws, int worker) {
+  namespace ei = Eigen::internal;
+  using Traits = ei::gebp_traits<T, T>;
+  using Mapper = ei::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
+  using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+  const Index rows = c1 - c0;
+  if (rows <= 0 || pixels <= 0 || depth <= 0) return;
+  Index kc = depth, mc = rows, nc = pixels;
+  ei::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
+  T* rhs = ws.scratch(worker, Scratch::PackB, n * kc * pixels);
+  T* sources = ws.scratch(worker, Scratch::Sources, kernels * mc * kc);
+  T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
+  ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
+                    Eigen::ColMajor>
+      pack_lhs;
+  ei::gemm_pack_rhs<T, Index, Mapper, Traits::nr, Eigen::ColMajor> pack_rhs;
+  ei::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
+  // In Eigen's column-major terms: C_b^T [c1-c0, P] += W^T [c1-c0, depth] * A_b^T [depth, P].
+  for (Index k2 = 0; k2 < depth; k2 += kc) {
+    const Index kcur = std::min(kc, depth - k2);
+    for (Index b = 0; b < n; ++b)
+      pack_rhs(rhs + b * kc * pixels, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
+    for (Index i2 = 0; i2 < rows; i2 += mc) {
+      const Index mcur = std::min(mc, rows - i2);
+      for (Index k = 0; k < kernels; ++k)
+        pack_lhs(sources + k * mc * kc, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
+      for (Index b = 0; b < n; ++b) {
+        mix(sources, mc * kc, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
+        gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * kc * pixels, mcur, kcur,
+             pixels, T(1));
+      }
+    }
+  }
+}
+
+/// One entry of the GEMM kernel table (see the header comment).
+template <typename T>
+struct GemmKernels {
+  const char* name;
+  void (*gemm)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+               Workspace<T>& ws, int worker);
+  void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+                  Workspace<T>& ws, int worker);
+  void (*mixed_gemm_batch)(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+                           Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                           Workspace<T>& ws, int worker);
+};
+
+/// Every GEMM kernel entry compiled in, the one in use first.
+template <typename T>
+const std::array<GemmKernels<T>, 1>& gemm_kernel_table() {
+  static const std::array<GemmKernels<T>, 1> table{{
+      {"eigen", &eigen_gemm<T, false>, &eigen_gemm<T, true>, &eigen_mixed_gemm_batch<T>},
+  }};
+  return table;
+}
+
+/// The GEMM kernels in use.
+template <typename T>
+const GemmKernels<T>& gemm_kernels() {
+  return gemm_kernel_table<T>()[0];
+}
+
+/// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB) through the table.
+template <typename T, bool TransposeB = false>
+void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+          Workspace<T>& ws, int worker) {
+  const GemmKernels<T>& g = gemm_kernels<T>();
+  (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
+}
+
+/// The fused mix-and-GEMM of a batch through the table (see eigen_mixed_gemm_batch).
+template <typename T>
+void mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+                      Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                      Workspace<T>& ws, int worker) {
+  gemm_kernels<T>().mixed_gemm_batch(src, kernels, depth, cols, pi, n, c0, c1, a, a_stride, pixels, c, c_stride,
+                                     ldc, ws, worker);
+}
+
+}  // namespace detail
+}  // namespace dynconv

@@ -1,0 +1,90 @@
+// Packed weight layouts and how a convolution's output is cut into slices.
+//
+// Packed layouts (produced by pack_weights from PyTorch's [Cout, Cin/g, kh, kw]):
+//   Pointwise, Im2colGemm  [g][kh][kw][Cin/g][Cout/g]: per group a row-major GEMM operand
+//                          B_g [kh*kw*Cin/g, Cout/g] whose row order matches the im2col columns.
+//   Depthwise              [kh][kw][C]: one contiguous channel vector per tap.
+// Both hold exactly weight_size() values, so K packed kernels can be mixed elementwise.
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/conv_geometry.hpp>
+#include <dynconv/runtime.hpp>
+
+#include <algorithm>
+#include <array>
+
+namespace dynconv {
+namespace detail {
+
+/// Index of PyTorch weight element (co, ci, i, j) in the packed layout of `algo`.
+inline Index packed_index(ConvAlgorithm algo, const ConvGeometry& g, Index co, Index ci, Index i,
+                          Index j) {
+  if (algo == ConvAlgorithm::Depthwise) return (i * g.kernel_w + j) * g.out_channels + co;
+  const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
+  const Index group = co / cout_g;
+  const Index row = (i * g.kernel_w + j) * cin_g + ci;
+  return group * (g.kernel_h * g.kernel_w * cin_g * cout_g) + row * cout_g + (co - group * cout_g);
+}
+
+/// PyTorch order [Cout, Cin/g, kh, kw] -> packed layout of `algo`.
+template <typename T>
+void pack_weights(ConvAlgorithm algo, const ConvGeometry& g, const T* torch_order, T* packed) {
+  const Index cin_g = g.in_per_group();
+  for (Index co = 0; co < g.out_channels; ++co)
+    for (Index ci = 0; ci < cin_g; ++ci)
+      for (Index i = 0; i < g.kernel_h; ++i)
+        for (Index j = 0; j < g.kernel_w; ++j)
+          packed[packed_index(algo, g, co, ci, i, j)] = *torch_order++;
+}
+
+/// Packed layout of `algo` -> PyTorch order [Cout, Cin/g, kh, kw].
+template <typename T>
+void unpack_weights(ConvAlgorithm algo, const ConvGeometry& g, const T* packed, T* torch_order) {
+  const Index cin_g = g.in_per_group();
+  for (Index co = 0; co < g.out_channels; ++co)
+    for (Index ci = 0; ci < cin_g; ++ci)
+      for (Index i = 0; i < g.kernel_h; ++i)
+        for (Index j = 0; j < g.kernel_w; ++j)
+          *torch_order++ = packed[packed_index(algo, g, co, ci, i, j)];
+}
+
+/// The part of one sample's output a kernel call computes: output rows [r0, r1), channels
+/// [c0, c1). Channel slices need groups == 1 or a depthwise convolution.
+struct Slice {
+  Index r0, r1, c0, c1;
+};
+
+/// Rows x columns of the packed kernel as a matrix whose columns are output channels (groups
+/// == 1 or depthwise; for groups > 1 the columns are the channels of one group).
+inline std::array<Index, 2> kernel_matrix(ConvAlgorithm algo, const ConvGeometry& g) {
+  if (algo == ConvAlgorithm::Depthwise) return {g.kernel_h * g.kernel_w, g.out_channels};
+  return {g.weight_size() / g.out_channels, g.out_channels};
+}
+
+/// Whether slices of this convolution may split the output channels.
+inline bool channel_sliceable(ConvAlgorithm algo, const ConvGeometry& g) {
+  return algo == ConvAlgorithm::Depthwise || g.groups == 1;
+}
+
+/// Channels [c0, c1) of part `part` of `parts`, in whole units of 16 channels.
+inline std::array<Index, 2> channel_part(Index channels, Index parts, Index part) {
+  constexpr Index kUnit = 16;
+  const std::array<Index, 2> u = split_range((channels + kUnit - 1) / kUnit, parts, part);
+  return {std::min(channels, u[0] * kUnit), std::min(channels, u[1] * kUnit)};
+}
+
+/// Part `part` of one sample's output split in `parts`: by channels when the convolution
+/// allows it and the image has few rows (late layers: 7x7, 14x14), else by rows.
+inline Slice slice_of(ConvAlgorithm algo, const ConvGeometry& g, Index out_h, Index parts, Index part) {
+  if (parts == 1) return {0, out_h, 0, g.out_channels};
+  if (channel_sliceable(algo, g) && out_h < 8 * parts) {
+    const std::array<Index, 2> c = channel_part(g.out_channels, parts, part);
+    return {0, out_h, c[0], c[1]};
+  }
+  const std::array<Index, 2> r = split_range(out_h, parts, part);
+  return {r[0], r[1], 0, g.out_channels};
+}
+
+}  // namespace detail
+}  // namespace dynconv
