@@ -39,6 +39,7 @@
 #include <iomanip>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -288,9 +289,10 @@ class Graph {
     std::vector<int> fused_into(nodes_.size(), -1);  // node -> the node whose step does its work
     std::vector<GraphPlan::Step> group(nodes_.size());
     auto value_of = [&](int node) { return ni + node; };
-    auto only_reader = [&](int v) -> int {  // the node that alone reads v, or -1
+    auto only_reader = [&](int v) -> int {  // the node that alone reads v (not fused yet), or -1
       if (t.readers[static_cast<std::size_t>(v)] != 1 || t.is_output[static_cast<std::size_t>(v)]) return -1;
-      return t.first_reader[static_cast<std::size_t>(v)];
+      const int r = t.first_reader[static_cast<std::size_t>(v)];
+      return fused_into[static_cast<std::size_t>(r)] >= 0 ? -1 : r;
     };
     for (int node : t.order) {
       const Node& n = nodes_[static_cast<std::size_t>(node)];
@@ -469,7 +471,8 @@ class Graph {
         fail<OptionsError>(where(), ": output '", o.first, "' is '", o.second, "', which is neither an input nor a node of the graph");
       t.is_output[static_cast<std::size_t>(it->second)] = 1;
     }
-    // Topological order (Kahn), the order nodes were added among those ready.
+    // Topological order (Kahn): among the nodes ready, always the one added first, so that a
+    // graph built in order runs in that order.
     std::vector<int> pending(nodes_.size());
     std::vector<std::vector<int>> users(values);
     for (std::size_t i = 0; i < nodes_.size(); ++i)
@@ -478,16 +481,16 @@ class Graph {
         users[static_cast<std::size_t>(v)].push_back(static_cast<int>(i));
       }
     std::vector<char> done(nodes_.size(), 0);
-    for (bool progress = true; progress;) {
-      progress = false;
-      for (std::size_t i = 0; i < nodes_.size(); ++i) {
-        if (done[i] || pending[i]) continue;
-        done[i] = 1;
-        progress = true;
-        t.order.push_back(static_cast<int>(i));
-        for (int u : users[static_cast<std::size_t>(ni) + i])
-          --pending[static_cast<std::size_t>(u)];
-      }
+    std::set<int> ready;
+    for (std::size_t i = 0; i < nodes_.size(); ++i)
+      if (!pending[i]) ready.insert(static_cast<int>(i));
+    while (!ready.empty()) {
+      const int i = *ready.begin();
+      ready.erase(ready.begin());
+      done[static_cast<std::size_t>(i)] = 1;
+      t.order.push_back(i);
+      for (int u : users[static_cast<std::size_t>(ni + i)])
+        if (--pending[static_cast<std::size_t>(u)] == 0) ready.insert(u);
     }
     if (t.order.size() != nodes_.size()) {
       // Walk back from an unfinished node along unfinished producers until a node repeats.

@@ -70,7 +70,10 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
   if (rows <= 0 || pixels <= 0 || depth <= 0) return;
   Index kc = depth, mc = rows, nc = pixels;
   ei::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
-  T* rhs = ws.scratch(worker, Scratch::PackB, n * kc * pixels);
+  // Each sample's packed A panel starts 64-byte aligned: the micro-kernel loads it with aligned
+  // packet loads (kc * pixels need not be a multiple of the packet size).
+  const Index rhs_stride = (kc * pixels + 15) / 16 * 16;
+  T* rhs = ws.scratch(worker, Scratch::PackB, n * rhs_stride);
   T* sources = ws.scratch(worker, Scratch::Sources, kernels * mc * kc);
   T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
   ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
@@ -82,14 +85,14 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
   for (Index k2 = 0; k2 < depth; k2 += kc) {
     const Index kcur = std::min(kc, depth - k2);
     for (Index b = 0; b < n; ++b)
-      pack_rhs(rhs + b * kc * pixels, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
+      pack_rhs(rhs + b * rhs_stride, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index mcur = std::min(mc, rows - i2);
       for (Index k = 0; k < kernels; ++k)
         pack_lhs(sources + k * mc * kc, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
       for (Index b = 0; b < n; ++b) {
         mix(sources, mc * kc, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
-        gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * kc * pixels, mcur, kcur,
+        gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * rhs_stride, mcur, kcur,
              pixels, T(1));
       }
     }

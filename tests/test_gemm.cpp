@@ -1,0 +1,142 @@
+// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt and mixed_gemm_batch
+// against a naive triple loop in double, over sizes that reach the micro-kernels' edges
+// (1, odd, just above the register and cache blocks), with leading dimensions larger than the
+// rows, accumulating into non-zero outputs.
+#define DYNCONV_DETAIL_ALLOWED  // the kernels are tested directly
+#include <dynconv/detail/gemm.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using dynconv::Index;
+
+template <typename T>
+std::vector<T> random_values(Index n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> d(-1, 1);
+  std::vector<T> v(static_cast<std::size_t>(n));
+  for (T& x : v) x = static_cast<T>(d(gen));
+  return v;
+}
+
+template <typename T>
+constexpr double tol() {
+  return sizeof(T) == 4 ? 1e-5 : 1e-13;
+}
+
+struct Size {
+  Index m, n, k;
+};
+const Size kSizes[] = {{1, 1, 1},   {1, 17, 5},   {7, 1, 3},    {13, 29, 31},  {48, 48, 48},
+                       {65, 33, 17}, {3, 130, 259}, {200, 70, 9}, {129, 257, 300}};
+
+template <typename T>
+void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
+  dynconv::Workspace<T> ws(1);
+  for (const Size& s : kSizes)
+    for (bool transpose_b : {false, true}) {
+      SCOPED_TRACE(testing::Message() << kernels.name << " m=" << s.m << " n=" << s.n << " k=" << s.k
+                                      << (transpose_b ? " B^T" : ""));
+      const Index lda = s.k + 3, ldb = (transpose_b ? s.k : s.n) + 2, ldc = s.n + 5;
+      const std::vector<T> a = random_values<T>(s.m * lda, 1);
+      const std::vector<T> b = random_values<T>((transpose_b ? s.n : s.k) * ldb, 2);
+      std::vector<T> c = random_values<T>(s.m * ldc, 3);
+      std::vector<double> expected(c.begin(), c.end());
+      for (Index i = 0; i < s.m; ++i)
+        for (Index j = 0; j < s.n; ++j) {
+          double acc = 0;
+          for (Index p = 0; p < s.k; ++p)
+            acc += static_cast<double>(a[i * lda + p]) * (transpose_b ? b[j * ldb + p] : b[p * ldb + j]);
+          expected[i * ldc + j] += acc;
+        }
+      (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc, ws,
+                                                    0);
+      double worst = 0;
+      for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
+      EXPECT_LE(worst, tol<T>() * static_cast<double>(s.k + 1));
+      // Outside the n columns of each row the output is untouched.
+      for (Index i = 0; i < s.m; ++i)
+        for (Index j = s.n; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], static_cast<T>(expected[i * ldc + j]));
+    }
+}
+
+/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for each sample b.
+template <typename T>
+void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
+  dynconv::Workspace<T> ws(1);
+  struct Mixed {
+    Index kernels, depth, cols, c0, c1, n, pixels;
+  };
+  const Mixed cases[] = {{1, 9, 16, 0, 16, 1, 7},      {4, 27, 40, 16, 40, 3, 25}, {3, 300, 64, 0, 64, 2, 49},
+                         {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1}};
+  for (const Mixed& m : cases) {
+    SCOPED_TRACE(testing::Message() << kernels.name << " K=" << m.kernels << " depth=" << m.depth << " cols=" << m.cols
+                                    << " [" << m.c0 << ", " << m.c1 << ") n=" << m.n << " pixels=" << m.pixels);
+    const std::vector<T> src = random_values<T>(m.kernels * m.depth * m.cols, 4);
+    const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
+    const Index a_stride = m.pixels * m.depth + 7, ldc = m.cols + 3, c_stride = m.pixels * ldc + 11;
+    const std::vector<T> a = random_values<T>(m.n * a_stride, 6);
+    std::vector<T> c = random_values<T>(m.n * c_stride, 7);
+    std::vector<double> expected(c.begin(), c.end());
+    for (Index b = 0; b < m.n; ++b)
+      for (Index p = 0; p < m.pixels; ++p)
+        for (Index j = m.c0; j < m.c1; ++j) {
+          double acc = 0;
+          for (Index d = 0; d < m.depth; ++d) {
+            double w = 0;
+            for (Index k = 0; k < m.kernels; ++k)
+              w += static_cast<double>(pi[b * m.kernels + k]) * src[(k * m.depth + d) * m.cols + j];
+            acc += static_cast<double>(a[b * a_stride + p * m.depth + d]) * w;
+          }
+          expected[b * c_stride + p * ldc + j] += acc;
+        }
+    kernels.mixed_gemm_batch(src.data(), m.kernels, m.depth, m.cols, pi.data(), m.n, m.c0, m.c1, a.data(), a_stride,
+                             m.pixels, c.data(), c_stride, ldc, ws, 0);
+    double worst = 0;
+    for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
+    EXPECT_LE(worst, tol<T>() * static_cast<double>(m.depth * m.kernels + 1));
+  }
+}
+
+TEST(GemmKernelTable, HasAnEntryInUseFirst) {
+  EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, dynconv::detail::gemm_kernel_table<float>()[0].name);
+  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) {
+    EXPECT_NE(e.gemm, nullptr);
+    EXPECT_NE(e.gemm_bt, nullptr);
+    EXPECT_NE(e.mixed_gemm_batch, nullptr);
+  }
+}
+
+TEST(GemmKernelTable, EveryEntryMultipliesFloat) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) check_gemm(e);
+}
+TEST(GemmKernelTable, EveryEntryMultipliesDouble) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_gemm(e);
+}
+TEST(GemmKernelTable, EveryEntryMixesIntoPackingFloat) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) check_mixed(e);
+}
+TEST(GemmKernelTable, EveryEntryMixesIntoPackingDouble) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_mixed(e);
+}
+
+TEST(GemmKernelTable, AllocatesNothingOnceTheWorkspaceHasGrown) {
+  dynconv::Workspace<float> ws(1);
+  const auto& g = dynconv::detail::gemm_kernels<float>();
+  const std::vector<float> a = random_values<float>(64 * 64, 1), b = random_values<float>(64 * 64, 2);
+  std::vector<float> c(64 * 64, 0.f);
+  g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0);
+  const Index grown = ws.allocations();
+  for (int i = 0; i < 3; ++i) g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0);
+  EXPECT_EQ(ws.allocations(), grown);
+}
+
+}  // namespace

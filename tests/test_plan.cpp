@@ -1,0 +1,272 @@
+// The planned dynamic convolution: every mixing strategy, forced, x threads {1, 2, 3} x batch
+// {1, 2, 3} with distinct samples, against a naive per-sample reference written here (attention,
+// mix and convolution straight from paper.md, in double); and the one predicate
+// select_mix_strategy() on the shapes it is meant for.
+#include <dynconv/dynamic_conv2d.hpp>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using dynconv::Activation;
+using dynconv::Context;
+using dynconv::DynamicConv2d;
+using dynconv::DynamicConv2dOptions;
+using dynconv::Index;
+using dynconv::MixStrategy;
+using dynconv::NhwcShape;
+using dynconv::NhwcTensor;
+
+struct Geometry {
+  const char* name;
+  Index cin, cout, k, stride, pad, groups, h, w;
+};
+
+// Shapes that reach every edge of the strategies: a 1x1 GEMM (no im2col), a 3x3 with im2col,
+// a strided one, a strided 1x1 (gathered pixels), depthwise, grouped, and one wide enough for
+// several channel tiles.
+const Geometry kGeometries[] = {
+    {"pointwise", 16, 48, 1, 1, 0, 1, 9, 9},       {"conv3x3", 8, 40, 3, 1, 1, 1, 12, 10},
+    {"strided3x3", 8, 32, 3, 2, 1, 1, 11, 13},     {"strided1x1", 16, 32, 1, 2, 0, 1, 9, 9},
+    {"depthwise", 24, 24, 3, 1, 1, 24, 10, 10},    {"grouped", 12, 24, 3, 1, 1, 3, 9, 9},
+    {"wide_tiles", 24, 80, 1, 1, 0, 1, 5, 5},
+};
+const MixStrategy kStrategies[] = {MixStrategy::PerSample, MixStrategy::RowSplit, MixStrategy::ChannelTiles,
+                                   MixStrategy::FusedPacking, MixStrategy::Auto};
+constexpr Index kKernels = 3;  // not a multiple of the mix's four-at-a-time: its remainder path runs
+
+template <typename T>
+void fill(std::vector<T>& v, unsigned seed, double scale = 1.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> d(-scale, scale);
+  for (T& x : v) x = static_cast<T>(d(gen));
+}
+
+/// A dynamic layer of geometry g with every parameter random (attention logits spread so that
+/// different samples get clearly different mixes) and a temperature of 1.3.
+template <typename T>
+DynamicConv2d<T> make_layer(const Geometry& g, MixStrategy m) {
+  DynamicConv2d<T> layer(DynamicConv2dOptions(g.cin, g.cout, g.k)
+                             .stride(g.stride)
+                             .padding(g.pad)
+                             .groups(g.groups)
+                             .kernels(kKernels)
+                             .temperature(1.3)
+                             .mix_strategy(m)
+                             .name(g.name));
+  unsigned seed = 100;
+  for (const dynconv::ParameterInfo& p : layer.parameters()) {
+    if (p.name == "attention.temperature") continue;
+    std::vector<T> v(static_cast<std::size_t>(dynconv::element_count(p.shape)));
+    fill(v, seed++, p.name.rfind("attention.", 0) == 0 ? 1.5 : 0.5);
+    layer.set_parameter(p.name, v);
+  }
+  return layer;
+}
+
+/// The naive reference: for each sample, pi = softmax(fc2(relu(fc1(mean over pixels))) / tau),
+/// W = sum_k pi_k W_k, b = sum_k pi_k b_k, y = conv2d(x, W, b), then y = relu(hardswish(y) + r).
+/// x and r NHWC; returns NHWC, in double.
+template <typename T>
+std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, const NhwcTensor<T>& x,
+                              const std::vector<T>& residual) {
+  const NhwcShape s = x.shape();
+  const std::vector<T> w = layer.parameter("weight"), b = layer.parameter("bias");
+  const std::vector<T> w1 = layer.parameter("attention.fc1.weight"), b1 = layer.parameter("attention.fc1.bias");
+  const std::vector<T> w2 = layer.parameter("attention.fc2.weight"), b2 = layer.parameter("attention.fc2.bias");
+  const double tau = static_cast<double>(layer.parameter("attention.temperature")[0]);
+  const Index hidden = static_cast<Index>(b1.size()), cin_g = g.cin / g.groups, cout_g = g.cout / g.groups;
+  const Index oh = (s.h + 2 * g.pad - g.k) / g.stride + 1, ow = (s.w + 2 * g.pad - g.k) / g.stride + 1;
+  const Index wsize = g.cout * cin_g * g.k * g.k;
+  auto in = [&](Index n, Index i, Index j, Index c) { return static_cast<double>(x.tensor()(n, i, j, c)); };
+  std::vector<double> y(static_cast<std::size_t>(s.n * oh * ow * g.cout));
+  for (Index n = 0; n < s.n; ++n) {
+    std::vector<double> pooled(static_cast<std::size_t>(g.cin), 0.0), h(static_cast<std::size_t>(hidden)), z(kKernels);
+    for (Index c = 0; c < g.cin; ++c) {
+      for (Index i = 0; i < s.h; ++i)
+        for (Index j = 0; j < s.w; ++j) pooled[c] += in(n, i, j, c);
+      pooled[c] /= static_cast<double>(s.h * s.w);
+    }
+    for (Index o = 0; o < hidden; ++o) {
+      double a = b1[o];
+      for (Index c = 0; c < g.cin; ++c) a += w1[o * g.cin + c] * pooled[c];
+      h[o] = std::max(a, 0.0);
+    }
+    double top = -1e300, sum = 0;
+    for (Index k = 0; k < kKernels; ++k) {
+      z[k] = b2[k];
+      for (Index o = 0; o < hidden; ++o) z[k] += w2[k * hidden + o] * h[o];
+      top = std::max(top, z[k]);
+    }
+    for (Index k = 0; k < kKernels; ++k) sum += (z[k] = std::exp((z[k] - top) / tau));
+    for (Index k = 0; k < kKernels; ++k) z[k] /= sum;
+    for (Index co = 0; co < g.cout; ++co) {
+      double bias = 0;
+      for (Index k = 0; k < kKernels; ++k) bias += z[k] * b[k * g.cout + co];
+      const Index grp = co / cout_g;
+      for (Index r = 0; r < oh; ++r)
+        for (Index c = 0; c < ow; ++c) {
+          double acc = bias;
+          for (Index ci = 0; ci < cin_g; ++ci)
+            for (Index i = 0; i < g.k; ++i)
+              for (Index j = 0; j < g.k; ++j) {
+                const Index ih = r * g.stride - g.pad + i, iw = c * g.stride - g.pad + j;
+                if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
+                double wk = 0;
+                for (Index k = 0; k < kKernels; ++k)
+                  wk += z[k] * w[k * wsize + ((co * cin_g + ci) * g.k + i) * g.k + j];
+                acc += wk * in(n, ih, iw, grp * cin_g + ci);
+              }
+          const std::size_t at = static_cast<std::size_t>(((n * oh + r) * ow + c) * g.cout + co);
+          const double hs = acc * std::min(std::max(acc + 3.0, 0.0), 6.0) / 6.0;
+          y[at] = std::max(hs + static_cast<double>(residual[at]), 0.0);
+        }
+    }
+  }
+  return y;
+}
+
+struct Case {
+  Geometry geometry;
+  MixStrategy strategy;
+};
+
+std::vector<Case> all_cases() {
+  std::vector<Case> v;
+  for (const Geometry& g : kGeometries)
+    for (MixStrategy m : kStrategies) v.push_back({g, m});
+  return v;
+}
+
+std::string case_name(const testing::TestParamInfo<Case>& info) {
+  return std::string(info.param.geometry.name) + "_" + dynconv::mix_strategy_name(info.param.strategy);
+}
+
+template <typename T>
+void check_case(const Case& c) {
+  const Geometry& g = c.geometry;
+  const bool supported =
+      c.strategy == MixStrategy::Auto ||
+      dynconv::mix_strategy_supports(c.strategy, dynconv::select_conv_algorithm(DynamicConv2dOptions(g.cin, g.cout, g.k)
+                                                                                   .stride(g.stride)
+                                                                                   .padding(g.pad)
+                                                                                   .groups(g.groups)
+                                                                                   .geometry()),
+                                     DynamicConv2dOptions(g.cin, g.cout, g.k).stride(g.stride).padding(g.pad).groups(g.groups).geometry());
+  if (!supported) {
+    // A strategy that cannot run the geometry is refused when the layer is built.
+    EXPECT_THAT([&] { make_layer<T>(g, c.strategy); },
+                testing::ThrowsMessage<dynconv::OptionsError>(testing::AllOf(
+                    testing::HasSubstr(g.name), testing::HasSubstr(dynconv::mix_strategy_name(c.strategy)),
+                    testing::HasSubstr(dynconv::concat("groups=", g.groups)))));
+    return;
+  }
+  const DynamicConv2d<T> layer = make_layer<T>(g, c.strategy);
+  for (Index batch : {1, 2, 3}) {
+    NhwcTensor<T> x(batch, g.h, g.w, g.cin);
+    std::vector<T> xs(static_cast<std::size_t>(x.size()));
+    // Distinct samples: each its own values and its own offset, so each gets its own mix.
+    fill(xs, 7 + static_cast<unsigned>(batch));
+    for (Index n = 0; n < batch; ++n)
+      for (Index i = 0; i < x.shape().sample_size(); ++i) xs[n * x.shape().sample_size() + i] += static_cast<T>(0.8 * n);
+    std::copy(xs.begin(), xs.end(), x.data());
+    const NhwcShape ys = layer.output_shape({x.shape()});
+    std::vector<T> residual(static_cast<std::size_t>(ys.size()));
+    fill(residual, 11);
+    const std::vector<double> expected = reference(layer, g, x, residual);
+    double scale = 0;
+    for (double e : expected) scale = std::max(scale, std::abs(e));
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE(testing::Message() << "batch " << batch << ", " << threads << " threads");
+      Context<T> ctx(threads);
+      ctx.min_parallel_madds(0);  // split even these small layers
+      const dynconv::DynamicConvPlan p = layer.plan(x.shape(), threads, 0);
+      if (c.strategy != MixStrategy::Auto) {
+        EXPECT_EQ(p.mix, c.strategy);
+      }
+      NhwcTensor<T> y(ys);
+      y.set_constant(T(12345));  // every element must be written
+      const dynconv::NhwcView<const T> in = x.view();
+      layer.run(dynconv::Inputs<T>(in), y.view(), ctx,
+                dynconv::PostOps<T>{Activation::HardSwish, residual.data(), Activation::ReLU});
+      double worst = 0;
+      Index at = -1;
+      for (Index i = 0; i < y.size(); ++i) {
+        const double e = std::abs(static_cast<double>(y.data()[i]) - expected[static_cast<std::size_t>(i)]);
+        if (!(e <= worst)) worst = e, at = i;
+      }
+      const double tol = sizeof(T) == 4 ? 2e-5 : 1e-12;
+      EXPECT_LE(worst / scale, tol) << "plan " << dynconv::mix_strategy_name(p.mix) << ", worst at element " << at
+                                    << " (sample " << at / ys.sample_size() << ")";
+    }
+  }
+}
+
+class StrategyTable : public testing::TestWithParam<Case> {};
+TEST_P(StrategyTable, Float) { check_case<float>(GetParam()); }
+TEST_P(StrategyTable, Double) { check_case<double>(GetParam()); }
+INSTANTIATE_TEST_SUITE_P(Table, StrategyTable, testing::ValuesIn(all_cases()), case_name);
+
+// ---- The predicate on the shapes it is meant for -----------------------------------------------
+
+dynconv::MixProblem problem(Index cin, Index cout, Index k, Index n, Index oh, Index ow, int threads,
+                            dynconv::ConvAlgorithm algo = dynconv::ConvAlgorithm::Im2colGemm) {
+  dynconv::ConvGeometry g;
+  g.in_channels = cin;
+  g.out_channels = cout;
+  g.kernel_h = g.kernel_w = k;
+  return {g, algo, 4, n, oh, ow, threads, Index(1) << 18, 4};
+}
+
+TEST(SelectMixStrategy, OneImageOnTwoThreadsWithManyRowsSplitsRows) {
+  // DY-ResNet-18 layer1 at 224x224: 64 -> 64 3x3, 56x56 output.
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(64, 64, 3, 1, 56, 56, 2)), MixStrategy::RowSplit);
+}
+TEST(SelectMixStrategy, OneImageOnTwoThreadsWithFewRowsTilesChannels) {
+  // layer4: 512 -> 512 3x3 at 7x7.
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(512, 512, 3, 1, 7, 7, 2)), MixStrategy::ChannelTiles);
+}
+TEST(SelectMixStrategy, LargeKernelsInABatchWithFewPixelsFuseTheMixIntoPacking) {
+  // 4 x 512 x 512 x 9 floats = 37.7 MB of experts, 7x7 output, batch 8.
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(512, 512, 3, 8, 7, 7, 1)), MixStrategy::FusedPacking);
+}
+TEST(SelectMixStrategy, LargeKernelsInABatchWithManyPixelsMixChannelTiles) {
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(256, 256, 3, 8, 28, 28, 1)), MixStrategy::ChannelTiles);
+}
+TEST(SelectMixStrategy, MidSizeKernelsMixPerSample) {
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(64, 64, 3, 8, 56, 56, 2)), MixStrategy::PerSample);
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(64, 64, 3, 1, 56, 56, 1)), MixStrategy::PerSample);
+}
+TEST(SelectMixStrategy, SmallLayersAreNotSplit) {
+  // 16 -> 16 1x1 at 4x4: far below 2^18 multiply-adds.
+  EXPECT_EQ(dynconv::select_mix_strategy(problem(16, 16, 1, 1, 4, 4, 2, dynconv::ConvAlgorithm::Pointwise)),
+            MixStrategy::PerSample);
+}
+TEST(SelectMixStrategy, DepthwiseNeverFusesIntoPacking) {
+  dynconv::MixProblem p = problem(960, 960, 3, 8, 7, 7, 1, dynconv::ConvAlgorithm::Depthwise);
+  p.geometry.groups = 960;
+  p.kernels = 800;  // enough experts to pass the size threshold
+  EXPECT_EQ(dynconv::select_mix_strategy(p), MixStrategy::ChannelTiles);
+}
+
+TEST(DynamicConvPlan, ReportsTheBuffersOfItsStrategy) {
+  const DynamicConv2d<float> layer(DynamicConv2dOptions(64, 64, 3).padding(1).kernels(4).bias(true));
+  const dynconv::DynamicConvPlan rows = layer.plan({1, 56, 56, 64}, 2);
+  EXPECT_EQ(rows.mix, MixStrategy::RowSplit);
+  EXPECT_EQ(rows.row_parts, 2);
+  EXPECT_EQ(rows.mixed_kernel_values, 64 * 64 * 9);
+  EXPECT_EQ(rows.bias_values, 64);
+  const dynconv::DynamicConvPlan one = layer.plan({3, 56, 56, 64}, 1);
+  EXPECT_EQ(one.mix, MixStrategy::PerSample);
+  EXPECT_EQ(one.kernel_scratch_values, 64 * 64 * 9);
+  EXPECT_EQ(one.bias_values, 3 * 64);
+}
+
+}  // namespace
