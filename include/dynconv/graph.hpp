@@ -507,12 +507,13 @@ class Graph {
           }
         const auto seen = std::find(path.begin(), path.end(), next);
         if (seen != path.end()) {
-          std::string cycle;
+          // path[i] reads path[i + 1], the last reads `next`: data flows backwards along it.
+          std::string cycle = nodes_[static_cast<std::size_t>(next)].name;
           for (auto it = path.rbegin(); it != path.rend(); ++it) {
-            cycle += nodes_[static_cast<std::size_t>(*it)].name + " -> ";
-            if (*it == next) break;
+            cycle += " -> " + nodes_[static_cast<std::size_t>(*it)].name;
+            if (it.base() - 1 == seen) break;
           }
-          fail<OptionsError>(where(), ": has a cycle: ", cycle, nodes_[static_cast<std::size_t>(next)].name);
+          fail<OptionsError>(where(), ": has a cycle: ", cycle);
         }
         path.push_back(next);
       }
