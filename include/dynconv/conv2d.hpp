@@ -31,6 +31,7 @@
 
 #define DYNCONV_DETAIL_ALLOWED
 #include <dynconv/detail/conv_slice.hpp>
+#include <dynconv/detail/matrix.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
 #include <cmath>
@@ -138,11 +139,20 @@ class Conv2d final : public Module<T> {
     const T* bias = has_bias() ? bias_.data() : nullptr;
     if (x.h == 1 && x.w == 1 && conv_.algorithm == ConvAlgorithm::Pointwise && g.groups == 1 && g.stride_h == 1 &&
         g.stride_w == 1) {
-      // [N, Cin] x [Cin, Cout]: the samples are the GEMM's rows.
+      // [N, Cin] x [Cin, Cout]: the samples are the GEMM's rows; a few samples are GEMVs
+      // (a GEMM would pack the whole weight matrix for each call).
       const detail::Epilogue<T> ep{bias, post.act, post.residual, post.after};
-      detail::conv_slice(conv_.algorithm, g, x.data, x.n, 1, packed_.data(), g.out_channels,
-                         detail::Slice{0, x.n, 0, g.out_channels}, ep, y.data, static_cast<const T*>(nullptr),
-                         ctx.workspace(), 0);
+      const Index cin = g.in_channels, cout = g.out_channels;
+      detail::epilogue_begin(ep, x.n, cout, 0, cout, 0, y.data);
+      if (x.n <= 4) {
+        using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+        const Eigen::Map<const detail::RowMajorMatrix<T>> w(packed_.data(), cin, cout);
+        for (Index b = 0; b < x.n; ++b)
+          Eigen::Map<Vec>(y.data + b * cout, cout).noalias() += w.transpose() * Eigen::Map<const Vec>(x.data + b * cin, cin);
+      } else {
+        detail::gemm(x.n, cout, cin, x.data, cin, packed_.data(), cout, y.data, cout, ctx.workspace(), 0);
+      }
+      detail::epilogue_end(ep, x.n, cout, 0, cout, 0, y.data);
       return;
     }
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
