@@ -67,10 +67,10 @@ void set_counters(benchmark::State& state, const dynconv::LayerCost& cost, Index
 template <typename Layer_t, typename Options>
 void run(benchmark::State& state, const Layer& l, Index batch) {
   Layer_t layer(shape_options<Options>(l));
-  dynconv::Tensor4<float> x(batch, l.size, l.size, l.cin);
-  x.setRandom();
+  dynconv::NhwcTensor<float> x(batch, l.size, l.size, l.cin);
+  x.tensor().setRandom();
   for (auto _ : state) {
-    dynconv::Tensor4<float> y = layer.forward_nhwc(x);
+    dynconv::NhwcTensor<float> y = layer.forward(x);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }

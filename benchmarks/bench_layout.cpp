@@ -52,14 +52,14 @@ void BM_Depthwise(benchmark::State& state) {
   const bool nhwc = state.range(1) == 1;
   dynconv::Conv2d<float> conv(
       dynconv::Conv2dOptions(sh.c, sh.c, 3).stride(sh.stride).padding(1).groups(sh.c).bias(false));
-  dynconv::Tensor4<float> x(1, sh.h, sh.h, sh.c);
-  x.setRandom();
+  dynconv::NhwcTensor<float> x(1, sh.h, sh.h, sh.c);
+  x.tensor().setRandom();
   const Index oh = (sh.h - 1) / sh.stride + 1;
   std::vector<float> w(sh.c * 9), y(sh.c * oh * oh);
   for (auto& v : w) v = 0.5f;
   for (auto _ : state) {
     if (nhwc) {
-      auto out = conv.forward_nhwc(x);
+      auto out = conv.forward(x);
       benchmark::DoNotOptimize(out.data());
     } else {
       depthwise_nchw(x.data(), w.data(), y.data(), sh.c, sh.h, sh.stride);
@@ -79,12 +79,12 @@ void BM_Pointwise(benchmark::State& state) {
   const Index cin = sh.c, cout = sh.c * 6, hw = sh.h * sh.h;
   const bool nhwc = state.range(1) == 1;
   dynconv::Conv2d<float> conv(dynconv::Conv2dOptions(cin, cout, 1).bias(false));
-  dynconv::Tensor4<float> x(1, sh.h, sh.h, cin);
-  x.setRandom();
+  dynconv::NhwcTensor<float> x(1, sh.h, sh.h, cin);
+  x.tensor().setRandom();
   Mat w = Mat::Random(cout, cin), xm = Mat::Random(cin, hw), ym(cout, hw);
   for (auto _ : state) {
     if (nhwc) {
-      auto out = conv.forward_nhwc(x);
+      auto out = conv.forward(x);
       benchmark::DoNotOptimize(out.data());
     } else {
       ym.noalias() = w * xm;

@@ -17,8 +17,8 @@
 //   torch_traced_dynamic  dy_<model>.b<B>.traced.pt: torch.jit.trace of compare_pytorch.py's
 //                         eager_dynamic model (every dynamic conv as ONE conv2d with the batch
 //                         folded into the groups), traced at batch B
-//   dynconv_static        models::Session on create<float>("<model>")
-//   dynconv_dynamic       models::Session on create<float>("dy_<model>")
+//   dynconv_static        dynconv::Session on create<float>("<model>")
+//   dynconv_dynamic       dynconv::Session on create<float>("dy_<model>")
 // The four variants of one (model, batch, threads) are registered next to each other, so they
 // run one after the other; --benchmark_repetitions=N --benchmark_enable_random_interleaving=true
 // interleaves them further. LibTorch: at::set_num_threads(T), c10::InferenceMode. Weights are
@@ -44,8 +44,8 @@
 namespace {
 
 using dynconv::Index;
+using dynconv::Session;
 using dynconv::models::Model;
-using dynconv::models::Session;
 
 constexpr Index kSize = 224;
 std::string g_dir;  // --torchscript_dir

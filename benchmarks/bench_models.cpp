@@ -1,5 +1,5 @@
 // Whole zoo models, static and dynamic (K = 4, each model's default policy), float, 224x224,
-// through models::Session: every model of models::zoo_names(), batch 1 and 8, 1 and 2 threads.
+// through dynconv::Session: every model of models::zoo_names(), batch 1 and 8, 1 and 2 threads.
 //
 // Names: Model/<zoo name>/batch:<B>/threads:<T>, to which Google Benchmark appends
 // "/real_time" in its output (UseRealTime) and which --benchmark_filter also sees, so select
@@ -36,9 +36,9 @@
 namespace {
 
 using dynconv::Index;
+using dynconv::Session;
 using dynconv::Tensor4;
 using dynconv::models::Model;
-using dynconv::models::Session;
 
 constexpr Index kSize = 224;
 double g_peak_gflops = 0;  // one core, measured in main()

@@ -16,7 +16,7 @@ see the same machine state:
 
   dynconv        bench_models (a subprocess, --benchmark_filter for M and dy_M,
                  --benchmark_format=json, --benchmark_repetitions): Model/<name>/batch:B/
-                 threads:T through models::Session, real time; one sample per repetition
+                 threads:T through dynconv::Session, real time; one sample per repetition
                  (the mean over that repetition's iterations)
   PyTorch, torch.set_num_threads(T), torch.no_grad(), float32, one sample per call:
     eager_static   tools/dynconv_torch.py build_model(M) (= the torchvision model), eval()

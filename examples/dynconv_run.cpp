@@ -218,9 +218,8 @@ bool in_zoo(const std::string& name) {
 ModelOptions model_options(const Options& opt, const SafeTensors& w) {
   ModelOptions o = examples::model_options_from_metadata(w, opt.classes ? opt.classes : 1000);
   if (opt.classes && w.metadata().count("num_classes") && o.num_classes() != opt.classes)
-    throw UsageError(
-        dynconv::detail::concat("--classes ", opt.classes, " contradicts ", w.source(),
-                                ", whose metadata says num_classes=", o.num_classes()));
+    throw UsageError(dynconv::concat("--classes ", opt.classes, " contradicts ", w.source(),
+                                     ", whose metadata says num_classes=", o.num_classes()));
   return o;
 }
 
@@ -269,14 +268,14 @@ std::vector<std::string> class_names(const Options& opt, const SafeTensors& w, I
     names = examples::class_names_from_metadata(w);
   }
   if (!names.empty() && static_cast<Index>(names.size()) != classes)
-    throw dynconv::FormatError(dynconv::detail::concat(
+    throw dynconv::FormatError(dynconv::concat(
         source, " has ", names.size(), " class names, the model has ", classes, " classes"));
   return names;
 }
 
 std::string class_label(const std::vector<std::string>& names, Index c) {
-  if (names.empty()) return dynconv::detail::concat("class ", c);
-  return dynconv::detail::concat(names[static_cast<std::size_t>(c)], " (class ", c, ')');
+  if (names.empty()) return dynconv::concat("class ", c);
+  return dynconv::concat(names[static_cast<std::size_t>(c)], " (class ", c, ')');
 }
 
 /// The model's parameters and multiply-adds per image next to its static twin (for a dy_
@@ -304,7 +303,7 @@ void print_cost(const Model<float>& model, Index h, Index w) {
 
 /// logits [N, classes] of x [N, 3, H, W] through the session, whose threads split each layer
 /// (samples of the batch, or rows / channel tiles of one sample).
-Tensor2<float> forward(dynconv::models::Session<float>& session, const Tensor4<float>& x) {
+Tensor2<float> forward(dynconv::Session<float>& session, const Tensor4<float>& x) {
   return session.forward(x);
 }
 
@@ -317,7 +316,7 @@ void check_finite(const Tensor2<float>& logits, const std::vector<std::string>& 
   for (Index i = 0; i < logits.dimension(0); ++i)
     for (Index c = 0; c < logits.dimension(1); ++c)
       if (!std::isfinite(logits(i, c)))
-        throw dynconv::FormatError(dynconv::detail::concat(
+        throw dynconv::FormatError(dynconv::concat(
             "input ", first_input + i, " (", names[static_cast<std::size_t>(i)],
             ") gives a non-finite logit (", logits(i, c), " for class ", c,
             "): the network overflows float on it (input or weight values too large)"));
@@ -364,16 +363,16 @@ Batch read_tensor_input(const std::string& path, std::vector<std::uint8_t> bytes
     const double v = values.data()[i];
     if (std::isfinite(v) && std::abs(v) <= std::numeric_limits<float>::max()) continue;
     const Index w = values.dimension(3), hw = values.dimension(2) * w, chw = values.dimension(1) * hw;
-    throw dynconv::FormatError(dynconv::detail::concat(
-        path, ": tensor 'input' holds ", v, " at element ", i, " (input[", i / chw, ", ",
-        i % chw / hw, ", ", i % hw / w, ", ", i % w, "]); inputs must be finite",
-        std::isfinite(v) ? " floats" : ""));
+    throw dynconv::FormatError(dynconv::concat(path, ": tensor 'input' holds ", v, " at element ",
+                                               i, " (input[", i / chw, ", ", i % chw / hw, ", ",
+                                               i % hw / w, ", ", i % w, "]); inputs must be finite",
+                                               std::isfinite(v) ? " floats" : ""));
   }
   Batch b;
   b.x = values.cast<float>();
   b.from_tensor = true;
   for (Index i = 0; i < b.x.dimension(0); ++i)
-    b.names.push_back(dynconv::detail::concat(path, " input[", i, ']'));
+    b.names.push_back(dynconv::concat(path, " input[", i, ']'));
   return b;
 }
 
@@ -448,7 +447,7 @@ int run_inference(const Options& opt, const Model<float>& model, const SafeTenso
   const Preprocessing prep = preprocessing(opt, w);
   const Batch batch = read_inputs(opt, prep);
   if (!batch.from_tensor) std::printf("preprocessing: %s\n", prep.describe().c_str());
-  dynconv::models::Session<float> session(model, opt.threads);
+  dynconv::Session<float> session(model, opt.threads);
   const auto t0 = std::chrono::steady_clock::now();
   const Tensor2<float> logits = forward(session, batch.x);
   const double ms = 1e3 * seconds_since(t0);
@@ -506,9 +505,8 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
   constexpr Index kBatch = 100;
   const Index classes = fashion_mnist::kNumClasses;
   if (model.num_classes() != classes)
-    throw UsageError(dynconv::detail::concat("--eval-fashion-mnist needs a model with ", classes,
-                                             " classes, ", model.name(), " has ",
-                                             model.num_classes()));
+    throw UsageError(dynconv::concat("--eval-fashion-mnist needs a model with ", classes,
+                                     " classes, ", model.name(), " has ", model.num_classes()));
   if (names.empty())
     names.assign(fashion_mnist::class_names().begin(), fashion_mnist::class_names().end());
   const Preprocessing prep = preprocessing(opt, w);
@@ -530,7 +528,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
   Index correct = 0;
   double forward_s = 0.0;
   const Progress progress(total);
-  dynconv::models::Session<float> session(model, opt.threads);
+  dynconv::Session<float> session(model, opt.threads);
   const auto t_all = std::chrono::steady_clock::now();
   for (Index begin = 0; begin < total; begin += kBatch) {
     const Index n = std::min(kBatch, total - begin);
@@ -538,12 +536,12 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
     for (Index i = 0; i < n; ++i)
       examples::preprocess_into(data.image(begin + i), prep,
                                 x.data() + i * 3 * prep.crop * prep.crop,
-                                dynconv::detail::concat("test image ", begin + i));
+                                dynconv::concat("test image ", begin + i));
     const auto t0 = std::chrono::steady_clock::now();
     const Tensor2<float> logits = forward(session, x);
     forward_s += seconds_since(t0);
     std::vector<std::string> names;
-    for (Index i = 0; i < n; ++i) names.push_back(dynconv::detail::concat("test image ", begin + i));
+    for (Index i = 0; i < n; ++i) names.push_back(dynconv::concat("test image ", begin + i));
     check_finite(logits, names, begin);
     if (all_logits.size())
       all_logits.slice(std::array<Index, 2>{begin, 0}, std::array<Index, 2>{n, classes}) = logits;

@@ -64,10 +64,10 @@ struct Dataset {
 inline std::vector<std::uint8_t> read_gzip(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)
-    dynconv::detail::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
-  if (S_ISDIR(st.st_mode)) dynconv::detail::fail<dynconv::IoError>(path, ": is a directory");
+    dynconv::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) dynconv::fail<dynconv::IoError>(path, ": is a directory");
   gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) dynconv::detail::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
+  if (!f) dynconv::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
   std::vector<std::uint8_t> out;
   std::vector<std::uint8_t> buf(1 << 16);
   int got;
@@ -76,7 +76,7 @@ inline std::vector<std::uint8_t> read_gzip(const std::string& path) {
   int zerr = Z_OK;
   const std::string reason = got < 0 ? gzerror(f, &zerr) : "";
   gzclose(f);
-  if (got < 0) dynconv::detail::fail<dynconv::FormatError>(path, ": cannot decompress: ", reason);
+  if (got < 0) dynconv::fail<dynconv::FormatError>(path, ": cannot decompress: ", reason);
   return out;
 }
 
@@ -94,7 +94,7 @@ inline std::vector<Index> idx_dims(const std::vector<std::uint8_t>& b, int rank,
   const std::size_t header = 4 + 4 * std::size_t(rank);
   const std::uint32_t magic = b.size() >= 4 ? big_endian_u32(b, 0) : 0;
   if (b.size() < header || magic != 0x800u + std::uint32_t(rank))
-    dynconv::detail::fail<dynconv::FormatError>(
+    dynconv::fail<dynconv::FormatError>(
         path, ": not an IDX file of ", rank == 1 ? "labels" : "images", " (expected magic 0x",
         rank == 1 ? "00000801" : "00000803", ", uint8 with ", rank, " dimensions)");
   std::vector<Index> dims;
@@ -105,9 +105,9 @@ inline std::vector<Index> idx_dims(const std::vector<std::uint8_t>& b, int rank,
     total = d && total > UINT64_MAX / d ? UINT64_MAX : total * d;
   }
   if (b.size() - header != total)
-    dynconv::detail::fail<dynconv::FormatError>(path, ": IDX dimensions ", dynconv::shape_str(dims),
-                                                " promise ", total, " bytes of data, the file has ",
-                                                b.size() - header);
+    dynconv::fail<dynconv::FormatError>(path, ": IDX dimensions ", dynconv::shape_str(dims),
+                                        " promise ", total, " bytes of data, the file has ",
+                                        b.size() - header);
   return dims;
 }
 
@@ -120,8 +120,8 @@ inline Dataset load(const std::string& images_path, const std::string& labels_pa
   const std::vector<Index> d = detail::idx_dims(images, 3, images_path);
   const std::vector<Index> l = detail::idx_dims(labels, 1, labels_path);
   if (d[0] != l[0])
-    dynconv::detail::fail<dynconv::FormatError>(images_path, " holds ", d[0], " images but ",
-                                                labels_path, " holds ", l[0], " labels");
+    dynconv::fail<dynconv::FormatError>(images_path, " holds ", d[0], " images but ", labels_path,
+                                        " holds ", l[0], " labels");
   Dataset ds;
   ds.count = d[0];
   ds.rows = d[1];
@@ -130,8 +130,8 @@ inline Dataset load(const std::string& images_path, const std::string& labels_pa
   ds.labels.assign(labels.begin() + 8, labels.end());
   for (std::size_t i = 0; i < ds.labels.size(); ++i)
     if (ds.labels[i] >= kNumClasses)
-      dynconv::detail::fail<dynconv::FormatError>(labels_path, ": label ", int(ds.labels[i]),
-                                                  " of image ", i, " is not in 0..9");
+      dynconv::fail<dynconv::FormatError>(labels_path, ": label ", int(ds.labels[i]), " of image ",
+                                          i, " is not in 0..9");
   return ds;
 }
 
@@ -147,12 +147,12 @@ inline std::string find_file(const std::string& dir, const std::string& name) {
 inline Dataset load_test(const std::string& dir = kDefaultDir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0)
-    dynconv::detail::fail<dynconv::IoError>(
+    dynconv::fail<dynconv::IoError>(
         dir, ": cannot open the Fashion-MNIST directory: ", std::strerror(errno));
   if (!S_ISDIR(st.st_mode))
-    dynconv::detail::fail<dynconv::IoError>(dir,
-                                            ": is not a directory (expected the one holding "
-                                            "t10k-images-idx3-ubyte.gz)");
+    dynconv::fail<dynconv::IoError>(dir,
+                                    ": is not a directory (expected the one holding "
+                                    "t10k-images-idx3-ubyte.gz)");
   return load(find_file(dir, "t10k-images-idx3-ubyte"), find_file(dir, "t10k-labels-idx1-ubyte"));
 }
 

@@ -81,11 +81,11 @@ struct Preprocessing {
   std::string describe() const {
     std::string s;
     if (grayscale) s += "greyscale, ";
-    s += dynconv::detail::concat("resize shorter side to ", resize, " (bilinear), centre crop ",
-                                 crop, 'x', crop);
+    s += dynconv::concat("resize shorter side to ", resize, " (bilinear), centre crop ", crop, 'x',
+                         crop);
     if (normalize)
-      s += dynconv::detail::concat(", mean [", mean[0], ", ", mean[1], ", ", mean[2], "], std [",
-                                   stddev[0], ", ", stddev[1], ", ", stddev[2], ']');
+      s += dynconv::concat(", mean [", mean[0], ", ", mean[1], ", ", mean[2], "], std [", stddev[0],
+                           ", ", stddev[1], ", ", stddev[2], ']');
     else
       s += ", no normalisation";
     return s;
@@ -95,7 +95,7 @@ struct Preprocessing {
 /// The whole file, or IoError (missing, a directory, unreadable).
 inline std::vector<std::uint8_t> read_file(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) dynconv::detail::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
+  if (!f) dynconv::fail<dynconv::IoError>(path, ": cannot open: ", std::strerror(errno));
   std::vector<std::uint8_t> bytes;
   std::uint8_t buf[1 << 16];
   std::size_t got;
@@ -103,7 +103,7 @@ inline std::vector<std::uint8_t> read_file(const std::string& path) {
   const int err = errno;
   const bool failed = std::ferror(f);
   std::fclose(f);
-  if (failed) dynconv::detail::fail<dynconv::IoError>(path, ": cannot read: ", std::strerror(err));
+  if (failed) dynconv::fail<dynconv::IoError>(path, ": cannot read: ", std::strerror(err));
   return bytes;
 }
 
@@ -111,19 +111,19 @@ inline std::vector<std::uint8_t> read_file(const std::string& path) {
 /// grey, colour(+alpha) images become RGB (alpha is dropped).
 inline Image decode_image(const std::vector<std::uint8_t>& bytes, const std::string& source) {
   if (bytes.empty() || bytes.size() > 0x7fffffffu)
-    dynconv::detail::fail<dynconv::FormatError>(source, ": not an image (",
-                                                bytes.empty() ? "empty file" : "too large", ')');
+    dynconv::fail<dynconv::FormatError>(source, ": not an image (",
+                                        bytes.empty() ? "empty file" : "too large", ')');
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int size = static_cast<int>(bytes.size());
   int w = 0, h = 0, n = 0;
   if (!stbi_info_from_memory(data, size, &w, &h, &n))
-    dynconv::detail::fail<dynconv::FormatError>(
+    dynconv::fail<dynconv::FormatError>(
         source, ": not an image in a format stb_image reads (PNG, JPEG, PPM/PGM, BMP, GIF, TGA): ",
         stbi_failure_reason());
   const int channels = n <= 2 ? 1 : 3;
   stbi_uc* pixels = stbi_load_from_memory(data, size, &w, &h, &n, channels);
   if (!pixels)
-    dynconv::detail::fail<dynconv::FormatError>(source, ": corrupt image: ", stbi_failure_reason());
+    dynconv::fail<dynconv::FormatError>(source, ": corrupt image: ", stbi_failure_reason());
   Image img;
   img.height = h;
   img.width = w;
@@ -183,11 +183,11 @@ inline AxisWeights bilinear_weights(Index in, Index out, Index begin, Index end)
 inline void preprocess_into(const Image& img, const Preprocessing& p, float* out,
                             const std::string& source = "image") {
   if (img.height < 1 || img.width < 1 || (img.channels != 1 && img.channels != 3))
-    dynconv::detail::fail<dynconv::FormatError>(source, ": image of ", img.height, 'x', img.width,
-                                                'x', img.channels, " cannot be preprocessed");
+    dynconv::fail<dynconv::FormatError>(source, ": image of ", img.height, 'x', img.width, 'x',
+                                        img.channels, " cannot be preprocessed");
   if (p.crop < 1 || p.resize < p.crop)
-    dynconv::detail::fail<dynconv::FormatError>(source, ": resize ", p.resize, " must be >= crop ",
-                                                p.crop, " >= 1");
+    dynconv::fail<dynconv::FormatError>(source, ": resize ", p.resize, " must be >= crop ", p.crop,
+                                        " >= 1");
   // Resized size: the shorter side becomes p.resize (torchvision's Resize(int)).
   const Index h = img.height, w = img.width;
   const Index rh = h <= w ? p.resize : p.resize * h / w;
@@ -271,8 +271,7 @@ inline Preprocessing preprocessing_from_metadata(const std::map<std::string, std
                                                  Preprocessing base = Preprocessing::imagenet(),
                                                  const std::string& source = "weights") {
   auto bad = [&](const std::string& key, const std::string& rule) {
-    dynconv::detail::fail<dynconv::FormatError>(source, ": metadata ", key, "='", meta.at(key),
-                                                "' ", rule);
+    dynconv::fail<dynconv::FormatError>(source, ": metadata ", key, "='", meta.at(key), "' ", rule);
   };
   auto get_size = [&](const std::string& key) -> Index {
     const std::string& v = meta.at(key);
@@ -304,8 +303,8 @@ inline Preprocessing preprocessing_from_metadata(const std::map<std::string, std
   }
   if (meta.count("resize_size")) p.resize = get_size("resize_size");
   if (p.resize < p.crop)
-    dynconv::detail::fail<dynconv::FormatError>(source, ": metadata resize_size=", p.resize,
-                                                " is smaller than input_size=", p.crop);
+    dynconv::fail<dynconv::FormatError>(source, ": metadata resize_size=", p.resize,
+                                        " is smaller than input_size=", p.crop);
   if (meta.count("resize")) {
     const std::string& v = meta.at("resize");
     if (v.rfind("bilinear", 0) != 0 || v.find("align_corners=True") != std::string::npos)

@@ -250,8 +250,7 @@ TEST(GraphErrors, HeadWiderThanTheFeatures) {
   Tensor4<float> img(2, 3, 8, 8);
   img.setRandom();
   EXPECT_THAT([&] { s.run(img); },
-              ThrowsMessage<ShapeError>(AllOf(HasSubstr("graph 'head': node 'fc' (fc: Linear(100 -> 10))"),
-                                              HasSubstr("reading 'flatten' (Flatten) [2, 96, 1, 1] (NCHW)"),
+              ThrowsMessage<ShapeError>(AllOf(HasSubstr("graph 'head': node 'fc' reading 'flatten' (Flatten) [2, 96, 1, 1] (NCHW): fc: Linear(100 -> 10)"),
                                               HasSubstr("must be [N, 100]"))));
 }
 
@@ -264,7 +263,7 @@ TEST(GraphErrors, ResidualAroundABodyThatChangesTheShape) {
   Tensor4<float> img(1, 16, 8, 8);
   img.setRandom();
   EXPECT_THAT([&] { s.run(img); },
-              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'add' (Add)"), HasSubstr("'body' (Conv2d(16 -> 32, 3x3)) [1, 32, 4, 4]"),
+              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'add' reading 'body' (Conv2d(16 -> 32, 3x3)) [1, 32, 4, 4]"),
                                               HasSubstr("input 'x' [1, 16, 8, 8]"))));
 }
 
@@ -355,7 +354,7 @@ TEST(GraphErrors, InputChannelsBroadcastAndConcat) {
   Tensor4<float> img(2, 8, 5, 5);
   img.setRandom();
   EXPECT_THAT([&] { gs.run(img); },
-              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'mul' (Mul)"), HasSubstr("[2, 8, 5, 5]"), HasSubstr("[2, 4, 1, 1]"))));
+              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'mul' reading"), HasSubstr("[2, 8, 5, 5]"), HasSubstr("[2, 4, 1, 1]"))));
 
   Graph<float> c("concat");
   const Value a = c.input("a", 2);
@@ -365,7 +364,7 @@ TEST(GraphErrors, InputChannelsBroadcastAndConcat) {
   Tensor4<float> two(1, 2, 6, 6);
   two.setRandom();
   EXPECT_THAT([&] { cs.run(two); },
-              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'cat' (Concat)"), HasSubstr("[1, 2, 6, 6]"), HasSubstr("[1, 2, 3, 3]"))));
+              ThrowsMessage<ShapeError>(AllOf(HasSubstr("node 'cat' reading"), HasSubstr("[1, 2, 6, 6]"), HasSubstr("[1, 2, 3, 3]"))));
 }
 
 TEST(GraphErrors, ForwardNeedsAFlatFirstOutput) {

@@ -153,9 +153,16 @@ class Graph {
   const M& module(const std::string& name) const {
     const int i = node_index(name);
     if (i < 0) fail<OptionsError>(where(), ": no node '", name, "'");
-    const M* m = dynamic_cast<const M*>(nodes_[static_cast<std::size_t>(i)].module.get());
-    if (!m) fail<OptionsError>(where(), ": node '", name, "' is ", nodes_[static_cast<std::size_t>(i)].module->description(), ", not the type asked for");
-    return *m;
+    const Module<T>& base = *nodes_[static_cast<std::size_t>(i)].module;  // add() stores no null
+    // Any module is a Module<T>: no cast, and no error path (through which GCC warned,
+    // -Wnonnull, at -O2: an identity cast is null exactly when its argument is).
+    if constexpr (std::is_same<M, Module<T>>::value) {
+      return base;
+    } else {
+      const M* m = dynamic_cast<const M*>(&base);
+      if (!m) fail<OptionsError>(where(), ": node '", name, "' is ", base.description(), ", not the type asked for");
+      return *m;
+    }
   }
   bool has_node(const std::string& name) const { return node_index(name) >= 0; }
   std::size_t size() const { return nodes_.size(); }
@@ -266,10 +273,13 @@ class Graph {
     for (int i = 0; i < ni; ++i) {
       const NhwcShape& s = in[static_cast<std::size_t>(i)];
       const InputDecl& d = inputs_[static_cast<std::size_t>(i)];
-      if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1)
-        fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " is empty");
+      if (s.n < 1) fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " has no samples (N=", s.n, ')');
+      if (s.h < 1 || s.w < 1)
+        fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " has no pixels (", s.h, 'x', s.w, ')');
+      if (s.c < 1) fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " has no channels");
       if (d.channels && s.c != d.channels)
-        fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " has ", s.c, " channels, expected ", d.channels);
+        fail<ShapeError>(where(), ": input '", d.name, "' ", s.str(), " has ", s.c, s.c == 1 ? " channel" : " channels",
+                         ", expected ", d.channels);
       p.shapes[static_cast<std::size_t>(i)] = s;
     }
     // Shapes, in topological order.
@@ -601,11 +611,11 @@ class Graph {
       if (!std::isfinite(t.data()[i])) return false;
     return true;
   }
-  /// "graph 'g': node 'fc' (Linear(96 -> 10)) reading 'pool' [2, 96, 1, 1] (NCHW): " for a
-  /// shape error of node `node`.
+  /// "graph 'g': node 'fc' reading 'pool' (AdaptiveAvgPool2d(1x1)) [2, 96, 1, 1] (NCHW): " for
+  /// a shape error of node `node` (the module's own message, which follows, describes it).
   std::string input_context(const Topology& t, const GraphPlan& p, int node) const {
     const Node& n = nodes_[static_cast<std::size_t>(node)];
-    std::string s = where() + ": node '" + n.name + "' (" + n.module->description() + ") reading ";
+    std::string s = where() + ": node '" + n.name + "' reading ";
     const std::vector<int>& ids = t.node_inputs[static_cast<std::size_t>(node)];
     for (std::size_t i = 0; i < ids.size(); ++i) {
       const int v = ids[i];
