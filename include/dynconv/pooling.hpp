@@ -209,9 +209,10 @@ inline NhwcShape pool_output_shape(const std::string& layer, const PoolGeometry&
   const Index ow = pool_output_size(in.w, g.kw, g.sw, g.pw, g.dw, g.ceil_mode);
   if (oh < 1 || ow < 1)
     fail<ShapeError>(layer, ": input ", in.str(), " is ", in.h, 'x', in.w, ", too small for the window ",
-                     g.dh * (g.kh - 1) + 1, 'x', g.dw * (g.kw - 1) + 1, " (kernel ", g.kh, 'x', g.kw,
-                     g.dh != 1 || g.dw != 1 ? concat(", dilation ", pair_str({g.dh, g.dw})) : std::string(),
-                     ") after padding ", pair_str({g.ph, g.pw}), ": the output would be ", oh, 'x', ow,
+                     g.dh * (g.kh - 1) + 1, 'x', g.dw * (g.kw - 1) + 1,
+                     g.dh != 1 || g.dw != 1 ? concat(" (kernel ", g.kh, 'x', g.kw, ", dilation ", pair_str({g.dh, g.dw}), ')')
+                                            : std::string(),
+                     " after padding ", pair_str({g.ph, g.pw}), ": the output would be ", oh, 'x', ow,
                      " (needs >= 1x1)");
   return {in.n, oh, ow, in.c};
 }

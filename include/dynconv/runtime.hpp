@@ -122,6 +122,8 @@ Tensor4<T> nhwc_to_nchw(const NhwcTensor<T>& x) {
 }
 
 /// The inputs of one module call: `size` views (most modules take one).
+/// The views of several inputs are borrowed (the array must outlive the call); a single input
+/// is held by value, so Inputs<T>(x.view()) is safe to keep.
 template <typename T>
 struct Inputs {
   const NhwcView<const T>* views = nullptr;
@@ -129,8 +131,11 @@ struct Inputs {
   Inputs() = default;
   Inputs(const NhwcView<const T>* v, int n) : views(v), size(n) {}
   /// One input.
-  Inputs(const NhwcView<const T>& one) : views(&one), size(1) {}  // NOLINT: implicit on purpose
-  const NhwcView<const T>& operator[](int i) const { return views[i]; }
+  Inputs(const NhwcView<const T>& one) : size(1), one_(one) {}  // NOLINT: implicit on purpose
+  const NhwcView<const T>& operator[](int i) const { return views ? views[i] : one_; }
+
+ private:
+  NhwcView<const T> one_;
 };
 
 /// What a module applies to its output y before returning, in this order:
