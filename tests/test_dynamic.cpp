@@ -1,9 +1,12 @@
-// DynamicConv2d: a naive reference of the whole operator, and the math facts of paper.md.
+// DynamicConv2d against the naive per-sample reference of the whole operator (reference.hpp:
+// attention, mix, convolution) through forward (NCHW, NHWC) and the network path (Module::run
+// on a Context, several threads), and the math facts of paper.md.
 #include <dynconv/conv2d.hpp>
 #include <dynconv/dynamic_conv2d.hpp>
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -16,6 +19,7 @@ using dynconv::ConvAlgorithm;
 using dynconv::DynamicConv2d;
 using dynconv::DynamicConv2dOptions;
 using dynconv::Index;
+using dynconv::MixStrategy;
 using dynconv::Tensor1;
 using dynconv::Tensor2;
 using dynconv::Tensor4;
@@ -24,85 +28,7 @@ using dynconv::Tensor5;
 /// Randomises every parameter; attention FCs get a large range so pi is far from uniform.
 template <typename T>
 void randomize(DynamicConv2d<T>& layer, unsigned seed) {
-  Tensor5<T> w = layer.weight();
-  ref::fill_random(w, seed);
-  layer.set_weight(w);
-  if (layer.has_bias()) {
-    Tensor2<T> b = layer.bias();
-    ref::fill_random(b, seed + 1);
-    layer.set_bias(b);
-  }
-  auto& att = layer.attention();
-  Tensor2<T> w1 = att.fc1().weight(), w2 = att.fc2().weight();
-  Tensor1<T> b1 = att.fc1().bias(), b2 = att.fc2().bias();
-  ref::fill_random(w1, seed + 2, -2, 2);
-  ref::fill_random(b1, seed + 3, -0.5, 1);
-  ref::fill_random(w2, seed + 4, -4, 4);
-  ref::fill_random(b2, seed + 5, -1, 1);
-  att.fc1().set_weight(w1);
-  att.fc1().set_bias(b1);
-  att.fc2().set_weight(w2);
-  att.fc2().set_bias(b2);
-}
-
-/// The attention by hand: GAP -> fc1 -> ReLU -> fc2 -> softmax(z / tau), in double.
-template <typename T>
-std::vector<std::vector<double>> reference_attention(const DynamicConv2d<T>& layer,
-                                                     const Tensor4<T>& x) {
-  const auto& att = layer.attention();
-  const Index n = x.dimension(0), c = x.dimension(1), hw = x.dimension(2) * x.dimension(3);
-  const Index hidden = att.hidden(), k = att.kernels();
-  std::vector<std::vector<double>> pi(n, std::vector<double>(k));
-  for (Index b = 0; b < n; ++b) {
-    std::vector<double> s(c, 0.0), h(hidden), z(k);
-    for (Index ch = 0; ch < c; ++ch) {
-      for (Index p = 0; p < hw; ++p) s[ch] += x(b, ch, p / x.dimension(3), p % x.dimension(3));
-      s[ch] /= static_cast<double>(hw);
-    }
-    for (Index j = 0; j < hidden; ++j) {
-      double acc = att.fc1().bias()(j);
-      for (Index ch = 0; ch < c; ++ch) acc += att.fc1().weight()(j, ch) * s[ch];
-      h[j] = std::max(acc, 0.0);
-    }
-    double top = -1e300;
-    for (Index i = 0; i < k; ++i) {
-      double acc = att.fc2().bias()(i);
-      for (Index j = 0; j < hidden; ++j) acc += att.fc2().weight()(i, j) * h[j];
-      z[i] = acc / static_cast<double>(att.temperature());
-      top = std::max(top, z[i]);
-    }
-    double sum = 0;
-    for (Index i = 0; i < k; ++i) sum += (pi[b][i] = std::exp(z[i] - top));
-    for (Index i = 0; i < k; ++i) pi[b][i] /= sum;
-  }
-  return pi;
-}
-
-/// The whole operator by hand: per sample, mix the kernels and run the naive convolution.
-template <typename T>
-Tensor4<double> reference_forward(const DynamicConv2d<T>& layer, const Tensor4<T>& x) {
-  const auto pi = reference_attention(layer, x);
-  const Tensor5<T> w = layer.weight();
-  const Tensor2<T> b = layer.bias();
-  const auto& g = layer.geometry();
-  const Index n = x.dimension(0), k = layer.kernels();
-  ref::Conv p{g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups};
-  Tensor4<double> out;
-  for (Index s = 0; s < n; ++s) {
-    Tensor4<double> ws(w.dimension(1), w.dimension(2), w.dimension(3), w.dimension(4));
-    ws.setZero();
-    std::vector<double> bs(g.out_channels, 0.0);
-    for (Index i = 0; i < k; ++i) {
-      for (Index e = 0; e < ws.size(); ++e) ws.data()[e] += pi[s][i] * w.data()[i * ws.size() + e];
-      for (Index c = 0; c < g.out_channels; ++c) bs[c] += pi[s][i] * b(i, c);
-    }
-    Tensor4<double> xs(1, x.dimension(1), x.dimension(2), x.dimension(3));
-    for (Index e = 0; e < xs.size(); ++e) xs.data()[e] = x.data()[s * xs.size() + e];
-    const Tensor4<double> ys = ref::conv2d(xs, ws, layer.has_bias() ? bs.data() : nullptr, p);
-    if (s == 0) out = Tensor4<double>(n, ys.dimension(1), ys.dimension(2), ys.dimension(3));
-    for (Index e = 0; e < ys.size(); ++e) out.data()[s * ys.size() + e] = ys.data()[e];
-  }
-  return out;
+  ref::randomize_dynamic(layer, seed);
 }
 
 struct Case {
@@ -162,6 +88,11 @@ dynconv::Conv2dOptions static_options_of(const Case& c) {
       .bias(c.bias);
 }
 
+/// The hyper-parameters of a case for the naive reference (from the table, not the layer).
+ref::Conv conv_of(const Case& c) {
+  return ref::Conv::symmetric(c.stride, c.stride, c.pad, c.pad, c.dil, c.dil, c.groups);
+}
+
 std::vector<Param> all_params() {
   std::vector<Param> out;
   for (const Case& c : kCases) {
@@ -205,11 +136,11 @@ class DynamicReference : public ::testing::TestWithParam<Param> {
     const Tensor4<T> x = random_input<T>(c, 11);
     Tensor2<T> pi;
     const Tensor4<T> y = layer.forward(x, &pi);
-    const Tensor4<double> expected = reference_forward(layer, x);
+    const Tensor4<double> expected = ref::dynamic_conv2d(layer, x, conv_of(c));
     ASSERT_EQ(dynconv::shape_str(y.dimensions()), dynconv::shape_str(expected.dimensions()));
     EXPECT_LE(ref::rel_error(y, expected), ref::tolerance<T>());
 
-    const auto pi_ref = reference_attention(layer, x);
+    const auto pi_ref = ref::attention(layer, x);
     for (Index b = 0; b < c.n; ++b)
       for (Index k = 0; k < c.k; ++k)
         EXPECT_NEAR(pi(b, k), pi_ref[b][k], 10 * ref::tolerance<T>()) << "sample " << b << " kernel " << k;
@@ -218,11 +149,12 @@ class DynamicReference : public ::testing::TestWithParam<Param> {
       EXPECT_GT(max_abs_diff_between_rows(pi), 1e-3);
     }
 
-    const Tensor4<T> y_nhwc =
-        dynconv::nhwc_to_nchw(layer.forward_nhwc(dynconv::nchw_to_nhwc(x)));
+    Tensor2<T> pi_nhwc;
+    const Tensor4<T> y_nhwc = dynconv::nhwc_to_nchw(layer.forward(dynconv::nchw_to_nhwc(x), &pi_nhwc));
     EXPECT_LE(ref::rel_error(y_nhwc, expected), ref::tolerance<T>()) << "NHWC";
+    EXPECT_LE(ref::rel_error(pi_nhwc, pi), 0.0) << "NHWC attention";
     // The network path: threads (channel tiles, samples), fused activation and residual.
-    ref::check_network_path(layer, x);
+    ref::check_network_path(layer, x, expected);
   }
 };
 
@@ -286,8 +218,7 @@ TYPED_TEST(DynamicFacts, OneHotAttentionSelectsItsKernel) {
     const Tensor4<T> x = random_input<T>(c, 6);
     const Tensor5<T> w = dyn.weight();
     const Tensor2<T> bias = dyn.bias();
-    const auto& g = dyn.geometry();
-    ref::Conv p{g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups};
+    const ref::Conv p = conv_of(c);
     for (Index k = 0; k < c.k; ++k) {
       Tensor4<T> wk(c.cout, c.cin / c.groups, c.kernel, c.kernel);
       std::copy(w.data() + k * wk.size(), w.data() + (k + 1) * wk.size(), wk.data());
@@ -479,6 +410,45 @@ TYPED_TEST(DynamicFacts, UpcycledStaticKernelComputesTheStaticLayer) {
   }
 }
 
+TYPED_TEST(DynamicFacts, UpcycledCheckpointLoadComputesTheStaticLayer) {
+  using T = TypeParam;
+  // LoadMode::Upcycle reads a static checkpoint: the static kernel becomes all K kernels and
+  // the attention keeps its values; as every attention row sums to 1, the layer computes the
+  // static convolution whatever the attention.
+  for (int i = 0; i < kFactCases; ++i) {
+    const Case& c = fact_case(i);
+    SCOPED_TRACE(c.name);
+    dynconv::Conv2d<T> conv(static_options_of(c));
+    Tensor4<T> w = conv.weight();
+    ref::fill_random(w, 26);
+    conv.set_weight(w);
+    dynconv::SafeTensorsWriter out;
+    conv.save(out, "layer1.0.conv1");
+    const dynconv::SafeTensors file = dynconv::SafeTensors::parse(out.to_bytes(), "static.safetensors");
+    DynamicConv2d<T> dyn(options_of(c));
+    randomize(dyn, 27);
+    const Tensor4<T> x = random_input<T>(c, 28);
+    Tensor2<T> pi_before;
+    dyn.forward(x, &pi_before);
+    dynconv::WeightLoader loader(file, dynconv::LoadMode::Upcycle);
+    dyn.load(loader, "layer1.0.conv1");
+    EXPECT_NO_THROW(loader.finish());  // it took every tensor of the file
+    Tensor2<T> pi;
+    EXPECT_LE(ref::rel_error(dyn.forward(x, &pi), conv.forward(x)), ref::tolerance<T>());
+    EXPECT_LE(ref::rel_error(pi, pi_before), 0.0) << "the attention keeps its values";
+    EXPECT_GT(max_abs_diff_between_rows(pi), 1e-3) << "the samples should mix differently";
+    for (Index k = 0; k < c.k; ++k) {
+      Tensor1<T> onehot(c.k);
+      onehot.setZero();
+      onehot(k) = T(1);
+      EXPECT_LE(ref::rel_error(dyn.aggregated_weight(onehot), w), 0.0) << "kernel " << k;
+    }
+    // A strict load of the same file fails: the attention is missing.
+    dynconv::WeightLoader strict(file);
+    EXPECT_THROW(dyn.load(strict, "layer1.0.conv1"), dynconv::Error);
+  }
+}
+
 TYPED_TEST(DynamicFacts, CostFollowsThePaperFormulas) {
   using T = TypeParam;
   // 32 -> 64, 3x3, stride 2, padding 1, K = 4, hidden = 32 / 4 = 8, bias, input 16x16.
@@ -495,54 +465,61 @@ TYPED_TEST(DynamicFacts, CostFollowsThePaperFormulas) {
 
 // Kernels too large to stay cached across a batch (here K x 9.4 MB) are mixed per channel tile
 // for the whole batch: fused into the GEMM's packing for few pixels (7x7), mixed tile by tile
-// for more (17x17). Each sample must get what it gets alone (the one-sample path mixes the
-// whole kernel), with 1 and 2 threads.
-TEST(DynamicLargeKernels, BatchTilesMatchOneSampleAtATime) {
+// for more (17x17). Each sample must get what the naive per-sample reference gives it (its own
+// mix of the K kernels, then the convolution), with 1 and 2 threads.
+TEST(DynamicLargeKernels, BatchTilesMatchThePerSampleReference) {
   DynamicConv2d<float> layer(DynamicConv2dOptions(512, 512, 3).padding(1).bias(true));
   for (Index side : {7, 17}) {
     Tensor4<float> x(3, 512, side, side);
     ref::fill_random(x, 5);
     for (Index b = 0; b < 3; ++b)  // distinct attention per sample
       for (Index i = 0; i < 512 * side * side; ++i) x.data()[b * 512 * side * side + i] += 0.5f * float(b);
-    const Tensor4<float> nhwc = dynconv::nchw_to_nhwc(x);
+    const dynconv::NhwcTensor<float> nhwc = dynconv::nchw_to_nhwc(x);
     Tensor2<float> pi;
-    layer.forward_nhwc(nhwc, &pi);
+    layer.forward(nhwc, &pi);
     ASSERT_GT(max_abs_diff_between_rows(pi), 1e-4) << "the samples should mix differently";
+    const Tensor4<double> expected = ref::dynamic_conv2d(layer, x, ref::Conv::symmetric(1, 1, 1, 1, 1, 1, 1));
+    const dynconv::NhwcView<const float> in = nhwc.view();
     for (int threads : {1, 2}) {
-      dynconv::ThreadPool pool(threads);
-      dynconv::detail::Workspace<float> ws(threads);
-      dynconv::detail::Exec<float> ex{pool, ws};
-      Tensor4<float> y(3, side, side, 512);
-      layer.run(dynconv::detail::view(nhwc), dynconv::detail::view(y), dynconv::Activation::Identity, nullptr, ex);
+      dynconv::Context<float> ctx(threads);
+      // The strategy this test is about (the layer chooses it by itself).
+      EXPECT_EQ(layer.plan(nhwc.shape(), threads, ctx.min_parallel_madds()).mix,
+                side == 7 ? MixStrategy::FusedPacking : MixStrategy::ChannelTiles)
+          << side << "x" << side << ", " << threads << " threads";
+      dynconv::NhwcTensor<float> y(3, side, side, 512);
+      y.set_constant(12345.0f);
+      layer.run(dynconv::Inputs<float>(in), y.view(), ctx, dynconv::PostOps<float>{});
+      const Tensor4<float> got = dynconv::nhwc_to_nchw(y);
       for (Index b = 0; b < 3; ++b) {
-        const Tensor4<float> xb = nhwc.slice(std::array<Index, 4>{b, 0, 0, 0}, std::array<Index, 4>{1, side, side, 512});
-        const Tensor4<float> alone = layer.forward_nhwc(xb);
-        const Tensor4<float> yb = y.slice(std::array<Index, 4>{b, 0, 0, 0}, std::array<Index, 4>{1, side, side, 512});
-        EXPECT_LE(ref::rel_error(yb, alone), ref::tolerance<float>()) << side << "x" << side << ", sample " << b
-                                                                       << ", " << threads << " threads";
+        const std::array<Index, 4> at{b, 0, 0, 0}, extent{1, 512, side, side};
+        const Tensor4<float> yb = got.slice(at, extent);
+        const Tensor4<double> want = expected.slice(at, extent);
+        EXPECT_LE(ref::rel_error(yb, want), ref::tolerance<float>())
+            << side << "x" << side << ", sample " << b << ", " << threads << " threads";
       }
     }
   }
 }
 
 // One image on a pool, many output rows (early layers): the kernel is mixed once and the rows
-// are split over the threads, for any groups; each must equal the one-thread forward.
-TEST(DynamicRowSplit, OneImageOnSeveralThreadsEqualsOneThread) {
+// are split over the threads, for any groups; each must equal the naive per-sample reference.
+TEST(DynamicRowSplit, OneImageOnSeveralThreadsMatchesThePerSampleReference) {
   for (Index groups : {1, 2}) {
     DynamicConv2d<float> layer(DynamicConv2dOptions(16, 32, 3).padding(1).groups(groups).bias(true));
     Tensor4<float> x(1, 16, 40, 37);
     ref::fill_random(x, 21);
-    const Tensor4<float> nhwc = dynconv::nchw_to_nhwc(x);
-    const Tensor4<float> expected = layer.forward_nhwc(nhwc);
+    const dynconv::NhwcTensor<float> nhwc = dynconv::nchw_to_nhwc(x);
+    const Tensor4<double> expected = ref::dynamic_conv2d(layer, x, ref::Conv::symmetric(1, 1, 1, 1, 1, 1, groups));
+    const dynconv::NhwcView<const float> in = nhwc.view();
     for (int threads : {2, 3}) {
-      dynconv::ThreadPool pool(threads);
-      dynconv::detail::Workspace<float> ws(threads);
-      dynconv::detail::Exec<float> ex{pool, ws};
-      Tensor4<float> y(expected.dimensions());
-      y.setConstant(12345.0f);
-      layer.run(dynconv::detail::view(nhwc), dynconv::detail::view(y), dynconv::Activation::Identity, nullptr, ex);
-      EXPECT_LE(ref::rel_error(y, expected), ref::tolerance<float>()) << "groups " << groups << ", " << threads
-                                                                      << " threads";
+      dynconv::Context<float> ctx(threads);
+      EXPECT_EQ(layer.plan(nhwc.shape(), threads, ctx.min_parallel_madds()).mix, MixStrategy::RowSplit)
+          << "groups " << groups << ", " << threads << " threads";
+      dynconv::NhwcTensor<float> y(layer.output_shape({nhwc.shape()}));
+      y.set_constant(12345.0f);
+      layer.run(dynconv::Inputs<float>(in), y.view(), ctx, dynconv::PostOps<float>{});
+      EXPECT_LE(ref::rel_error(dynconv::nhwc_to_nchw(y), expected), ref::tolerance<float>())
+          << "groups " << groups << ", " << threads << " threads";
     }
   }
 }

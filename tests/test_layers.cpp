@@ -1,7 +1,8 @@
 // Tests of the layers around the convolutions and of everything the operators promise besides
 // the convolution arithmetic itself: activations, pooling, layout conversions, Linear,
 // BatchNorm2d (and folding it into a Conv2d), KernelAttention, weight storage and algorithm
-// selection, error paths (type and message text) and cost counts.
+// selection, error paths (type and message text), cost counts, and the Module interface's
+// parameters (names and shapes, parameter() / set_parameter(), save and load by prefix).
 //
 // Expected values are computed by hand or by deliberately naive loops in this file, in double,
 // never by the code under test. Tolerances: float 1e-5 relative, double 1e-12 relative.
@@ -16,8 +17,12 @@
 #include <dynconv/dynamic_conv2d.hpp>
 #include <dynconv/error.hpp>
 #include <dynconv/linear.hpp>
+#include <dynconv/module.hpp>
 #include <dynconv/pooling.hpp>
+#include <dynconv/runtime.hpp>
+#include <dynconv/safetensors.hpp>
 #include <dynconv/tensor.hpp>
+#include <dynconv/weights.hpp>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -235,13 +240,20 @@ TYPED_TEST(ActivationTest, Infinities) {
   EXPECT_EQ(dynconv::activate(Activation::HardSigmoid, inf), T(1));
   EXPECT_EQ(dynconv::activate(Activation::HardSigmoid, -inf), T(0));
   EXPECT_EQ(dynconv::activate(Activation::HardSwish, inf), inf);
+  EXPECT_EQ(dynconv::activate(Activation::Sigmoid, inf), T(1));
+  EXPECT_EQ(dynconv::activate(Activation::Sigmoid, -inf), T(0));
+  EXPECT_EQ(dynconv::activate(Activation::SiLU, inf), inf);
+  EXPECT_EQ(dynconv::activate(Activation::Tanh, inf), T(1));
+  EXPECT_EQ(dynconv::activate(Activation::Tanh, -inf), T(-1));
+  EXPECT_EQ(dynconv::activate(Activation::GELU, inf), inf);
 }
 
 TYPED_TEST(ActivationTest, NaNPropagates) {
   using T = TypeParam;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (Activation a : {Activation::Identity, Activation::ReLU, Activation::ReLU6,
-                       Activation::HardSigmoid, Activation::HardSwish})
+  for (Activation a : {Activation::Identity, Activation::ReLU, Activation::ReLU6, Activation::HardSigmoid,
+                       Activation::HardSwish, Activation::Sigmoid, Activation::SiLU, Activation::Tanh,
+                       Activation::GELU})
     EXPECT_TRUE(std::isnan(dynconv::activate(a, nan))) << dynconv::activation_name(a);
 }
 
@@ -255,14 +267,20 @@ double reference_activation(Activation a, double x) {
     case Activation::ReLU6: return std::min(std::max(x, 0.0), 6.0);
     case Activation::HardSigmoid: return r6 / 6.0;
     case Activation::HardSwish: return x * r6 / 6.0;
+    case Activation::Sigmoid: return 1.0 / (1.0 + std::exp(-x));
+    case Activation::SiLU: return x / (1.0 + std::exp(-x));
+    case Activation::Tanh: return std::tanh(x);
+    case Activation::GELU: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
   }
   return x;
 }
 
 TYPED_TEST(ActivationTest, ActivateInplaceOnTensor) {
   using T = TypeParam;
-  for (Activation a : {Activation::Identity, Activation::ReLU, Activation::ReLU6,
-                       Activation::HardSigmoid, Activation::HardSwish}) {
+  // (GELU is left to test_modules: in float its negative tail, x * (1 + erf(x / sqrt 2)) / 2,
+  // cancels to a small absolute error that a relative check per element cannot take.)
+  for (Activation a : {Activation::Identity, Activation::ReLU, Activation::ReLU6, Activation::HardSigmoid,
+                       Activation::HardSwish, Activation::Sigmoid, Activation::SiLU, Activation::Tanh}) {
     SCOPED_TRACE(dynconv::activation_name(a));
     Tensor4<T> x(2, 3, 4, 5);
     fill_uniform(x, 7, -9, 9);  // covers every branch: < -3, [-3, 0), [0, 3], (3, 6], > 6
@@ -315,7 +333,7 @@ TYPED_TEST(PoolingTest, SmallHandExample) {
   // The same numbers in NHWC: [1, 2, 2, 2] with pixel (h, w) = {c0, c1}.
   Tensor4<T> z(1, 2, 2, 2);
   z.setValues({{{{T(1), T(5)}, {T(2), T(6)}}, {{T(3), T(7)}, {T(4), T(8)}}}});
-  const Tensor2<T> yz = dynconv::global_avg_pool_nhwc(z);
+  const Tensor2<T> yz = dynconv::global_avg_pool(dynconv::NhwcTensor<T>(z));
   EXPECT_TRUE(near(yz(0, 0), 2.5));
   EXPECT_TRUE(near(yz(0, 1), 6.5));
 }
@@ -334,7 +352,7 @@ TYPED_TEST(PoolingTest, NchwAndNhwcAgainstLoop) {
       expected(b, ch) = sum / static_cast<double>(h * w);
     }
   const Tensor2<T> nchw = dynconv::global_avg_pool(x);
-  const Tensor2<T> nhwc = dynconv::global_avg_pool_nhwc(dynconv::nchw_to_nhwc(x));
+  const Tensor2<T> nhwc = dynconv::global_avg_pool(dynconv::nchw_to_nhwc(x));
   EXPECT_TRUE(tensors_near(nchw, expected));
   EXPECT_TRUE(tensors_near(nhwc, expected));
   EXPECT_TRUE(tensors_near(nhwc, to_double(nchw)));
@@ -342,12 +360,14 @@ TYPED_TEST(PoolingTest, NchwAndNhwcAgainstLoop) {
 
 TYPED_TEST(PoolingTest, ZeroPixelInputIsRejected) {
   using T = TypeParam;
-  // An input without pixels would average to 0/0 = NaN: global_avg_pool and
-  // global_avg_pool_nhwc throw a ShapeError naming the shape instead.
+  // An input without pixels would average to 0/0 = NaN: global_avg_pool of an NCHW tensor
+  // and of an NHWC one throw a ShapeError naming the shape instead (both in NCHW order).
   Tensor4<T> x(1, 2, 0, 3);
-  EXPECT_ERROR(ShapeError, HasSubstr("[1, 2, 0, 3]"), dynconv::global_avg_pool(x));
-  Tensor4<T> z(1, 0, 3, 2);
-  EXPECT_ERROR(ShapeError, HasSubstr("[1, 0, 3, 2]"), dynconv::global_avg_pool_nhwc(z));
+  EXPECT_ERROR(ShapeError, ::testing::Eq("global_avg_pool: input [1, 2, 0, 3] (NCHW) has no pixels"),
+               dynconv::global_avg_pool(x));
+  const dynconv::NhwcTensor<T> z(1, 0, 3, 2);  // N 1, H 0, W 3, C 2
+  EXPECT_ERROR(ShapeError, ::testing::Eq("global_avg_pool: input [1, 2, 0, 3] (NCHW) has no pixels"),
+               dynconv::global_avg_pool(z));
 }
 
 template <typename T>
@@ -359,11 +379,14 @@ TYPED_TEST(LayoutTest, NchwToNhwcMapsEveryIndex) {
   const Index n = 2, c = 3, h = 4, w = 5;  // all different, so a swapped axis shows
   Tensor4<T> x(n, c, h, w);
   fill_distinct(x);
-  const Tensor4<T> y = dynconv::nchw_to_nhwc(x);
+  const dynconv::NhwcTensor<T> nhwc = dynconv::nchw_to_nhwc(x);
+  EXPECT_TRUE(nhwc.shape() == (dynconv::NhwcShape{n, h, w, c}));
+  const Tensor4<T>& y = nhwc.tensor();
   ASSERT_EQ(y.dimension(0), n);
   ASSERT_EQ(y.dimension(1), h);
   ASSERT_EQ(y.dimension(2), w);
   ASSERT_EQ(y.dimension(3), c);
+  ASSERT_EQ(nhwc.data(), y.data());
   for (Index b = 0; b < n; ++b)
     for (Index ch = 0; ch < c; ++ch)
       for (Index r = 0; r < h; ++r)
@@ -377,9 +400,10 @@ TYPED_TEST(LayoutTest, NchwToNhwcMapsEveryIndex) {
 TYPED_TEST(LayoutTest, NhwcToNchwMapsEveryIndex) {
   using T = TypeParam;
   const Index n = 2, h = 3, w = 4, c = 5;
-  Tensor4<T> x(n, h, w, c);
+  dynconv::NhwcTensor<T> nhwc(n, h, w, c);
+  Tensor4<T>& x = nhwc.tensor();
   fill_distinct(x);
-  const Tensor4<T> y = dynconv::nhwc_to_nchw(x);
+  const Tensor4<T> y = dynconv::nhwc_to_nchw(nhwc);
   ASSERT_EQ(y.dimension(0), n);
   ASSERT_EQ(y.dimension(1), c);
   ASSERT_EQ(y.dimension(2), h);
@@ -396,10 +420,11 @@ TYPED_TEST(LayoutTest, RoundTripsAreIdentity) {
   Tensor4<T> a(3, 2, 5, 7);
   fill_uniform(a, 3);
   EXPECT_TRUE(tensors_equal(dynconv::nhwc_to_nchw(dynconv::nchw_to_nhwc(a)), a));
-  EXPECT_TRUE(tensors_equal(dynconv::nchw_to_nhwc(dynconv::nhwc_to_nchw(a)), a));
+  const dynconv::NhwcTensor<T> a_nhwc(a);  // the same values read as [N, H, W, C]
+  EXPECT_TRUE(tensors_equal(dynconv::nchw_to_nhwc(dynconv::nhwc_to_nchw(a_nhwc)).tensor(), a));
   Tensor4<T> one(1, 1, 1, 1);
   one.setConstant(T(4));
-  EXPECT_TRUE(tensors_equal(dynconv::nchw_to_nhwc(one), one));
+  EXPECT_TRUE(tensors_equal(dynconv::nchw_to_nhwc(one).tensor(), one));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -597,8 +622,8 @@ TYPED_TEST(BatchNormTest, ForwardNhwcEqualsForward) {
   Tensor4<T> x(3, c, 4, 2);
   fill_uniform(x, 31);
   const Tensor4<T> nchw = bn.forward(x);
-  const Tensor4<T> nhwc = bn.forward_nhwc(dynconv::nchw_to_nhwc(x));
-  EXPECT_TRUE(tensors_near(nhwc, to_double(dynconv::nchw_to_nhwc(nchw))));
+  const dynconv::NhwcTensor<T> nhwc = bn.forward(dynconv::nchw_to_nhwc(x));
+  EXPECT_TRUE(tensors_near(nhwc.tensor(), to_double(dynconv::nchw_to_nhwc(nchw).tensor())));
   EXPECT_TRUE(tensors_near(dynconv::nhwc_to_nchw(nhwc), bn_by_hand(to_double(x), random_bn_params<T>(c, 30), 1e-5)));
 }
 
@@ -806,7 +831,7 @@ TYPED_TEST(AttentionTest, EqualsHandComputation) {
   ASSERT_GT(passed, 0);
 
   EXPECT_TRUE(tensors_near(att.forward(x), expected));
-  EXPECT_TRUE(tensors_near(att.forward_nhwc(dynconv::nchw_to_nhwc(x)), expected));
+  EXPECT_TRUE(tensors_near(att.forward(dynconv::nchw_to_nhwc(x)), expected));
   // attend() on pooled features gives the same.
   Tensor2<T> pooled(n, cin);
   for (Index b = 0; b < n; ++b)
@@ -1194,20 +1219,34 @@ void expect_conv_option_errors(const char* kind) {
                Layer<T> layer(Options(32, 64, 3).padding(-1)));
   EXPECT_ERROR(OptionsError, ::testing::Eq(k + "(32 -> 64, 3x3): padding=(0, -2) must be >= 0"),
                Layer<T> layer(Options(32, 64, 3).padding(0, -2)));
+  // Per side: the message gives all four sides when they differ.
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(1, 0) must be >= 0 (per side: top 1, bottom -1, "
+                                 "left 0, right 0)"),
+               Layer<T> layer(Options(32, 64, 3).padding(1, -1, 0, 0)));
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(0, 2) must be >= 0 (per side: top 0, bottom 0, "
+                                 "left 2, right -3)"),
+               Layer<T> layer(Options(32, 64, 3).padding(0, 0, 2, -3)));
+  // A 1x1 kernel padded on one side only is not a plain GEMM.
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq(k + "(8 -> 16, 1x1): algorithm=Pointwise needs a 1x1 kernel with padding 0, got "
+                                 "kernel 1x1, padding (0, 0, 1, 0), groups=1, in_channels=8, out_channels=16"),
+               Layer<T> layer(Options(8, 16, 1).padding(0, 1, 0, 0).algorithm(ConvAlgorithm::Pointwise)));
   // Forcing an algorithm the geometry does not allow.
   EXPECT_ERROR(OptionsError,
                ::testing::Eq(k + "(8 -> 8, 3x3): algorithm=Pointwise needs a 1x1 kernel with "
-                                 "padding 0, got kernel 3x3, padding (1, 1), groups=1, "
+                                 "padding 0, got kernel 3x3, padding (1, 1, 1, 1), groups=1, "
                                  "in_channels=8, out_channels=8"),
                Layer<T> layer(Options(8, 8, 3).padding(1).algorithm(ConvAlgorithm::Pointwise)));
   EXPECT_ERROR(OptionsError,
                AllOf(StartsWith(k + "(8 -> 16, 1x1): algorithm=Pointwise needs a 1x1 kernel with "
                                     "padding 0"),
-                     HasSubstr("padding (0, 1)")),
+                     HasSubstr("padding (0, 1, 0, 1)")),
                Layer<T> layer(Options(8, 16, 1).padding(0, 1).algorithm(ConvAlgorithm::Pointwise)));
   EXPECT_ERROR(OptionsError,
                ::testing::Eq(k + "(8 -> 16, 3x3): algorithm=Depthwise needs groups == "
-                                 "in_channels == out_channels, got kernel 3x3, padding (1, 1), "
+                                 "in_channels == out_channels, got kernel 3x3, padding (1, 1, 1, 1), "
                                  "groups=8, in_channels=8, out_channels=16"),
                Layer<T> layer(Options(8, 16, 3).groups(8).padding(1).algorithm(ConvAlgorithm::Depthwise)));
   EXPECT_ERROR(OptionsError,
@@ -1308,12 +1347,21 @@ TYPED_TEST(ErrorTest, ConvInputShapeErrors) {
                ::testing::Eq("DynamicConv2d(4 -> 6, 3x3): input [2, 5, 8, 8] (NCHW) has 5 "
                              "channels, expected in_channels=4"),
                dyn.forward(x));
-  Tensor4<T> xn(2, 8, 8, 5);
-  xn.setZero();
-  EXPECT_ERROR(ShapeError, AllOf(HasSubstr("[2, 8, 8, 5] (NHWC)"), HasSubstr("in_channels=4")),
-               conv.forward_nhwc(xn));
-  EXPECT_ERROR(ShapeError, AllOf(HasSubstr("[2, 8, 8, 5] (NHWC)"), HasSubstr("in_channels=4")),
-               dyn.forward_nhwc(xn));
+  // An NHWC input [N 2, H 8, W 8, C 5] prints in NCHW order too, as users know their tensors.
+  dynconv::NhwcTensor<T> xn(2, 8, 8, 5);
+  xn.set_constant(T(0));
+  EXPECT_ERROR(ShapeError,
+               ::testing::Eq("Conv2d(4 -> 6, 3x3): input [2, 5, 8, 8] (NCHW) has 5 channels, "
+                             "expected in_channels=4"),
+               conv.forward(xn));
+  EXPECT_ERROR(ShapeError,
+               ::testing::Eq("DynamicConv2d(4 -> 6, 3x3): input [2, 5, 8, 8] (NCHW) has 5 "
+                             "channels, expected in_channels=4"),
+               dyn.forward(xn));
+  EXPECT_ERROR(ShapeError,
+               ::testing::Eq("Conv2d(4 -> 6, 3x3): input [2, 5, 8, 8] (NCHW) has 5 channels, "
+                             "expected in_channels=4"),
+               conv.output_shape({xn.shape()}));
   Tensor2<T> pi(2, 4);
   pi.setConstant(T(0.25));
   EXPECT_ERROR(ShapeError, AllOf(HasSubstr("[2, 5, 8, 8]"), HasSubstr("in_channels=4")),
@@ -1342,6 +1390,24 @@ TYPED_TEST(ErrorTest, ConvInputShapeErrors) {
   Tensor4<T> two(1, 4, 2, 3);
   two.setZero();
   EXPECT_ERROR(ShapeError, HasSubstr("after padding (1, 1)"), dil_pad.forward(two));
+
+  // Per-side padding counts side by side: 3x3 with bottom 1 and right 2 fits a 2x1 input.
+  Conv2d<T> ends(Conv2dOptions(4, 6, 3).padding(0, 1, 0, 2));
+  DynamicConv2d<T> dends(DynamicConv2dOptions(4, 6, 3).padding(0, 1, 0, 2));
+  Tensor4<T> two_by_one(1, 4, 2, 1);
+  two_by_one.setZero();
+  EXPECT_EQ(dynconv::shape_str(ends.forward(two_by_one).dimensions()), "[1, 6, 1, 1]");
+  EXPECT_EQ(dynconv::shape_str(dends.forward(two_by_one).dimensions()), "[1, 6, 1, 1]");
+  Tensor4<T> one_by_one(1, 4, 1, 1);
+  one_by_one.setZero();
+  EXPECT_ERROR(ShapeError,
+               StartsWith("Conv2d(4 -> 6, 3x3): input [1, 4, 1, 1] (NCHW) is 1x1, smaller than the dilated "
+                          "kernel 3x3 after padding"),
+               ends.forward(one_by_one));
+  EXPECT_ERROR(ShapeError,
+               StartsWith("DynamicConv2d(4 -> 6, 3x3): input [1, 4, 1, 1] (NCHW) is 1x1, smaller than the "
+                          "dilated kernel 3x3 after padding"),
+               dends.forward(one_by_one));
 }
 
 TYPED_TEST(ErrorTest, ParameterShapeErrors) {
@@ -1393,7 +1459,7 @@ TYPED_TEST(ErrorTest, ParameterShapeErrors) {
   EXPECT_ERROR(ShapeError, HasSubstr("attention has shape [1, 4], expected [2, 4]"),
                dyn.convolve(x, pi_rows));
   EXPECT_ERROR(ShapeError, HasSubstr("attention has shape [1, 4], expected [2, 4]"),
-               dyn.convolve_nhwc(dynconv::nchw_to_nhwc(x), pi_rows));
+               dyn.convolve(dynconv::nchw_to_nhwc(x), pi_rows));
   Tensor1<T> pi1(3);
   pi1.setZero();
   EXPECT_ERROR(ShapeError,
@@ -1411,9 +1477,10 @@ TYPED_TEST(ErrorTest, BatchNormErrors) {
   EXPECT_ERROR(ShapeError,
                ::testing::Eq("BatchNorm2d(3): input [1, 4, 2, 2] (NCHW) has 4 channels, expected 3"),
                bn.forward(x));
+  // The same values read as NHWC [N 1, H 4, W 2, C 2]: printed in NCHW order.
   EXPECT_ERROR(ShapeError,
-               ::testing::Eq("BatchNorm2d(3): input [1, 4, 2, 2] (NHWC) has 2 channels, expected 3"),
-               bn.forward_nhwc(x));
+               ::testing::Eq("BatchNorm2d(3): input [1, 2, 4, 2] (NCHW) has 2 channels, expected 3"),
+               bn.forward(dynconv::NhwcTensor<T>(x)));
   Tensor1<T> four(4);
   four.setConstant(T(1));
   EXPECT_ERROR(ShapeError, ::testing::Eq("BatchNorm2d(3): weight has shape [4], expected [3]"),
@@ -1506,9 +1573,11 @@ TYPED_TEST(ErrorTest, KernelAttentionInputErrors) {
                ::testing::Eq("KernelAttention(4 -> 1 -> 3): input [1, 4, 0, 3] (NCHW) must have "
                              "4 channels and at least one pixel"),
                att.forward(empty));
-  Tensor4<T> empty_nhwc(2, 3, 0, 4);
-  EXPECT_ERROR(ShapeError, HasSubstr("input [2, 3, 0, 4] (NHWC) must have 4 channels and at least one pixel"),
-               att.forward_nhwc(empty_nhwc));
+  const dynconv::NhwcTensor<T> empty_nhwc(2, 3, 0, 4);  // N 2, H 3, W 0, C 4
+  EXPECT_ERROR(ShapeError,
+               ::testing::Eq("KernelAttention(4 -> 1 -> 3): input [2, 3, 0, 4] (NHWC) must have 4 channels and "
+                             "at least one pixel"),
+               att.forward(empty_nhwc));
   Tensor4<T> wrong(1, 5, 2, 2);
   wrong.setZero();
   EXPECT_ERROR(ShapeError, HasSubstr("input [1, 5, 2, 2] (NCHW) must have 4 channels"),
@@ -1620,6 +1689,402 @@ TYPED_TEST(CostTest, InputSmallerThanKernelIsRejected) {
   EXPECT_ERROR(ShapeError, HasSubstr("smaller than the dilated kernel"), conv.cost(1, 1));
   EXPECT_ERROR(ShapeError, HasSubstr("smaller than the dilated kernel"), conv.cost(1, 5));
   EXPECT_ERROR(ShapeError, HasSubstr("smaller than the dilated kernel"), dyn.cost(1, 1));
+}
+
+TYPED_TEST(CostTest, PerSidePaddingAndModuleCost) {
+  using T = TypeParam;
+  // 32 -> 64, 3x3, padding (top 0, bottom 1, left 2, right 0) on 56x56:
+  // Hout = 56 + 0 + 1 - 2 = 55, Wout = 56 + 2 + 0 - 2 = 56.
+  Conv2d<T> conv(Conv2dOptions(32, 64, 3).padding(0, 1, 2, 0));
+  EXPECT_EQ(conv.cost(56, 56).conv_madds, 55LL * 56 * 64 * 32 * 9);
+  // The Module form (input shapes) counts the same.
+  const dynconv::NhwcShape in{1, 56, 56, 32};
+  EXPECT_EQ(conv.cost(std::vector<dynconv::NhwcShape>{in}).conv_madds, conv.cost(56, 56).conv_madds);
+  EXPECT_EQ(conv.cost(std::vector<dynconv::NhwcShape>{in}).params, 64 * 32 * 9 + 64);
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(32, 64, 3).padding(0, 1, 2, 0));
+  const LayerCost d = dyn.cost(std::vector<dynconv::NhwcShape>{in});
+  EXPECT_EQ(d.conv_madds, 55LL * 56 * 64 * 32 * 9);
+  EXPECT_EQ(d.attention_madds, 56LL * 56 * 32 + 32 * 8 + 8 * 4);  // the attention pools the input
+  EXPECT_EQ(d.params, dyn.cost(56, 56).params);
+  EXPECT_EQ(BatchNorm2d<T>(BatchNorm2dOptions(64)).cost({in}).params, 2 * 64);
+  EXPECT_EQ(Linear<T>(LinearOptions(32, 10)).cost({dynconv::NhwcShape{1, 1, 1, 32}}).madds(), 320);
+}
+
+// ------------------------------------------------------------------------------------------
+// 10. Module parameters: names and shapes, parameter() / set_parameter(), save and load by
+//     prefix, and their errors
+// ------------------------------------------------------------------------------------------
+
+template <typename T>
+class ModuleParameterTest : public ::testing::Test {};
+TYPED_TEST_SUITE(ModuleParameterTest, FloatTypes);
+
+/// "weight [6, 2, 3, 2], bias [6]": a module's parameter list, to compare as text.
+template <typename T>
+std::string listing(const dynconv::Module<T>& m) {
+  std::string s;
+  for (const dynconv::ParameterInfo& p : m.parameters())
+    s += (s.empty() ? "" : ", ") + p.name + " " + dynconv::shape_str(p.shape);
+  return s;
+}
+
+template <typename T, int Rank>
+std::vector<T> flat(const Tensor<T, Rank>& t) {
+  return std::vector<T>(t.data(), t.data() + t.size());
+}
+
+/// Distinct values for parameter `p`, all in [0.25, 2] (so valid as a variance or a temperature).
+template <typename T>
+std::vector<T> values_for(const dynconv::ParameterInfo& p, unsigned seed) {
+  std::vector<T> v(static_cast<std::size_t>(dynconv::element_count(p.shape)));
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(0.25, 2.0);
+  for (T& x : v) x = static_cast<T>(dist(gen));
+  return v;
+}
+
+/// Sets every parameter through set_parameter and expects parameter() to give it back.
+template <typename T>
+void set_every_parameter(dynconv::Module<T>& m, unsigned seed) {
+  for (const dynconv::ParameterInfo& p : m.parameters()) {
+    const std::vector<T> v = values_for<T>(p, seed++);
+    m.set_parameter(p.name, v);
+    EXPECT_EQ(m.parameter(p.name), v) << m.description() << ": " << p.name;
+  }
+}
+
+/// m saved under `prefix` into an in-memory file named "saved.safetensors", read back.
+template <typename T>
+dynconv::SafeTensors saved(const dynconv::Module<T>& m, const std::string& prefix) {
+  dynconv::SafeTensorsWriter out;
+  m.save(out, prefix);
+  return dynconv::SafeTensors::parse(out.to_bytes(), "saved.safetensors");
+}
+
+TYPED_TEST(ModuleParameterTest, Conv2dListsItsParameters) {
+  using T = TypeParam;
+  Conv2d<T> conv(Conv2dOptions(4, 6, Pair{3, 2}).groups(2));
+  EXPECT_EQ(listing(conv), "weight [6, 2, 3, 2], bias [6]");
+  EXPECT_TRUE(conv.bias_is_parameter());
+  EXPECT_EQ(conv.parameter("weight"), flat(conv.weight()));
+  EXPECT_EQ(conv.parameter("bias"), flat(conv.bias()));
+
+  Conv2d<T> plain(Conv2dOptions(4, 6, 3).bias(false));
+  EXPECT_EQ(listing(plain), "weight [6, 4, 3, 3]");
+  EXPECT_FALSE(plain.bias_is_parameter());
+  Tensor1<T> b(6);
+  fill_distinct(b);
+  plain.set_bias(b);  // gains a bias parameter
+  EXPECT_EQ(listing(plain), "weight [6, 4, 3, 3], bias [6]");
+  EXPECT_EQ(plain.parameter("bias"), flat(b));
+
+  // A BatchNorm folded into a layer without bias gives it a bias that is not a parameter.
+  Conv2d<T> folded(Conv2dOptions(4, 6, 3).bias(false));
+  BatchNorm2d<T> bn(BatchNorm2dOptions(6));
+  load_bn(bn, random_bn_params<T>(6, 80));
+  folded.fold_batchnorm(bn);
+  EXPECT_TRUE(folded.has_bias());
+  EXPECT_FALSE(folded.bias_is_parameter());
+  EXPECT_EQ(listing(folded), "weight [6, 4, 3, 3]");
+  EXPECT_ERROR(OptionsError, ::testing::Eq("Conv2d(4 -> 6, 3x3): no parameter 'bias' (it has: weight)"),
+               folded.parameter("bias"));
+  // The cost counts the parameters listed.
+  EXPECT_EQ(folded.cost(8, 8).params, 6 * 4 * 9);
+  EXPECT_EQ(conv.cost(8, 8).params, 6 * 2 * 3 * 2 + 6);
+}
+
+TYPED_TEST(ModuleParameterTest, DynamicConv2dListsItsParameters) {
+  using T = TypeParam;
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(8, 6, Pair{3, 1}).groups(2).kernels(3).hidden_channels(5));
+  EXPECT_EQ(listing(dyn),
+            "weight [3, 6, 4, 3, 1], bias [3, 6], attention.fc1.weight [5, 8], attention.fc1.bias [5], "
+            "attention.fc2.weight [3, 5], attention.fc2.bias [3], attention.temperature []");
+  EXPECT_EQ(dyn.parameter("weight"), flat(dyn.weight()));
+  EXPECT_EQ(dyn.parameter("bias"), flat(dyn.bias()));
+  EXPECT_EQ(dyn.parameter("attention.fc1.weight"), flat(dyn.attention().fc1().weight()));
+  EXPECT_EQ(dyn.parameter("attention.fc1.bias"), flat(dyn.attention().fc1().bias()));
+  EXPECT_EQ(dyn.parameter("attention.fc2.weight"), flat(dyn.attention().fc2().weight()));
+  EXPECT_EQ(dyn.parameter("attention.fc2.bias"), flat(dyn.attention().fc2().bias()));
+  EXPECT_EQ(dyn.parameter("attention.temperature"), std::vector<T>{T(1)});
+  EXPECT_EQ(dyn.cost(5, 5).params,
+            3 * 6 * 4 * 3 + 3 * 6 + (5 * 8 + 5) + (3 * 5 + 3));  // the temperature is not counted
+
+  DynamicConv2d<T> plain(DynamicConv2dOptions(4, 4, 1).kernels(2).bias(false));
+  EXPECT_EQ(listing(plain),
+            "weight [2, 4, 4, 1, 1], attention.fc1.weight [1, 4], attention.fc1.bias [1], "
+            "attention.fc2.weight [2, 1], attention.fc2.bias [2], attention.temperature []");
+  BatchNorm2d<T> bn(BatchNorm2dOptions(4));
+  load_bn(bn, random_bn_params<T>(4, 81));
+  plain.fold_batchnorm(bn);
+  EXPECT_TRUE(plain.has_bias());
+  EXPECT_FALSE(plain.bias_is_parameter());
+  EXPECT_EQ(listing(plain),
+            "weight [2, 4, 4, 1, 1], attention.fc1.weight [1, 4], attention.fc1.bias [1], "
+            "attention.fc2.weight [2, 1], attention.fc2.bias [2], attention.temperature []");
+  Tensor2<T> b(2, 4);
+  fill_distinct(b);
+  plain.set_bias(b);
+  EXPECT_TRUE(plain.bias_is_parameter());
+  EXPECT_THAT(listing(plain), StartsWith("weight [2, 4, 4, 1, 1], bias [2, 4], "));
+}
+
+TYPED_TEST(ModuleParameterTest, BatchNorm2dAndLinearListTheirParameters) {
+  using T = TypeParam;
+  BatchNorm2d<T> bn(BatchNorm2dOptions(3));
+  EXPECT_EQ(listing(bn), "weight [3], bias [3], running_mean [3], running_var [3]");
+  const BnParams<T> p = random_bn_params<T>(3, 82);
+  load_bn(bn, p);
+  EXPECT_EQ(bn.parameter("weight"), flat(p.gamma));
+  EXPECT_EQ(bn.parameter("bias"), flat(p.beta));
+  EXPECT_EQ(bn.parameter("running_mean"), flat(p.mean));
+  EXPECT_EQ(bn.parameter("running_var"), flat(p.var));
+  EXPECT_EQ(bn.cost({dynconv::NhwcShape{1, 4, 4, 3}}).params, 6);  // the running statistics are buffers
+
+  Linear<T> fc(LinearOptions(5, 3));
+  EXPECT_EQ(listing(fc), "weight [3, 5], bias [3]");
+  EXPECT_EQ(fc.parameter("weight"), flat(fc.weight()));
+  EXPECT_EQ(fc.parameter("bias"), flat(fc.bias()));
+  Linear<T> plain(LinearOptions(5, 3).bias(false));
+  EXPECT_EQ(listing(plain), "weight [3, 5]");
+  EXPECT_ERROR(OptionsError, ::testing::Eq("Linear(5 -> 3): no parameter 'bias' (it has: weight)"),
+               plain.set_parameter("bias", std::vector<T>(3, T(1))));
+  Tensor1<T> b(3);
+  fill_distinct(b);
+  plain.set_bias(b);  // gains a bias parameter
+  EXPECT_EQ(listing(plain), "weight [3, 5], bias [3]");
+  EXPECT_EQ(plain.parameter("bias"), flat(b));
+}
+
+TYPED_TEST(ModuleParameterTest, SetParameterReachesTheLayer) {
+  using T = TypeParam;
+  // set_parameter() stores what the typed setters store, for every weight layout (the
+  // algorithms pack their kernels differently): the accessors and the outputs agree.
+  for (const StorageCase& c : storage_cases()) {
+    for (ConvAlgorithm a : kAllAlgorithms) {
+      if (!supports(c, a)) continue;
+      SCOPED_TRACE(std::string(c.name) + " / " + dynconv::algorithm_name(a));
+      Conv2d<T> conv(storage_options<Conv2dOptions>(c, a));
+      Tensor4<T> w(c.cout, c.cin / c.groups, c.kh, c.kw);
+      fill_distinct(w);
+      Tensor1<T> b(c.cout);
+      fill_distinct(b, 3.0);
+      conv.set_parameter("weight", flat(w));
+      conv.set_parameter("bias", flat(b));
+      EXPECT_TRUE(tensors_equal(conv.weight(), w));
+      EXPECT_TRUE(tensors_equal(conv.bias(), b));
+      EXPECT_EQ(conv.parameter("weight"), flat(w));
+      Conv2d<T> typed(storage_options<Conv2dOptions>(c, a));
+      typed.set_weight(w);
+      typed.set_bias(b);
+      Tensor4<T> x(2, c.cin, 5, 6);
+      fill_uniform(x, 83);
+      EXPECT_TRUE(tensors_equal(conv.forward(x), typed.forward(x)));
+
+      DynamicConv2d<T> dyn(storage_options<DynamicConv2dOptions>(c, a).kernels(2));
+      Tensor5<T> w5(2, c.cout, c.cin / c.groups, c.kh, c.kw);
+      fill_distinct(w5);
+      dyn.set_parameter("weight", flat(w5));
+      EXPECT_TRUE(tensors_equal(dyn.weight(), w5));
+      EXPECT_EQ(dyn.parameter("weight"), flat(w5));
+    }
+  }
+  // The attention's parameters and the temperature.
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(8, 6, 3).kernels(3));
+  Tensor2<T> w1(dyn.attention().hidden(), 8);
+  fill_distinct(w1);
+  dyn.set_parameter("attention.fc1.weight", flat(w1));
+  EXPECT_TRUE(tensors_equal(dyn.attention().fc1().weight(), w1));
+  Tensor1<T> b2(3);
+  fill_distinct(b2);
+  dyn.set_parameter("attention.fc2.bias", flat(b2));
+  EXPECT_TRUE(tensors_equal(dyn.attention().fc2().bias(), b2));
+  dyn.set_parameter("attention.temperature", {T(2.5)});
+  EXPECT_EQ(dyn.attention().temperature(), T(2.5));
+  // BatchNorm2d and Linear.
+  BatchNorm2d<T> bn(BatchNorm2dOptions(3));
+  const BnParams<T> p = random_bn_params<T>(3, 84);
+  bn.set_parameter("weight", flat(p.gamma));
+  bn.set_parameter("bias", flat(p.beta));
+  bn.set_parameter("running_mean", flat(p.mean));
+  bn.set_parameter("running_var", flat(p.var));
+  Tensor4<T> x(2, 3, 2, 4);
+  fill_uniform(x, 85);
+  EXPECT_TRUE(tensors_near(bn.forward(x), bn_by_hand(to_double(x), p, 1e-5)));
+  Linear<T> fc(LinearOptions(4, 2));
+  Tensor2<T> w(2, 4), xl(3, 4);
+  Tensor1<T> b(2);
+  fill_uniform(w, 86);
+  fill_uniform(b, 87);
+  fill_uniform(xl, 88);
+  fc.set_parameter("weight", flat(w));
+  fc.set_parameter("bias", flat(b));
+  EXPECT_TRUE(tensors_near(fc.forward(xl), linear_by_hand(xl, w, &b)));
+}
+
+TYPED_TEST(ModuleParameterTest, SaveThenLoadRestoresTheOutputs) {
+  using T = TypeParam;
+  // Each module: every parameter set to new values, saved under "p", loaded into a fresh
+  // module (which computes something else before), which then computes the same outputs.
+  auto check = [](dynconv::Module<T>& source, dynconv::Module<T>& fresh, auto output) {
+    SCOPED_TRACE(source.description());
+    set_every_parameter(source, 90);
+    const dynconv::SafeTensors file = saved(source, "p");
+    // The file holds exactly the parameters, under "p." + name, with their shapes.
+    std::vector<std::string> expected_names;
+    for (const dynconv::ParameterInfo& p : source.parameters()) {
+      expected_names.push_back("p." + p.name);
+      ASSERT_TRUE(file.contains("p." + p.name)) << p.name;
+      EXPECT_EQ(dynconv::shape_str(file.entry("p." + p.name).shape), dynconv::shape_str(p.shape)) << p.name;
+    }
+    std::vector<std::string> names = file.names();
+    std::sort(names.begin(), names.end());
+    std::sort(expected_names.begin(), expected_names.end());
+    EXPECT_EQ(names, expected_names);
+
+    const auto want = output(source);
+    EXPECT_FALSE(tensors_equal(output(fresh), want)) << "the fresh module should differ before the load";
+    dynconv::WeightLoader loader(file);
+    fresh.load(loader, "p");
+    EXPECT_NO_THROW(loader.finish());
+    for (const dynconv::ParameterInfo& p : source.parameters())
+      EXPECT_EQ(fresh.parameter(p.name), source.parameter(p.name)) << p.name;
+    EXPECT_TRUE(tensors_equal(output(fresh), want));
+  };
+  Tensor4<T> x(2, 4, 6, 5);
+  fill_uniform(x, 91, -2, 2);
+  const auto conv_out = [&](const dynconv::Module<T>& m) { return m.forward(x); };
+
+  Conv2d<T> conv(Conv2dOptions(4, 6, 3).padding(1, 0, 2, 1).name("layer1.0.conv1"));
+  Conv2d<T> conv_fresh(Conv2dOptions(4, 6, 3).padding(1, 0, 2, 1).name("layer1.0.conv1"));
+  check(conv, conv_fresh, conv_out);
+
+  // The default initialisation is seeded: two fresh layers are equal, so a third one with
+  // other values makes the difference visible.
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(4, 6, 3).padding(1).kernels(3).min_hidden(3));
+  DynamicConv2d<T> dyn_fresh(DynamicConv2dOptions(4, 6, 3).padding(1).kernels(3).min_hidden(3));
+  check(dyn, dyn_fresh, conv_out);
+  EXPECT_EQ(dyn_fresh.attention().temperature(), dyn.attention().temperature());
+
+  BatchNorm2d<T> bn(BatchNorm2dOptions(4).eps(1e-3));
+  BatchNorm2d<T> bn_fresh(BatchNorm2dOptions(4).eps(1e-3));
+  check(bn, bn_fresh, conv_out);
+
+  Tensor2<T> features(3, 4);
+  fill_uniform(features, 92);
+  Linear<T> fc(LinearOptions(4, 5));
+  Linear<T> fc_fresh(LinearOptions(4, 5));
+  check(fc, fc_fresh, [&](const dynconv::Module<T>& m) { return static_cast<const Linear<T>&>(m).forward(features); });
+}
+
+TYPED_TEST(ModuleParameterTest, UnknownNamesAndWrongCountsThrow) {
+  using T = TypeParam;
+  Conv2d<T> conv(Conv2dOptions(4, 6, 3));
+  EXPECT_ERROR(OptionsError, ::testing::Eq("Conv2d(4 -> 6, 3x3): no parameter 'weights' (it has: weight, bias)"),
+               conv.parameter("weights"));
+  EXPECT_ERROR(OptionsError, ::testing::Eq("Conv2d(4 -> 6, 3x3): no parameter 'weights' (it has: weight, bias)"),
+               conv.set_parameter("weights", std::vector<T>(216)));
+  EXPECT_ERROR(ShapeError,
+               ::testing::Eq("Conv2d(4 -> 6, 3x3): parameter 'weight' [6, 4, 3, 3] takes 216 values, got 215"),
+               conv.set_parameter("weight", std::vector<T>(215)));
+  EXPECT_ERROR(ShapeError, ::testing::Eq("Conv2d(4 -> 6, 3x3): parameter 'bias' [6] takes 6 values, got 7"),
+               conv.set_parameter("bias", std::vector<T>(7)));
+  // A named layer says which one.
+  Conv2d<T> named(Conv2dOptions(4, 6, 3).bias(false).name("features.0.0"));
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq("features.0.0: Conv2d(4 -> 6, 3x3): no parameter 'bias' (it has: weight)"),
+               named.set_parameter("bias", std::vector<T>(6)));
+  EXPECT_ERROR(ShapeError, StartsWith("features.0.0: Conv2d(4 -> 6, 3x3): parameter 'weight' "),
+               named.set_parameter("weight", {}));
+  // A rejected value leaves the old one.
+  const std::vector<T> before = conv.parameter("weight");
+  EXPECT_THROW(conv.set_parameter("weight", std::vector<T>(215, T(7))), ShapeError);
+  EXPECT_EQ(conv.parameter("weight"), before);
+
+  DynamicConv2d<T> dyn(DynamicConv2dOptions(8, 6, 3).kernels(3).name("layer2.1.conv2"));
+  const std::string head = "layer2.1.conv2: DynamicConv2d(8 -> 6, 3x3): ";
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq(head + "no parameter 'attention.fc3.weight' (it has: weight, bias, attention.fc1.weight, "
+                                    "attention.fc1.bias, attention.fc2.weight, attention.fc2.bias, "
+                                    "attention.temperature)"),
+               dyn.parameter("attention.fc3.weight"));
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'weight' [3, 6, 8, 3, 3] takes 1296 values, got 432"),
+               dyn.set_parameter("weight", std::vector<T>(432)));
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'bias' [3, 6] takes 18 values, got 6"),
+               dyn.set_parameter("bias", std::vector<T>(6)));
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.fc1.weight' [2, 8] takes 16 values, got 8"),
+               dyn.set_parameter("attention.fc1.weight", std::vector<T>(8)));
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.fc2.bias' [3] takes 3 values, got 4"),
+               dyn.set_parameter("attention.fc2.bias", std::vector<T>(4)));
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.temperature' [] takes 1 values, got 2"),
+               dyn.set_parameter("attention.temperature", {T(1), T(2)}));
+  // The setters' own checks: a temperature must be positive (reported under the layer name).
+  EXPECT_ERROR(OptionsError, AllOf(StartsWith("layer2.1.conv2.attention: KernelAttention(8 -> 2 -> 3): "),
+                                   HasSubstr("temperature=0 must be finite and > 0")),
+               dyn.set_parameter("attention.temperature", {T(0)}));
+
+  BatchNorm2d<T> bn(BatchNorm2dOptions(3).name("bn1"));
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq("bn1: BatchNorm2d(3): no parameter 'num_batches_tracked' (it has: weight, bias, "
+                             "running_mean, running_var)"),
+               bn.set_parameter("num_batches_tracked", {T(0)}));
+  EXPECT_ERROR(ShapeError, ::testing::Eq("bn1: BatchNorm2d(3): parameter 'running_mean' [3] takes 3 values, got 2"),
+               bn.set_parameter("running_mean", std::vector<T>(2)));
+  EXPECT_ERROR(OptionsError, ::testing::Eq("bn1: BatchNorm2d(3): running_var[2]=-1 must be >= 0"),
+               bn.set_parameter("running_var", {T(1), T(1), T(-1)}));
+  EXPECT_EQ(bn.parameter("running_var"), std::vector<T>(3, T(1))) << "a rejected running_var leaves the old one";
+
+  Linear<T> fc(LinearOptions(5, 3).name("classifier.1"));
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq("classifier.1: Linear(5 -> 3): no parameter 'weight.T' (it has: weight, bias)"),
+               fc.parameter("weight.T"));
+  EXPECT_ERROR(ShapeError, ::testing::Eq("classifier.1: Linear(5 -> 3): parameter 'weight' [3, 5] takes 15 values, got 16"),
+               fc.set_parameter("weight", std::vector<T>(16)));
+}
+
+TYPED_TEST(ModuleParameterTest, LoadErrorsNameTheFileAndTheTensor) {
+  using T = TypeParam;
+  Conv2d<T> conv(Conv2dOptions(4, 6, 3));
+  const dynconv::SafeTensors file = saved(conv, "p");
+  {  // another prefix: the tensor is missing
+    Conv2d<T> other(Conv2dOptions(4, 6, 3));
+    dynconv::WeightLoader loader(file);
+    EXPECT_ERROR(dynconv::FormatError, ::testing::Eq("saved.safetensors: missing tensor 'q.weight' [6, 4, 3, 3]"),
+                 other.load(loader, "q"));
+  }
+  {  // another kernel size: the shapes differ
+    Conv2d<T> other(Conv2dOptions(4, 6, 5));
+    dynconv::WeightLoader loader(file);
+    EXPECT_ERROR(ShapeError,
+                 ::testing::Eq("saved.safetensors: tensor 'p.weight' has shape [6, 4, 3, 3], the model expects "
+                               "[6, 4, 5, 5]"),
+                 other.load(loader, "p"));
+  }
+  {  // a layer without bias leaves the file's bias: finish() reports it
+    Conv2d<T> other(Conv2dOptions(4, 6, 3).bias(false));
+    dynconv::WeightLoader loader(file);
+    other.load(loader, "p");
+    EXPECT_ERROR(dynconv::FormatError,
+                 ::testing::Eq("saved.safetensors: 1 unexpected tensor the model does not have: 'p.bias'"),
+                 loader.finish());
+  }
+  {  // a DynamicConv2d's temperature is optional: tau = 1 where the file has none
+    DynamicConv2d<T> dyn(DynamicConv2dOptions(4, 6, 3).kernels(2).temperature(3.0));
+    dynconv::SafeTensorsWriter out;
+    dyn.save(out, "");
+    dynconv::SafeTensorsWriter without;
+    const dynconv::SafeTensors all = dynconv::SafeTensors::parse(out.to_bytes());
+    for (const std::string& name : all.names())
+      if (name != "attention.temperature") {
+        const std::vector<T> v = all.get_flat<T>(name);
+        without.add(name, all.entry(name).shape, v.data());
+      }
+    const dynconv::SafeTensors file2 = dynconv::SafeTensors::parse(without.to_bytes());
+    DynamicConv2d<T> fresh(DynamicConv2dOptions(4, 6, 3).kernels(2).temperature(3.0));
+    dynconv::WeightLoader loader(file2);
+    fresh.load(loader, "");
+    EXPECT_NO_THROW(loader.finish());
+    EXPECT_EQ(fresh.attention().temperature(), T(1));
+  }
 }
 
 }  // namespace

@@ -8,14 +8,19 @@
 // layer. Without the data (PyTorch not installed) every test is skipped.
 //
 // Each case is run in float and in double, with the algorithm the layer picks and with every
-// other algorithm that supports the geometry forced, through forward() (NCHW) and through
-// forward_nhwc() (NHWC). Error measure: max|ours - torch| / max|torch| over the whole tensor;
-// tolerances 1e-5 (float) and 1e-10 (double). The worst errors are printed and recorded as
-// test properties.
+// other algorithm that supports the geometry forced, through forward() on an NCHW Tensor4, through
+// forward() on an NHWC NhwcTensor, and through the network path (Module::run on a Context of 2
+// threads with every sample split); and once more with the layer (and BatchNorm) built by
+// Module::load from the case file (the tensors are named as the parameters). Error measure:
+// max|ours - torch| / max|torch| over the whole tensor; tolerances 1e-5 (float) and 1e-10
+// (double). The worst errors are printed and recorded as test properties.
 #include <dynconv/batchnorm.hpp>
 #include <dynconv/conv2d.hpp>
 #include <dynconv/dynamic_conv2d.hpp>
+#include <dynconv/module.hpp>
+#include <dynconv/runtime.hpp>
 #include <dynconv/safetensors.hpp>
+#include <dynconv/weights.hpp>
 
 #include <gtest/gtest.h>
 
@@ -41,6 +46,7 @@ using dynconv::ConvAlgorithm;
 using dynconv::DynamicConv2d;
 using dynconv::DynamicConv2dOptions;
 using dynconv::Index;
+using dynconv::NhwcTensor;
 using dynconv::Pair;
 using dynconv::SafeTensors;
 using dynconv::Tensor;
@@ -131,7 +137,7 @@ struct Meta {
   const std::string& str(const std::string& key) const {
     const auto it = c.meta.find(key);
     if (it == c.meta.end())
-      dynconv::detail::fail<dynconv::FormatError>(c.name, ": metadata has no '", key, "'");
+      dynconv::fail<dynconv::FormatError>(c.name, ": metadata has no '", key, "'");
     return it->second;
   }
   bool has(const std::string& key) const { return c.meta.count(key) != 0; }
@@ -145,7 +151,7 @@ struct Meta {
       used = 0;
     }
     if (used == 0 || used != s.size())
-      dynconv::detail::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
+      dynconv::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
                                                   "' is not an integer");
     return static_cast<Index>(v);
   }
@@ -159,7 +165,7 @@ struct Meta {
       used = 0;
     }
     if (used == 0 || used != s.size())
-      dynconv::detail::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
+      dynconv::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
                                                   "' is not a number");
     return v;
   }
@@ -322,6 +328,19 @@ BatchNorm2d<T> make_batchnorm(const ParityCase& c) {
   return bn;
 }
 
+/// The network path: y = m.run(x) on a Context of `threads` threads, every sample split over
+/// them (min_parallel_madds 0), no PostOps.
+template <typename T>
+NhwcTensor<T> run_on_context(const dynconv::Module<T>& m, const NhwcTensor<T>& x, int threads) {
+  dynconv::Context<T> ctx(threads);
+  ctx.min_parallel_madds(0);
+  NhwcTensor<T> y(m.output_shape({x.shape()}));
+  y.set_constant(T(12345));  // every element must be written
+  const dynconv::NhwcView<const T> in = x.view();
+  m.run(dynconv::Inputs<T>(in), y.view(), ctx, dynconv::PostOps<T>{});
+  return y;
+}
+
 std::string label(const char* type, ConvAlgorithm requested, ConvAlgorithm used,
                   const char* layout, const char* what) {
   std::string s = std::string(type) + " ";
@@ -358,10 +377,31 @@ void run_dynamic_case(const ParityCase& c, bool with_bn, Worsts& worsts) {
     compare(c, label(type, requested, used, "NCHW", "attention"), pi, pi_ref, worsts);
 
     Tensor2<T> pi_nhwc;
-    const Tensor4<T> y_nhwc = dynconv::nhwc_to_nchw(layer.forward_nhwc(dynconv::nchw_to_nhwc(x), &pi_nhwc));
+    const NhwcTensor<T> x_nhwc = dynconv::nchw_to_nhwc(x);
+    const Tensor4<T> y_nhwc = dynconv::nhwc_to_nchw(layer.forward(x_nhwc, &pi_nhwc));
     compare(c, label(type, requested, used, "NHWC", "output"), y_nhwc, y_ref, worsts);
     compare(c, label(type, requested, used, "NHWC", "attention"), pi_nhwc, pi_ref, worsts);
+    compare(c, label(type, requested, used, "run", "output"), dynconv::nhwc_to_nchw(run_on_context(layer, x_nhwc, 2)),
+            y_ref, worsts);
   }
+
+  // Built by Module::load from the case file (parameters under no prefix, the BatchNorm's
+  // under "bn"), from the default initialisation.
+  const Meta m{c};
+  DynamicConv2d<T> loaded(dynamic_options(m));
+  dynconv::WeightLoader loader(st);
+  loaded.load(loader, "");
+  EXPECT_EQ(static_cast<double>(loaded.attention().temperature()), static_cast<double>(static_cast<T>(m.real("temperature"))))
+      << c.name << ": loaded temperature";
+  Tensor2<T> pi;
+  Tensor4<T> y = loaded.forward(x, &pi);
+  if (with_bn) {
+    BatchNorm2d<T> bn(BatchNorm2dOptions(m.integer("out_channels")).eps(m.real("bn_eps")));
+    bn.load(loader, "bn");
+    y = bn.forward(y);
+  }
+  compare(c, label(type, ConvAlgorithm::Auto, loaded.algorithm(), "NCHW", "output, loaded"), y, y_ref, worsts);
+  compare(c, label(type, ConvAlgorithm::Auto, loaded.algorithm(), "NCHW", "attention, loaded"), pi, pi_ref, worsts);
 }
 
 /// Conv2d (kind "static").
@@ -376,9 +416,22 @@ void run_static_case(const ParityCase& c, Worsts& worsts) {
     const Conv2d<T> layer = make_static<T>(c, requested);
     const ConvAlgorithm used = layer.algorithm();
     compare(c, label(type, requested, used, "NCHW", "output"), layer.forward(x), y_ref, worsts);
-    compare(c, label(type, requested, used, "NHWC", "output"),
-            dynconv::nhwc_to_nchw(layer.forward_nhwc(dynconv::nchw_to_nhwc(x))), y_ref, worsts);
+    const NhwcTensor<T> x_nhwc = dynconv::nchw_to_nhwc(x);
+    compare(c, label(type, requested, used, "NHWC", "output"), dynconv::nhwc_to_nchw(layer.forward(x_nhwc)), y_ref,
+            worsts);
+    compare(c, label(type, requested, used, "run", "output"), dynconv::nhwc_to_nchw(run_on_context(layer, x_nhwc, 2)),
+            y_ref, worsts);
   }
+
+  // Built by Module::load from the case file, from the default initialisation.
+  const Meta m{c};
+  Conv2dOptions o(m.integer("in_channels"), m.integer("out_channels"),
+                  Pair{m.integer("kernel_h"), m.integer("kernel_w")});
+  Conv2d<T> loaded(set_geometry(o, m).name(c.name));
+  dynconv::WeightLoader loader(st);
+  loaded.load(loader, "");
+  compare(c, label(type, ConvAlgorithm::Auto, loaded.algorithm(), "NCHW", "output, loaded"), loaded.forward(x), y_ref,
+          worsts);
 }
 
 /// Runs every case of one kind in float and double; returns how many ran.

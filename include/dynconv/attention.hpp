@@ -117,7 +117,9 @@ class KernelAttention {
   }
   /// NHWC [N, H, W, Cin] -> pi [N, K]
   Tensor2<T> forward(const NhwcTensor<T>& x) const {
-    check_input(x.tensor(), 3);
+    const NhwcShape s = x.shape();
+    if (s.c != in_channels() || s.pixels() < 1)
+      fail<ShapeError>(layer_, ": input ", s.str(), " must have ", in_channels(), " channels and at least one pixel");
     return attend(global_avg_pool(x));
   }
 

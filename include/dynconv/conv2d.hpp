@@ -108,7 +108,9 @@ class Conv2d final : public Module<T> {
   bool bias_is_parameter() const { return bias_param_; }
 
   /// Folds an inference BatchNorm2d that follows this layer into weight and bias, exactly:
-  /// W' = s W, b' = s b + shift (s = bn.scale(), shift = bn.shift()).
+  /// W' = s W, b' = s b + shift (s = bn.scale(), shift = bn.shift()). In a layer without a
+  /// bias parameter the folded bias is not a parameter (save() does not write it): keep the
+  /// BatchNorm to hold it, as Graph::fold_batchnorms does.
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
     if (bn.num_features() != conv_.geometry.out_channels)
       fail<ShapeError>(layer_, ": cannot fold ", bn.description(),

@@ -122,6 +122,12 @@ class ConvOptionsBase {
 
 namespace detail {
 
+/// "(1, 2)" for padding symmetric per axis (h, w), else "(top 0, bottom 1, left 0, right 1)".
+inline std::string padding_str(const ConvGeometry& g) {
+  if (g.pad_h == g.pad_h_end && g.pad_w == g.pad_w_end) return concat('(', g.pad_h, ", ", g.pad_w, ')');
+  return concat("(top ", g.pad_h, ", bottom ", g.pad_h_end, ", left ", g.pad_w, ", right ", g.pad_w_end, ')');
+}
+
 /// "name: Kind(in -> out, khxkw)" or "Kind(in -> out, khxkw)" without a name.
 template <typename Options>
 std::string describe_conv(const char* kind, const Options& o) {
@@ -148,10 +154,7 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   check_range(layer, "dilation[1]", o.dilation()[1]);
   check_range(layer, "groups", o.groups());
   if (o.padding()[0] < 0 || o.padding()[1] < 0 || o.padding_end()[0] < 0 || o.padding_end()[1] < 0)
-    fail<OptionsError>(layer, ": padding=(", o.padding()[0], ", ", o.padding()[1],
-                       ") must be >= 0", o.padding_end() == o.padding() ? "" :
-                       concat(" (per side: top ", o.padding()[0], ", bottom ", o.padding_end()[0], ", left ",
-                              o.padding()[1], ", right ", o.padding_end()[1], ')'));
+    fail<OptionsError>(layer, ": padding=", padding_str(o.geometry()), " must be >= 0");
   check_range(layer, "padding[0]", o.padding()[0], 0);
   check_range(layer, "padding[1]", o.padding()[1], 0);
   check_range(layer, "padding_end[0]", o.padding_end()[0], 0);
@@ -173,7 +176,7 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   } else if (!algorithm_supports(algo, g)) {
     fail<OptionsError>(layer, ": algorithm=", algorithm_name(algo), " needs ",
                        algorithm_requirement(algo), ", got kernel ", g.kernel_h, 'x', g.kernel_w,
-                       ", padding (", g.pad_h, ", ", g.pad_w, ", ", g.pad_h_end, ", ", g.pad_w_end, "), groups=", g.groups,
+                       ", padding ", padding_str(g), ", groups=", g.groups,
                        ", in_channels=", g.in_channels, ", out_channels=", g.out_channels);
   }
   return {g, algo};
@@ -191,8 +194,7 @@ void check_fits(const std::string& layer, const ConvGeometry& g, Index in_h, Ind
   if (!g.fits(in_h, in_w))
     fail<ShapeError>(layer, ": input ", input(), " is ", in_h, 'x', in_w,
                      ", smaller than the dilated kernel ", g.dilation_h * (g.kernel_h - 1) + 1,
-                     'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding (", g.pad_h, ", ",
-                     g.pad_w, ")");
+                     'x', g.dilation_w * (g.kernel_w - 1) + 1, " after padding ", padding_str(g));
   const Index pixels = checked_mul<ShapeError>(layer, "the output size", g.out_h(in_h), g.out_w(in_w));
   checked_mul<ShapeError>(layer, "the output size", pixels, g.out_channels);
   checked_mul<ShapeError>(layer, "the im2col size", pixels,

@@ -266,6 +266,8 @@ class DynamicConv2d final : public Module<T> {
 
   /// Folds an inference BatchNorm2d that follows this layer into all K kernels and biases,
   /// exactly (because every attention row sums to 1): W_k' = s W_k, b_k' = s b_k + shift.
+  /// In a layer without a bias parameter the folded bias is not a parameter (save() does not
+  /// write it): keep the BatchNorm to hold it, as Graph::fold_batchnorms does.
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
     if (bn.num_features() != conv_.geometry.out_channels)
       fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
@@ -368,6 +370,11 @@ class DynamicConv2d final : public Module<T> {
       }
     }
     return p;
+  }
+
+  /// The plan run() follows on `ctx`.
+  DynamicConvPlan plan(const NhwcShape& in, const Context<T>& ctx) const {
+    return plan(in, ctx.threads(), ctx.min_parallel_madds());
   }
 
   /// "weight" [K, Cout, Cin/groups, kh, kw], "bias" [K, Cout] when the biases are a parameter,

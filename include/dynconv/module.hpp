@@ -119,7 +119,7 @@ class Module {
   void check_count(const std::string& name, const std::vector<T>& values, const std::vector<Index>& shape) const {
     if (static_cast<Index>(values.size()) != element_count(shape))
       fail<ShapeError>(description(), ": parameter '", name, "' ", shape_str(shape), " takes ", element_count(shape),
-                       " values, got ", values.size());
+                       element_count(shape) == 1 ? " value" : " values", ", got ", values.size());
   }
   /// OptionsError unless there are `expected` inputs.
   void check_arity(const std::vector<NhwcShape>& in, std::size_t expected) const {
