@@ -12,13 +12,16 @@
 // per-model files may be a stale cache from an earlier run); a model the manifest does not list
 // is skipped (generated with --models without it); a model it lists whose file is missing fails.
 //
-// Per model: the float forward of the batch of 3 and of each sample alone (batch 1), and the
-// double forward of the batch; error = max|ours - torch| / max|torch| over the logits compared;
-// tolerances 1e-4 (float) and 1e-9 (double); the argmax class of each sample must agree. The
-// errors are printed and recorded as test properties. A strict load of the whole file must
-// reject the two extra tensors "input" and "logits".
+// Per model, through a dynconv::Session with 1 and with 2 threads: the float forward of the
+// batch of 3 and of each sample alone (batch 1), and the double forward of the batch; error =
+// max|ours - torch| / max|torch| over the logits compared; tolerances 1e-4 (float) and 1e-9
+// (double); the argmax class of each sample must agree. The errors are printed (the key ends
+// in _t1 / _t2, the session's threads) and recorded as test properties. Model::forward is the
+// one-thread session, bit for bit. A strict load of the whole file must reject the two extra
+// tensors "input" and "logits".
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/safetensors.hpp>
+#include <dynconv/session.hpp>
 
 #include <gtest/gtest.h>
 
@@ -47,6 +50,11 @@ namespace models = dynconv::models;
 
 constexpr double kFloatTolerance = 1e-4;
 constexpr double kDoubleTolerance = 1e-9;
+
+// The thread counts every comparison runs with (the second splits layers over the pool).
+constexpr int kThreadCounts[] = {1, 2};
+
+std::string threads_key(int threads) { return "_t" + std::to_string(threads); }
 
 // The zoo, listed statically so that the test names exist without the data.
 const char* const kModels[] = {"mobilenet_v2_x1_0",
@@ -145,7 +153,7 @@ struct ModelData {
   const std::string& str(const std::string& key) const {
     const auto it = meta.find(key);
     if (it == meta.end())
-      dynconv::detail::fail<dynconv::FormatError>(path, ": metadata has no '", key, "'");
+      dynconv::fail<dynconv::FormatError>(path, ": metadata has no '", key, "'");
     return it->second;
   }
   Index integer(const std::string& key) const { return static_cast<Index>(std::stoll(str(key))); }
@@ -284,26 +292,37 @@ TEST_P(ModelParity, FloatBatchAndSingleSamples) {
   ASSERT_EQ(ref.dimension(1), d.integer("num_classes"));
   const auto model = make_loaded_model<float>(d);
   ASSERT_EQ(model->num_classes(), ref.dimension(1));
-
-  const Tensor2<float> y = model->forward(x);
-  const double err = relative_error(y, ref);
-  report(name_, "float_batch" + std::to_string(x.dimension(0)), err, kFloatTolerance);
-  EXPECT_LE(err, kFloatTolerance) << name_ << ": float, batch of " << x.dimension(0);
   double scale = 0;
   for (Index i = 0; i < ref.size(); ++i) scale = std::max(scale, std::abs(ref.data()[i]));
-  expect_same_argmax(name_ + " float batch", y, ref, 2 * kFloatTolerance * scale);
 
-  double worst = 0;
-  for (Index n = 0; n < x.dimension(0); ++n) {
-    const Tensor2<float> yn = model->forward(sample(x, n));
-    const Tensor2<double> rn = row(ref, n);
-    const double e = relative_error(yn, rn);
-    worst = std::isnan(e) ? e : std::max(worst, e);
-    EXPECT_LE(e, kFloatTolerance) << name_ << ": float, sample " << n << " alone";
-    expect_same_argmax(name_ + " float sample " + std::to_string(n), yn, rn,
-                       2 * kFloatTolerance * scale);
+  for (const int threads : kThreadCounts) {
+    const std::string t = threads_key(threads);
+    dynconv::Session<float> session(*model, threads);
+    const Tensor2<float> y = session.forward(x);
+    const double err = relative_error(y, ref);
+    report(name_, "float_batch" + std::to_string(x.dimension(0)) + t, err, kFloatTolerance);
+    EXPECT_LE(err, kFloatTolerance) << name_ << ": float, batch of " << x.dimension(0) << ", " << threads
+                                    << " threads";
+    expect_same_argmax(name_ + " float batch" + t, y, ref, 2 * kFloatTolerance * scale);
+    if (threads == 1) {
+      // Model::forward is the one-thread session.
+      const Tensor2<float> plain = model->forward(x);
+      ASSERT_EQ(plain.size(), y.size());
+      EXPECT_TRUE(std::equal(plain.data(), plain.data() + plain.size(), y.data()))
+          << name_ << ": Model::forward differs from a one-thread Session";
+    }
+
+    double worst = 0;
+    for (Index n = 0; n < x.dimension(0); ++n) {
+      const Tensor2<float> yn = session.forward(sample(x, n));
+      const Tensor2<double> rn = row(ref, n);
+      const double e = relative_error(yn, rn);
+      worst = std::isnan(e) ? e : std::max(worst, e);
+      EXPECT_LE(e, kFloatTolerance) << name_ << ": float, sample " << n << " alone, " << threads << " threads";
+      expect_same_argmax(name_ + " float sample " + std::to_string(n) + t, yn, rn, 2 * kFloatTolerance * scale);
+    }
+    report(name_, "float_batch1_worst" + t, worst, kFloatTolerance);
   }
-  report(name_, "float_batch1_worst", worst, kFloatTolerance);
 }
 
 TEST_P(ModelParity, DoubleBatch) {
@@ -311,26 +330,37 @@ TEST_P(ModelParity, DoubleBatch) {
   const Tensor4<double> x = d.file->get<double, 4>("input");
   const Tensor2<double> ref = d.file->get<double, 2>("logits");
   const auto model = make_loaded_model<double>(d);
-  const Tensor2<double> y = model->forward(x);
-  const double err = relative_error(y, ref);
-  report(name_, "double_batch" + std::to_string(x.dimension(0)), err, kDoubleTolerance);
-  EXPECT_LE(err, kDoubleTolerance) << name_ << ": double, batch of " << x.dimension(0);
-  expect_same_argmax(name_ + " double batch", y, ref, 0.0);
+  for (const int threads : kThreadCounts) {
+    dynconv::Session<double> session(*model, threads);
+    const Tensor2<double> y = session.forward(x);
+    const double err = relative_error(y, ref);
+    report(name_, "double_batch" + std::to_string(x.dimension(0)) + threads_key(threads), err, kDoubleTolerance);
+    EXPECT_LE(err, kDoubleTolerance) << name_ << ": double, batch of " << x.dimension(0) << ", " << threads
+                                     << " threads";
+    expect_same_argmax(name_ + " double batch" + threads_key(threads), y, ref, 0.0);
+  }
 }
 
 // An odd, non-square image (33x47: odd feature maps after every stride) against PyTorch, in
-// float and double: "any input size >= 32x32" rests on this.
+// float and double, on 1 and 2 threads.
 TEST_P(ModelParity, OddNonSquareInput) {
   const ModelData& d = *data_;
   const Tensor2<double> ref = d.file->get<double, 2>("logits_odd");
   const auto model_f = make_loaded_model<float>(d);
-  const double err_f = relative_error(model_f->forward(d.file->get<float, 4>("input_odd")), ref);
-  report(name_, "float_33x47", err_f, kFloatTolerance);
-  EXPECT_LE(err_f, kFloatTolerance) << name_ << ": float, 33x47";
   const auto model_d = make_loaded_model<double>(d);
-  const double err_d = relative_error(model_d->forward(d.file->get<double, 4>("input_odd")), ref);
-  report(name_, "double_33x47", err_d, kDoubleTolerance);
-  EXPECT_LE(err_d, kDoubleTolerance) << name_ << ": double, 33x47";
+  const Tensor4<float> x_f = d.file->get<float, 4>("input_odd");
+  const Tensor4<double> x_d = d.file->get<double, 4>("input_odd");
+  for (const int threads : kThreadCounts) {
+    const std::string t = threads_key(threads);
+    dynconv::Session<float> session_f(*model_f, threads);
+    const double err_f = relative_error(session_f.forward(x_f), ref);
+    report(name_, "float_33x47" + t, err_f, kFloatTolerance);
+    EXPECT_LE(err_f, kFloatTolerance) << name_ << ": float, 33x47, " << threads << " threads";
+    dynconv::Session<double> session_d(*model_d, threads);
+    const double err_d = relative_error(session_d.forward(x_d), ref);
+    report(name_, "double_33x47" + t, err_d, kDoubleTolerance);
+    EXPECT_LE(err_d, kDoubleTolerance) << name_ << ": double, 33x47, " << threads << " threads";
+  }
 }
 
 // The file holds the state_dict plus "input" and "logits": a strict load of all of it must
@@ -399,10 +429,14 @@ TEST(ModelParityPolicies, NamedPoliciesMatchPyTorch) {
     const auto d = load_model_data(m.dir + "/" + entry + ".safetensors", entry.substr(0, at));
     EXPECT_EQ(d->str("policy"), entry.substr(at + 1));
     const auto model = make_loaded_model<float>(*d);  // strict: names and shapes must agree
-    const double err = relative_error(model->forward(d->file->get<float, 4>("input")),
-                                      d->file->get<double, 2>("logits"));
-    report(entry, "float_batch3", err, kFloatTolerance);
-    EXPECT_LE(err, kFloatTolerance);
+    const Tensor4<float> x = d->file->get<float, 4>("input");
+    const Tensor2<double> ref = d->file->get<double, 2>("logits");
+    for (const int threads : kThreadCounts) {
+      dynconv::Session<float> session(*model, threads);
+      const double err = relative_error(session.forward(x), ref);
+      report(entry, "float_batch3" + threads_key(threads), err, kFloatTolerance);
+      EXPECT_LE(err, kFloatTolerance) << threads << " threads";
+    }
   }
   EXPECT_GE(cases, 3) << "the generator writes 3 named-policy cases";
 }

@@ -2,6 +2,9 @@
 // counts, the paper's table and hand sums from the architectures; the dynamic-conv policies
 // seen through the saved tensor names; loading, saving, upcycling and BatchNorm folding with
 // random checkpoints; input checks. PyTorch logit parity lives in test_model_parity.cpp.
+// A zoo model is a Graph whose node names are torchvision's module paths: its structure is
+// checked through the graph (node types, geometries, BatchNorm nodes) and cross-checked with
+// the saved tensor names.
 //
 // Every expected number comes from outside the code under test: torchvision's documented
 // counts, paper.md's table and formulas, or the hand sums below written from the torchvision
@@ -24,14 +27,17 @@
 
 namespace {
 
+using dynconv::BatchNorm2d;
+using dynconv::Conv2d;
 using dynconv::ConvRole;
 using dynconv::ConvSite;
-using dynconv::ConvUnit;
 using dynconv::DType;
+using dynconv::DynamicConv2d;
 using dynconv::FormatError;
 using dynconv::Index;
 using dynconv::LayerCost;
 using dynconv::LoadMode;
+using dynconv::NhwcTensor;
 using dynconv::OptionsError;
 using dynconv::SafeTensors;
 using dynconv::SafeTensorsWriter;
@@ -244,6 +250,51 @@ std::set<std::string> conv_weights(const Checkpoint& c, std::size_t rank) {
     if (e.shape.size() == rank && ends_with(name, ".weight") && name.find(".fc") == std::string::npos)
       out.insert(name.substr(0, name.size() - 7));
   return out;
+}
+
+// ---- the graph ------------------------------------------------------------------------------
+
+bool is_dynamic_conv(const Model<float>& m, const std::string& node) {
+  return dynamic_cast<const DynamicConv2d<float>*>(&m.module(node)) != nullptr;
+}
+
+bool is_static_conv(const Model<float>& m, const std::string& node) {
+  return dynamic_cast<const Conv2d<float>*>(&m.module(node)) != nullptr;
+}
+
+/// The geometry of convolution node `node`, static or dynamic (a failure if it is neither).
+dynconv::ConvGeometry geometry_of(const Model<float>& m, const std::string& node) {
+  if (const auto* d = dynamic_cast<const DynamicConv2d<float>*>(&m.module(node))) return d->geometry();
+  if (const auto* c = dynamic_cast<const Conv2d<float>*>(&m.module(node))) return c->geometry();
+  ADD_FAILURE() << "node '" << node << "' is " << m.module(node).description() << ", not a convolution";
+  return {};
+}
+
+/// Names of the convolution nodes of `m` that are dynamic (or static), squeeze-excite FCs
+/// (".fc1", ".fc2") left out as conv_weights() does: the graph's view of the policy.
+std::set<std::string> conv_nodes(const Model<float>& m, bool dynamic) {
+  std::set<std::string> out;
+  for (const std::string& n : m.node_names()) {
+    if (n.find(".fc") != std::string::npos) continue;
+    if (dynamic ? is_dynamic_conv(m, n) : is_static_conv(m, n)) out.insert(n);
+  }
+  return out;
+}
+
+/// The distinct "features.<i>" of the node names: torchvision's nn.Sequential `features`.
+std::set<std::string> feature_blocks(const Model<float>& m) {
+  std::set<std::string> out;
+  for (const std::string& n : m.node_names())
+    if (n.rfind("features.", 0) == 0) out.insert(n.substr(0, n.find('.', 9)));
+  return out;
+}
+
+/// A policy that records every site it is asked about (by name) and decides as `decide`.
+dynconv::DynamicPolicy recording(std::map<std::string, ConvSite>& sites, bool (*decide)(const ConvSite&)) {
+  return [&sites, decide](const ConvSite& s) {
+    EXPECT_TRUE(sites.emplace(s.name, s).second) << "site '" << s.name << "' asked twice";
+    return decide(s);
+  };
 }
 
 // ---- hand sums from the torchvision architectures --------------------------------------------
@@ -515,20 +566,38 @@ TEST(Counts, PerLayerCostsAddUpAndSplitAsDocumented) {
   for (std::size_t i = 0; i < 7; ++i) {
     SCOPED_TRACE(names[i]);
     const ModelCost cs = zoo(names[i]).cost(224, 224), cd = zoo(names[i + 7]).cost(224, 224);
-    for (const ModelCost* c : {&cs, &cd}) {
+    for (const Model<float>* m : {&zoo(names[i]), &zoo(names[i + 7])}) {
+      const ModelCost c = m->cost(224, 224);
       LayerCost sum;
       std::set<std::string> unique;
-      for (const dynconv::NamedCost& l : c->layers) {
+      std::size_t batchnorms = 0;
+      for (const dynconv::NamedCost& l : c.layers) {
         sum += l.cost;
         unique.insert(l.name);
-        EXPECT_GT(l.cost.params, 0) << l.name;
-        EXPECT_GT(l.cost.conv_madds, 0) << l.name;
+        ASSERT_TRUE(m->has_node(l.name)) << l.name;
+        // One entry per node with parameters: a BatchNorm node has its weight and bias (2 x C)
+        // and no multiply-adds (it folds into the convolution before it); every other entry
+        // (convolutions, squeeze-excite FCs, Linear) has both.
+        if (const auto* bn = dynamic_cast<const BatchNorm2d<float>*>(&m->module(l.name))) {
+          ++batchnorms;
+          EXPECT_EQ(l.cost.params, 2 * bn->num_features()) << l.name;
+          EXPECT_EQ(l.cost.madds(), 0) << l.name;
+        } else {
+          EXPECT_GT(l.cost.params, 0) << l.name;
+          EXPECT_GT(l.cost.conv_madds, 0) << l.name;
+        }
       }
-      EXPECT_EQ(unique.size(), c->layers.size());
-      EXPECT_EQ(sum.params, c->total.params);
-      EXPECT_EQ(sum.conv_madds, c->total.conv_madds);
-      EXPECT_EQ(sum.attention_madds, c->total.attention_madds);
-      EXPECT_EQ(sum.aggregation_madds, c->total.aggregation_madds);
+      EXPECT_EQ(unique.size(), c.layers.size());
+      // Every node with parameters has its entry; every convolution but the SE FCs its BatchNorm.
+      std::set<std::string> with_params;
+      for (const std::string& n : m->node_names())
+        if (!m->module(n).parameters().empty()) with_params.insert(n);
+      EXPECT_EQ(unique, with_params);
+      EXPECT_EQ(batchnorms, conv_nodes(*m, true).size() + conv_nodes(*m, false).size());
+      EXPECT_EQ(sum.params, c.total.params);
+      EXPECT_EQ(sum.conv_madds, c.total.conv_madds);
+      EXPECT_EQ(sum.attention_madds, c.total.attention_madds);
+      EXPECT_EQ(sum.aggregation_madds, c.total.aggregation_madds);
     }
     // Static: conv and FC only.
     for (const dynconv::NamedCost& l : cs.layers) {
@@ -558,25 +627,38 @@ TEST(Counts, PerLayerCostsAddUpAndSplitAsDocumented) {
 TEST(Counts, HandComputedResNetLayer) {
   // dy_resnet18 layer1.0.conv1 at 224: input 56x56 (stem /2, max pool /2), 64 -> 64, 3x3,
   // stride 1, K = 4, hidden = 64 / 4 = 16. PyTorch counts: conv weight 4*64*64*9, attention
-  // fc1 (16x64 + 16) and fc2 (4x16 + 4), bn1 weight and bias (2 x 64).
+  // fc1 (16x64 + 16) and fc2 (4x16 + 4), bn1 weight and bias (2 x 64), 148,692 in all; the
+  // conv node has all but the BatchNorm's, the BatchNorm node bn1 those.
   const ModelCost c = zoo("dy_resnet18").cost(224, 224);
   const LayerCost* l = find_layer(c, "layer1.0.conv1");
+  const LayerCost* bn = find_layer(c, "layer1.0.bn1");
   ASSERT_NE(l, nullptr);
-  EXPECT_EQ(l->params, 4 * 64 * 64 * 9 + (16 * 64 + 16) + (4 * 16 + 4) + 2 * 64);  // 148,692
+  ASSERT_NE(bn, nullptr);
+  EXPECT_EQ(l->params, 4 * 64 * 64 * 9 + (16 * 64 + 16) + (4 * 16 + 4));
+  EXPECT_EQ(bn->params, 2 * 64);
+  EXPECT_EQ(bn->madds(), 0);
+  EXPECT_EQ(l->params + bn->params, 148692);
   EXPECT_EQ(l->conv_madds, 56 * 56 * 64 * 64 * 9);                              // 115,605,504
   EXPECT_EQ(l->attention_madds, 56 * 56 * 64 + 64 * 16 + 16 * 4);                // 201,792
   EXPECT_EQ(l->aggregation_madds, 4 * 64 * 64 * 9);                              // 147,456
   // layer2.0.conv1: 56x56 in, stride 2 -> 28x28, 64 -> 128; GAP at the input resolution.
   const LayerCost* l2 = find_layer(c, "layer2.0.conv1");
+  const LayerCost* bn2 = find_layer(c, "layer2.0.bn1");
   ASSERT_NE(l2, nullptr);
-  EXPECT_EQ(l2->params, 4 * 128 * 64 * 9 + (16 * 64 + 16) + (4 * 16 + 4) + 2 * 128);
+  ASSERT_NE(bn2, nullptr);
+  EXPECT_EQ(l2->params + bn2->params, 4 * 128 * 64 * 9 + (16 * 64 + 16) + (4 * 16 + 4) + 2 * 128);
+  EXPECT_EQ(bn2->params, 2 * 128);
   EXPECT_EQ(l2->conv_madds, 28 * 28 * 128 * 64 * 9);
   EXPECT_EQ(l2->attention_madds, 56 * 56 * 64 + 64 * 16 + 16 * 4);
   EXPECT_EQ(l2->aggregation_madds, 4 * 128 * 64 * 9);
   // The static downsample next to it: 1x1 stride 2, 64 -> 128, + BN.
   const LayerCost* ds = find_layer(c, "layer2.0.downsample.0");
+  const LayerCost* ds_bn = find_layer(c, "layer2.0.downsample.1");
   ASSERT_NE(ds, nullptr);
-  EXPECT_EQ(ds->params, 128 * 64 + 2 * 128);
+  ASSERT_NE(ds_bn, nullptr);
+  EXPECT_EQ(ds->params, 128 * 64);
+  EXPECT_EQ(ds_bn->params, 2 * 128);
+  EXPECT_EQ(ds_bn->madds(), 0);
   EXPECT_EQ(ds->conv_madds, 28 * 28 * 128 * 64);
   EXPECT_EQ(ds->attention_madds + ds->aggregation_madds, 0);
   // fc: 512 x 1000 + 1000.
@@ -591,8 +673,12 @@ TEST(Counts, HandComputedMobileNetV2DepthwiseLayer) {
   // 96 channels (16 x 6), groups 96, stride 2, input 112x112 -> 56x56; hidden = 96 / 4 = 24.
   const ModelCost c = zoo("dy_mobilenet_v2_x1_0").cost(224, 224);
   const LayerCost* l = find_layer(c, "features.2.conv.1.0");
+  const LayerCost* bn = find_layer(c, "features.2.conv.1.1");
   ASSERT_NE(l, nullptr);
-  EXPECT_EQ(l->params, 4 * 96 * 9 + (24 * 96 + 24) + (4 * 24 + 4) + 2 * 96);  // 6,076
+  ASSERT_NE(bn, nullptr);
+  EXPECT_EQ(l->params, 4 * 96 * 9 + (24 * 96 + 24) + (4 * 24 + 4));
+  EXPECT_EQ(bn->params, 2 * 96);
+  EXPECT_EQ(l->params + bn->params, 6076);
   EXPECT_EQ(l->conv_madds, 56 * 56 * 96 * 9);
   EXPECT_EQ(l->attention_madds, 112 * 112 * 96 + 96 * 24 + 24 * 4);
   EXPECT_EQ(l->aggregation_madds, 4 * 96 * 9);
@@ -601,23 +687,88 @@ TEST(Counts, HandComputedMobileNetV2DepthwiseLayer) {
   const ModelCost s = zoo("mobilenet_v2_x1_0").cost(224, 224);
   const LayerCost* ls = find_layer(s, "features.2.conv.1.0");
   ASSERT_NE(ls, nullptr);
-  EXPECT_EQ(ls->params, 96 * 9 + 2 * 96);
+  EXPECT_EQ(ls->params, 96 * 9);
+  EXPECT_EQ(ls->madds(), 56 * 56 * 96 * 9);
+  ASSERT_NE(find_layer(s, "features.2.conv.1.1"), nullptr);
+  EXPECT_EQ(find_layer(s, "features.2.conv.1.1")->params, 2 * 96);
   const LayerCost* stem = find_layer(c, "features.0.0");
   ASSERT_NE(stem, nullptr);
-  EXPECT_EQ(stem->params, 32 * 3 * 9 + 2 * 32);
+  EXPECT_EQ(stem->params, 32 * 3 * 9);
   EXPECT_EQ(stem->madds(), 112 * 112 * 32 * 3 * 9);
+  ASSERT_NE(find_layer(c, "features.0.1"), nullptr);
+  EXPECT_EQ(find_layer(c, "features.0.1")->params, 2 * 32);
   const LayerCost* last = find_layer(c, "features.18.0");
   ASSERT_NE(last, nullptr);
-  EXPECT_EQ(last->params, 1280 * 320 + 2 * 1280);
+  EXPECT_EQ(last->params, 1280 * 320);
   EXPECT_EQ(last->madds(), 7 * 7 * 1280 * 320);
+  ASSERT_NE(find_layer(c, "features.18.1"), nullptr);
+  EXPECT_EQ(find_layer(c, "features.18.1")->params, 2 * 1280);
+  // classifier.1: Linear(1280 -> 1000).
+  const LayerCost* fc = find_layer(c, "classifier.1");
+  ASSERT_NE(fc, nullptr);
+  EXPECT_EQ(fc->params, 1280 * 1000 + 1000);
+  EXPECT_EQ(fc->conv_madds, 1280 * 1000);
+}
+
+TEST(Counts, HandComputedMobileNetV3SqueezeExcite) {
+  // dy_mobilenet_v3_small features.1: depthwise 3x3/2 on 16 channels (224 -> 112 -> 56), then
+  // squeeze-excite 16 -> 8 -> 16 (1x1 convs with bias) at 1x1 after the pooling: separate
+  // entries features.1.block.1.fc1 / fc2, static (no attention) in the dynamic model.
+  const ModelCost c = zoo("dy_mobilenet_v3_small").cost(224, 224);
+  const LayerCost* fc1 = find_layer(c, "features.1.block.1.fc1");
+  const LayerCost* fc2 = find_layer(c, "features.1.block.1.fc2");
+  ASSERT_NE(fc1, nullptr);
+  ASSERT_NE(fc2, nullptr);
+  EXPECT_EQ(fc1->params, 8 * 16 + 8);
+  EXPECT_EQ(fc1->conv_madds, 8 * 16);
+  EXPECT_EQ(fc2->params, 16 * 8 + 16);
+  EXPECT_EQ(fc2->conv_madds, 16 * 8);
+  EXPECT_EQ(fc1->attention_madds + fc1->aggregation_madds + fc2->attention_madds + fc2->aggregation_madds, 0);
+  const LayerCost* dw = find_layer(c, "features.1.block.0.0");
+  ASSERT_NE(dw, nullptr);
+  EXPECT_EQ(dw->params, 4 * 16 * 9 + (4 * 16 + 4) + (4 * 4 + 4));  // hidden = 16 / 4
+  EXPECT_EQ(dw->conv_madds, 56 * 56 * 16 * 9);
+  EXPECT_EQ(dw->attention_madds, 112 * 112 * 16 + 16 * 4 + 4 * 4);
 }
 
 // =============================================================================================
 // Policies (seen through the saved tensor names: dynamic weights are 5-D)
 // =============================================================================================
 
-const ConvUnit<float>* unit_at(const Model<float>& m, std::size_t i) {
-  return dynamic_cast<const ConvUnit<float>*>(&m.features()[i]);
+/// Every site the policy was asked about is a convolution node of `m` with the site's
+/// channels, kernel, stride and groups ("same" padding k / 2), dynamic exactly when `decide`
+/// says so; and every convolution node but the squeeze-excite FCs was asked about.
+void expect_sites_are_the_graphs_convs(const Model<float>& m, const std::map<std::string, ConvSite>& sites,
+                                       bool (*decide)(const ConvSite&)) {
+  for (const auto& [name, site] : sites) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(m.has_node(name));
+    const dynconv::ConvGeometry g = geometry_of(m, name);
+    EXPECT_EQ(g.in_channels, site.in_channels);
+    EXPECT_EQ(g.out_channels, site.out_channels);
+    EXPECT_EQ(g.kernel_h, site.kernel);
+    EXPECT_EQ(g.kernel_w, site.kernel);
+    EXPECT_EQ(g.stride_h, site.stride);
+    EXPECT_EQ(g.stride_w, site.stride);
+    EXPECT_EQ(g.groups, site.groups);
+    EXPECT_EQ(g.pad_h, site.kernel / 2);
+    EXPECT_EQ(g.pad_w_end, site.kernel / 2);
+    EXPECT_EQ(is_dynamic_conv(m, name), decide(site));
+    // Its BatchNorm node is its only reader, and folded into it.
+    std::vector<std::string> readers;
+    for (const std::string& n : m.node_names())
+      for (const std::string& v : m.node_inputs(n))
+        if (v == name) readers.push_back(n);
+    ASSERT_EQ(readers.size(), 1u);
+    const auto* bn = dynamic_cast<const BatchNorm2d<float>*>(&m.module(readers[0]));
+    ASSERT_NE(bn, nullptr) << readers[0];
+    EXPECT_EQ(bn->num_features(), site.out_channels);
+    EXPECT_TRUE(bn->folded()) << readers[0];
+  }
+  std::set<std::string> asked, convs = conv_nodes(m, true);
+  for (const std::string& n : conv_nodes(m, false)) convs.insert(n);
+  for (const auto& kv : sites) asked.insert(kv.first);
+  EXPECT_EQ(asked, convs);
 }
 
 TEST(Policy, DefaultMobileNetV2) {
@@ -637,12 +788,46 @@ TEST(Policy, DefaultMobileNetV2) {
     // 1 block x 2 convs + 16 blocks x 3 convs dynamic; stem and last static.
     EXPECT_EQ(conv_weights(c, 5).size(), 50u);
     EXPECT_THAT(conv_weights(c, 4), ElementsAre("features.0.0", "features.18.0"));
-    ASSERT_EQ(m.features().size(), 19u);
-    ASSERT_NE(unit_at(m, 0), nullptr);
-    EXPECT_FALSE(unit_at(m, 0)->is_dynamic());
-    ASSERT_NE(unit_at(m, 18), nullptr);
-    EXPECT_FALSE(unit_at(m, 18)->is_dynamic());
+    // The graph: torchvision's 19 blocks features.0 .. features.18; its DynamicConv2d nodes are
+    // the convolutions saved as dynamic; the stem and the last 1x1 are Conv2d nodes.
+    EXPECT_EQ(feature_blocks(m).size(), 19u);
+    EXPECT_EQ(conv_nodes(m, true), conv_weights(c, 5));
+    EXPECT_EQ(conv_nodes(m, false), conv_weights(c, 4));
+    EXPECT_TRUE(is_static_conv(m, "features.0.0"));
+    EXPECT_TRUE(is_static_conv(m, "features.18.0"));
+    EXPECT_TRUE(is_dynamic_conv(m, "features.2.conv.1.0"));
+    // Roles, through the policy's callback: 52 convolutions (stem, 1 + 16 x 3 + 2, last).
+    std::map<std::string, ConvSite> sites;
+    const ModelPtr r =
+        make(name, ModelOptions().policy(recording(sites, dynconv::models::mobilenet_v2_default_policy)));
+    EXPECT_EQ(sites.size(), 52u);
+    EXPECT_EQ(sites.at("features.0.0").role, ConvRole::Stem);
+    EXPECT_EQ(sites.at("features.18.0").role, ConvRole::Last);
+    EXPECT_EQ(sites.at("features.1.conv.0.0").role, ConvRole::Depthwise);
+    EXPECT_EQ(sites.at("features.1.conv.1").role, ConvRole::Project);
+    EXPECT_EQ(sites.at("features.2.conv.0.0").role, ConvRole::Expand);
+    expect_sites_are_the_graphs_convs(*r, sites, dynconv::models::mobilenet_v2_default_policy);
+    expect_sites_are_the_graphs_convs(m, sites, dynconv::models::mobilenet_v2_default_policy);
+    // Channels: the stem has make_divisible(32 x width) outputs, the last conv 1280.
+    const double width = name == "dy_mobilenet_v2_x1_0" ? 1.0 : 0.35;
+    EXPECT_EQ(geometry_of(m, "features.0.0").out_channels, divisible8(32 * width));
+    EXPECT_EQ(geometry_of(m, "features.18.0").out_channels, 1280);
+    EXPECT_EQ(m.module<dynconv::Linear<float>>("classifier.1").options().in_features(), 1280);
   }
+  // x1.0's first 24-channel block: expand 16 -> 96, depthwise 96 (groups 96) stride 2, project
+  // 96 -> 24, each followed by its BatchNorm node.
+  const Model<float>& x1 = zoo("dy_mobilenet_v2_x1_0");
+  const dynconv::ConvGeometry dw = x1.module<DynamicConv2d<float>>("features.2.conv.1.0").geometry();
+  EXPECT_EQ(dw.in_channels, 96);
+  EXPECT_EQ(dw.out_channels, 96);
+  EXPECT_EQ(dw.groups, 96);
+  EXPECT_EQ(dw.stride_h, 2);
+  EXPECT_EQ(dw.kernel_h, 3);
+  EXPECT_EQ(x1.module<DynamicConv2d<float>>("features.2.conv.0.0").geometry().in_channels, 16);
+  EXPECT_EQ(x1.module<DynamicConv2d<float>>("features.2.conv.2").geometry().out_channels, 24);
+  EXPECT_EQ(x1.module<BatchNorm2d<float>>("features.2.conv.1.1").num_features(), 96);
+  EXPECT_EQ(x1.module<BatchNorm2d<float>>("features.2.conv.3").num_features(), 24);
+  EXPECT_THAT(x1.node_inputs("features.2.conv.1.1"), ElementsAre("features.2.conv.1.0"));
   // Interchange format of one dynamic conv (x1.0 features.2.conv.0.0: 1x1 16 -> 96, hidden 4).
   const Checkpoint& c = saved("dy_mobilenet_v2_x1_0");
   const std::string p = "features.2.conv.0.0";
@@ -684,12 +869,43 @@ TEST(Policy, DefaultMobileNetV3Small) {
       EXPECT_EQ(e.shape.size(), 4u) << name;
     }
   EXPECT_EQ(se, 9u);  // blocks 1, 4..11 have squeeze-excite
-  ASSERT_EQ(m.features().size(), 13u);
-  ASSERT_NE(unit_at(m, 0), nullptr);
-  EXPECT_FALSE(unit_at(m, 0)->is_dynamic());
-  ASSERT_NE(unit_at(m, 12), nullptr);
-  EXPECT_TRUE(unit_at(m, 12)->is_dynamic());
-  EXPECT_DOUBLE_EQ(unit_at(m, 12)->spec().bn_eps, 0.001);
+  // The graph: 13 blocks features.0 .. features.12; the stem static, features.12 dynamic with
+  // its BatchNorm at torchvision's MobileNetV3 eps 0.001.
+  EXPECT_EQ(feature_blocks(m).size(), 13u);
+  EXPECT_EQ(conv_nodes(m, true), conv_weights(c, 5));
+  EXPECT_EQ(conv_nodes(m, false), conv_weights(c, 4));
+  EXPECT_TRUE(is_static_conv(m, "features.0.0"));
+  EXPECT_TRUE(is_dynamic_conv(m, "features.12.0"));
+  EXPECT_DOUBLE_EQ(m.module<BatchNorm2d<float>>("features.12.1").options().eps(), 0.001);
+  EXPECT_DOUBLE_EQ(m.module<BatchNorm2d<float>>("features.0.1").options().eps(), 0.001);
+  const dynconv::ConvGeometry last = geometry_of(m, "features.12.0");
+  EXPECT_EQ(last.in_channels, 96);
+  EXPECT_EQ(last.out_channels, 576);
+  // The squeeze-excite FCs are static 1x1 Conv2d nodes with a bias, not policy sites.
+  std::size_t se_nodes = 0;
+  for (const std::string& n : m.node_names())
+    if (n.size() > 4 && (n.compare(n.size() - 4, 4, ".fc1") == 0 || n.compare(n.size() - 4, 4, ".fc2") == 0)) {
+      ++se_nodes;
+      const auto& fc = m.module<Conv2d<float>>(n);
+      EXPECT_TRUE(fc.bias_is_parameter()) << n;
+      EXPECT_EQ(fc.geometry().kernel_h, 1) << n;
+    }
+  EXPECT_EQ(se_nodes, 18u);
+  EXPECT_EQ(m.module<Conv2d<float>>("features.1.block.1.fc1").geometry().out_channels, 8);
+  // Roles, through the policy's callback: the stem, 33 dynamic convolutions.
+  std::map<std::string, ConvSite> sites;
+  const ModelPtr r = make("dy_mobilenet_v3_small",
+                          ModelOptions().policy(recording(sites, dynconv::models::mobilenet_v3_default_policy)));
+  EXPECT_EQ(sites.size(), 34u);
+  EXPECT_EQ(sites.at("features.0.0").role, ConvRole::Stem);
+  EXPECT_EQ(sites.at("features.12.0").role, ConvRole::Last);
+  EXPECT_EQ(sites.at("features.1.block.0.0").role, ConvRole::Depthwise);
+  EXPECT_EQ(sites.at("features.1.block.2.0").role, ConvRole::Project);
+  EXPECT_EQ(sites.at("features.2.block.0.0").role, ConvRole::Expand);
+  EXPECT_EQ(sites.at("features.4.block.1.0").kernel, 5);
+  EXPECT_EQ(sites.at("features.4.block.1.0").stride, 2);
+  expect_sites_are_the_graphs_convs(*r, sites, dynconv::models::mobilenet_v3_default_policy);
+  expect_sites_are_the_graphs_convs(m, sites, dynconv::models::mobilenet_v3_default_policy);
 }
 
 TEST(Policy, DefaultResNet) {
@@ -712,10 +928,37 @@ TEST(Policy, DefaultResNet) {
     EXPECT_THAT(shape_of(c, "layer3.0.conv1.weight"), ElementsAre(4, 256, 128, 3, 3));
     EXPECT_THAT(shape_of(c, "layer3.0.conv1.attention.fc1.weight"), ElementsAre(32, 128));
     EXPECT_THAT(shape_of(c, "layer3.0.conv1.attention.fc2.weight"), ElementsAre(4, 32));
-    ASSERT_EQ(m.features().size(), static_cast<std::size_t>(2 + 4 * blocks));
-    ASSERT_NE(unit_at(m, 0), nullptr);
-    EXPECT_FALSE(unit_at(m, 0)->is_dynamic());
-    EXPECT_EQ(unit_at(m, 0)->spec().role, ConvRole::Stem);
+    // The graph: the stem conv1 -> bn1 -> relu -> maxpool, then 4 x blocks basic blocks (each
+    // block's output is the ReLU node named by the block, "layer2.0"), avgpool, fc.
+    EXPECT_TRUE(is_static_conv(m, "conv1"));
+    EXPECT_EQ(m.module<BatchNorm2d<float>>("bn1").num_features(), 64);
+    EXPECT_NO_THROW(m.module<dynconv::MaxPool2d<float>>("maxpool"));
+    std::size_t block_outputs = 0;
+    for (int stage = 1; stage <= 4; ++stage)
+      for (Index b = 0; b < blocks; ++b) {
+        const std::string p = "layer" + std::to_string(stage) + "." + std::to_string(b);
+        EXPECT_NO_THROW(m.module<dynconv::ReLU<float>>(p)) << p;
+        block_outputs += m.has_node(p);
+      }
+    EXPECT_EQ(block_outputs, static_cast<std::size_t>(4 * blocks));
+    EXPECT_FALSE(m.has_node("layer1." + std::to_string(blocks)));
+    EXPECT_EQ(conv_nodes(m, true), conv_weights(c, 5));
+    EXPECT_EQ(conv_nodes(m, false), conv_weights(c, 4));
+    EXPECT_EQ(geometry_of(m, "conv1").kernel_h, 7);
+    EXPECT_EQ(geometry_of(m, "conv1").stride_h, 2);
+    EXPECT_EQ(geometry_of(m, "layer2.0.conv1").stride_h, 2);
+    EXPECT_EQ(geometry_of(m, "layer2.0.conv2").stride_h, 1);
+    EXPECT_EQ(geometry_of(m, "layer2.0.downsample.0").stride_h, 2);
+    EXPECT_EQ(geometry_of(m, "layer4.0.conv1").out_channels, 512);
+    // Roles, through the policy's callback: 1 stem + 4 x blocks x 2 + 3 downsamples.
+    std::map<std::string, ConvSite> sites;
+    const ModelPtr r = make(name, ModelOptions().policy(recording(sites, dynconv::models::resnet_default_policy)));
+    EXPECT_EQ(sites.size(), static_cast<std::size_t>(1 + 8 * blocks + 3));
+    EXPECT_EQ(sites.at("conv1").role, ConvRole::Stem);
+    EXPECT_EQ(sites.at("layer1.0.conv1").role, ConvRole::BlockConv);
+    EXPECT_EQ(sites.at("layer3.0.downsample.0").role, ConvRole::Downsample);
+    expect_sites_are_the_graphs_convs(*r, sites, dynconv::models::resnet_default_policy);
+    expect_sites_are_the_graphs_convs(m, sites, dynconv::models::resnet_default_policy);
   }
 }
 
@@ -1140,15 +1383,20 @@ TEST(Load, BatchNormFoldsWithTorchvisionEps) {
 // Upcycling
 // =============================================================================================
 
-/// pi [N, K] of the ConvUnit features()[index] of `m` for images x (NCHW).
-Tensor2<float> attention_at(const Model<float>& m, std::size_t index, const Tensor4<float>& x) {
-  Tensor4<float> h = dynconv::nchw_to_nhwc(x);
-  for (std::size_t i = 0; i < index; ++i) h = m.features()[i].forward_nhwc(h);
-  const ConvUnit<float>* u = unit_at(m, index);
-  EXPECT_TRUE(u && u->is_dynamic());
-  if (!u || !u->is_dynamic()) return Tensor2<float>();
+/// pi [N, K] of the dynamic convolution node `node` of zoo model `name` (built with `options`,
+/// loaded from `file`) for images x (NCHW): a second such model, with the node's input value
+/// as an extra graph output, runs up to it; its logits must be `logits` (the same function).
+Tensor2<float> attention_at(const std::string& name, const ModelOptions& options, const SafeTensors& file,
+                            const std::string& node, const Tensor4<float>& x, const Tensor2<float>& logits) {
+  const ModelPtr probe = make(name, options);
+  EXPECT_TRUE(is_dynamic_conv(*probe, node)) << node;
+  if (!is_dynamic_conv(*probe, node)) return Tensor2<float>();
+  probe->output("probe", probe->node_inputs(node).at(0));
+  probe->load(file);
+  dynconv::Session<float> session(*probe, 1);
+  EXPECT_EQ(rel_error(session.forward(x), logits), 0.0) << "the probe model computes another function";
   Tensor2<float> pi;
-  u->dynamic_conv()->forward_nhwc(h, &pi);
+  probe->module<DynamicConv2d<float>>(node).forward(session.output("probe"), &pi);
   return pi;
 }
 
@@ -1162,14 +1410,13 @@ std::vector<float> top_attention(const Tensor2<float>& pi) {
 }
 
 TEST(Upcycle, StaticCheckpointInDynamicModelGivesStaticLogits) {
-  // base model, dynamic policy, a top-level dynamic unit whose attention is checked to be far
-  // from uniform (0: none; blocks keep their units private). MobileNetV2 with all_but_stem
-  // makes features.18 dynamic.
-  const struct { const char* base; const char* policy; std::size_t unit; } cases[] = {
-      {"mobilenet_v2_x0_35", "default", 0},
-      {"mobilenet_v2_x0_35", "all_but_stem", 18},
-      {"mobilenet_v3_small", "default", 12},
-      {"resnet10", "default", 0}};
+  // base model, dynamic policy, a dynamic convolution node whose attention is checked to be
+  // far from uniform. MobileNetV2 with all_but_stem makes features.18 dynamic.
+  const struct { const char* base; const char* policy; const char* node; } cases[] = {
+      {"mobilenet_v2_x0_35", "default", "features.2.conv.1.0"},
+      {"mobilenet_v2_x0_35", "all_but_stem", "features.18.0"},
+      {"mobilenet_v3_small", "default", "features.12.0"},
+      {"resnet10", "default", "layer1.0.conv1"}};
   for (const auto& cs : cases) {
     const std::string base = cs.base;
     SCOPED_TRACE(base + " " + cs.policy);
@@ -1186,11 +1433,11 @@ TEST(Upcycle, StaticCheckpointInDynamicModelGivesStaticLogits) {
     const SafeTensors dynamic_file = write(random_checkpoint(saved(*dy), 23));
     dy->load(dynamic_file);
     const Tensor2<float> y_random = dy->forward(x);
-    if (cs.unit) {
-      const Tensor2<float> pi = attention_at(*dy, cs.unit, x);
+    {
+      const Tensor2<float> pi = attention_at("dy_" + base, options, dynamic_file, cs.node, x, y_random);
       ASSERT_EQ(pi.dimension(0), 2);
       EXPECT_THAT(top_attention(pi), ::testing::Each(::testing::Gt(0.45f)))
-          << "attention close to uniform";
+          << cs.node << ": attention close to uniform";
     }
     dy->load(static_file, LoadMode::Upcycle);
     const Tensor2<float> yd = dy->forward(x);
@@ -1244,31 +1491,88 @@ TEST(Upcycle, StillStrictAboutNames) {
 // Inputs
 // =============================================================================================
 
-TEST(Input, BadShapesAreShapeErrorsNamingTheModel) {
+TEST(Input, WrongChannelCountIsShapeErrorFromTheGraphInput) {
   for (const std::string name : {"dy_resnet10", "mobilenet_v2_x0_35", "dy_mobilenet_v3_small"}) {
     SCOPED_TRACE(name);
     const ModelPtr m = make(name);
-    const Tensor4<float> bad[] = {random_images(1, 32, 32, 1, 1), random_images(1, 32, 32, 1, 4),
-                                  random_images(1, 31, 31, 1), random_images(2, 32, 31, 1),
-                                  random_images(1, 16, 64, 1)};
-    for (const Tensor4<float>& x : bad) {
-      EXPECT_THAT([&] { m->forward(x); }, ThrowsMessage<ShapeError>(HasSubstr(name)));
-      EXPECT_THAT([&] { m->forward_nhwc(dynconv::nchw_to_nhwc(x)); },
-                  ThrowsMessage<ShapeError>(HasSubstr(name)));
+    for (const Index c : {1, 4}) {
+      const Tensor4<float> x = random_images(2, 32, 40, 1, c);
+      const std::string expected = "graph '" + name + "': input 'x' [2, " + std::to_string(c) +
+                                   ", 32, 40] (NCHW) has " + std::to_string(c) +
+                                   (c == 1 ? " channel" : " channels") + ", expected 3";
+      EXPECT_THAT([&] { m->forward(x); }, ThrowsMessage<ShapeError>(HasSubstr(expected)));
+      EXPECT_THAT([&] { m->forward(dynconv::nchw_to_nhwc(x)); }, ThrowsMessage<ShapeError>(HasSubstr(expected)));
     }
-    // An NCHW tensor passed as NHWC ([1, 3, 64, 64] has 64 "channels").
-    EXPECT_THAT([&] { m->forward_nhwc(random_images(1, 64, 64, 1)); },
-                ThrowsMessage<ShapeError>(HasSubstr(name)));
+    // An NCHW tensor passed as NHWC: [1, 3, 64, 64] read as [N, H, W, C] has 64 channels.
+    EXPECT_THAT([&] { m->forward(NhwcTensor<float>(random_images(1, 64, 64, 1))); },
+                ThrowsMessage<ShapeError>(HasSubstr("graph '" + name +
+                                                    "': input 'x' [1, 64, 3, 64] (NCHW) has 64 channels, expected 3")));
+    // No pixels at all.
+    EXPECT_THAT([&] { m->forward(Tensor4<float>(1, 3, 0, 32)); },
+                ThrowsMessage<ShapeError>(HasSubstr("graph '" + name + "': input 'x' [1, 3, 0, 32] (NCHW) has no pixels (0x32)")));
   }
 }
 
-TEST(Input, AnySizeFrom32Works) {
+TEST(Input, TooSmallAnImageIsShapeErrorFromTheFirstNodeThatDoesNotFit) {
+  // The zoo's convolutions all pad to "same" (as torchvision's), so every zoo model runs down
+  // to 1x1 (as in PyTorch; see AnySizeWorks): the rule is each layer's own. A model with an
+  // unpadded convolution after a strided stem shows it: at 4x4 the stem gives 2x2, which
+  // the 3x3 conv2 does not fit; the error names the graph, the node, its module and its
+  // input with the shape.
+  Model<float> m("tiny", 10);
+  dynconv::Value v = m.input("x", 3);
+  v = m.add("stem", Conv2d<float>(dynconv::Conv2dOptions(3, 8, 3).stride(2).padding(1).name("stem")), {v});
+  v = m.add("conv2", Conv2d<float>(dynconv::Conv2dOptions(8, 8, 3).name("conv2")), {v});
+  v = m.add("pool", dynconv::AdaptiveAvgPool2d<float>(1), {v});
+  v = m.add("flatten", dynconv::Flatten<float>(), {v});
+  v = m.add("fc", dynconv::Linear<float>(dynconv::LinearOptions(8, 10).name("fc")), {v});
+  m.output("logits", v);
+  EXPECT_THAT([&] { m.forward(random_images(2, 4, 4, 1)); },
+              ThrowsMessage<ShapeError>(AllOf(
+                  HasSubstr("graph 'tiny': node 'conv2' reading 'stem' (stem: Conv2d(3 -> 8, 3x3"),
+                  HasSubstr("[2, 8, 2, 2] (NCHW): conv2: Conv2d(8 -> 8, 3x3)"),
+                  HasSubstr("smaller than the dilated kernel 3x3"))));
+  // At 1x1 the padded stem still fits (1 + 2 >= 3) and conv2 fails again; at 5x5 all fit.
+  EXPECT_THAT([&] { m.forward(random_images(1, 1, 1, 1)); },
+              ThrowsMessage<ShapeError>(HasSubstr("node 'conv2'")));
+  const Tensor2<float> y = m.forward(random_images(2, 5, 5, 1));
+  EXPECT_EQ(y.dimension(0), 2);
+  EXPECT_EQ(y.dimension(1), 10);
+  EXPECT_TRUE(logits_ok(y));
+  // An input node that does not fit: the first node is named, reading the graph input.
+  Model<float> k("unpadded", 10);
+  dynconv::Value u = k.input("x", 3);
+  u = k.add("conv1", Conv2d<float>(dynconv::Conv2dOptions(3, 4, 7).name("conv1")), {u});
+  u = k.add("pool", dynconv::AdaptiveAvgPool2d<float>(1), {u});
+  u = k.add("flatten", dynconv::Flatten<float>(), {u});
+  u = k.add("fc", dynconv::Linear<float>(dynconv::LinearOptions(4, 10).name("fc")), {u});
+  k.output("logits", u);
+  EXPECT_THAT([&] { k.forward(random_images(1, 6, 9, 1)); },
+              ThrowsMessage<ShapeError>(AllOf(HasSubstr("graph 'unpadded': node 'conv1' reading input 'x' [1, 3, 6, 9] "
+                                                        "(NCHW): conv1: Conv2d(3 -> 4, 7x7)"),
+                                              HasSubstr("smaller than the dilated kernel 7x7"))));
+}
+
+TEST(Input, AnySizeWorks) {
+  // No minimum size any more (the old rule was 32x32): 16x16 and smaller run, odd and
+  // non-square sizes too.
   const ModelPtr m = make("dy_mobilenet_v3_small", ModelOptions().num_classes(7));
-  for (const auto& [h, w] : {std::pair<Index, Index>{32, 32}, {33, 47}, {64, 36}}) {
+  for (const auto& [h, w] : {std::pair<Index, Index>{32, 32}, {33, 47}, {64, 36}, {16, 16}, {9, 20}, {1, 1}}) {
     const Tensor2<float> y = m->forward(random_images(2, h, w, 2));
     EXPECT_EQ(y.dimension(0), 2);
     EXPECT_EQ(y.dimension(1), 7);
     EXPECT_TRUE(logits_ok(y)) << h << "x" << w;
+  }
+  // ResNet-18 at 16x16 (layer4 runs at 1x1) and every zoo model at 16x16, with a random
+  // checkpoint so that the logits depend on the input.
+  for (const std::string& name : dynconv::models::zoo_names()) {
+    SCOPED_TRACE(name);
+    const ModelPtr z = make(name, ModelOptions().num_classes(10));
+    z->load(write(random_checkpoint(saved(*z), 61)));
+    const Tensor2<float> y = z->forward(random_images(2, 16, 16, 62));
+    EXPECT_EQ(y.dimension(0), 2);
+    EXPECT_EQ(y.dimension(1), 10);
+    EXPECT_TRUE(logits_ok(y));
   }
 }
 
@@ -1306,7 +1610,7 @@ TEST(Input, ForwardAndForwardNhwcAgree) {
     for (Index c = 0; c < 3; ++c)
       for (Index i = 0; i < 40; ++i)
         for (Index j = 0; j < 36; ++j) nhwc(n, i, j, c) = x(n, c, i, j);
-  EXPECT_EQ(rel_error(m->forward_nhwc(nhwc), m->forward(x)), 0.0);
+  EXPECT_EQ(rel_error(m->forward(NhwcTensor<float>(nhwc)), m->forward(x)), 0.0);
 }
 
 }  // namespace
@@ -1324,7 +1628,7 @@ TEST(Session, MatchesForwardForEveryThreadCountWithoutAllocating) {
       x.setRandom();
       const Tensor2<float> expected = model->forward(x);
       for (int threads : {1, 2, 3}) {
-        dynconv::models::Session<float> session(*model, threads);
+        dynconv::Session<float> session(*model, threads);
         const Tensor2<float> first = session.forward(x);
         const Index allocations = session.allocations();
         const Tensor2<float>& again = session.forward(x);
@@ -1349,16 +1653,23 @@ TEST(Session, MatchesForwardForEveryThreadCountWithoutAllocating) {
 
 TEST(Session, NchwAndNhwcAgreeAndBadInputsAreShapeErrors) {
   const ModelPtr model = dynconv::models::create<float>("dy_mobilenet_v3_small", ModelOptions().num_classes(5));
-  dynconv::models::Session<float> session(*model, 2);
+  dynconv::Session<float> session(*model, 2);
   Tensor4<float> x(2, 3, 40, 48);
   x.setRandom();
   const Tensor2<float> nchw = session.forward(x);
-  const Tensor2<float> nhwc = session.forward_nhwc(dynconv::nchw_to_nhwc(x));
+  const Tensor2<float> nhwc = session.forward(dynconv::nchw_to_nhwc(x));
   for (Index i = 0; i < nchw.size(); ++i) EXPECT_EQ(nchw.data()[i], nhwc.data()[i]);
   EXPECT_THAT([&] { session.forward(Tensor4<float>(1, 4, 40, 40)); },
-              ThrowsMessage<ShapeError>(HasSubstr("must have 3 channels and be at least 32x32")));
-  EXPECT_THAT([&] { session.forward(Tensor4<float>(1, 3, 31, 40)); },
-              ThrowsMessage<ShapeError>(HasSubstr("[1, 3, 31, 40] (NCHW)")));
-  EXPECT_THAT([] { dynconv::models::Session<float> s(*dynconv::models::create<float>("resnet10"), 0); },
+              ThrowsMessage<ShapeError>(HasSubstr(
+                  "graph 'dy_mobilenet_v3_small': input 'x' [1, 4, 40, 40] (NCHW) has 4 channels, expected 3")));
+  EXPECT_THAT([&] { session.forward(Tensor4<float>(0, 3, 40, 40)); },
+              ThrowsMessage<ShapeError>(HasSubstr("input 'x' [0, 3, 40, 40] (NCHW) has no samples (N=0)")));
+  // After the errors the session still runs (and a 31x40 image, below the old 32x32 rule, too).
+  EXPECT_EQ(session.forward(Tensor4<float>(x)).dimension(1), 5);
+  Tensor4<float> small(1, 3, 31, 40);
+  small.setRandom();
+  EXPECT_EQ(session.forward(small).dimension(0), 1);
+  EXPECT_EQ(rel_error(session.forward(x), nchw), 0.0);
+  EXPECT_THAT([] { dynconv::Session<float> s(*dynconv::models::create<float>("resnet10"), 0); },
               ThrowsMessage<OptionsError>(HasSubstr("threads=0 must be in [1, 1024]")));
 }

@@ -5,18 +5,22 @@
 //                   input for several iterations: every output is bitwise the single-threaded
 //                   output for that input, computed beforehand (forward is const; concurrency
 //                   must not change a single bit)
-//   SessionPerThread.*  4 threads, each owning models::Sessions (1 and 2 threads) over the same
+//   SessionPerThread.*  4 threads, each owning dynconv::Sessions (1 and 2 threads) over the same
 //                   model: bitwise the logits of the same session kind run alone (a 1-thread
 //                   session: bitwise model.forward; a 2-thread one: model.forward to 1e-5)
+// The outputs computed alone beforehand are themselves checked against an independent
+// reference: Model::forward of a double-precision copy of the model (create<double>, loaded
+// from the float model's saved weights), to a float tolerance, so that a bug shared by every
+// float path (one thread or several) cannot pass as agreement.
 //   ThreadPoolTest.*    every task runs exactly once on a valid worker, the first exception
 //                   propagates once all tasks ended, nested parallel_for runs inline on the
 //                   calling worker, many back-to-back calls, construction limits
 //
 // Models run at 64x64 and batch 2 with 10 classes so that the TSan stage stays short.
 // DYNCONV_SOURCE_DIR (for the shipped weights) is a compile definition.
-#include <dynconv/models/session.hpp>
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/safetensors.hpp>
+#include <dynconv/session.hpp>
 #include <dynconv/thread_pool.hpp>
 
 #include <gmock/gmock.h>
@@ -43,13 +47,14 @@
 namespace {
 
 using dynconv::Index;
+using dynconv::NhwcTensor;
 using dynconv::OptionsError;
+using dynconv::Session;
 using dynconv::Tensor2;
 using dynconv::Tensor4;
 using dynconv::ThreadPool;
 using dynconv::models::Model;
 using dynconv::models::ModelOptions;
-using dynconv::models::Session;
 
 constexpr int kThreads = 4;
 constexpr int kIterations = 3;
@@ -82,6 +87,46 @@ const Model<float>& model(const std::string& name) {
                                          ".safetensors"));
   }
   return *m;
+}
+
+/// The double-precision twin of model(name): the same weights (the float model's saved file
+/// loaded into create<double>), built once.
+const Model<double>& reference_model(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Model<double>>> cache;
+  static std::mutex mutex;
+  const Model<float>& m = model(name);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& r = cache[name];
+  if (!r) {
+    dynconv::SafeTensorsWriter w;
+    m.save(w);
+    r = dynconv::models::create<double>(name, ModelOptions().num_classes(10));
+    r->load(dynconv::SafeTensors::parse(w.to_bytes(), name + " (float weights)"));
+  }
+  return *r;
+}
+
+/// The reference logits for x: the double model's forward.
+Tensor2<double> reference(const std::string& name, const Tensor4<float>& x) {
+  const Tensor4<double> xd = x.cast<double>();
+  return reference_model(name).forward(xd);
+}
+
+/// max |got - want| / max |want| <= kReferenceTolerance: float logits against the double
+/// reference (float rounding through these networks: ~5e-7 measured; tests/reference.hpp's
+/// float tolerance).
+constexpr double kReferenceTolerance = 2e-5;
+void expect_near_reference(const Tensor2<float>& got, const Tensor2<double>& want, const std::string& what) {
+  ASSERT_EQ(got.dimension(0), want.dimension(0)) << what;
+  ASSERT_EQ(got.dimension(1), want.dimension(1)) << what;
+  double err = 0, scale = 0;
+  for (Index i = 0; i < want.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(got.data()[i])) << what << ": logit " << i;
+    err = std::max(err, std::abs(double(got.data()[i]) - want.data()[i]));
+    scale = std::max(scale, std::abs(want.data()[i]));
+  }
+  ASSERT_GT(scale, 0.0) << what;
+  EXPECT_LE(err / scale, kReferenceTolerance) << what << " vs the double-precision model";
 }
 
 /// Bitwise equality of two logit tensors: EXPECT_EQ on every float (no tolerance), so that a
@@ -128,6 +173,8 @@ TEST_P(SharedModel, ConcurrentForwardIsBitwiseTheSingleThreadedOutput) {
   for (int t = 0; t < kThreads; ++t) {
     inputs.push_back(input(unsigned(t)));
     expected.push_back(m.forward(inputs.back()));
+    expect_near_reference(expected.back(), reference(GetParam(), inputs.back()),
+                          std::string(GetParam()) + " input " + std::to_string(t));
   }
   // The inputs differ, and so do their logits: a thread that got another's output would show.
   for (int t = 1; t < kThreads; ++t)
@@ -151,11 +198,12 @@ TEST_P(SharedModel, ConcurrentForwardIsBitwiseTheSingleThreadedOutput) {
 TEST_P(SharedModel, ConcurrentForwardNhwcOnTheSameInput) {
   // All threads read one input tensor too (shared const data on both sides).
   const Model<float>& m = model(GetParam());
-  const Tensor4<float> x = dynconv::nchw_to_nhwc(input(7));
-  const Tensor2<float> want = m.forward_nhwc(x);
+  const NhwcTensor<float> x = dynconv::nchw_to_nhwc(input(7));
+  const Tensor2<float> want = m.forward(x);
+  expect_near_reference(want, reference(GetParam(), input(7)), std::string(GetParam()) + " NHWC input");
   run_threads([&](int t) {
     for (int it = 0; it < kIterations; ++it)
-      expect_bitwise_equal(m.forward_nhwc(x), want,
+      expect_bitwise_equal(m.forward(x), want,
                            std::string(GetParam()) + " thread " + std::to_string(t));
   });
 }
@@ -167,7 +215,7 @@ INSTANTIATE_TEST_SUITE_P(Zoo, SharedModel,
                          });
 
 // ---- One Session per thread --------------------------------------------------------------------
-// Session (include/dynconv/models/session.hpp) promises: a one-thread session gives exactly
+// Session (include/dynconv/session.hpp) promises: a one-thread session gives exactly
 // Model::forward's numbers; a session reproduces its results bit for bit; sessions with other
 // thread counts agree with Model::forward up to float rounding (splitting a layer over threads
 // changes the GEMM's blocking). So: 1-thread sessions are compared bitwise with model.forward,
@@ -200,12 +248,15 @@ TEST_P(SessionPerThread, EachThreadsSessionGivesTheBitsOfASessionRunAlone) {
     const std::string what = std::string(GetParam()) + " input " + std::to_string(t);
     expect_bitwise_equal(alone1.back(), forward.back(), what + ": 1-thread session vs forward");
     expect_close(alone2.back(), forward.back(), what + ": 2-thread session vs forward");
+    const Tensor2<double> ref = reference(GetParam(), inputs.back());
+    expect_near_reference(alone1.back(), ref, what + ": 1-thread session");
+    expect_near_reference(alone2.back(), ref, what + ": 2-thread session");
   }
   run_threads([&](int t) {
     for (int threads : {1, 2}) {
       Session<float> session(m, threads);
       EXPECT_EQ(session.threads(), threads);
-      EXPECT_EQ(&session.model(), &m);
+      EXPECT_EQ(&session.graph(), &m);
       for (int it = 0; it < kIterations; ++it) {
         // Alternate between this thread's input and the next one's: the session's workspaces
         // must not carry anything from one call to the next.
@@ -225,16 +276,18 @@ TEST_P(SessionPerThread, ForwardNhwcAndABatchOfOne) {
   const Tensor4<float> x = input(20);
   const std::array<Index, 4> at{1, 0, 0, 0}, len{1, 3, kSize, kSize};
   const Tensor4<float> one = x.slice(at, len);
-  const Tensor4<float> x_nhwc = dynconv::nchw_to_nhwc(x);
+  const NhwcTensor<float> x_nhwc = dynconv::nchw_to_nhwc(x);
   Session<float> alone(m, 2);
   const Tensor2<float> want_batch = alone.forward(x), want_one = alone.forward(one);
-  expect_bitwise_equal(alone.forward_nhwc(x_nhwc), want_batch, "forward_nhwc alone");
+  expect_bitwise_equal(alone.forward(x_nhwc), want_batch, "NHWC forward alone");
   expect_close(want_batch, m.forward(x), "batch 2 vs Model::forward");
   expect_close(want_one, m.forward(one), "batch 1 vs Model::forward");
+  expect_near_reference(want_batch, reference(GetParam(), x), "batch 2");
+  expect_near_reference(want_one, reference(GetParam(), one), "batch 1");
   run_threads([&](int t) {
     Session<float> session(m, 2);
-    expect_bitwise_equal(session.forward_nhwc(x_nhwc), want_batch,
-                         "forward_nhwc, thread " + std::to_string(t));
+    expect_bitwise_equal(session.forward(x_nhwc), want_batch,
+                         "NHWC forward, thread " + std::to_string(t));
     expect_bitwise_equal(session.forward(one), want_one, "batch 1, thread " + std::to_string(t));
     expect_bitwise_equal(session.forward(x), want_batch, "batch 2, thread " + std::to_string(t));
   });
