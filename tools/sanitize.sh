@@ -99,11 +99,12 @@ else
   # test_threads: one model shared by threads, Sessions, the ThreadPool. test_conv and
   # test_dynamic run every layer's split paths (samples, rows, channel tiles) on 2- and 3-thread
   # pools with small shapes; test_models' Session cases run all 14 zoo models on 1, 2 and 3
-  # threads (about a minute under TSan; its other cases add nothing threaded and are left out).
-  tsan_targets=(test_threads test_conv test_dynamic test_models)
+  # threads (about a minute under TSan; its other cases add nothing threaded and are left out);
+  # test_plan every mixing strategy on 1-3 threads, test_graph graphs through Sessions.
+  tsan_targets=(test_threads test_conv test_dynamic test_models test_plan test_graph)
   say "building ${tsan_targets[*]} (-j$jobs)"
   cmake --build "$build" --target "${tsan_targets[@]}" -j"$jobs"
-  regex='^(test_threads|test_conv|test_dynamic)\.|^test_models\.Session\.'
+  regex='^(test_threads|test_conv|test_dynamic|test_plan|test_graph)\.|^test_models\.Session\.'
   say "running ctest -R '$regex'"
   ctest --test-dir "$build" --output-on-failure --no-tests=error -R "$regex" -j"$jobs" || status=$?
 fi
