@@ -515,27 +515,27 @@ const std::vector<Row>& table() {
       // ---- Zero-size dimensions ------------------------------------------------------------------
       // A graph refuses an input without samples or pixels before any layer runs.
       {"empty_batch", call([] { zoo("mobilenet_v3_small").forward(tensor(0, 3, 32, 32)); }),
-       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) is empty",
+       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) has no samples (N=0)",
        RUN "--input {input_n0}", 1, "input_n0.safetensors: tensor 'input' has shape [0, 3, 32, 32], expected [N, 3, H, W] with N >= 1 and H, W >= 32"},
       {"empty_batch_of_huge_images",
        call([] { zoo("dy_mobilenet_v3_small").forward(Tensor4<float>(0, 3, Index(1) << 20, Index(1) << 20)); }),
-       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 1048576, 1048576] (NCHW) is empty"},
+       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 1048576, 1048576] (NCHW) has no samples (N=0)"},
       {"empty_batch_of_huge_images_through_a_session",
        call([] {
          dynconv::Session<float> s(zoo("dy_mobilenet_v3_small"), 2);
          s.forward(Tensor4<float>(0, 3, Index(1) << 20, Index(1) << 20));
        }),
-       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 1048576, 1048576] (NCHW) is empty"},
+       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 1048576, 1048576] (NCHW) has no samples (N=0)"},
       {"empty_batch_dynamic", call([] { zoo("dy_mobilenet_v3_small").forward(tensor(0, 3, 32, 32)); }),
-       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) is empty"},
+       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) has no samples (N=0)"},
       {"empty_batch_through_a_session",
        call([] {
          dynconv::Session<float> s(zoo("dy_mobilenet_v3_small"), 2);
          s.forward(tensor(0, 3, 32, 32));
        }),
-       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) is empty"},
+       Outcome::ShapeError, "graph 'dy_mobilenet_v3_small': input 'x' [0, 3, 32, 32] (NCHW) has no samples (N=0)"},
       {"image_of_height_zero", call([] { zoo("mobilenet_v3_small").forward(tensor(1, 3, 0, 32)); }),
-       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 3, 0, 32] (NCHW) is empty",
+       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 3, 0, 32] (NCHW) has no pixels (0x32)",
        RUN "--input {input_h0}", 1, "input_h0.safetensors: tensor 'input' has shape [1, 3, 0, 32], expected [N, 3, H, W] with N >= 1 and H, W >= 32"},
       {"conv_input_without_pixels", call([] { Conv2d<float>(Conv2dOptions(3, 8, 3)).forward(tensor(1, 3, 0, 8)); }),
        Outcome::ShapeError, "Conv2d(3 -> 8, 3x3): input [1, 3, 0, 8] (NCHW) has no pixels (0x8)"},
@@ -578,12 +578,12 @@ const std::vector<Row>& table() {
       {"input_height_over_the_limit", call([] { Conv2d<float>(Conv2dOptions(3, 8, 3)).cost(Big(1) << 40, 8); }),
        Outcome::ShapeError, "Conv2d(3 -> 8, 3x3): input height=1099511627776 must be <= 2147483648"},
       {"model_cost_of_a_huge_image", call([] { zoo("mobilenet_v3_small").cost(kBig, kBig); }),
-       Outcome::ShapeError, "graph 'mobilenet_v3_small': node 'features.0.0' (features.0.0: Conv2d(3 -> 16, 3x3)) reading input 'x' [1, 3, 2147483648, 2147483648] (NCHW): features.0.0: Conv2d(3 -> 16, 3x3): the output size overflows (1152921504606846976 x 16)"},
+       Outcome::ShapeError, "graph 'mobilenet_v3_small': node 'features.0.0' reading input 'x' [1, 3, 2147483648, 2147483648] (NCHW): features.0.0: Conv2d(3 -> 16, 3x3): the output size overflows (1152921504606846976 x 16)"},
       {"model_cost_of_a_negative_image", call([] { zoo("mobilenet_v3_small").cost(-5, 64); }),
-       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 3, -5, 64] (NCHW) is empty"},
+       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 3, -5, 64] (NCHW) has no pixels (-5x64)"},
       // ---- Wrong channel counts ------------------------------------------------------------------
       {"model_input_with_one_channel", call([] { zoo("mobilenet_v3_small").forward(tensor(1, 1, 32, 32)); }),
-       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 1, 32, 32] (NCHW) has 1 channels, expected 3",
+       Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 1, 32, 32] (NCHW) has 1 channel, expected 3",
        RUN "--input {input_2ch}", 1, "input_2ch.safetensors: tensor 'input' has shape [1, 2, 32, 32], expected [N, 3, H, W]"},
       {"model_input_nhwc_passed_as_nchw", call([] { zoo("mobilenet_v3_small").forward(tensor(1, 32, 32, 3)); }),
        Outcome::ShapeError, "graph 'mobilenet_v3_small': input 'x' [1, 32, 32, 3] (NCHW) has 32 channels, expected 3"},
@@ -609,7 +609,7 @@ const std::vector<Row>& table() {
       {"model_input_smaller_than_32_runs", [] { return zoo("dy_resnet10").forward(tensor(1, 3, 31, 64)); },
        Outcome::Accepted, ""},
       {"graph_input_smaller_than_a_layer", call([] { tiny_graph().forward(tensor(1, 3, 4, 9)); }),
-       Outcome::ShapeError, "graph 'tiny': node 'conv' (conv: Conv2d(3 -> 8, 5x5)) reading input 'x' [1, 3, 4, 9] (NCHW): conv: Conv2d(3 -> 8, 5x5): input [1, 3, 4, 9] (NCHW) is 4x9, smaller than the dilated kernel 5x5 after padding (0, 0)"},
+       Outcome::ShapeError, "graph 'tiny': node 'conv' reading input 'x' [1, 3, 4, 9] (NCHW): conv: Conv2d(3 -> 8, 5x5): input [1, 3, 4, 9] (NCHW) is 4x9, smaller than the dilated kernel 5x5 after padding (0, 0)"},
       {"session_input_with_wrong_channels",
        call([] {
          dynconv::Session<float> s(zoo("dy_mobilenet_v3_small"), 2);
@@ -662,7 +662,7 @@ const std::vector<Row>& table() {
        Outcome::OptionsError, "BatchNorm2d(8): eps=0 must be finite and > 0"},
       {"forced_algorithm_that_does_not_fit",
        call([] { Conv2d<float>(Conv2dOptions(3, 8, 3).algorithm(dynconv::ConvAlgorithm::Pointwise)); }),
-       Outcome::OptionsError, "Conv2d(3 -> 8, 3x3): algorithm=Pointwise needs a 1x1 kernel with padding 0, got kernel 3x3, padding (0, 0, 0, 0), groups=1, in_channels=3, out_channels=8"},
+       Outcome::OptionsError, "Conv2d(3 -> 8, 3x3): algorithm=Pointwise needs a 1x1 kernel with padding 0, got kernel 3x3, padding (0, 0), groups=1, in_channels=3, out_channels=8"},
       {"unknown_model", call([] { dynconv::models::create<float>("resnet99"); }),
        Outcome::OptionsError, "unknown model 'resnet99'; the zoo has: mobilenet_v2_x1_0, ",
        "--model resnet99 --weights {good} --input {image}", 2, "unknown model 'resnet99'; the zoo has: "},

@@ -1221,32 +1221,30 @@ void expect_conv_option_errors(const char* kind) {
                Layer<T> layer(Options(32, 64, 3).padding(0, -2)));
   // Per side: the message gives all four sides when they differ.
   EXPECT_ERROR(OptionsError,
-               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(1, 0) must be >= 0 (per side: top 1, bottom -1, "
-                                 "left 0, right 0)"),
+               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(top 1, bottom -1, left 0, right 0) must be >= 0"),
                Layer<T> layer(Options(32, 64, 3).padding(1, -1, 0, 0)));
   EXPECT_ERROR(OptionsError,
-               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(0, 2) must be >= 0 (per side: top 0, bottom 0, "
-                                 "left 2, right -3)"),
+               ::testing::Eq(k + "(32 -> 64, 3x3): padding=(top 0, bottom 0, left 2, right -3) must be >= 0"),
                Layer<T> layer(Options(32, 64, 3).padding(0, 0, 2, -3)));
   // A 1x1 kernel padded on one side only is not a plain GEMM.
   EXPECT_ERROR(OptionsError,
                ::testing::Eq(k + "(8 -> 16, 1x1): algorithm=Pointwise needs a 1x1 kernel with padding 0, got "
-                                 "kernel 1x1, padding (0, 0, 1, 0), groups=1, in_channels=8, out_channels=16"),
+                                 "kernel 1x1, padding (top 0, bottom 1, left 0, right 0), groups=1, in_channels=8, out_channels=16"),
                Layer<T> layer(Options(8, 16, 1).padding(0, 1, 0, 0).algorithm(ConvAlgorithm::Pointwise)));
   // Forcing an algorithm the geometry does not allow.
   EXPECT_ERROR(OptionsError,
                ::testing::Eq(k + "(8 -> 8, 3x3): algorithm=Pointwise needs a 1x1 kernel with "
-                                 "padding 0, got kernel 3x3, padding (1, 1, 1, 1), groups=1, "
+                                 "padding 0, got kernel 3x3, padding (1, 1), groups=1, "
                                  "in_channels=8, out_channels=8"),
                Layer<T> layer(Options(8, 8, 3).padding(1).algorithm(ConvAlgorithm::Pointwise)));
   EXPECT_ERROR(OptionsError,
                AllOf(StartsWith(k + "(8 -> 16, 1x1): algorithm=Pointwise needs a 1x1 kernel with "
                                     "padding 0"),
-                     HasSubstr("padding (0, 1, 0, 1)")),
+                     HasSubstr("padding (0, 1)")),
                Layer<T> layer(Options(8, 16, 1).padding(0, 1).algorithm(ConvAlgorithm::Pointwise)));
   EXPECT_ERROR(OptionsError,
                ::testing::Eq(k + "(8 -> 16, 3x3): algorithm=Depthwise needs groups == "
-                                 "in_channels == out_channels, got kernel 3x3, padding (1, 1, 1, 1), "
+                                 "in_channels == out_channels, got kernel 3x3, padding (1, 1), "
                                  "groups=8, in_channels=8, out_channels=16"),
                Layer<T> layer(Options(8, 16, 3).groups(8).padding(1).algorithm(ConvAlgorithm::Depthwise)));
   EXPECT_ERROR(OptionsError,
@@ -1575,7 +1573,7 @@ TYPED_TEST(ErrorTest, KernelAttentionInputErrors) {
                att.forward(empty));
   const dynconv::NhwcTensor<T> empty_nhwc(2, 3, 0, 4);  // N 2, H 3, W 0, C 4
   EXPECT_ERROR(ShapeError,
-               ::testing::Eq("KernelAttention(4 -> 1 -> 3): input [2, 3, 0, 4] (NHWC) must have 4 channels and "
+               ::testing::Eq("KernelAttention(4 -> 1 -> 3): input [2, 4, 3, 0] (NCHW) must have 4 channels and "
                              "at least one pixel"),
                att.forward(empty_nhwc));
   Tensor4<T> wrong(1, 5, 2, 2);
@@ -2015,7 +2013,7 @@ TYPED_TEST(ModuleParameterTest, UnknownNamesAndWrongCountsThrow) {
                dyn.set_parameter("attention.fc1.weight", std::vector<T>(8)));
   EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.fc2.bias' [3] takes 3 values, got 4"),
                dyn.set_parameter("attention.fc2.bias", std::vector<T>(4)));
-  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.temperature' [] takes 1 values, got 2"),
+  EXPECT_ERROR(ShapeError, ::testing::Eq(head + "parameter 'attention.temperature' [] takes 1 value, got 2"),
                dyn.set_parameter("attention.temperature", {T(1), T(2)}));
   // The setters' own checks: a temperature must be positive (reported under the layer name).
   EXPECT_ERROR(OptionsError, AllOf(StartsWith("layer2.1.conv2.attention: KernelAttention(8 -> 2 -> 3): "),

@@ -71,10 +71,12 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
   Index kc = depth, mc = rows, nc = pixels;
   ei::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
   // Each sample's packed A panel starts 64-byte aligned: the micro-kernel loads it with aligned
-  // packet loads (kc * pixels need not be a multiple of the packet size).
+  // packets (kc * pixels need not be a multiple of the packet size, 16 floats with AVX-512).
   const Index rhs_stride = (kc * pixels + 15) / 16 * 16;
   T* rhs = ws.scratch(worker, Scratch::PackB, n * rhs_stride);
-  T* sources = ws.scratch(worker, Scratch::Sources, kernels * mc * kc);
+  // Each packed block starts 64-byte aligned too (the packing stores with aligned packets).
+  const Index source_stride = (mc * kc + 15) / 16 * 16;
+  T* sources = ws.scratch(worker, Scratch::Sources, kernels * source_stride);
   T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
   ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
                     Eigen::ColMajor>
@@ -89,9 +91,9 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index mcur = std::min(mc, rows - i2);
       for (Index k = 0; k < kernels; ++k)
-        pack_lhs(sources + k * mc * kc, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
+        pack_lhs(sources + k * source_stride, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
       for (Index b = 0; b < n; ++b) {
-        mix(sources, mc * kc, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
+        mix(sources, source_stride, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
         gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * rhs_stride, mcur, kcur,
              pixels, T(1));
       }
