@@ -165,8 +165,11 @@ TEST(GraphPlan, AnIntermediateOutputStopsFusionThereAndIsCorrect) {
   net.fold_batchnorms();
   check_against_unfused(net, {"block_bn2", "block_add", "se_gate", "down"});
   const GraphPlan p = net.plan({NhwcShape{1, 28, 28, 1}});
-  for (const GraphPlan::Step& s : p.steps)
-    if (net.node_names()[static_cast<std::size_t>(s.node)] == "block_conv2") EXPECT_TRUE(s.fused.size() <= 1u);
+  for (const GraphPlan::Step& s : p.steps) {
+    if (net.node_names()[static_cast<std::size_t>(s.node)] == "block_conv2") {
+      EXPECT_TRUE(s.fused.size() <= 1u);
+    }
+  }
 }
 
 TEST(GraphPlan, UnfoldedBatchNormsRunAsTheirOwnStepsWithTheSameNumbers) {

@@ -42,6 +42,8 @@
 #include <string>
 #include <vector>
 
+#include "parity_data.hpp"
+
 // ---------------------------------------------------------------------------------------------
 // Allocation counting: every call to the C allocator (so operator new too) is counted while a
 // CountAllocations is alive, as in test_alloc.cpp: glibc lets a program replace malloc and
@@ -1260,54 +1262,11 @@ INSTANTIATE_TEST_SUITE_P(Table, ErrorTable, ::testing::ValuesIn(error_cases()),
 
 constexpr std::size_t kMinParityCases = 50;
 
-struct ParityCase {
-  std::string name;
-  std::string load_error;          // non-empty if the file could not be read
-  std::vector<SafeTensors> file;   // one element once loaded (SafeTensors has no empty state)
-  std::map<std::string, std::string> meta;
-  std::string kind() const {
-    const auto it = meta.find("kind");
-    return it == meta.end() ? std::string() : it->second;
-  }
-};
-
-struct ParityData {
-  std::string dir;
-  std::string problem;  // why there is no data; empty if there is
-  std::vector<ParityCase> cases;
-};
-
-ParityData load_parity_data() {
-  ParityData d;
-  const char* env = std::getenv("DYNCONV_MODULE_PARITY_DIR");
-  if (env == nullptr || *env == '\0') {
-    d.problem = "DYNCONV_MODULE_PARITY_DIR is not set";
-    return d;
-  }
-  d.dir = env;
-  std::ifstream manifest(d.dir + "/manifest.txt");
-  if (!manifest) {
-    d.problem = d.dir + "/manifest.txt does not exist";
-    return d;
-  }
-  for (std::string line; std::getline(manifest, line);) {
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
-    if (line.empty() || line[0] == '#') continue;
-    ParityCase c;
-    c.name = line;
-    try {
-      c.file.push_back(SafeTensors::load(d.dir + "/" + line + ".safetensors"));
-      c.meta = c.file.front().metadata();
-    } catch (const std::exception& e) {
-      c.load_error = e.what();
-    }
-    d.cases.push_back(std::move(c));
-  }
-  return d;
-}
+using ParityCase = parity::Case;
+using ParityData = parity::Data;
 
 const ParityData& parity_data() {
-  static const ParityData data = load_parity_data();
+  static const ParityData data = parity::load("DYNCONV_MODULE_PARITY_DIR");
   return data;
 }
 

@@ -22,6 +22,8 @@
 #include <dynconv/safetensors.hpp>
 #include <dynconv/weights.hpp>
 
+#include "parity_data.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -61,63 +63,12 @@ constexpr std::size_t kMinCases = 20;
 // ---------------------------------------------------------------------------------------------
 // The data set
 
-struct ParityCase {
-  std::string name;
-  std::string load_error;  // non-empty if the file could not be read
-  std::vector<SafeTensors> file;  // one element once loaded (SafeTensors has no empty state)
-  std::map<std::string, std::string> meta;
-
-  const SafeTensors& st() const { return file.front(); }
-  const std::string& kind() const {
-    static const std::string none;
-    const auto it = meta.find("kind");
-    return it == meta.end() ? none : it->second;
-  }
-};
-
-struct ParityData {
-  std::string dir;
-  std::string problem;  // why there is no data; empty if there is
-  std::vector<ParityCase> cases;
-};
-
-std::string trim(const std::string& s) {
-  const auto first = s.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return {};
-  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
-}
-
-ParityData load_parity_data() {
-  ParityData d;
-  const char* env = std::getenv("DYNCONV_PARITY_DIR");
-  if (env == nullptr || *env == '\0') {
-    d.problem = "DYNCONV_PARITY_DIR is not set";
-    return d;
-  }
-  d.dir = env;
-  std::ifstream manifest(d.dir + "/manifest.txt");
-  if (!manifest) {
-    d.problem = d.dir + "/manifest.txt does not exist";
-    return d;
-  }
-  for (std::string line; std::getline(manifest, line);) {
-    line = trim(line);
-    if (line.empty() || line[0] == '#') continue;
-    ParityCase c;
-    c.name = line;
-    try {
-      c.file.push_back(SafeTensors::load(d.dir + "/" + line + ".safetensors"));
-      c.meta = c.st().metadata();
-    } catch (const std::exception& e) {
-      c.load_error = e.what();
-    }
-    d.cases.push_back(std::move(c));
-  }
-  return d;
-}
+using ParityCase = parity::Case;
+using ParityData = parity::Data;
+using parity::Meta;
 
 const ParityData& parity_data() {
-  static const ParityData data = load_parity_data();
+  static const ParityData data = parity::load("DYNCONV_PARITY_DIR");
   return data;
 }
 
@@ -129,48 +80,6 @@ const ParityData& parity_data() {
                       "/usr/bin/python3 tools/make_parity_data.py --out DIR with "              \
                       "DYNCONV_PARITY_DIR=DIR";                                                 \
   } while (0)
-
-// Metadata accessors; a missing or malformed value is a dynconv::FormatError naming the case.
-struct Meta {
-  const ParityCase& c;
-
-  const std::string& str(const std::string& key) const {
-    const auto it = c.meta.find(key);
-    if (it == c.meta.end())
-      dynconv::fail<dynconv::FormatError>(c.name, ": metadata has no '", key, "'");
-    return it->second;
-  }
-  bool has(const std::string& key) const { return c.meta.count(key) != 0; }
-  Index integer(const std::string& key) const {
-    const std::string& s = str(key);
-    std::size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != s.size())
-      dynconv::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
-                                                  "' is not an integer");
-    return static_cast<Index>(v);
-  }
-  double real(const std::string& key) const {
-    const std::string& s = str(key);
-    std::size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != s.size())
-      dynconv::fail<dynconv::FormatError>(c.name, ": metadata ", key, "='", s,
-                                                  "' is not a number");
-    return v;
-  }
-  bool flag(const std::string& key) const { return integer(key) != 0; }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Error bookkeeping

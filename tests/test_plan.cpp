@@ -1,7 +1,8 @@
-// The planned dynamic convolution: every mixing strategy, forced, x threads {1, 2, 3} x batch
-// {1, 2, 3} with distinct samples, against a naive per-sample reference written here (attention,
-// mix and convolution straight from paper.md, in double); and the one predicate
-// select_mix_strategy() on the shapes it is meant for.
+// The planned dynamic convolution: every attention kind (DY-Conv, CondConv, ODConv) x every
+// mixing strategy, forced, x threads {1, 2, 3} x batch {1, 2, 3} with distinct samples, against a
+// naive per-sample reference written here (attention, kernel synthesis and convolution straight
+// from paper.md and family.md, in double); and the one predicate select_mix_strategy() on the
+// shapes it is meant for.
 #include <dynconv/dynamic_conv2d.hpp>
 
 #include <gmock/gmock.h>
@@ -16,6 +17,7 @@
 namespace {
 
 using dynconv::Activation;
+using dynconv::AttentionKind;
 using dynconv::Context;
 using dynconv::DynamicConv2d;
 using dynconv::DynamicConv2dOptions;
@@ -49,64 +51,124 @@ void fill(std::vector<T>& v, unsigned seed, double scale = 1.0) {
   for (T& x : v) x = static_cast<T>(d(gen));
 }
 
+DynamicConv2dOptions options_of(const Geometry& g, AttentionKind kind) {
+  DynamicConv2dOptions o = kind == AttentionKind::DyConv     ? DynamicConv2dOptions(g.cin, g.cout, g.k).kernels(kKernels)
+                           : kind == AttentionKind::CondConv ? DynamicConv2dOptions::condconv(g.cin, g.cout, g.k, kKernels).bias(true)
+                                                             : DynamicConv2dOptions::odconv(g.cin, g.cout, g.k, kKernels);
+  return o.stride(g.stride).padding(g.pad).groups(g.groups).temperature(1.3).name(g.name);
+}
+
 /// A dynamic layer of geometry g with every parameter random (attention logits spread so that
 /// different samples get clearly different mixes) and a temperature of 1.3.
 template <typename T>
-DynamicConv2d<T> make_layer(const Geometry& g, MixStrategy m) {
-  DynamicConv2d<T> layer(DynamicConv2dOptions(g.cin, g.cout, g.k)
-                             .stride(g.stride)
-                             .padding(g.pad)
-                             .groups(g.groups)
-                             .kernels(kKernels)
-                             .temperature(1.3)
-                             .mix_strategy(m)
-                             .name(g.name));
+DynamicConv2d<T> make_layer(const Geometry& g, MixStrategy m, AttentionKind kind) {
+  DynamicConv2d<T> layer(options_of(g, kind).mix_strategy(m));
   unsigned seed = 100;
   for (const dynconv::ParameterInfo& p : layer.parameters()) {
-    if (p.name == "attention.temperature") continue;
+    if (p.shape.empty()) continue;  // the temperature
     std::vector<T> v(static_cast<std::size_t>(dynconv::element_count(p.shape)));
-    fill(v, seed++, p.name.rfind("attention.", 0) == 0 ? 1.5 : 0.5);
+    const bool attention = p.name.rfind("attention.", 0) == 0 || p.name.rfind("routing_fn.", 0) == 0;
+    fill(v, seed++, attention ? 1.5 : 0.5);
+    if (p.name.find("running_var") != std::string::npos)
+      for (T& x : v) x = static_cast<T>(1.0 + 0.5 * static_cast<double>(x));  // in [0.25, 1.75]
     layer.set_parameter(p.name, v);
   }
   return layer;
 }
 
-/// The naive reference: for each sample, pi = softmax(fc2(relu(fc1(mean over pixels))) / tau),
-/// W = sum_k pi_k W_k, b = sum_k pi_k b_k, y = conv2d(x, W, b), then y = relu(hardswish(y) + r).
-/// x and r NHWC; returns NHWC, in double.
+double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+/// out[o] = b[o] + sum_i w[o, i] x[i] for a dense layer of `outs` outputs (b may be null).
+std::vector<double> dense(const std::vector<double>& x, const std::vector<double>& w, const double* b, Index outs) {
+  const Index ins = static_cast<Index>(x.size());
+  std::vector<double> y(static_cast<std::size_t>(outs));
+  for (Index o = 0; o < outs; ++o) {
+    double a = b ? b[o] : 0.0;
+    for (Index i = 0; i < ins; ++i) a += w[static_cast<std::size_t>(o * ins + i)] * x[static_cast<std::size_t>(i)];
+    y[static_cast<std::size_t>(o)] = a;
+  }
+  return y;
+}
+
+/// One sample's attention, straight from family.md: the kernel weights a [K] and the scales
+/// (ODConv) of input channels c [Cin], filters f [Cout] and kernel positions s [k*k]; a head the
+/// kind does not have is all ones.
+struct Heads {
+  std::vector<double> a, c, f, s;
+};
+
+template <typename T>
+Heads reference_heads(const DynamicConv2d<T>& layer, const Geometry& g, const std::vector<double>& pooled) {
+  auto param = [&](const std::string& name) {
+    const std::vector<T> v = layer.parameter(name);
+    return std::vector<double>(v.begin(), v.end());
+  };
+  const double tau = static_cast<double>(layer.temperature());
+  Heads h{std::vector<double>(kKernels, 1.0), std::vector<double>(static_cast<std::size_t>(g.cin), 1.0),
+          std::vector<double>(static_cast<std::size_t>(g.cout), 1.0), std::vector<double>(static_cast<std::size_t>(g.k * g.k), 1.0)};
+  auto softmax = [tau](std::vector<double> z) {
+    double top = -1e300, sum = 0;
+    for (double v : z) top = std::max(top, v);
+    for (double& v : z) sum += (v = std::exp((v - top) / tau));
+    for (double& v : z) v /= sum;
+    return z;
+  };
+  switch (layer.kind()) {
+    case AttentionKind::DyConv: {
+      std::vector<double> hid = dense(pooled, param("attention.fc1.weight"), param("attention.fc1.bias").data(),
+                                      static_cast<Index>(param("attention.fc1.bias").size()));
+      for (double& v : hid) v = std::max(v, 0.0);
+      h.a = softmax(dense(hid, param("attention.fc2.weight"), param("attention.fc2.bias").data(), kKernels));
+      break;
+    }
+    case AttentionKind::CondConv:
+      h.a = dense(pooled, param("routing_fn.weight"), param("routing_fn.bias").data(), kKernels);
+      for (double& v : h.a) v = sigmoid(v / tau);
+      break;
+    case AttentionKind::ODConv: {
+      const std::vector<double> gamma = param("attention.bn.weight"), beta = param("attention.bn.bias");
+      const std::vector<double> mean = param("attention.bn.running_mean"), var = param("attention.bn.running_var");
+      std::vector<double> z = dense(pooled, param("attention.fc.weight"), nullptr, static_cast<Index>(gamma.size()));
+      for (std::size_t i = 0; i < z.size(); ++i) z[i] = std::max(0.0, (z[i] - mean[i]) / std::sqrt(var[i] + 1e-5) * gamma[i] + beta[i]);
+      auto head = [&](const char* name, Index outs) {
+        std::vector<double> v = dense(z, param(std::string("attention.") + name + ".weight"),
+                                      param(std::string("attention.") + name + ".bias").data(), outs);
+        for (double& x : v) x = sigmoid(x / tau);
+        return v;
+      };
+      h.c = head("channel_fc", g.cin);
+      if (!(g.groups == g.cin && g.cin == g.cout)) h.f = head("filter_fc", g.cout);
+      if (g.k > 1) h.s = head("spatial_fc", g.k * g.k);
+      h.a = softmax(dense(z, param("attention.kernel_fc.weight"), param("attention.kernel_fc.bias").data(), kKernels));
+      break;
+    }
+  }
+  return h;
+}
+
+/// The naive reference: for each sample its heads (reference_heads), W = f c s sum_k a_k W_k,
+/// b = sum_k a_k b_k, y = conv2d(x, W, b), then y = relu(hardswish(y) + r). x and r NHWC;
+/// returns NHWC, in double.
 template <typename T>
 std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, const NhwcTensor<T>& x,
                               const std::vector<T>& residual) {
   const NhwcShape s = x.shape();
-  const std::vector<T> w = layer.parameter("weight"), b = layer.parameter("bias");
-  const std::vector<T> w1 = layer.parameter("attention.fc1.weight"), b1 = layer.parameter("attention.fc1.bias");
-  const std::vector<T> w2 = layer.parameter("attention.fc2.weight"), b2 = layer.parameter("attention.fc2.bias");
-  const double tau = static_cast<double>(layer.parameter("attention.temperature")[0]);
-  const Index hidden = static_cast<Index>(b1.size()), cin_g = g.cin / g.groups, cout_g = g.cout / g.groups;
+  const std::vector<T> w = layer.parameter("weight");
+  const std::vector<T> b = layer.has_bias() ? layer.parameter("bias") : std::vector<T>(kKernels * g.cout, T(0));
+  const Index cin_g = g.cin / g.groups, cout_g = g.cout / g.groups;
   const Index oh = (s.h + 2 * g.pad - g.k) / g.stride + 1, ow = (s.w + 2 * g.pad - g.k) / g.stride + 1;
   const Index wsize = g.cout * cin_g * g.k * g.k;
   auto in = [&](Index n, Index i, Index j, Index c) { return static_cast<double>(x.tensor()(n, i, j, c)); };
   std::vector<double> y(static_cast<std::size_t>(s.n * oh * ow * g.cout));
   for (Index n = 0; n < s.n; ++n) {
-    std::vector<double> pooled(static_cast<std::size_t>(g.cin), 0.0), h(static_cast<std::size_t>(hidden)), z(kKernels);
+    std::vector<double> pooled(static_cast<std::size_t>(g.cin), 0.0);
     for (Index c = 0; c < g.cin; ++c) {
       for (Index i = 0; i < s.h; ++i)
         for (Index j = 0; j < s.w; ++j) pooled[c] += in(n, i, j, c);
       pooled[c] /= static_cast<double>(s.h * s.w);
     }
-    for (Index o = 0; o < hidden; ++o) {
-      double a = b1[o];
-      for (Index c = 0; c < g.cin; ++c) a += w1[o * g.cin + c] * pooled[c];
-      h[o] = std::max(a, 0.0);
-    }
-    double top = -1e300, sum = 0;
-    for (Index k = 0; k < kKernels; ++k) {
-      z[k] = b2[k];
-      for (Index o = 0; o < hidden; ++o) z[k] += w2[k * hidden + o] * h[o];
-      top = std::max(top, z[k]);
-    }
-    for (Index k = 0; k < kKernels; ++k) sum += (z[k] = std::exp((z[k] - top) / tau));
-    for (Index k = 0; k < kKernels; ++k) z[k] /= sum;
+    const Heads hd = reference_heads(layer, g, pooled);
+    const std::vector<double>& z = hd.a;
     for (Index co = 0; co < g.cout; ++co) {
       double bias = 0;
       for (Index k = 0; k < kKernels; ++k) bias += z[k] * b[k * g.cout + co];
@@ -122,6 +184,7 @@ std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, 
                 double wk = 0;
                 for (Index k = 0; k < kKernels; ++k)
                   wk += z[k] * w[k * wsize + ((co * cin_g + ci) * g.k + i) * g.k + j];
+                wk *= hd.f[co] * hd.c[grp * cin_g + ci] * hd.s[i * g.k + j];
                 acc += wk * in(n, ih, iw, grp * cin_g + ci);
               }
           const std::size_t at = static_cast<std::size_t>(((n * oh + r) * ow + c) * g.cout + co);
@@ -136,39 +199,38 @@ std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, 
 struct Case {
   Geometry geometry;
   MixStrategy strategy;
+  AttentionKind kind;
 };
 
 std::vector<Case> all_cases() {
   std::vector<Case> v;
-  for (const Geometry& g : kGeometries)
-    for (MixStrategy m : kStrategies) v.push_back({g, m});
+  for (AttentionKind kind : {AttentionKind::DyConv, AttentionKind::CondConv, AttentionKind::ODConv})
+    for (const Geometry& g : kGeometries)
+      for (MixStrategy m : kStrategies) v.push_back({g, m, kind});
   return v;
 }
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
-  return std::string(info.param.geometry.name) + "_" + dynconv::mix_strategy_name(info.param.strategy);
+  const char* kind = info.param.kind == AttentionKind::DyConv ? "" : info.param.kind == AttentionKind::CondConv ? "condconv_" : "odconv_";
+  return kind + std::string(info.param.geometry.name) + "_" + dynconv::mix_strategy_name(info.param.strategy);
 }
 
 template <typename T>
 void check_case(const Case& c) {
   const Geometry& g = c.geometry;
-  const bool supported =
-      c.strategy == MixStrategy::Auto ||
-      dynconv::mix_strategy_supports(c.strategy, dynconv::select_conv_algorithm(DynamicConv2dOptions(g.cin, g.cout, g.k)
-                                                                                   .stride(g.stride)
-                                                                                   .padding(g.pad)
-                                                                                   .groups(g.groups)
-                                                                                   .geometry()),
-                                     DynamicConv2dOptions(g.cin, g.cout, g.k).stride(g.stride).padding(g.pad).groups(g.groups).geometry());
+  const dynconv::ConvGeometry geometry = options_of(g, c.kind).geometry();
+  const bool supported = c.strategy == MixStrategy::Auto ||
+                         dynconv::mix_strategy_supports(c.strategy, dynconv::select_conv_algorithm(geometry), geometry,
+                                                        c.kind == AttentionKind::ODConv);
   if (!supported) {
     // A strategy that cannot run the geometry is refused when the layer is built.
-    EXPECT_THAT([&] { make_layer<T>(g, c.strategy); },
+    EXPECT_THAT([&] { make_layer<T>(g, c.strategy, c.kind); },
                 testing::ThrowsMessage<dynconv::OptionsError>(testing::AllOf(
                     testing::HasSubstr(g.name), testing::HasSubstr(dynconv::mix_strategy_name(c.strategy)),
                     testing::HasSubstr(dynconv::concat("groups=", g.groups)))));
     return;
   }
-  const DynamicConv2d<T> layer = make_layer<T>(g, c.strategy);
+  const DynamicConv2d<T> layer = make_layer<T>(g, c.strategy, c.kind);
   for (Index batch : {1, 2, 3}) {
     NhwcTensor<T> x(batch, g.h, g.w, g.cin);
     std::vector<T> xs(static_cast<std::size_t>(x.size()));

@@ -23,6 +23,21 @@ match the C++ library and its weight files:
     attention.fc2.bias      [K]
     attention.temperature   scalar buffer (tau)
 
+Then the rest of the dynamic-convolution family (/work/shared/docs/family.md), batched (the
+batch folded into the groups of one conv2d, conv_per_sample_kernels), with the state names of
+the public implementations so that their weights load as they are
+(tools/make_family_parity_data.py checks them against per-sample loops):
+
+    CondConvRouting(Cin, E, tau)    r = sigmoid(Linear(GAP(x)) / tau) [N, E]: weight [E, Cin],
+                                    bias [E] (an nn.Linear's names), temperature (0-d buffer)
+    CondConv2d(...)                 timm's CondConv2d: weight [E, Cout*Cin/g*kh*kw] (each expert
+                                    flattened from [Cout, Cin/g, kh, kw]), bias [E, Cout];
+                                    its own routing_fn, or (shared_routing) the block's routing
+                                    passed to forward(x, routing); rows of r do not sum to 1
+    ODConv2d(...), ODConvAttention  OSVAI's ODConv: weight [K, Cout, Cin/g, kh, kw] and
+                                    attention.{fc, bn, channel_fc, filter_fc, spatial_fc,
+                                    kernel_fc, temperature}, heads absent where OSVAI omits them
+
 The second half builds the model zoo of the paper's results table in PyTorch (the static
 structure from torchvision, dynamic convolutions swapped in at the same attribute by a policy),
 and randomises a model's weights for the model parity test (tools/make_model_parity_data.py):
@@ -52,7 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["KernelAttention", "DynamicConv2d", "attention_hidden", "save_safetensors",
+__all__ = ["KernelAttention", "DynamicConv2d", "attention_hidden", "CondConvRouting",
+           "CondConv2d", "ODConvAttention", "ODConv2d", "odconv_hidden",
+           "conv_per_sample_kernels", "save_safetensors",
            "SAFETENSORS_DTYPES", "ZOO", "DY_ZOO", "ALL_MODELS", "POLICIES", "model_family",
            "build_model", "dynamic_layers", "set_batched", "check_batched", "randomize_",
            "random_input", "round_to_half_", "is_half_exact", "KERNEL_SHARED",
@@ -245,6 +262,351 @@ class DynamicConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, bias={self.bias is not None}, kernels={self.kernels}, "
                 f"hidden={self.hidden}, temperature={float(self.attention.temperature)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The dynamic-convolution family (/work/shared/docs/family.md): CondConv and ODConv
+
+def _check_conv_args(in_channels, out_channels, groups, count, what):
+    if in_channels < 1 or out_channels < 1 or groups < 1 or count < 1:
+        raise ValueError(f"in_channels, out_channels, groups and {what} must be >= 1")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+
+
+def _temperature_buffer(module, temperature):
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be finite and > 0")
+    module.register_buffer("temperature", torch.tensor(float(temperature)))
+
+
+def conv_per_sample_kernels(x, kernels, bias, stride, padding, dilation, groups):
+    """y[n] = conv2d(x[n], kernels[n], bias[n]) for every sample n, as ONE conv2d: the batch is
+    folded into the channels (x viewed as [1, N*Cin, H, W], the N kernels stacked along the
+    output channels, groups * N groups), so that the groups of sample n see only its own
+    channels and its own kernel. x [N, Cin, H, W], kernels [N, Cout, Cin/groups, kh, kw],
+    bias [N, Cout] or None -> [N, Cout, Hout, Wout]."""
+    n, cin, h, w = x.shape
+    cout = kernels.shape[1]
+    y = F.conv2d(x.reshape(1, n * cin, h, w), kernels.reshape(n * cout, *kernels.shape[2:]),
+                 None if bias is None else bias.reshape(n * cout), stride, padding, dilation,
+                 groups * n)
+    return y.reshape(n, cout, y.shape[-2], y.shape[-1])
+
+
+class CondConvRouting(nn.Module):
+    """CondConv's routing r = sigmoid((mean_{H,W}(x) @ weight.T + bias) / tau):
+    [N, Cin, H, W] -> [N, E]. Every entry is its own sigmoid, so a row does NOT sum to 1.
+
+    `weight` [E, Cin] and `bias` [E] have the names and shapes of an nn.Linear(Cin, E): the
+    state of timm's block-level `routing_fn` (an nn.Linear) loads into it with
+    load_state_dict(..., strict=False), the only missing key being `temperature`, a 0-d buffer
+    that timm does not have (tau = 1 is timm's function)."""
+
+    def __init__(self, in_channels, experts, temperature=1.0):
+        super().__init__()
+        if in_channels < 1 or experts < 1:
+            raise ValueError("in_channels and experts must be >= 1")
+        self.in_channels = int(in_channels)
+        self.experts = int(experts)
+        self.weight = nn.Parameter(torch.empty(self.experts, self.in_channels))
+        self.bias = nn.Parameter(torch.empty(self.experts))
+        _temperature_buffer(self, temperature)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """As PyTorch initialises an nn.Linear."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(self.in_channels)
+        with torch.no_grad():
+            self.bias.uniform_(-bound, bound)
+
+    def logits(self, x):
+        """The routing before the temperature and the sigmoid: [N, E]."""
+        return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
+
+    def forward(self, x):
+        return torch.sigmoid(self.logits(x) / self.temperature)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, experts={self.experts}, "
+                f"temperature={float(self.temperature)}")
+
+
+class CondConv2d(nn.Module):
+    """Conditionally parameterised convolution (Yang et al., NeurIPS 2019): E expert kernels
+    mixed per sample by a sigmoid routing r [N, E]:
+
+        W~_n = sum_e r[n, e] W_e,  b~_n = sum_e r[n, e] b_e,  y_n = conv2d(x_n, W~_n, b~_n)
+
+    The rows of r do not sum to 1 (unlike DynamicConv2d's softmax), so the scale of W~ follows
+    the routing. State names and shapes are those of timm's CondConv2d:
+
+        weight   [E, Cout * Cin/groups * kh * kw]  expert e flattened from [Cout, Cin/g, kh, kw]
+        bias     [E, Cout]                          (only with bias=True)
+
+    shared_routing=False: the layer owns `routing_fn` (a CondConvRouting of its own input,
+    state routing_fn.weight [E, Cin], routing_fn.bias [E], routing_fn.temperature) and
+    forward(x) computes r from x. shared_routing=True: as in timm's CondConvResidual, where one
+    routing computed from the block's input drives all of the block's CondConvs, the routing
+    [N, E] must be passed to forward(x, routing); the layer then has no routing state, and
+    `temperature` must be left at 1 (it belongs to the block's routing module)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=False, experts=4, shared_routing=False, temperature=1.0):
+        super().__init__()
+        _check_conv_args(in_channels, out_channels, groups, experts, "experts")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = int(groups)
+        self.experts = int(experts)
+        self.shared_routing = bool(shared_routing)
+        # one expert's kernel, in the order its flattened row of `weight` is read
+        self.expert_shape = (self.out_channels, self.in_channels // self.groups) + \
+            self.kernel_size
+        self.weight = nn.Parameter(torch.empty(self.experts, math.prod(self.expert_shape)))
+        self.bias = nn.Parameter(torch.empty(self.experts, self.out_channels)) if bias else None
+        if self.shared_routing:
+            if float(temperature) != 1.0:
+                raise ValueError("shared_routing=True: the temperature belongs to the block's "
+                                 "routing module (CondConvRouting), not to the layer")
+            self.routing_fn = None
+        else:
+            self.routing_fn = CondConvRouting(self.in_channels, self.experts, temperature)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Each expert (and its bias) as PyTorch initialises a Conv2d."""
+        fan_in = math.prod(self.expert_shape[1:])
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            for e in range(self.experts):
+                nn.init.kaiming_uniform_(self.weight[e].view(self.expert_shape), a=math.sqrt(5))
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def expert_weights(self):
+        """The experts as a view [E, Cout, Cin/groups, kh, kw] of `weight`."""
+        return self.weight.view(self.experts, *self.expert_shape)
+
+    def aggregate(self, routing):
+        """Per-sample kernels [N, Cout, Cin/g, kh, kw] and biases [N, Cout] (or None) for a
+        routing [N, E]: one [N, E] x [E, Cout*Cin/g*kh*kw] product."""
+        n = routing.shape[0]
+        w = (routing @ self.weight).view(n, *self.expert_shape)
+        b = None if self.bias is None else routing @ self.bias
+        return w, b
+
+    def routing_for(self, x, routing=None):
+        """The routing [N, E] this layer uses for x: the one passed (shared_routing=True) or
+        its own routing_fn(x)."""
+        if self.shared_routing:
+            if routing is None:
+                raise ValueError("CondConv2d(shared_routing=True) needs the block's routing "
+                                 "[N, E]: forward(x, routing)")
+            if tuple(routing.shape) != (x.shape[0], self.experts):
+                raise ValueError(f"routing has shape {tuple(routing.shape)}, expected "
+                                 f"({x.shape[0]}, {self.experts})")
+            return routing
+        if routing is not None:
+            raise ValueError("CondConv2d(shared_routing=False) computes its own routing; "
+                             "do not pass one")
+        return self.routing_fn(x)
+
+    def forward_with_routing(self, x, routing=None):
+        """x [N, Cin, H, W] (and, with shared_routing, routing [N, E]) ->
+        (y [N, Cout, Hout, Wout], the routing [N, E] used)."""
+        r = self.routing_for(x, routing)
+        w, b = self.aggregate(r)
+        y = conv_per_sample_kernels(x, w, b, self.stride, self.padding, self.dilation,
+                                    self.groups)
+        return y, r
+
+    def forward(self, x, routing=None):
+        return self.forward_with_routing(x, routing)[0]
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, experts={self.experts}, "
+                f"shared_routing={self.shared_routing}")
+
+
+def odconv_hidden(in_channels, reduction=0.0625, min_hidden=16):
+    """ODConv's attention width: max(int(in_channels * reduction), min_hidden)."""
+    return max(int(in_channels * reduction), int(min_hidden))
+
+
+class ODConvAttention(nn.Module):
+    """ODConv's four attentions from one pooled descriptor:
+
+        z = relu(bn(fc(GAP(x))))                      [N, hidden]  (fc: 1x1 conv, no bias)
+        channel = sigmoid(channel_fc(z) / tau)        [N, Cin]     always
+        filter  = sigmoid(filter_fc(z) / tau)         [N, Cout]    absent for a depthwise conv
+        spatial = sigmoid(spatial_fc(z) / tau)        [N, kh*kw]   absent for a 1x1 kernel
+        kernel  = softmax(kernel_fc(z) / tau)         [N, K]       absent for K = 1
+
+    tau divides each head's output logits (bias included), as in OSVAI's code. An absent head
+    has no parameters and stands for a factor 1. "Depthwise" follows OSVAI's test exactly:
+    in_channels == groups == out_channels (a depthwise conv with a channel multiplier, or any
+    other grouped conv, keeps its filter head). forward() returns a dict of the present heads,
+    keyed "channel", "filter", "spatial", "kernel". bn uses its running statistics in eval
+    mode only; in training mode its batch statistics make each sample's attention depend on
+    the other samples of the batch."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, groups=1, reduction=0.0625,
+                 kernels=4, min_hidden=16, temperature=1.0):
+        super().__init__()
+        _check_conv_args(in_channels, out_channels, groups, kernels, "kernels")
+        kh, kw = _pair(kernel_size)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = (kh, kw)
+        self.kernels = int(kernels)
+        self.hidden = odconv_hidden(in_channels, reduction, min_hidden)
+        hid = self.hidden
+        self.fc = nn.Conv2d(in_channels, hid, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hid)
+        self.channel_fc = nn.Conv2d(hid, in_channels, 1)
+        depthwise = in_channels == groups and in_channels == out_channels
+        self.filter_fc = None if depthwise else nn.Conv2d(hid, out_channels, 1)
+        self.spatial_fc = None if (kh, kw) == (1, 1) else nn.Conv2d(hid, kh * kw, 1)
+        self.kernel_fc = None if self.kernels == 1 else nn.Conv2d(hid, self.kernels, 1)
+        _temperature_buffer(self, temperature)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """OSVAI's initialisation: the 1x1 convs He-normal over fan_out, biases 0, bn the
+        identity."""
+        for m in (self.fc, self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc):
+            if m is not None:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.bn.reset_parameters()
+
+    def heads(self):
+        """The names of the present heads, in the order channel, filter, spatial, kernel."""
+        return [name for name in ("channel", "filter", "spatial", "kernel")
+                if getattr(self, name + "_fc") is not None]
+
+    def descriptor(self, x):
+        """z = relu(bn(fc(GAP(x)))) as [N, hidden, 1, 1]."""
+        return F.relu(self.bn(self.fc(x.mean(dim=(2, 3), keepdim=True))))
+
+    def forward(self, x):
+        z = self.descriptor(x)
+        out = {}
+        for name in self.heads():
+            logits = getattr(self, name + "_fc")(z).flatten(1) / self.temperature
+            out[name] = F.softmax(logits, dim=1) if name == "kernel" else torch.sigmoid(logits)
+        return out
+
+
+class ODConv2d(nn.Module):
+    """Omni-dimensional dynamic convolution (Li, Zhou, Yao, ICLR 2022; OSVAI/ODConv): K kernels
+    and four attentions (ODConvAttention) along the kernel, spatial, input-channel and
+    output-channel dimensions:
+
+        W~_n = sum_k spatial_n * kernel_n[k] * W_k      (spatial over the kh x kw positions)
+        y_n  = filter_n * conv2d(channel_n * x_n, W~_n)  (no conv bias)
+
+    which is conv2d(x_n, filter_n[o] * channel_n[i] * W~_n[o, i, p]) (synthesize()). State names
+    and shapes are OSVAI's:
+
+        weight                       [K, Cout, Cin/groups, kh, kw]
+        attention.fc.weight          [hidden, Cin, 1, 1], hidden = max(int(Cin*reduction),
+                                     min_hidden)
+        attention.bn.{weight, bias, running_mean, running_var, num_batches_tracked}  [hidden]
+        attention.channel_fc.{weight, bias}  [Cin, hidden, 1, 1], [Cin]
+        attention.filter_fc.*        [Cout, ...]   (absent for depthwise: Cin == groups == Cout)
+        attention.spatial_fc.*       [kh*kw, ...]  (absent for 1x1)
+        attention.kernel_fc.*        [K, ...]      (absent for K = 1)
+        attention.temperature        0-d buffer (tau; a plain attribute in OSVAI, stored here)
+
+    Unlike OSVAI (square kernels only) kernel_size may be a pair; the spatial head then has
+    kh*kw outputs in row-major (kh, kw) order. Run the attention's BatchNorm in eval mode for a
+    per-sample function (see ODConvAttention)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, reduction=0.0625, kernels=4, min_hidden=16, temperature=1.0):
+        super().__init__()
+        _check_conv_args(in_channels, out_channels, groups, kernels, "kernels")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = int(groups)
+        self.kernels = int(kernels)
+        self.attention = ODConvAttention(in_channels, out_channels, self.kernel_size, groups,
+                                         reduction, kernels, min_hidden, temperature)
+        self.hidden = self.attention.hidden
+        self.weight = nn.Parameter(torch.empty(self.kernels, self.out_channels,
+                                               self.in_channels // self.groups,
+                                               *self.kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Each of the K kernels He-normal over its fan_out (OSVAI's initialisation)."""
+        with torch.no_grad():
+            for k in range(self.kernels):
+                nn.init.kaiming_normal_(self.weight[k], mode="fan_out", nonlinearity="relu")
+
+    def aggregate(self, att):
+        """sum_k spatial * kernel[k] * W_k per sample: [N, Cout, Cin/g, kh, kw] (the kernel
+        convolved with channel * x; channel and filter not included)."""
+        n = next(iter(att.values())).shape[0]
+        kh, kw = self.kernel_size
+        w = self.weight.unsqueeze(0)                                   # [1, K, Cout, Cin/g, kh, kw]
+        if "spatial" in att:
+            w = w * att["spatial"].view(n, 1, 1, 1, kh, kw)
+        if "kernel" in att:
+            w = w * att["kernel"].view(n, self.kernels, 1, 1, 1, 1)
+        return w.sum(dim=1).expand(n, *self.weight.shape[1:])
+
+    def synthesize(self, att):
+        """The whole per-sample kernel W~[n, o, i, p] = filter[o] * channel[g(o), i] *
+        spatial[p] * sum_k kernel[k] W_k[o, i, p] [N, Cout, Cin/g, kh, kw], where channel[g(o), i]
+        is the attention of input channel i of output channel o's group: conv2d(x_n, W~[n])
+        is y_n."""
+        w = self.aggregate(att)
+        n, g = w.shape[0], self.groups
+        cin_g, cout_g = self.in_channels // g, self.out_channels // g
+        c = att["channel"].view(n, g, 1, cin_g).expand(n, g, cout_g, cin_g)
+        w = w * c.reshape(n, self.out_channels, cin_g, 1, 1)
+        if "filter" in att:
+            w = w * att["filter"].view(n, self.out_channels, 1, 1, 1)
+        return w
+
+    def forward_with_attention(self, x):
+        """x [N, Cin, H, W] -> (y [N, Cout, Hout, Wout], {head name: attention [N, size]} for
+        the present heads: "channel" [N, Cin], "filter" [N, Cout], "spatial" [N, kh*kw],
+        "kernel" [N, K])."""
+        att = self.attention(x)
+        n = x.shape[0]
+        xc = x * att["channel"].view(n, self.in_channels, 1, 1)
+        y = conv_per_sample_kernels(xc, self.aggregate(att), None, self.stride, self.padding,
+                                    self.dilation, self.groups)
+        if "filter" in att:
+            y = y * att["filter"].view(n, self.out_channels, 1, 1)
+        return y, att
+
+    def forward(self, x):
+        return self.forward_with_attention(x)[0]
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, kernels={self.kernels}, hidden={self.hidden}, "
+                f"heads={','.join(self.attention.heads())}, "
+                f"temperature={float(self.attention.temperature)}")
 
 
 # torch dtype -> (safetensors dtype name, element size in bytes)

@@ -20,10 +20,49 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <string>
 #include <type_traits>
 
 namespace dynconv {
+
+/// The members of the dynamic-convolution family one DynamicConv2d computes (family.md):
+///  - DyConv    DY-Conv (Chen et al., CVPR 2020): a = softmax(fc2(ReLU(fc1(GAP(x)))) / tau)
+///              over the K kernels; rows sum to 1 (KernelAttention).
+///  - CondConv  CondConv (Yang et al., NeurIPS 2019): routing r = sigmoid(Linear(GAP(x)) / tau)
+///              over the E experts, no hidden layer, rows need not sum to 1; computed by the
+///              layer (CondConvRouting) or handed in as a second input (shared by a block).
+///  - ODConv    ODConv (Li et al., ICLR 2022): four attentions from one hidden vector, the
+///              input channels, the output filters, the kernel positions and the K kernels
+///              (OmniAttention); W~ = f . c . s . sum_k a_k W_k, rows of a sum to 1.
+enum class AttentionKind { DyConv, CondConv, ODConv };
+
+/// "DY-Conv", "CondConv" or "ODConv".
+inline const char* attention_kind_name(AttentionKind k) {
+  switch (k) {
+    case AttentionKind::DyConv: return "DY-Conv";
+    case AttentionKind::CondConv: return "CondConv";
+    case AttentionKind::ODConv: return "ODConv";
+  }
+  return "?";
+}
+inline std::ostream& operator<<(std::ostream& os, AttentionKind k) { return os << attention_kind_name(k); }
+
+/// What an attention gives a dynamic convolution for a batch of n samples, row-major per
+/// sample; a head the kind does not have is null (it is 1):
+///   kernel  [n, K]      weights of the K kernels (DY-Conv, ODConv: sum to 1; CondConv: not)
+///   channel [n, Cin]    ODConv: scales the input channels (folded into the kernel's columns)
+///   filter  [n, Cout]   ODConv: scales the output channels (folded into the kernel's rows)
+///   spatial [n, kh*kw]  ODConv: scales every kernel position (row-major over kh, kw)
+template <typename T>
+struct AttentionHeads {
+  const T* kernel = nullptr;
+  const T* channel = nullptr;
+  const T* filter = nullptr;
+  const T* spatial = nullptr;
+  /// Whether a head besides the kernel weights scales the mixed kernel.
+  bool scaled() const { return channel || filter || spatial; }
+};
 
 struct KernelAttentionOptions {
   KernelAttentionOptions(Index in_channels, Index kernels)
@@ -76,6 +115,16 @@ void validate_attention(const std::string& layer, const KernelAttentionOptions& 
                        " must be >= 0 (0 derives it from reduction)");
   check_range(layer, "hidden_channels", o.hidden_channels(), 0);
   check_positive_finite<T>(layer, "temperature", o.temperature());
+}
+
+/// row[0:k] = softmax(row / tau), computed as exp((z_i - max_j z_j) / tau) / sum: finite and
+/// summing to 1 for any finite logits and tau > 0.
+template <typename T>
+void softmax_row(T* row, Index k, T tau) {
+  const T top = *std::max_element(row, row + k);
+  T sum(0);
+  for (Index i = 0; i < k; ++i) sum += (row[i] = std::exp((row[i] - top) / tau));
+  for (Index i = 0; i < k; ++i) row[i] /= sum;
 }
 
 }  // namespace detail
@@ -150,14 +199,7 @@ class KernelAttention {
     fc1_.forward_into(pooled, n, h.data(), ws, 0);
     detail::map_inplace(h.data(), n * hidden(), detail::ReluOf<T>());
     fc2_.forward_into(h.data(), n, pi, ws, 0);
-    const Index k = kernels();
-    for (Index b = 0; b < n; ++b) {
-      T* row = pi + b * k;
-      const T top = *std::max_element(row, row + k);
-      T sum(0);
-      for (Index i = 0; i < k; ++i) sum += (row[i] = std::exp((row[i] - top) / temperature_));
-      for (Index i = 0; i < k; ++i) row[i] /= sum;
-    }
+    for (Index b = 0; b < n; ++b) detail::softmax_row(pi + b * kernels(), kernels(), temperature_);
   }
 
  public:

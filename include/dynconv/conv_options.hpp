@@ -24,18 +24,21 @@ using Pair = std::array<Index, 2>;
 
 /// Parameters and multiply-adds of one layer for one sample at one input size (paper.md:
 /// conv = Hout*Wout*Cout*(Cin/g)*kh*kw; attention = H*W*Cin + Cin*hidden + hidden*K;
-/// aggregation = K*Cout*(Cin/g)*kh*kw + K*Cout with a bias).
+/// aggregation (the kernel synthesis) = K*Cout*(Cin/g)*kh*kw + K*Cout with a bias; scaling =
+/// Cout*(Cin/g)*kh*kw where ODConv's channel, filter and spatial attentions scale the kernel).
 struct LayerCost {
   std::int64_t params = 0;
   std::int64_t conv_madds = 0;
   std::int64_t attention_madds = 0;
   std::int64_t aggregation_madds = 0;
-  std::int64_t madds() const { return conv_madds + attention_madds + aggregation_madds; }
+  std::int64_t scaling_madds = 0;
+  std::int64_t madds() const { return conv_madds + attention_madds + aggregation_madds + scaling_madds; }
   LayerCost& operator+=(const LayerCost& o) {
     params += o.params;
     conv_madds += o.conv_madds;
     attention_madds += o.attention_madds;
     aggregation_madds += o.aggregation_madds;
+    scaling_madds += o.scaling_madds;
     return *this;
   }
 };

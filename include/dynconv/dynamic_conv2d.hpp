@@ -1,10 +1,19 @@
-// dynconv: dynamic convolution (Chen et al., CVPR 2020; see paper.md).
+// dynconv: dynamic convolution, the whole family as one operator (paper.md, family.md).
 //
 // DynamicConv2d<T> holds K kernels W_k [Cout, Cin/groups, kh, kw] and, with a bias, K biases
 // b_k [Cout]. For every sample n of the input it computes
-//   pi_n   = KernelAttention(x_n)                 [K], sums to 1
-//   W~_n   = sum_k pi_n[k] W_k,  b~_n = sum_k pi_n[k] b_k
+//   pi_n   = attention(x_n)                       [K]
+//   W~_n   = sum_k pi_n[k] W_k,  b~_n = sum_k pi_n[k] b_k (+ shift)
 //   y_n    = conv2d(x_n, W~_n, b~_n, stride, padding, dilation, groups)
+// The attention is a kind (AttentionKind, attention.hpp):
+//   DyConv    pi = KernelAttention: softmax over K, rows sum to 1 (the default)
+//   CondConv  pi = CondConvRouting: sigmoid routing, rows need not sum to 1; the layer's own, or
+//             handed in as a second input [N, 1, 1, E] (shared_routing: one routing per block)
+//   ODConv    OmniAttention: pi = softmax over K, and the channel, filter and spatial
+//             attentions scale the mixed kernel: W~_n[o, i, p] = f[o] c[i] s[p] sum_k pi[k] W_k,
+//             which equals ODConv's f . conv(c . x, sum_k s pi_k W_k) (no convolution bias)
+// shift [Cout] is what a BatchNorm fold leaves outside the experts where the weights need not
+// sum to 1 (CondConv) or an attention multiplies the output before the BatchNorm (ODConv).
 // Input [N, Cin, H, W] -> output [N, Cout, Hout, Wout] (forward of a Tensor4), or NHWC (forward
 // of an NhwcTensor); the output size follows Conv2d's formula. Every sample gets its own kernel: the K kernels are
 // mixed in one pass into a per-call buffer and one convolution (one GEMM per group) runs per
@@ -27,6 +36,10 @@
 //                 of the K sources is packed once per batch and mixed into the packed block
 //                 every sample's micro-kernel reads (few pixels: late layers)
 //
+// The attention's scales are folded into the mixed kernel as it is synthesised (row scales
+// s[p] c[i], column scales f[o], applied to each block right after the mix), so the
+// convolution itself is the same for every kind.
+//
 // Thread safety: forward*, convolve* and the aggregated_* accessors are const and may run
 // concurrently on one object; setters and fold_batchnorm() may not run concurrently with anything.
 #pragma once
@@ -35,6 +48,8 @@
 #include <dynconv/batchnorm.hpp>
 #include <dynconv/conv_options.hpp>
 #include <dynconv/module.hpp>
+#include <dynconv/omni_attention.hpp>
+#include <dynconv/routing.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
 #include <dynconv/detail/conv_slice.hpp>
@@ -42,6 +57,7 @@
 #include <dynconv/detail/mix.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,11 +81,12 @@ inline const char* mix_strategy_name(MixStrategy m) {
 inline std::ostream& operator<<(std::ostream& os, MixStrategy m) { return os << mix_strategy_name(m); }
 
 /// Whether strategy `m` can compute a convolution of geometry `g` run by algorithm `algo`:
-/// channel tiles need groups == 1 or a depthwise convolution, the fused packing a GEMM.
-inline bool mix_strategy_supports(MixStrategy m, ConvAlgorithm algo, const ConvGeometry& g) {
+/// channel tiles need groups == 1 or a depthwise convolution, the fused packing a GEMM and a
+/// kernel that no attention scales (`scaled`: ODConv).
+inline bool mix_strategy_supports(MixStrategy m, ConvAlgorithm algo, const ConvGeometry& g, bool scaled = false) {
   switch (m) {
     case MixStrategy::ChannelTiles: return algo == ConvAlgorithm::Depthwise || g.groups == 1;
-    case MixStrategy::FusedPacking: return algo != ConvAlgorithm::Depthwise && g.groups == 1;
+    case MixStrategy::FusedPacking: return algo != ConvAlgorithm::Depthwise && g.groups == 1 && !scaled;
     default: return true;
   }
 }
@@ -82,6 +99,8 @@ struct MixProblem {
   int threads;
   Index min_parallel_madds;
   Index scalar_bytes;
+  /// Whether an attention scales the mixed kernel (ODConv): no fused packing then.
+  bool scaled = false;
 };
 
 /// K kernels above this size no longer stay in the L3 cache from one sample to the next: a
@@ -103,7 +122,7 @@ inline MixStrategy select_mix_strategy(const MixProblem& p) {
   const bool big_batch = p.batch > 1 && p.kernels * g.weight_size() * p.scalar_bytes > kMixTileSourceBytes;
   if (split && !big_batch && p.out_h >= 8 * p.threads) return MixStrategy::RowSplit;
   if (mix_strategy_supports(MixStrategy::ChannelTiles, p.algorithm, g) && (big_batch || split)) {
-    const bool fused = p.batch > 1 && mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g) &&
+    const bool fused = p.batch > 1 && mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g, p.scaled) &&
                        pixels <= kMixFusedMaxPixels;
     return fused ? MixStrategy::FusedPacking : MixStrategy::ChannelTiles;
   }
@@ -122,8 +141,9 @@ struct DynamicConvPlan {
   bool shared_columns = false;
   Index column_parts = 1;
   /// Values taken from the workspace's pool by the strategy (besides the attention's):
-  /// the mixed biases, RowSplit's mixed kernels, the shared im2col columns.
-  Index bias_values = 0, mixed_kernel_values = 0, column_values = 0;
+  /// the mixed biases, the kernel scales (ODConv: rows and columns per sample), RowSplit's
+  /// mixed kernels, the shared im2col columns.
+  Index bias_values = 0, scale_values = 0, mixed_kernel_values = 0, column_values = 0;
   /// Values of per-worker kernel scratch (PerSample: one kernel; ChannelTiles: a tile for all
   /// samples). The GEMM's packing buffers are sized by the GEMM kernel.
   Index kernel_scratch_values = 0;
@@ -131,11 +151,45 @@ struct DynamicConvPlan {
 
 class DynamicConv2dOptions : public ConvOptionsBase<DynamicConv2dOptions> {
  public:
+  /// DY-Conv options (K = 4, with a bias, as PyTorch's convolutions).
   DynamicConv2dOptions(Index in_channels, Index out_channels, Index kernel_size)
       : DynamicConv2dOptions(in_channels, out_channels, Pair{kernel_size, kernel_size}) {}
   DynamicConv2dOptions(Index in_channels, Index out_channels, Pair kernel_size)
       : ConvOptionsBase(in_channels, out_channels, kernel_size),
         attention_(in_channels, /*kernels=*/4) {}
+
+  /// CondConv options with timm's CondConv2d defaults: `experts` kernels, no bias, the layer's
+  /// own routing (shared_routing(true) takes a block's instead).
+  static DynamicConv2dOptions condconv(Index in_channels, Index out_channels, Pair kernel_size, Index experts = 4) {
+    return DynamicConv2dOptions(in_channels, out_channels, kernel_size)
+        .attention_kind(AttentionKind::CondConv)
+        .kernels(experts)
+        .bias(false);
+  }
+  static DynamicConv2dOptions condconv(Index in_channels, Index out_channels, Index kernel_size, Index experts = 4) {
+    return condconv(in_channels, out_channels, Pair{kernel_size, kernel_size}, experts);
+  }
+  /// ODConv options with OSVAI's ODConv2d defaults: K = 4, no bias, hidden = max(Cin / 16, 16).
+  static DynamicConv2dOptions odconv(Index in_channels, Index out_channels, Pair kernel_size, Index kernels = 4) {
+    return DynamicConv2dOptions(in_channels, out_channels, kernel_size)
+        .attention_kind(AttentionKind::ODConv)
+        .kernels(kernels)
+        .bias(false)
+        .reduction(16)
+        .min_hidden(16);
+  }
+  static DynamicConv2dOptions odconv(Index in_channels, Index out_channels, Index kernel_size, Index kernels = 4) {
+    return odconv(in_channels, out_channels, Pair{kernel_size, kernel_size}, kernels);
+  }
+
+  /// The attention kind. Default DyConv; condconv() and odconv() set the others with their
+  /// defaults. ODConv has no convolution bias (OptionsError with bias(true)).
+  DynamicConv2dOptions& attention_kind(AttentionKind k) { kind_ = k; return *this; }
+  AttentionKind attention_kind() const { return kind_; }
+  /// CondConv: the routing [N, 1, 1, E] is the layer's second input (a CondConvRouting computed
+  /// once per block) instead of its own. Default false; OptionsError for the other kinds.
+  DynamicConv2dOptions& shared_routing(bool s) { shared_routing_ = s; return *this; }
+  bool shared_routing() const { return shared_routing_; }
 
   // The attention's options, forwarded to KernelAttentionOptions (which holds their
   // defaults): K = 4, temperature 1, reduction 4, min_hidden 1, hidden_channels 0 (derive).
@@ -158,14 +212,35 @@ class DynamicConv2dOptions : public ConvOptionsBase<DynamicConv2dOptions> {
   /// description + ".attention" without a name), so its errors name the layer.
   KernelAttentionOptions attention_options() const {
     KernelAttentionOptions a = attention_;
-    a.name((name().empty() ? detail::describe_conv("DynamicConv2d", *this) : name()) +
-           ".attention");
+    a.name(layer_name() + ".attention");
     return a;
+  }
+  /// CondConv's own routing: E = kernels(), the temperature, named "<layer>.routing_fn".
+  CondConvRoutingOptions routing_options() const {
+    return CondConvRoutingOptions(in_channels(), kernels()).temperature(temperature()).name(layer_name() + ".routing_fn");
+  }
+  /// ODConv's attention: the hidden size as attention_options() derives it.
+  OmniAttentionOptions omni_attention_options() const {
+    OmniAttentionOptions o;
+    o.in_channels = in_channels();
+    o.out_channels = out_channels();
+    o.kernel_h = kernel_size()[0];
+    o.kernel_w = kernel_size()[1];
+    o.groups = groups();
+    o.kernels = kernels();
+    o.hidden = attention_.hidden();
+    o.temperature = temperature();
+    o.name = layer_name() + ".attention";
+    return o;
   }
 
  private:
+  std::string layer_name() const { return name().empty() ? detail::describe_conv("DynamicConv2d", *this) : name(); }
+
   KernelAttentionOptions attention_;
   MixStrategy mix_ = MixStrategy::Auto;
+  AttentionKind kind_ = AttentionKind::DyConv;
+  bool shared_routing_ = false;
 };
 
 template <typename T>
@@ -178,9 +253,16 @@ class DynamicConv2d final : public Module<T> {
   /// FCs uniformly in PyTorch's default ranges from fixed seeds.
   explicit DynamicConv2d(const DynamicConv2dOptions& options)
       : options_(options),
-        layer_(detail::describe_conv("DynamicConv2d", options)),
-        conv_(detail::validate_conv(layer_, options)),
-        attention_(validated_attention_options()) {
+        layer_(detail::describe_conv(kind_label(options.attention_kind()), options)),
+        conv_(detail::validate_conv(layer_, options)) {
+    validate_kind();
+    switch (kind()) {
+      case AttentionKind::DyConv: attention_.emplace(options_.attention_options()); break;
+      case AttentionKind::CondConv:
+        if (!options_.shared_routing()) routing_.emplace(options_.routing_options());
+        break;
+      case AttentionKind::ODConv: omni_.emplace(options_.omni_attention_options()); break;
+    }
     const Index k = kernels(), size = conv_.geometry.weight_size();
     detail::checked_mul<OptionsError>(layer_, "the size of the K kernels", k, size);
     const Index fan_in = conv_.geometry.in_per_group() * conv_.geometry.kernel_h * conv_.geometry.kernel_w;
@@ -193,11 +275,12 @@ class DynamicConv2d final : public Module<T> {
       detail::init_uniform(bias_.data(), k * conv_.geometry.out_channels, bound, 9);
     }
     const MixStrategy m = options.mix_strategy();
-    if (m != MixStrategy::Auto && !mix_strategy_supports(m, conv_.algorithm, conv_.geometry))
+    if (m != MixStrategy::Auto && !mix_strategy_supports(m, conv_.algorithm, conv_.geometry, scaled()))
       fail<OptionsError>(layer_, ": mix_strategy=", mix_strategy_name(m), " needs ",
-                         m == MixStrategy::FusedPacking ? "a GEMM algorithm (not Depthwise) and groups == 1"
+                         m == MixStrategy::FusedPacking ? "a GEMM algorithm (not Depthwise), groups == 1 and no kernel scaling (not ODConv)"
                                                         : "groups == 1 or a depthwise convolution",
-                         ", got algorithm ", algorithm_name(conv_.algorithm), ", groups=", conv_.geometry.groups);
+                         ", got algorithm ", algorithm_name(conv_.algorithm), ", groups=", conv_.geometry.groups,
+                         ", attention ", attention_kind_name(kind()));
   }
 
   /// The options the layer was built with (set_bias and fold_batchnorm may add biases:
@@ -205,12 +288,39 @@ class DynamicConv2d final : public Module<T> {
   const DynamicConv2dOptions& options() const { return options_; }
   const ConvGeometry& geometry() const { return conv_.geometry; }
   ConvAlgorithm algorithm() const { return conv_.algorithm; }
-  /// "DynamicConv2d(32 -> 64, 3x3)", prefixed by the name if one was given.
+  /// "DynamicConv2d(32 -> 64, 3x3)" (CondConv2d, ODConv2d for those kinds), prefixed by the
+  /// name if one was given.
   std::string description() const override { return layer_; }
   Index kernels() const { return options_.kernels(); }
+  AttentionKind kind() const { return options_.attention_kind(); }
+  /// Whether every row of the kernel weights sums to 1 (DY-Conv, ODConv), so that a BatchNorm's
+  /// shift folds into the kernels' biases; CondConv's routing does not.
+  bool weights_sum_to_one() const { return kind() != AttentionKind::CondConv; }
+  /// CondConv with the routing as second input.
+  bool shared_routing() const { return options_.shared_routing(); }
+  int arity() const override { return shared_routing() ? 2 : 1; }
 
-  KernelAttention<T>& attention() { return attention_; }
-  const KernelAttention<T>& attention() const { return attention_; }
+  /// The DY-Conv attention; OptionsError for the other kinds.
+  KernelAttention<T>& attention() { return *require(attention_, "attention()"); }
+  const KernelAttention<T>& attention() const { return *require(attention_, "attention()"); }
+  /// CondConv's own routing; OptionsError for the other kinds and a shared routing.
+  CondConvRouting<T>& routing() { return *require(routing_, "routing()"); }
+  const CondConvRouting<T>& routing() const { return *require(routing_, "routing()"); }
+  /// ODConv's attention; OptionsError for the other kinds.
+  OmniAttention<T>& omni_attention() { return *require(omni_, "omni_attention()"); }
+  const OmniAttention<T>& omni_attention() const { return *require(omni_, "omni_attention()"); }
+  /// The temperature of whichever attention the layer has (OptionsError for a shared routing:
+  /// its CondConvRouting holds it).
+  T temperature() const {
+    if (attention_) return attention_->temperature();
+    if (omni_) return omni_->temperature();
+    return routing().temperature();
+  }
+  void set_temperature(double tau) {
+    if (attention_) return attention_->set_temperature(tau);
+    if (omni_) return omni_->set_temperature(tau);
+    routing().set_temperature(tau);
+  }
 
   /// [K, Cout, Cin/groups, kh, kw]
   Tensor5<T> weight() const {
@@ -264,65 +374,150 @@ class DynamicConv2d final : public Module<T> {
     return b;
   }
 
-  /// Folds an inference BatchNorm2d that follows this layer into all K kernels and biases,
-  /// exactly (because every attention row sums to 1): W_k' = s W_k, b_k' = s b_k + shift.
-  /// In a layer without a bias parameter the folded bias is not a parameter (save() does not
-  /// write it): keep the BatchNorm to hold it, as Graph::fold_batchnorms does.
+  /// Folds an inference BatchNorm2d that follows this layer into it, exactly, for every kind:
+  /// the scale s into all K kernels (and biases), W_k' = s W_k, b_k' = s b_k. The shift t goes
+  /// into the kernels' biases where the weights sum to 1 and no attention scales the output
+  /// (DY-Conv: b_k' = s b_k + t), else it stays a separate per-channel bias (shift' = s shift +
+  /// t): CondConv's routing need not sum to 1, and ODConv's filter attention multiplies the
+  /// output before the BatchNorm. What the fold leaves outside the parameters (a DY-Conv layer
+  /// without a bias parameter, the shift) is folded_bias(): the folded BatchNorm keeps it, as
+  /// Graph::fold_batchnorms does, so that saving and loading gives the same function.
   void fold_batchnorm(const BatchNorm2d<T>& bn) {
-    if (bn.num_features() != conv_.geometry.out_channels)
+    const Index cout = conv_.geometry.out_channels;
+    if (bn.num_features() != cout)
       fail<ShapeError>(layer_, ": cannot fold ", bn.description(),
-                               ": num_features must equal out_channels=", conv_.geometry.out_channels);
+                               ": num_features must equal out_channels=", cout);
     Tensor5<T> w = weight();
     Tensor2<T> b = bias();
-    detail::fold_batchnorm(bn, kernels(), conv_.geometry.weight_size() / conv_.geometry.out_channels,
-                           w.data(), b.data());
+    const Index per_out = conv_.geometry.weight_size() / cout;
+    if (kind() == AttentionKind::DyConv) {
+      detail::fold_batchnorm(bn, kernels(), per_out, w.data(), b.data());
+      set_weight(w);
+      set_bias_values(b);
+      return;
+    }
+    const Tensor1<T> scale = bn.scale(), t = bn.shift();
+    for (Index k = 0; k < kernels(); ++k)
+      for (Index c = 0; c < cout; ++c) {
+        T* wk = w.data() + (k * cout + c) * per_out;
+        for (Index i = 0; i < per_out; ++i) wk[i] *= scale(c);
+        b(k, c) *= scale(c);
+      }
     set_weight(w);
-    set_bias_values(b);
+    if (has_bias()) set_bias_values(b);
+    if (shift_.empty()) shift_.assign(static_cast<std::size_t>(cout), T(0));
+    for (Index c = 0; c < cout; ++c) shift_[static_cast<std::size_t>(c)] = scale(c) * shift_[static_cast<std::size_t>(c)] + t(c);
+  }
+  /// The per-channel bias [Cout] a BatchNorm fold left outside the parameters (zeros if none).
+  Tensor1<T> folded_bias() const {
+    const Index cout = conv_.geometry.out_channels;
+    Tensor1<T> rest(cout);
+    for (Index c = 0; c < cout; ++c) {
+      const std::size_t i = static_cast<std::size_t>(c);
+      if (kind() != AttentionKind::DyConv) rest(c) = shift_.empty() ? T(0) : shift_[i];
+      else rest(c) = bias_param_ || bias_.empty() ? T(0) : bias_[i];
+    }
+    return rest;
   }
 
-  /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]. If `attention` is given, it receives pi [N, K].
+  /// [N, Cin, H, W] -> [N, Cout, Hout, Wout]. If `attention` is given, it receives the kernel
+  /// weights pi [N, K]. A layer with a shared routing takes it as forward(x, routing).
   Tensor4<T> forward(const Tensor4<T>& x, Tensor2<T>* attention = nullptr) const {
     return nhwc_to_nchw(forward(nchw_to_nhwc(x), attention));
   }
-  /// The same in NHWC. If `attention` is given, it receives pi [N, K].
+  /// The same in NHWC.
   NhwcTensor<T> forward(const NhwcTensor<T>& x, Tensor2<T>* attention = nullptr) const {
-    detail::check_conv_input(layer_, conv_.geometry, x.shape());
-    Tensor2<T> pi = attention_.forward(x);
-    NhwcTensor<T> y = convolve(x, pi);
-    if (attention) *attention = std::move(pi);
+    if (shared_routing())
+      fail<OptionsError>(layer_, ": the routing is shared (an input of the layer): call forward(x, routing)");
+    NhwcTensor<T> y(output_shape({x.shape()}));
+    Context<T> ctx(1);
+    typename Workspace<T>::Lease values;
+    const AttentionHeads<T> heads = attend(x.view(), ctx, values);
+    if (attention) {
+      *attention = Tensor2<T>(x.shape().n, kernels());
+      std::copy(heads.kernel, heads.kernel + attention->size(), attention->data());
+    }
+    convolve_run(x.view(), heads, y.view(), ctx, PostOps<T>{});
     return y;
   }
+  /// CondConv with a shared routing: routing [N, E] computed by the block's CondConvRouting.
+  Tensor4<T> forward(const Tensor4<T>& x, const Tensor2<T>& routing) const {
+    return nhwc_to_nchw(forward(nchw_to_nhwc(x), routing));
+  }
+  NhwcTensor<T> forward(const NhwcTensor<T>& x, const Tensor2<T>& routing) const {
+    if (!shared_routing())
+      fail<OptionsError>(layer_, ": the layer computes its own attention: call forward(x)");
+    detail::check_shape<T, 2>(layer_, "routing", routing, {x.shape().n, kernels()});
+    return convolve(x, routing);
+  }
 
-  /// The convolution with a given attention pi [N, K] instead of the layer's own (rows need
-  /// not sum to 1: any per-sample mix of the K kernels). [N, Cin, H, W] -> [N, Cout, Hout, Wout].
+  /// Every attention head of the layer for NCHW or NHWC x, as tensors [N, size] (a head the
+  /// kind does not have is empty, size 0): the kernel weights [N, K] and ODConv's channel
+  /// [N, Cin], filter [N, Cout] and spatial [N, kh*kw] attentions.
+  struct HeadValues {
+    Tensor2<T> kernel, channel, filter, spatial;
+  };
+  HeadValues attention_heads(const Tensor4<T>& x) const { return attention_heads(nchw_to_nhwc(x)); }
+  HeadValues attention_heads(const NhwcTensor<T>& x) const {
+    if (shared_routing())
+      fail<OptionsError>(layer_, ": the routing is shared (an input of the layer), not computed by it");
+    output_shape({x.shape()});
+    Context<T> ctx(1);
+    typename Workspace<T>::Lease values;
+    const AttentionHeads<T> h = attend(x.view(), ctx, values);
+    const Index n = x.shape().n;
+    auto copy = [n](const T* p, Index size) {
+      Tensor2<T> t(n, p ? size : 0);
+      if (p) std::copy(p, p + n * size, t.data());
+      return t;
+    };
+    const ConvGeometry& g = conv_.geometry;
+    return {copy(h.kernel, kernels()), copy(h.channel, g.in_channels), copy(h.filter, g.out_channels),
+            copy(h.spatial, g.kernel_h * g.kernel_w)};
+  }
+
+  /// The convolution with given kernel weights pi [N, K] instead of the layer's own attention
+  /// (rows need not sum to 1: any per-sample mix of the K kernels; ODConv's other attentions
+  /// are not applied). [N, Cin, H, W] -> [N, Cout, Hout, Wout].
   Tensor4<T> convolve(const Tensor4<T>& x, const Tensor2<T>& pi) const {
     return nhwc_to_nchw(convolve(nchw_to_nhwc(x), pi));
   }
   /// The same in NHWC.
   NhwcTensor<T> convolve(const NhwcTensor<T>& x, const Tensor2<T>& pi) const {
     const NhwcShape s = x.shape();
-    NhwcTensor<T> y(output_shape({s}));
+    detail::check_conv_input(layer_, conv_.geometry, s);
+    NhwcTensor<T> y(NhwcShape{s.n, conv_.geometry.out_h(s.h), conv_.geometry.out_w(s.w), conv_.geometry.out_channels});
     detail::check_shape<T, 2>(layer_, "attention", pi, {s.n, kernels()});
     Context<T> ctx(1);
-    convolve_run(x.view(), pi.data(), y.view(), ctx, PostOps<T>{});
+    AttentionHeads<T> heads;
+    heads.kernel = pi.data();
+    convolve_run(x.view(), heads, y.view(), ctx, PostOps<T>{});
     return y;
   }
 
-  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]; ShapeError if the input does not fit.
+  /// [N, H, W, Cin] -> [N, Hout, Wout, Cout]; with a shared routing also [N, 1, 1, E] second.
+  /// ShapeError if an input does not fit.
   NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
-    this->check_arity(in, 1);
+    this->check_arity(in, arity());
     detail::check_conv_input(layer_, conv_.geometry, in[0]);
+    if (shared_routing()) {
+      const NhwcShape want{in[0].n, 1, 1, kernels()};
+      if (!(in[1] == want))
+        fail<ShapeError>(layer_, ": routing input ", in[1].str(), " must be ", want.str(), " (one weight per expert for each of the ",
+                         in[0].n, " samples of input ", in[0].str(), ')');
+    }
     return {in[0].n, conv_.geometry.out_h(in[0].h), conv_.geometry.out_w(in[0].w), conv_.geometry.out_channels};
   }
   bool fuses_post_ops() const override { return true; }
 
-  /// y = post(conv(x, mixed kernel) + mixed bias): the attention, then the plan's strategy,
-  /// split over ctx's threads, no allocation in a steady state.
+  /// y = post(conv(x, synthesised kernel) + mixed bias): the attention, then the plan's
+  /// strategy, split over ctx's threads, no allocation in a steady state.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
-    const NhwcView<const T>& x = in[0];
-    typename Workspace<T>::Lease pi = ctx.workspace().acquire(x.n * kernels());
-    attention_.run(x, pi.data(), ctx);
-    convolve_run(x, pi.data(), y, ctx, post);
+    typename Workspace<T>::Lease values;
+    AttentionHeads<T> heads;
+    if (shared_routing()) heads.kernel = in[1].data;
+    else heads = attend(in[0], ctx, values);
+    convolve_run(in[0], heads, y, ctx, post);
   }
 
   /// The plan for an NHWC input of shape `in` on `threads` threads: the forced or selected
@@ -336,8 +531,9 @@ class DynamicConv2d final : public Module<T> {
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
-                                       static_cast<Index>(sizeof(T))});
-    p.bias_values = has_bias() ? n * cout : 0;
+                                       static_cast<Index>(sizeof(T)), scaled()});
+    p.bias_values = has_bias() || !shift_.empty() ? n * cout : 0;
+    p.scale_values = scaled() ? n * (scale_rows() + cout) : 0;
     const bool split = n < threads && oh * ow * size >= min_parallel_madds;
     switch (p.mix) {
       case MixStrategy::Auto:
@@ -377,35 +573,71 @@ class DynamicConv2d final : public Module<T> {
     return plan(in, ctx.threads(), ctx.min_parallel_madds());
   }
 
-  /// "weight" [K, Cout, Cin/groups, kh, kw], "bias" [K, Cout] when the biases are a parameter,
-  /// and the attention's "attention.fc1.weight" [hidden, Cin], "attention.fc1.bias" [hidden],
-  /// "attention.fc2.weight" [K, hidden], "attention.fc2.bias" [K], "attention.temperature" [].
+  /// By kind, with the PyTorch modules' state_dict names and shapes:
+  ///  - DY-Conv: "weight" [K, Cout, Cin/groups, kh, kw], "bias" [K, Cout] when the biases are a
+  ///    parameter, "attention.fc1.weight" [hidden, Cin], "attention.fc1.bias" [hidden],
+  ///    "attention.fc2.weight" [K, hidden], "attention.fc2.bias" [K], "attention.temperature" [];
+  ///  - CondConv (timm's CondConv2d): "weight" [E, Cout*Cin/groups*kh*kw], "bias" [E, Cout],
+  ///    and without a shared routing "routing_fn.weight" [E, Cin], "routing_fn.bias" [E],
+  ///    "routing_fn.temperature" [];
+  ///  - ODConv (OSVAI's ODConv2d): "weight" [K, Cout, Cin/groups, kh, kw] and "attention." +
+  ///    OmniAttention's names.
   std::vector<ParameterInfo> parameters() const override {
     const std::array<Index, 5> w = weight_shape();
-    std::vector<ParameterInfo> p{{"weight", {w[0], w[1], w[2], w[3], w[4]}}};
+    std::vector<ParameterInfo> p{{"weight", kind() == AttentionKind::CondConv
+                                                ? std::vector<Index>{w[0], w[1] * w[2] * w[3] * w[4]}
+                                                : std::vector<Index>{w[0], w[1], w[2], w[3], w[4]}}};
     if (bias_param_) p.push_back({"bias", {w[0], w[1]}});
-    const Index hidden = attention_.hidden(), cin = conv_.geometry.in_channels;
-    p.push_back({"attention.fc1.weight", {hidden, cin}});
-    p.push_back({"attention.fc1.bias", {hidden}});
-    p.push_back({"attention.fc2.weight", {w[0], hidden}});
-    p.push_back({"attention.fc2.bias", {w[0]}});
-    p.push_back({"attention.temperature", {}});
+    if (attention_) {
+      const Index hidden = attention_->hidden(), cin = conv_.geometry.in_channels;
+      p.push_back({"attention.fc1.weight", {hidden, cin}});
+      p.push_back({"attention.fc1.bias", {hidden}});
+      p.push_back({"attention.fc2.weight", {w[0], hidden}});
+      p.push_back({"attention.fc2.bias", {w[0]}});
+      p.push_back({"attention.temperature", {}});
+    }
+    if (routing_)
+      for (const ParameterInfo& r : routing_->parameters()) p.push_back({"routing_fn." + r.name, r.shape});
+    if (omni_)
+      for (const ParameterInfo& a : omni_->parameters()) p.push_back({"attention." + a.name, a.shape});
     return p;
   }
   std::vector<T> parameter(const std::string& name) const override {
     auto flat = [](const auto& t) { return std::vector<T>(t.data(), t.data() + t.size()); };
     if (name == "weight") return flat(weight());
     if (name == "bias" && bias_param_) return bias_;
-    if (name == "attention.fc1.weight") return flat(attention_.fc1().weight());
-    if (name == "attention.fc1.bias") return flat(attention_.fc1().bias());
-    if (name == "attention.fc2.weight") return flat(attention_.fc2().weight());
-    if (name == "attention.fc2.bias") return flat(attention_.fc2().bias());
-    if (name == "attention.temperature") return {attention_.temperature()};
+    if (routing_ && name.rfind("routing_fn.", 0) == 0) return routing_->parameter(name.substr(11));
+    if (omni_ && name.rfind("attention.", 0) == 0 && has_parameter(name)) return omni_->parameter(name.substr(10));
+    if (attention_) {
+      if (name == "attention.fc1.weight") return flat(attention_->fc1().weight());
+      if (name == "attention.fc1.bias") return flat(attention_->fc1().bias());
+      if (name == "attention.fc2.weight") return flat(attention_->fc2().weight());
+      if (name == "attention.fc2.bias") return flat(attention_->fc2().bias());
+      if (name == "attention.temperature") return {attention_->temperature()};
+    }
     this->unknown_parameter(name);
   }
   void set_parameter(const std::string& name, const std::vector<T>& v) override {
     const std::array<Index, 5> w = weight_shape();
-    const Index hidden = attention_.hidden(), cin = conv_.geometry.in_channels, k = w[0];
+    const Index k = w[0];
+    if (name == "weight") {
+      this->check_count(name, v, {w[0], w[1], w[2], w[3], w[4]});
+      set_weight(Eigen::TensorMap<const Tensor5<T>>(v.data(), w));
+      return;
+    }
+    if (name == "bias" && bias_param_) {
+      this->check_count(name, v, {k, w[1]});
+      return set_bias_values(Eigen::TensorMap<const Tensor2<T>>(v.data(), k, w[1]));
+    }
+    if (routing_ && name.rfind("routing_fn.", 0) == 0) return routing_->set_parameter(name.substr(11), v);
+    if (omni_ && has_parameter(name)) {
+      if (name == "attention.temperature") this->check_count(name, v, {});
+      for (const ParameterInfo& p : parameters())
+        if (p.name == name) this->check_count(name, v, p.shape);
+      return omni_->set_parameter(name.substr(10), v);
+    }
+    if (!attention_) this->unknown_parameter(name);
+    const Index hidden = attention_->hidden(), cin = conv_.geometry.in_channels;
     auto as2 = [&](Index a, Index b) {
       this->check_count(name, v, {a, b});
       return Tensor2<T>(Eigen::TensorMap<const Tensor2<T>>(v.data(), a, b));
@@ -414,35 +646,33 @@ class DynamicConv2d final : public Module<T> {
       this->check_count(name, v, {a});
       return Tensor1<T>(Eigen::TensorMap<const Tensor1<T>>(v.data(), a));
     };
-    if (name == "weight") {
-      this->check_count(name, v, {w[0], w[1], w[2], w[3], w[4]});
-      set_weight(Eigen::TensorMap<const Tensor5<T>>(v.data(), w));
-    } else if (name == "bias" && bias_param_) {
-      set_bias_values(as2(k, w[1]));
-    } else if (name == "attention.fc1.weight") {
-      attention_.fc1().set_weight(as2(hidden, cin));
+    if (name == "attention.fc1.weight") {
+      attention_->fc1().set_weight(as2(hidden, cin));
     } else if (name == "attention.fc1.bias") {
-      attention_.fc1().set_bias(as1(hidden));
+      attention_->fc1().set_bias(as1(hidden));
     } else if (name == "attention.fc2.weight") {
-      attention_.fc2().set_weight(as2(k, hidden));
+      attention_->fc2().set_weight(as2(k, hidden));
     } else if (name == "attention.fc2.bias") {
-      attention_.fc2().set_bias(as1(k));
+      attention_->fc2().set_bias(as1(k));
     } else if (name == "attention.temperature") {
       this->check_count(name, v, {});
-      attention_.set_temperature(static_cast<double>(v[0]));
+      attention_->set_temperature(static_cast<double>(v[0]));
     } else {
       this->unknown_parameter(name);
     }
   }
-  /// Loads every parameter; "attention.temperature" is optional (tau = 1 where the file has
-  /// none). A bias left by an earlier BatchNorm fold is dropped first. With LoadMode::Upcycle
+  /// Loads every parameter; the temperature is optional (tau = 1 where the file has none). A
+  /// bias or shift left by an earlier BatchNorm fold is dropped first. With LoadMode::Upcycle
   /// and no attention in the file (a static checkpoint), the static kernel [Cout, Cin/g, kh,
-  /// kw] (and bias) becomes all K kernels (and biases) and the attention keeps its values.
+  /// kw] (and bias) of a DY-Conv layer becomes all K kernels (and biases) and the attention
+  /// keeps its values (exact because its weights sum to 1; the other kinds load strictly).
   void load(WeightLoader& w, const std::string& prefix) override {
     if (!bias_param_) bias_.clear();
+    shift_.clear();
     const std::array<Index, 5> ws = weight_shape();
     const Index k = ws[0];
-    if (w.mode() == LoadMode::Upcycle && !w.contains(this->join(prefix, "attention.fc1.weight"))) {
+    if (w.mode() == LoadMode::Upcycle && kind() == AttentionKind::DyConv &&
+        !w.contains(this->join(prefix, "attention.fc1.weight"))) {
       const std::vector<T> one = w.take_flat<T>(this->join(prefix, "weight"), {ws[1], ws[2], ws[3], ws[4]});
       std::vector<T> all;
       for (Index i = 0; i < k; ++i) all.insert(all.end(), one.begin(), one.end());
@@ -457,17 +687,18 @@ class DynamicConv2d final : public Module<T> {
     }
     for (const ParameterInfo& p : parameters()) {
       const std::string name = this->join(prefix, p.name);
-      if (p.name == "attention.temperature")
-        attention_.set_temperature(w.take_scalar_or(name, 1.0));
+      if (p.shape.empty())  // the temperature
+        set_parameter(p.name, {static_cast<T>(w.take_scalar_or(name, 1.0))});
       else
         set_parameter(p.name, w.take_flat<T>(name, p.shape));
     }
   }
 
-  /// Parameters and multiply-adds (conv, attention with GAP, aggregation) of one sample of
-  /// this input shape, as paper.md counts them.
+  /// Parameters and multiply-adds (conv, attention with GAP, kernel synthesis, ODConv's
+  /// scaling of the kernel) of one sample of this input shape, as paper.md counts them. A
+  /// shared routing is counted where it is computed (its CondConvRouting).
   LayerCost cost(const std::vector<NhwcShape>& in) const override {
-    this->check_arity(in, 1);
+    this->check_arity(in, arity());
     return cost(in[0].h, in[0].w);
   }
   /// The same for an in_h x in_w input.
@@ -475,10 +706,20 @@ class DynamicConv2d final : public Module<T> {
     detail::check_fits(layer_, conv_.geometry, in_h, in_w, [&] { return concat(in_h, 'x', in_w); });
     LayerCost c;
     const Index k = kernels(), cout = conv_.geometry.out_channels, size = conv_.geometry.weight_size();
-    c.params = k * size + (bias_param_ ? k * cout : 0) + attention_.params();
+    c.params = k * size + (bias_param_ ? k * cout : 0);
     c.conv_madds = conv_.geometry.out_h(in_h) * conv_.geometry.out_w(in_w) * size;
-    c.attention_madds = attention_.madds(in_h, in_w);
     c.aggregation_madds = k * size + (bias_param_ ? k * cout : 0);
+    if (attention_) {
+      c.params += attention_->params();
+      c.attention_madds = attention_->madds(in_h, in_w);
+    } else if (routing_) {
+      c.params += routing_->linear().params();
+      c.attention_madds = routing_->madds(in_h, in_w);
+    } else if (omni_) {
+      c.params += omni_->params();
+      c.attention_madds = omni_->madds(in_h, in_w);
+      c.scaling_madds = size;
+    }
     return c;
   }
 
@@ -491,31 +732,136 @@ class DynamicConv2d final : public Module<T> {
     bias_.assign(b.data(), b.data() + b.size());
   }
 
-  /// What every strategy shares: the per-sample mixed biases and the epilogue of sample b.
+  static const char* kind_label(AttentionKind k) {
+    return k == AttentionKind::DyConv ? "DynamicConv2d" : k == AttentionKind::CondConv ? "CondConv2d" : "ODConv2d";
+  }
+  void validate_kind() const {
+    if (options_.shared_routing() && kind() != AttentionKind::CondConv)
+      fail<OptionsError>(layer_, ": shared_routing needs the CondConv attention kind, got ", attention_kind_name(kind()));
+    if (kind() == AttentionKind::ODConv && options_.bias())
+      fail<OptionsError>(layer_, ": ODConv has no convolution bias (its filter attention scales the output): "
+                                 "set bias(false), as DynamicConv2dOptions::odconv() does");
+    if (kind() == AttentionKind::DyConv) {
+      detail::validate_attention<T>(layer_, options_.attention_options());
+    } else {
+      detail::check_range(layer_, "kernels", options_.kernels());
+      detail::check_positive_finite<T>(layer_, "temperature", options_.temperature());
+    }
+    if (kind() == AttentionKind::ODConv) detail::validate_attention<T>(layer_, options_.attention_options());
+  }
+  template <typename A>
+  static A* require_impl(A* a, const std::string& layer, const char* what, AttentionKind k, bool shared) {
+    if (!a)
+      fail<OptionsError>(layer, ": ", what, " does not exist for this layer (attention ", attention_kind_name(k),
+                         shared ? ", routing shared" : "", ")");
+    return a;
+  }
+  template <typename A>
+  A* require(std::optional<A>& a, const char* what) {
+    return require_impl(a ? &*a : static_cast<A*>(nullptr), layer_, what, kind(), shared_routing());
+  }
+  template <typename A>
+  const A* require(const std::optional<A>& a, const char* what) const {
+    return require_impl(a ? &*a : static_cast<const A*>(nullptr), layer_, what, kind(), shared_routing());
+  }
+  bool has_parameter(const std::string& name) const {
+    for (const ParameterInfo& p : parameters())
+      if (p.name == name) return true;
+    return false;
+  }
+
+  /// ODConv: the attentions scale the mixed kernel.
+  bool scaled() const { return kind() == AttentionKind::ODConv; }
+  /// The packed kernel as stacked row-major blocks (one per group; one block for depthwise)
+  /// of [scale_block_rows(), scale_block_cols()]: scale_kernel's view.
+  bool depthwise_layout() const { return conv_.algorithm == ConvAlgorithm::Depthwise; }
+  Index scale_block_rows() const {
+    const ConvGeometry& g = conv_.geometry;
+    return depthwise_layout() ? g.kernel_h * g.kernel_w : g.kernel_h * g.kernel_w * g.in_per_group();
+  }
+  Index scale_block_cols() const { return depthwise_layout() ? conv_.geometry.out_channels : conv_.geometry.out_per_group(); }
+  /// Row scales per sample: one per row of all the blocks.
+  Index scale_rows() const { return depthwise_layout() ? scale_block_rows() : scale_block_rows() * conv_.geometry.groups; }
+
+  /// Sample b's row scales s[p] c[i] (depthwise: s[p]) and column scales f[o] (depthwise:
+  /// c[o] f[o]) of the packed layout, from the heads (absent heads are 1).
+  void kernel_scales(const AttentionHeads<T>& h, Index b, T* row, T* col) const {
+    const ConvGeometry& g = conv_.geometry;
+    const Index taps = g.kernel_h * g.kernel_w, cin = g.in_channels, cout = g.out_channels;
+    const T* s = h.spatial ? h.spatial + b * taps : nullptr;
+    const T* c = h.channel ? h.channel + b * cin : nullptr;
+    const T* f = h.filter ? h.filter + b * cout : nullptr;
+    if (depthwise_layout()) {
+      for (Index t = 0; t < taps; ++t) row[t] = s ? s[t] : T(1);
+      for (Index o = 0; o < cout; ++o) col[o] = (c ? c[o] : T(1)) * (f ? f[o] : T(1));
+      return;
+    }
+    const Index cin_g = g.in_per_group();
+    for (Index grp = 0; grp < g.groups; ++grp)
+      for (Index t = 0; t < taps; ++t)
+        for (Index i = 0; i < cin_g; ++i)
+          row[(grp * taps + t) * cin_g + i] = (s ? s[t] : T(1)) * (c ? c[grp * cin_g + i] : T(1));
+    for (Index o = 0; o < cout; ++o) col[o] = f ? f[o] : T(1);
+  }
+
+  /// The heads of the layer's own attention for x, their values leased from ctx's workspace.
+  AttentionHeads<T> attend(const NhwcView<const T>& x, Context<T>& ctx, typename Workspace<T>::Lease& values) const {
+    AttentionHeads<T> heads;
+    if (omni_) {
+      values = ctx.workspace().acquire(omni_->head_values(x.n));
+      return omni_->run(x, values.data(), ctx);
+    }
+    values = ctx.workspace().acquire(x.n * kernels());
+    if (attention_) attention_->run(x, values.data(), ctx);
+    else routing().route(x, values.data(), ctx);
+    heads.kernel = values.data();
+    return heads;
+  }
+
+  /// What every strategy shares: the kernel weights, the per-sample mixed biases, the kernel
+  /// scales (ODConv) and the epilogue of sample b.
   struct Batch {
     const NhwcView<const T>& x;
     const T* pi;
     const NhwcView<T>& y;
     const PostOps<T>& post;
     const T* biases;  // [n, Cout] or null
+    const T* scales;  // [n, scale_rows() + Cout] or null
+    Index scale_stride;
+    Index scale_rows;
     detail::Epilogue<T> epilogue(Index b, Index cout) const {
       return {biases ? biases + b * cout : nullptr, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
               post.after};
     }
+    const T* row_scale(Index b) const { return scales + b * scale_stride; }
+    const T* col_scale(Index b) const { return scales + b * scale_stride + scale_rows; }
   };
 
-  /// The convolution of every sample with its own mix pi [N, K] of the K kernels, by the plan.
-  void convolve_run(const NhwcView<const T>& x, const T* pi, const NhwcView<T>& y, Context<T>& ctx,
+  /// The convolution of every sample with its own kernel synthesised from the heads, by the plan.
+  void convolve_run(const NhwcView<const T>& x, const AttentionHeads<T>& heads, const NhwcView<T>& y, Context<T>& ctx,
                     const PostOps<T>& post) const {
     const DynamicConvPlan p = plan(x.shape(), ctx.threads(), ctx.min_parallel_madds());
     const Index n = x.n, k = kernels(), cout = conv_.geometry.out_channels;
-    typename Workspace<T>::Lease biases;
+    const T* pi = heads.kernel;
+    typename Workspace<T>::Lease biases, scales;
     if (p.bias_values) {
       biases = ctx.workspace().acquire(p.bias_values);
-      for (Index b = 0; b < n; ++b)
-        detail::aggregate(bias_.data(), k, 1, cout, pi + b * k, 0, cout, biases.data() + b * cout);
+      for (Index b = 0; b < n; ++b) {
+        T* bb = biases.data() + b * cout;
+        if (has_bias()) detail::aggregate(bias_.data(), k, 1, cout, pi + b * k, 0, cout, bb);
+        else std::fill(bb, bb + cout, T(0));
+        if (!shift_.empty())
+          for (Index c = 0; c < cout; ++c) bb[c] += shift_[static_cast<std::size_t>(c)];
+      }
     }
-    const Batch batch{x, pi, y, post, p.bias_values ? biases.data() : nullptr};
+    const Index stride = scale_rows() + cout;
+    if (p.scale_values) {
+      scales = ctx.workspace().acquire(p.scale_values);
+      for (Index b = 0; b < n; ++b)
+        kernel_scales(heads, b, scales.data() + b * stride, scales.data() + b * stride + scale_rows());
+    }
+    const Batch batch{x,      pi,    y, post, p.bias_values ? biases.data() : nullptr, p.scale_values ? scales.data() : nullptr,
+                      stride, scale_rows()};
     switch (p.mix) {
       case MixStrategy::Auto:
       case MixStrategy::PerSample: return mix_per_sample(batch, ctx);
@@ -533,6 +879,8 @@ class DynamicConv2d final : public Module<T> {
     ctx.pool().parallel_for(bt.x.n, [&](std::int64_t b, int worker) {
       T* kernel = ctx.workspace().scratch(worker, Scratch::Kernel, size);
       detail::aggregate(packed_.data(), k, m[0], m[1], bt.pi + b * k, 0, m[1], kernel);
+      if (bt.scales)
+        detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.row_scale(b), bt.col_scale(b), 0, size);
       detail::conv_slice(conv_.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
                          detail::Slice{0, bt.y.h, 0, g.out_channels}, bt.epilogue(b, g.out_channels), bt.y.sample(b),
                          static_cast<const T*>(nullptr), ctx.workspace(), worker);
@@ -550,6 +898,9 @@ class DynamicConv2d final : public Module<T> {
       const Index b = task / parts;
       const std::array<Index, 2> r = split_range(size, parts, task % parts);
       detail::mix(packed_.data() + r[0], size, k, bt.pi + b * k, 1, r[1] - r[0], 0, mixed.data() + b * size + r[0], 0);
+      if (bt.scales)
+        detail::scale_kernel(mixed.data() + b * size, scale_block_rows(), scale_block_cols(), bt.row_scale(b),
+                             bt.col_scale(b), r[0], r[1]);
     });
     ctx.pool().parallel_for(bt.x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
@@ -596,17 +947,14 @@ class DynamicConv2d final : public Module<T> {
       }
       T* tile = ctx.workspace().scratch(worker, Scratch::Kernel, n * m[0] * width);
       detail::aggregate_batch(packed_.data(), k, m[0], m[1], bt.pi, n, c[0], width, tile);
+      if (bt.scales)
+        for (Index b = 0; b < n; ++b)
+          detail::scale_tile(tile + b * m[0] * width, m[0], width, bt.row_scale(b), bt.col_scale(b) + c[0]);
       for (Index b = 0; b < n; ++b)
         detail::conv_slice(algo, g, bt.x.sample(b), bt.x.h, bt.x.w, tile + b * m[0] * width, width,
                            detail::Slice{0, bt.y.h, c[0], c[1]}, bt.epilogue(b, cout), bt.y.sample(b),
                            p.shared_columns ? columns.data() + b * col_size : nullptr, ctx.workspace(), worker);
     });
-  }
-
-  KernelAttentionOptions validated_attention_options() const {
-    // Attention option errors are reported under this layer's description.
-    detail::validate_attention<T>(layer_, options_.attention_options());
-    return options_.attention_options();
   }
 
   std::array<Index, 5> weight_shape() const {
@@ -617,9 +965,12 @@ class DynamicConv2d final : public Module<T> {
   DynamicConv2dOptions options_;
   std::string layer_;
   detail::ResolvedConv conv_;
-  KernelAttention<T> attention_;
+  std::optional<KernelAttention<T>> attention_;  // DY-Conv
+  std::optional<CondConvRouting<T>> routing_;    // CondConv with its own routing
+  std::optional<OmniAttention<T>> omni_;         // ODConv
   std::vector<T> packed_;  // K kernels, each in the packed_index() layout of conv_.algorithm
   std::vector<T> bias_;    // [K, Cout] or empty
+  std::vector<T> shift_;   // [Cout] left by a BatchNorm fold outside the experts, or empty
   bool bias_param_ = options_.bias();
 };
 

@@ -241,10 +241,8 @@ class Graph {
         bn->fold_into_identity(rest);
       } else if (auto* d = dynamic_cast<DynamicConv2d<T>*>(m)) {
         d->fold_batchnorm(*bn);
-        finite = all_finite(d->weight()) && all_finite(d->bias());
-        Tensor1<T> rest(bn->num_features());
-        // Folding into bias-free kernels gives every kernel the same bias.
-        for (Index c = 0; c < rest.size(); ++c) rest(c) = d->bias_is_parameter() ? T(0) : d->bias()(0, c);
+        const Tensor1<T> rest = d->folded_bias();
+        finite = all_finite(d->weight()) && all_finite(d->bias()) && all_finite(rest);
         bn->fold_into_identity(rest);
       } else {
         continue;

@@ -82,5 +82,32 @@ void aggregate_batch(const T* src, Index kernels, Index rows, Index cols, const 
   }
 }
 
+/// Multiplies elements [begin, end) of a packed kernel, viewed as consecutive row-major blocks
+/// of [rows, cols] (one per group), by row[R] * col[(R / rows) * cols + c] for element (R, c) of
+/// the stacked blocks: ODConv's spatial and channel attentions as row scales, its filter
+/// attention as column scales, folded into the mixed kernel.
+template <typename T>
+void scale_kernel(T* kernel, Index rows, Index cols, const T* row, const T* col, Index begin, Index end) {
+  for (Index i = begin; i < end;) {
+    const Index r = i / cols, c0 = i - r * cols, len = std::min(cols - c0, end - i);
+    const T rs = row[r];
+    const T* __restrict cs = col + (r / rows) * cols + c0;
+    T* __restrict o = kernel + i;
+    for (Index c = 0; c < len; ++c) o[c] *= rs * cs[c];
+    i += len;
+  }
+}
+
+/// The same for a tile [rows, width] holding columns [c0, c0 + width) of a one-block kernel;
+/// `col` points at column c0's scale.
+template <typename T>
+void scale_tile(T* tile, Index rows, Index width, const T* row, const T* col) {
+  for (Index r = 0; r < rows; ++r) {
+    const T rs = row[r];
+    T* __restrict o = tile + r * width;
+    for (Index c = 0; c < width; ++c) o[c] *= rs * col[c];
+  }
+}
+
 }  // namespace detail
 }  // namespace dynconv
