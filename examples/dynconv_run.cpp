@@ -42,6 +42,7 @@
 
 namespace {
 
+using dynconv::DynamicConv2d;
 using dynconv::Index;
 using dynconv::SafeTensors;
 using dynconv::Tensor2;
@@ -72,6 +73,7 @@ struct Options {
   std::string eval_dir;
   Index limit = 0;  // 0: the whole test set
   std::string predictions;
+  double temperature = 0;  // 0: each dynamic layer's from the file (1 where it has none)
 };
 
 const char* const kFooter = R"(Preprocessing of images (not of a safetensors input, used as it is):
@@ -102,8 +104,10 @@ error is one line on stderr, "dynconv-run: <what went wrong>".
 const char* const kSynopsis = R"(Usage:
   dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
               [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
+              [--temperature TAU]
   dynconv-run --model NAME --weights W.safetensors --eval-fashion-mnist [DIR] [--limit N]
               [--predictions FILE] [--output OUT.safetensors] [--threads T] [--labels FILE]
+              [--temperature TAU]
 )";
 
 /// --help as the synopsis, then "--option ARG  description" per option: CLI11's default
@@ -155,6 +159,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
                  "(default 1)")
       ->type_name("T")
       ->check(quiet(CLI::Range(1, 1024)));
+  app.add_option("--temperature", opt.temperature,
+                 "the attention temperature of every dynamic layer, instead of the file's (where "
+                 "a file has none, a layer runs at the default 1)")
+      ->type_name("TAU")
+      ->check(quiet(CLI::PositiveNumber));
   app.add_option("--top", opt.top, "classes printed per input (default 5)")
       ->type_name("K")
       ->check(quiet(CLI::Range(1, 1 << 20)));
@@ -203,15 +212,22 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
 
 // ---- Model --------------------------------------------------------------------------------
 
+/// The 14 zoo models, then the ODConv ones.
+std::vector<std::string> zoo() {
+  std::vector<std::string> all = dynconv::models::zoo_names();
+  for (const std::string& n : dynconv::models::odconv_zoo_names()) all.push_back(n);
+  return all;
+}
+
 std::string zoo_list() {
   std::string s;
-  for (const std::string& n : dynconv::models::zoo_names()) s += (s.empty() ? "" : ", ") + n;
+  for (const std::string& n : zoo()) s += (s.empty() ? "" : ", ") + n;
   return s;
 }
 
 bool in_zoo(const std::string& name) {
-  const std::vector<std::string> zoo = dynconv::models::zoo_names();
-  return std::find(zoo.begin(), zoo.end(), name) != zoo.end();
+  const std::vector<std::string> all = zoo();
+  return std::find(all.begin(), all.end(), name) != all.end();
 }
 
 /// The model options from the weights' metadata and --classes.
@@ -281,7 +297,7 @@ std::string class_label(const std::vector<std::string>& names, Index c) {
 /// The model's parameters and multiply-adds per image next to its static twin (for a dy_
 /// model) or its dynamic twin with the zoo's defaults (K = 4, for a static model).
 void print_cost(const Model<float>& model, Index h, Index w) {
-  const bool dynamic = model.name().rfind("dy_", 0) == 0;
+  const bool dynamic = model.name().rfind("dy_", 0) == 0 || model.name().rfind("od_", 0) == 0;
   const std::string twin_name = dynamic ? model.name().substr(3) : "dy_" + model.name();
   const dynconv::LayerCost own = model.cost(h, w).total;
   const dynconv::LayerCost twin =
@@ -297,6 +313,36 @@ void print_cost(const Model<float>& model, Index h, Index w) {
       dynamic ? "static" : "dynamic", twin_name.c_str(), twin.params / 1e6, twin.madds() / 1e6,
       100.0 * (double(dyn.params) / double(stat.params) - 1.0),
       100.0 * (double(dyn.madds()) / double(stat.madds()) - 1.0));
+}
+
+/// Sets --temperature on every dynamic layer, and says which temperature the layers run at and
+/// where it came from ("temperature: 1.7 in all 16 dynamic layers (from the file)"): a file
+/// without one runs at the default 1, which a user must be able to see.
+void apply_temperature(Model<float>& model, const Options& opt, const SafeTensors& w) {
+  std::vector<DynamicConv2d<float>*> layers;
+  for (const std::string& name : model.node_names())
+    if (auto* d = dynamic_cast<DynamicConv2d<float>*>(&model.module(name))) layers.push_back(d);
+  if (layers.empty()) return;
+  if (opt.temperature > 0)
+    for (DynamicConv2d<float>* d : layers) d->set_temperature(opt.temperature);
+  double lo = INFINITY, hi = -INFINITY;
+  for (const DynamicConv2d<float>* d : layers) {
+    lo = std::min(lo, static_cast<double>(d->temperature()));
+    hi = std::max(hi, static_cast<double>(d->temperature()));
+  }
+  std::size_t stored = 0;
+  for (const std::string& name : w.names()) {
+    const std::string suffix = ".temperature";
+    stored += name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  }
+  const std::string source = opt.temperature > 0        ? "--temperature"
+                             : stored == 0               ? "the file has none: the default"
+                             : stored < layers.size()    ? dynconv::concat("from the file for ", stored, " of them, the default 1 for the rest")
+                                                         : "from the file";
+  if (lo == hi)
+    std::printf("temperature: %g in all %zu dynamic layers (%s)\n", lo, layers.size(), source.c_str());
+  else
+    std::printf("temperature: %g to %g over %zu dynamic layers (%s)\n", lo, hi, layers.size(), source.c_str());
 }
 
 // ---- Forward ------------------------------------------------------------------------------
@@ -594,6 +640,7 @@ int run(int argc, char** argv) {
   const SafeTensors weights = SafeTensors::load(opt.weights);
   const std::unique_ptr<Model<float>> model =
       load_model(model_name(opt, weights), model_options(opt, weights), weights);
+  apply_temperature(*model, opt, weights);
   const std::vector<std::string> names = class_names(opt, weights, model->num_classes());
   return opt.eval ? run_evaluation(opt, *model, weights, names)
                   : run_inference(opt, *model, weights, names);

@@ -2,9 +2,11 @@
 // dynconv's own counts of the same networks, static and dynamic.
 //
 //   flops_table          a table: ours (paper, relative difference), and dynamic/static ratios
-//   flops_table --json   a JSON array, one object per zoo model (all 14), per sample:
-//                        {"model", "params", "madds", "conv_madds", "attention_madds",
-//                         "aggregation_madds"}
+//   flops_table --json   a JSON array, one object per zoo model (the 14 at K = 4, the ODConv
+//                        models at K = 1 and K = 4), per sample: {"model", "kernels", "params",
+//                        "madds", "conv_madds", "attention_madds", "aggregation_madds",
+//                        "scaling_madds"}
+// After the paper's table, the ODConv models next to the official ones (OSVAI/ODConv).
 // Multiply-adds count convolutions, attention (its pooling included), kernel aggregation and
 // fully connected layers, per image; parameters are counted as PyTorch counts them.
 #include <dynconv/models/zoo.hpp>
@@ -37,8 +39,22 @@ const PaperRow kPaper[] = {
     {"resnet18", "ResNet-18", 11.1, 1810.0, 42.7, 1850.0},
 };
 
-LayerCost cost_of(const std::string& name) {
-  return dynconv::models::create<float>(name)->cost(224, 224).total;
+struct OdRow {
+  const char* model;
+  long long params_k1, params_k4;
+  double madds_k1, madds_k4;  // millions, as published
+};
+
+// The official ODConv models (family.md: exact parameters, MAdds as published).
+const OdRow kOfficialOd[] = {
+    {"od_resnet18", 11943944, 44901640, 1838.0, 1916.0},
+    {"od_mobilenet_v2_x1_0", 4940185, 11512149, 311.8, 327.1},
+    {"od_mobilenet_v2_x0_75", 3507113, 7496013, 217.1, 226.3},
+    {"od_mobilenet_v2_x0_5", 2425537, 4435501, 101.8, 106.4},
+};
+
+LayerCost cost_of(const std::string& name, dynconv::Index kernels = 4) {
+  return dynconv::models::create<float>(name, dynconv::models::ModelOptions().kernels(kernels))->cost(224, 224).total;
 }
 
 std::string cell(double ours, double paper) {
@@ -58,15 +74,20 @@ int main(int argc, char** argv) {
   }
   if (json) {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const std::string& name : dynconv::models::zoo_names()) {
-      const LayerCost c = cost_of(name);
+    auto row = [&](const std::string& name, dynconv::Index kernels) {
+      const LayerCost c = cost_of(name, kernels);
       out.push_back({{"model", name},
+                     {"kernels", kernels},
                      {"params", c.params},
                      {"madds", c.madds()},
                      {"conv_madds", c.conv_madds},
                      {"attention_madds", c.attention_madds},
-                     {"aggregation_madds", c.aggregation_madds}});
-    }
+                     {"aggregation_madds", c.aggregation_madds},
+                     {"scaling_madds", c.scaling_madds}});
+    };
+    for (const std::string& name : dynconv::models::zoo_names()) row(name, 4);
+    for (const std::string& name : dynconv::models::odconv_zoo_names())
+      for (dynconv::Index k : {1, 4}) row(name, k);
     std::cout << out.dump(2) << '\n';
     return 0;
   }
@@ -93,5 +114,16 @@ int main(int argc, char** argv) {
     std::printf("  %-18s %9.2f + %6.2f + %6.2f\n", r.label, d.conv_madds / 1e6,
                 d.attention_madds / 1e6, d.aggregation_madds / 1e6);
   }
+  std::printf("\nODConv models vs the official ones (OSVAI/ODConv). Each cell: ours (official, difference).\n\n");
+  std::printf("| model | K | params | MAdds | conv + attention + synthesis + scaling MAdds |\n|---|---|---|---|---|\n");
+  for (const OdRow& r : kOfficialOd)
+    for (dynconv::Index k : {1, 4}) {
+      const LayerCost c = cost_of(r.model, k);
+      const long long official = k == 1 ? r.params_k1 : r.params_k4;
+      std::printf("| %s | %lld | %lld (%lld, %+lld) | %s | %.1f + %.1f + %.1f + %.1f |\n", r.model, static_cast<long long>(k),
+                  static_cast<long long>(c.params), official, static_cast<long long>(c.params) - official,
+                  cell(c.madds(), k == 1 ? r.madds_k1 : r.madds_k4).c_str(), c.conv_madds / 1e6, c.attention_madds / 1e6,
+                  c.aggregation_madds / 1e6, c.scaling_madds / 1e6);
+    }
   return 0;
 }

@@ -110,7 +110,7 @@ TEST(SteadyState, ForwardAllocatesNothing) {
   GTEST_SKIP() << "needs glibc and no sanitizer (they replace malloc themselves)";
 #else
   check_counter();
-  for (const char* name : {"dy_mobilenet_v3_small", "dy_mobilenet_v2_x0_5", "dy_resnet10", "resnet10"}) {
+  for (const char* name : {"dy_mobilenet_v3_small", "dy_mobilenet_v2_x0_5", "dy_resnet10", "resnet10", "od_mobilenet_v2_x0_5"}) {
     const auto model = dynconv::models::create<float>(name, dynconv::models::ModelOptions().num_classes(10));
     for (Index batch : {1, 8})
       for (int threads : {1, 2}) {

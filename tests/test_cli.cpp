@@ -398,6 +398,25 @@ TEST(CliRun, TensorInputAndModelFromMetadata) {
   EXPECT_EQ(printed_top1(bare.out).labels, (std::vector<std::string>{"", ""}));
 }
 
+TEST(CliRun, TemperatureInUseIsPrintedAndCanBeOverridden) {
+  // The shipped dynamic model: its file stores every layer's temperature.
+  const std::string base = "--weights " + std::string(DYNCONV_SOURCE_DIR) +
+                           "/examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors --input {tensor} --output ";
+  const Result r = run_cli(base + scratch("tau_file.safetensors"));
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("temperature: [0-9.e+-]+ in all [0-9]+ dynamic layers \\(from the file\\)"));
+  const Result o = run_cli(base + scratch("tau_30.safetensors") + " --temperature 30");
+  ASSERT_TRUE(o.exited && o.code == 0) << describe(o);
+  EXPECT_THAT(o.out, HasSubstr("temperature: 30 in all "));
+  EXPECT_THAT(o.out, HasSubstr(" dynamic layers (--temperature)"));
+  EXPECT_GT(relative_error(read_logits(scratch("tau_30.safetensors")), read_logits(scratch("tau_file.safetensors"))), 1e-3)
+      << "the temperature changes the attention, so the logits";
+  // A static model has no temperature to report.
+  const Result bare = run_cli("--model mobilenet_v3_small --weights {bare} --classes 10 --input {tensor}");
+  ASSERT_TRUE(bare.exited && bare.code == 0) << describe(bare);
+  EXPECT_THAT(bare.out, ::testing::Not(HasSubstr("temperature:")));
+}
+
 TEST(CliRun, ThreadsGiveTheSameLogits) {
   const std::string images =
       "--weights {fashion} --input {grey_png} {rgb_png} {rgba_png} {ppm} "
@@ -491,6 +510,8 @@ const ErrorCase kErrorCases[] = {
      "The following argument was not expected: --bogus"},
     {"top_zero", RUN "--input {grey_png} --top 0", 2, "--top: Value 0 not in range"},
     {"threads_zero", RUN "--input {grey_png} --threads 0", 2, "--threads: Value 0 not in range"},
+    {"temperature_zero", RUN "--input {grey_png} --temperature 0", 2, "--temperature: Value 0 not in range"},
+    {"temperature_negative", RUN "--input {grey_png} --temperature -2", 2, "--temperature: Value -2 not in range"},
     {"threads_not_a_number", RUN "--input {grey_png} --threads two", 2, "--threads: Value two"},
     {"size_too_small", RUN "--input {grey_png} --size 16", 2, "--size: Value 16 not in range 32"},
     {"no_weights", "--model mobilenet_v3_small --input {grey_png}", 2, "--weights is required"},

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "parity_data.hpp"
+
 namespace {
 
 using dynconv::BatchNorm2d;
@@ -398,6 +400,103 @@ TEST(Zoo, NamesInDocumentedOrder) {
                           "dy_mobilenet_v2_x1_0", "dy_mobilenet_v2_x0_75", "dy_mobilenet_v2_x0_5",
                           "dy_mobilenet_v2_x0_35", "dy_mobilenet_v3_small", "dy_resnet10",
                           "dy_resnet18"));
+}
+
+// OSVAI/ODConv's official models (family.md's table): parameters exactly, MAdds within 4% of the
+// published figures (paper.md's counting: conv, attention with GAP, kernel synthesis, and the
+// kernel's scaling by ODConv's channel, filter and spatial attentions).
+TEST(OdconvZoo, ParametersEqualTheOfficialModelsAndMAddsTheTableWithin4Percent) {
+  struct Row {
+    const char* name;
+    std::int64_t params_k1, params_k4;
+    double madds_k1, madds_k4;
+  };
+  const Row rows[] = {{"od_resnet18", 11943944, 44901640, 1.838e9, 1.916e9},
+                      {"od_mobilenet_v2_x1_0", 4940185, 11512149, 311.8e6, 327.1e6},
+                      {"od_mobilenet_v2_x0_75", 3507113, 7496013, 217.1e6, 226.3e6},
+                      {"od_mobilenet_v2_x0_5", 2425537, 4435501, 101.8e6, 106.4e6}};
+  EXPECT_EQ(dynconv::models::odconv_zoo_names().size(), std::size(rows));
+  for (const Row& r : rows)
+    for (const Index k : {1, 4}) {
+      SCOPED_TRACE(::testing::Message() << r.name << " K=" << k);
+      const ModelPtr m = make(r.name, ModelOptions().kernels(k));
+      const LayerCost c = m->cost(224, 224).total;
+      EXPECT_EQ(c.params, k == 1 ? r.params_k1 : r.params_k4);
+      const double official = k == 1 ? r.madds_k1 : r.madds_k4;
+      EXPECT_NEAR(static_cast<double>(c.madds()) / official, 1.0, 0.04) << c.madds();
+      EXPECT_GT(c.scaling_madds, 0);
+    }
+}
+
+TEST(OdconvZoo, WhichConvolutionsAreOdconv) {
+  const ModelPtr r = make("od_resnet18", ModelOptions().kernels(4));
+  EXPECT_EQ(r->module<DynamicConv2d<float>>("layer1.0.conv1").kind(), dynconv::AttentionKind::ODConv);
+  EXPECT_NO_THROW(r->module<Conv2d<float>>("conv1"));
+  EXPECT_NO_THROW(r->module<Conv2d<float>>("layer2.0.downsample.0"));
+  const ModelPtr m = make("od_mobilenet_v2_x0_5", ModelOptions().kernels(1));
+  EXPECT_NO_THROW(m->module<Conv2d<float>>("features.0.0"));
+  for (const char* n : {"features.1.conv.0.0", "features.1.conv.1", "features.2.conv.0.0", "features.18.0"})
+    EXPECT_EQ(m->module<DynamicConv2d<float>>(n).kind(), dynconv::AttentionKind::ODConv) << n;
+  // A depthwise ODConv has no filter attention (OSVAI's rule).
+  EXPECT_EQ(m->module<DynamicConv2d<float>>("features.1.conv.0.0").attention_heads(random_images(1, 8, 8, 1, 16)).filter.size(), 0);
+}
+
+// The ODConv models against their PyTorch look-alikes (tools/make_od_model_data.py: OSVAI's
+// structure and state_dict names, every BatchNorm and attention randomised, tau = 1.7 stored in
+// the file): the state_dict loads strictly by zoo name with no renaming, and the logits match
+// PyTorch's float64 ones through a Session on 1 and 2 threads (float) and in double.
+template <typename T>
+double od_model_error(const std::string& model, Index kernels, Index classes, const SafeTensors& state,
+                      const Tensor4<double>& x, const Tensor2<double>& logits, int threads) {
+  auto m = dynconv::models::create<T>(model, ModelOptions().kernels(kernels).num_classes(classes));
+  m->load(state);
+  EXPECT_NEAR(static_cast<double>(m->template module<DynamicConv2d<T>>(model == "od_resnet18" ? "layer1.0.conv1" : "features.1.conv.0.0")
+                                      .temperature()),
+              1.7, 1e-6)
+      << "the temperature comes from the file";
+  dynconv::Session<T> s(*m, threads);
+  const Tensor4<T> xt = x.cast<T>();
+  const Tensor2<T>& y = s.forward(xt);
+  double worst = 0, scale = 0;
+  for (Index i = 0; i < logits.size(); ++i) {
+    scale = std::max(scale, std::abs(logits.data()[i]));
+    worst = std::max(worst, std::abs(static_cast<double>(y.data()[i]) - logits.data()[i]));
+  }
+  for (Index n = 0; n < logits.dimension(0); ++n) {
+    Index a = 0, b = 0;
+    for (Index k = 1; k < logits.dimension(1); ++k) {
+      if (y(n, k) > y(n, a)) a = k;
+      if (logits(n, k) > logits(n, b)) b = k;
+    }
+    EXPECT_EQ(a, b) << "argmax of sample " << n;
+  }
+  return worst / scale;
+}
+
+TEST(OdconvZoo, OfficialStateDictsLoadByNameAndMatchPyTorch) {
+  static const parity::Data d = parity::load("DYNCONV_OD_MODEL_PARITY_DIR");
+  if (!d.problem.empty())
+    GTEST_SKIP() << "ODConv model data was not generated (" << d.problem
+                 << "): run /usr/bin/python3 tools/make_od_model_data.py --out DIR with DYNCONV_OD_MODEL_PARITY_DIR=DIR";
+  ASSERT_GE(d.cases.size(), 2u);
+  for (const parity::Case& c : d.cases) {
+    SCOPED_TRACE(c.name);
+    ASSERT_TRUE(c.load_error.empty()) << c.load_error;
+    const parity::Meta m{c};
+    const SafeTensors io = SafeTensors::load(d.dir + "/" + c.name + "_io.safetensors");
+    const Tensor4<double> x = io.get<double, 4>("input");
+    const Tensor2<double> logits = io.get<double, 2>("logits");
+    const std::string model = m.str("model");
+    const Index k = m.integer("kernels"), classes = m.integer("num_classes");
+    for (int threads : {1, 2}) {
+      const double e = od_model_error<float>(model, k, classes, c.st(), x, logits, threads);
+      EXPECT_LE(e, 1e-4) << threads << " threads";
+      std::printf("%s float, %d thread(s): %.2e\n", c.name.c_str(), threads, e);
+    }
+    const double e = od_model_error<double>(model, k, classes, c.st(), x, logits, 1);
+    EXPECT_LE(e, 1e-9);
+    std::printf("%s double: %.2e\n", c.name.c_str(), e);
+  }
 }
 
 TEST(Zoo, EveryNameBuildsAModelOfThatName) {

@@ -1044,3 +1044,236 @@ def _calibrate_attention(gen):
         round_to_half_(att.fc2.weight)
         round_to_half_(att.fc2.bias)
     return hook
+
+
+# ---------------------------------------------------------------------------------------------
+# OSVAI's ODConv models (models/od_resnet.py, models/od_mobilenetv2.py): look-alikes with their
+# module structure and state_dict names, built from ODConv2d above
+
+OD_ZOO = ["od_resnet18", "od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75", "od_mobilenet_v2_x0_5"]
+
+# zoo name -> OSVAI's constructor (the width multiplier in its name)
+OD_OFFICIAL_NAMES = {"od_resnet18": "od_resnet18", "od_mobilenet_v2_x1_0": "od_mobilenetv2_100",
+                     "od_mobilenet_v2_x0_75": "od_mobilenetv2_075",
+                     "od_mobilenet_v2_x0_5": "od_mobilenetv2_050"}
+
+# sum(p.numel() for p in model.parameters()) of OSVAI's models at 1000 classes, by K (1 and 4)
+OD_OFFICIAL_PARAMS = {
+    ("od_resnet18", 1): 11943944, ("od_resnet18", 4): 44901640,
+    ("od_mobilenet_v2_x1_0", 1): 4940185, ("od_mobilenet_v2_x1_0", 4): 11512149,
+    ("od_mobilenet_v2_x0_75", 1): 3507113, ("od_mobilenet_v2_x0_75", 4): 7496013,
+    ("od_mobilenet_v2_x0_5", 1): 2425537, ("od_mobilenet_v2_x0_5", 4): 4435501,
+}
+
+# OSVAI's defaults for every ODConv of its models
+OD_REDUCTION = 0.0625
+OD_MIN_HIDDEN = 16
+
+_OD_MOBILENET_V2_WIDTHS = {"od_mobilenet_v2_x1_0": 1.0, "od_mobilenet_v2_x0_75": 0.75,
+                           "od_mobilenet_v2_x0_5": 0.5}
+
+
+def _odconv(cin, cout, k, stride=1, groups=1, kernels=1):
+    """An ODConv2d as OSVAI's models declare them: padding (k - 1) // 2, reduction 1/16,
+    min hidden 16, temperature 1."""
+    return ODConv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2, groups=groups,
+                    reduction=OD_REDUCTION, kernels=kernels, min_hidden=OD_MIN_HIDDEN)
+
+
+def od_layers(model):
+    """[(prefix, ODConv2d)] in forward (registration) order."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, ODConv2d)]
+
+
+def set_od_temperature(model, temperature):
+    """Sets attention.temperature of every ODConv2d of `model` (OSVAI's net_update_temperature;
+    there a plain attribute, here the 0-d buffer that the state_dict carries). Returns the
+    number of layers changed."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be finite and > 0")
+    layers = od_layers(model)
+    with torch.no_grad():
+        for _, m in layers:
+            m.attention.temperature.fill_(float(temperature))
+    return len(layers)
+
+
+class ODBasicBlock(nn.Module):
+    """ResNet's BasicBlock with both 3x3 convs ODConv2d (OSVAI's od_resnet BasicBlock):
+    relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x)), downsample static (1x1 conv + BN)
+    or None."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, kernels=1):
+        super().__init__()
+        self.conv1 = _odconv(inplanes, planes, 3, stride, kernels=kernels)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _odconv(planes, planes, 3, kernels=kernels)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class ODResNet(nn.Module):
+    """OSVAI's OD_ResNet with BasicBlocks: torchvision's ResNet names (conv1, bn1, layerL.B.*,
+    layerL.0.downsample.{0,1}, fc) plus a Dropout (p = 0.1, no state) before fc. The stem,
+    the downsample convs and fc are static."""
+
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, dropout=0.1, kernels=1):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+            setattr(self, f"layer{i + 1}",
+                    self._stage(planes, blocks, 1 if i == 0 else 2, kernels))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(512 * ODBasicBlock.expansion, num_classes)
+        # OSVAI's initialisation (the ODConv kernels keep ODConv2d's own)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def _stage(self, planes, blocks, stride, kernels):
+        out = planes * ODBasicBlock.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out))
+        stage = [ODBasicBlock(self.inplanes, planes, stride, downsample, kernels)]
+        self.inplanes = out
+        stage += [ODBasicBlock(out, planes, kernels=kernels) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def net_update_temperature(self, temperature):
+        set_od_temperature(self, temperature)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(self.dropout(x))
+
+
+def _make_divisible(v, divisor=8):
+    """MobileNet's channel rounding: the nearest multiple of divisor (at least divisor), one
+    more step up if that lost more than 10%."""
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+def _conv_bn_relu6(conv, channels):
+    """[conv, BatchNorm2d, ReLU6] as torchvision's and OSVAI's ConvBNReLU (names .0 .1 .2)."""
+    return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU6(inplace=True))
+
+
+class ODInvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual with every conv ODConv2d (OSVAI's): conv = [expand 1x1
+    ODConv+BN+ReLU6 (absent for t = 1), depthwise 3x3 ODConv+BN+ReLU6, project 1x1 ODConv,
+    BN], x + conv(x) when stride 1 and inp == oup."""
+
+    def __init__(self, inp, oup, stride, expand_ratio, kernels=1):
+        super().__init__()
+        self.stride = stride
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = []
+        if expand_ratio != 1:
+            layers.append(_conv_bn_relu6(_odconv(inp, hidden, 1, kernels=kernels), hidden))
+        layers.append(_conv_bn_relu6(
+            _odconv(hidden, hidden, 3, stride, groups=hidden, kernels=kernels), hidden))
+        layers.append(_odconv(hidden, oup, 1, kernels=kernels))
+        layers.append(nn.BatchNorm2d(oup))
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class ODMobileNetV2(nn.Module):
+    """OSVAI's OD_MobileNetV2: torchvision's MobileNetV2 names (features.0 the static stem
+    conv+BN+ReLU6, features.1..17 the inverted residuals, features.18 the last 1x1 as an
+    ODConv+BN+ReLU6, classifier = [Dropout(0.2), Linear] so classifier.1)."""
+
+    # t (expansion), c (channels), n (blocks), s (first stride)
+    SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+               (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes=1000, width_mult=1.0, dropout=0.2, kernels=1):
+        super().__init__()
+        channels = _make_divisible(32 * width_mult)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
+        features = [_conv_bn_relu6(nn.Conv2d(3, channels, 3, 2, 1, bias=False), channels)]
+        for t, c, n, s in self.SETTING:
+            out = _make_divisible(c * width_mult)
+            for i in range(n):
+                features.append(ODInvertedResidual(channels, out, s if i == 0 else 1, t,
+                                                   kernels))
+                channels = out
+        features.append(_conv_bn_relu6(_odconv(channels, self.last_channel, 1, kernels=kernels),
+                                       self.last_channel))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(dropout),
+                                        nn.Linear(self.last_channel, num_classes))
+        # OSVAI's initialisation (the ODConv kernels keep ODConv2d's own)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def net_update_temperature(self, temperature):
+        set_od_temperature(self, temperature)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
+        return self.classifier(x)
+
+
+def build_od_model(name, num_classes=1000, kernels=1):
+    """OSVAI's od_resnet18 / od_mobilenetv2_{100,075,050} (OD_OFFICIAL_NAMES) as `name` of
+    OD_ZOO: the same modules and state_dict names, every conv of the BasicBlocks / inverted
+    residuals and MobileNetV2's last 1x1 (features.18.0) an ODConv2d with `kernels` kernels,
+    reduction 1/16, min hidden 16 and temperature 1 (set_od_temperature changes it). Their
+    state_dicts are OSVAI's plus one 0-d buffer attention.temperature per ODConv (OSVAI keeps
+    tau as a plain attribute), so OSVAI's checkpoints load with strict=False, the temperatures
+    the only missing keys. Records zoo_name and kernels on the model."""
+    if name == "od_resnet18":
+        model = ODResNet((2, 2, 2, 2), num_classes=num_classes, kernels=kernels)
+    elif name in _OD_MOBILENET_V2_WIDTHS:
+        model = ODMobileNetV2(num_classes, _OD_MOBILENET_V2_WIDTHS[name], kernels=kernels)
+    else:
+        raise ValueError(f"unknown ODConv model '{name}'; known: {', '.join(OD_ZOO)}")
+    model.zoo_name = name
+    model.kernels = int(kernels)
+    return model
+
+
+__all__ += ["OD_ZOO", "OD_OFFICIAL_NAMES", "OD_OFFICIAL_PARAMS", "OD_REDUCTION",
+            "OD_MIN_HIDDEN", "ODBasicBlock", "ODResNet", "ODInvertedResidual", "ODMobileNetV2",
+            "build_od_model", "od_layers", "set_od_temperature"]

@@ -500,7 +500,7 @@ class DynamicConv2d final : public Module<T> {
   NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
     this->check_arity(in, arity());
     detail::check_conv_input(layer_, conv_.geometry, in[0]);
-    if (shared_routing()) {
+    if (shared_routing() && in.size() == 2) {  // check_arity made sure; GCC cannot see it
       const NhwcShape want{in[0].n, 1, 1, kernels()};
       if (!(in[1] == want))
         fail<ShapeError>(layer_, ": routing input ", in[1].str(), " must be ", want.str(), " (one weight per expert for each of the ",

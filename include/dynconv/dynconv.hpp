@@ -14,7 +14,9 @@
 #include <dynconv/graph.hpp>
 #include <dynconv/linear.hpp>
 #include <dynconv/module.hpp>
+#include <dynconv/omni_attention.hpp>
 #include <dynconv/pooling.hpp>
+#include <dynconv/routing.hpp>
 #include <dynconv/runtime.hpp>
 #include <dynconv/safetensors.hpp>
 #include <dynconv/session.hpp>

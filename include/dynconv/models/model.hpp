@@ -46,6 +46,11 @@ struct ModelOptions {
     dynamic_.temperature = t;
     return *this;
   }
+  /// The attention kind of the dynamic convolutions; the zoo sets ODConv for the od_ models.
+  ModelOptions& attention_kind(AttentionKind k) {
+    dynamic_.kind = k;
+    return *this;
+  }
   const DynamicSettings& dynamic_settings() const { return dynamic_; }
   /// Which convolutions of a dy_ model are dynamic; unset: the model's default (see zoo.hpp).
   ModelOptions& policy(DynamicPolicy p) {

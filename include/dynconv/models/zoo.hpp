@@ -9,6 +9,11 @@
 // its convolutions are dynamic is ModelOptions::policy, by default the paper-closest one of
 // its family (mobilenet_v2_default_policy, mobilenet_v3_default_policy, resnet_default_policy).
 // Other policies: policy_by_name("all_but_stem" | "pointwise_only" | "none" | "default").
+//
+// The ODConv models (odconv_zoo_names(), OSVAI/ODConv's od_resnet18 and od_mobilenetv2_100 /
+// _075 / _050): "od_" + the static name, every convolution inside the blocks ODConv (and the
+// MobileNetV2's last 1x1), stem, shortcuts and classifier static, K = ModelOptions::kernels
+// (the official models are trained at K = 1 and K = 4), hidden max(Cin / 16, 16).
 #pragma once
 
 #include <dynconv/models/mobilenet_v2.hpp>
@@ -16,6 +21,7 @@
 #include <dynconv/models/resnet.hpp>
 #include <dynconv/session.hpp>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +39,14 @@ inline std::vector<std::string> zoo_names() {
   return all;
 }
 
+/// The ODConv models, beside the 14 of zoo_names().
+inline std::vector<std::string> odconv_zoo_names() {
+  return {"od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75", "od_mobilenet_v2_x0_5", "od_resnet18"};
+}
+
+/// OSVAI's ODConv MobileNetV2: every convolution but the stem is ODConv.
+inline bool od_mobilenet_v2_policy(const ConvSite& s) { return s.role != ConvRole::Stem; }
+
 /// Named policies. "default" returns an empty policy: the model's own default.
 inline DynamicPolicy policy_by_name(const std::string& name) {
   if (name == "default") return {};
@@ -49,12 +63,21 @@ template <typename T>
 std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOptions& options) {
   if (options.num_classes() < 1)
     fail<OptionsError>(name, ": num_classes=", options.num_classes(), " must be >= 1");
-  const bool dynamic = name.rfind("dy_", 0) == 0;
+  const bool odconv = name.rfind("od_", 0) == 0 &&
+                      std::find(odconv_zoo_names().begin(), odconv_zoo_names().end(), name) != odconv_zoo_names().end();
+  const bool dynamic = name.rfind("dy_", 0) == 0 || odconv;
   const std::string base = dynamic ? name.substr(3) : name;
   auto pick = [&](DynamicPolicy family_default) -> DynamicPolicy {
     if (!dynamic) return {};
     return options.policy() ? options.policy() : family_default;
   };
+  if (odconv) {
+    ModelOptions od = options;
+    od.attention_kind(AttentionKind::ODConv);
+    if (base == "resnet18") return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), od));
+    const double width = base == "mobilenet_v2_x1_0" ? 1.0 : base == "mobilenet_v2_x0_75" ? 0.75 : 0.5;
+    return std::make_unique<Model<T>>(mobilenet_v2<T>(name, width, pick(od_mobilenet_v2_policy), od));
+  }
   const struct { const char* suffix; double width; } widths[] = {
       {"x1_0", 1.0}, {"x0_75", 0.75}, {"x0_5", 0.5}, {"x0_35", 0.35}};
   for (const auto& w : widths)
@@ -70,6 +93,7 @@ std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOp
     return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), options));
   std::string known;
   for (const std::string& n : zoo_names()) known += (known.empty() ? "" : ", ") + n;
+  for (const std::string& n : odconv_zoo_names()) known += ", " + n;
   fail<OptionsError>("unknown model '", name, "'; the zoo has: ", known);
 }
 

@@ -53,12 +53,14 @@ struct ConvSite {
 /// Decides which convolutions of a zoo network are dynamic.
 using DynamicPolicy = std::function<bool(const ConvSite&)>;
 
-/// Settings of the dynamic convolutions a policy creates.
+/// Settings of the dynamic convolutions a policy creates. reduction and min_hidden are DY-Conv's;
+/// ODConv's attention has OSVAI's hidden size max(Cin / 16, 16).
 struct DynamicSettings {
   Index kernels = 4;
   Index reduction = 4;
   Index min_hidden = 1;
   double temperature = 1.0;
+  AttentionKind kind = AttentionKind::DyConv;
 };
 
 namespace models {
@@ -79,15 +81,14 @@ class ZooBuilder {
     const ConvSite site{conv, role, in, out, k, stride, groups};
     Value c;
     if (policy_ && policy_(site)) {
+      DynamicConv2dOptions o = dyn_.kind == AttentionKind::ODConv
+                                   ? DynamicConv2dOptions::odconv(in, out, k, dyn_.kernels)
+                                   : DynamicConv2dOptions(in, out, k).kernels(dyn_.kernels).reduction(dyn_.reduction).min_hidden(dyn_.min_hidden);
       c = g_.add(conv,
-                 DynamicConv2d<T>(DynamicConv2dOptions(in, out, k)
-                                      .stride(stride)
+                 DynamicConv2d<T>(o.stride(stride)
                                       .padding((k - 1) / 2)
                                       .groups(groups)
                                       .bias(false)
-                                      .kernels(dyn_.kernels)
-                                      .reduction(dyn_.reduction)
-                                      .min_hidden(dyn_.min_hidden)
                                       .temperature(dyn_.temperature)
                                       .name(conv)),
                  {x});
