@@ -220,7 +220,8 @@ class Graph {
 
   /// Folds every BatchNorm2d that is the only reader of a Conv2d's or DynamicConv2d's output
   /// (and that output no graph output) into the convolution: the kernels take its scale and
-  /// the bias its shift, exactly (paper.md), and the BatchNorm becomes the identity. Called by
+  /// the bias its shift, exactly (paper.md; CondConv and ODConv keep the shift as a separate
+  /// bias, DynamicConv2d::fold_batchnorm), and the BatchNorm becomes the identity. Called by
   /// load(); call it after setting parameters by hand. FormatError naming `source` and both
   /// nodes if finite parameters fold into non-finite kernels.
   void fold_batchnorms(const std::string& source = "") {

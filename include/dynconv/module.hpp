@@ -1,6 +1,7 @@
 // dynconv: Module<T>, the one interface of every layer.
 //
-// A module maps one or more NHWC activations to one: Conv2d, DynamicConv2d, BatchNorm2d, the
+// A module maps one or more NHWC activations to one: Conv2d, DynamicConv2d (every attention
+// kind; CondConv with a shared routing takes it as a second input), CondConvRouting, BatchNorm2d, the
 // activations, pooling, Linear, Flatten, Add/Sub/Mul (with channel broadcast), Concat,
 // Upsample, Identity, Softmax and LogSoftmax are modules, and a Graph (graph.hpp) is a network
 // of named modules. Every module has
