@@ -62,6 +62,7 @@ torchvision (python3-torchvision); torchvision is imported only when a model is 
 import json
 import math
 import struct
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ from torch import nn
 
 __all__ = ["KernelAttention", "DynamicConv2d", "attention_hidden", "CondConvRouting",
            "CondConv2d", "ODConvAttention", "ODConv2d", "odconv_hidden",
-           "conv_per_sample_kernels", "save_safetensors",
+           "conv_per_sample_kernels", "layer_case_input", "layer_case_metadata", "save_safetensors",
            "SAFETENSORS_DTYPES", "ZOO", "DY_ZOO", "ALL_MODELS", "POLICIES", "model_family",
            "build_model", "dynamic_layers", "set_batched", "check_batched", "randomize_",
            "random_input", "round_to_half_", "is_half_exact", "KERNEL_SHARED",
@@ -121,13 +122,8 @@ class DynamicConv2d(nn.Module):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = int(groups)
+        _set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups)
         self.kernels = int(kernels)
         self.hidden = attention_hidden(in_channels, reduction, min_hidden, hidden_channels)
         kh, kw = self.kernel_size
@@ -275,6 +271,41 @@ def _check_conv_args(in_channels, out_channels, groups, count, what):
                          f"out_channels={out_channels}")
 
 
+def _set_conv_geometry(module, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                       groups):
+    """The nn.Conv2d-like attributes every convolution module here has."""
+    module.in_channels = int(in_channels)
+    module.out_channels = int(out_channels)
+    module.kernel_size = _pair(kernel_size)
+    module.stride = _pair(stride)
+    module.padding = _pair(padding)
+    module.dilation = _pair(dilation)
+    module.groups = int(groups)
+
+
+def layer_case_input(c):
+    """A parity case's input [n, cin, h, w] (float64): a per-sample, per-channel offset makes
+    the pooled features, and so the attention, differ by sample. Seeds torch from the name."""
+    torch.manual_seed(zlib.crc32(c["name"].encode()))
+    n, cin, h, w = c["n"], c["cin"], c["h"], c["w"]
+    return torch.randn(n, cin, h, w, dtype=torch.float64) + \
+        1.5 * torch.randn(n, cin, 1, 1, dtype=torch.float64)
+
+
+def layer_case_metadata(c):
+    """The string metadata describing a parity case's convolution (see make_parity_data.py)."""
+    kh, kw = c["k"]
+    return {
+        "kind": c["kind"], "in_channels": str(c["cin"]), "out_channels": str(c["cout"]),
+        "kernel_h": str(kh), "kernel_w": str(kw),
+        "stride_h": str(c["stride"][0]), "stride_w": str(c["stride"][1]),
+        "pad_h": str(c["padding"][0]), "pad_w": str(c["padding"][1]),
+        "dilation_h": str(c["dilation"][0]), "dilation_w": str(c["dilation"][1]),
+        "groups": str(c["groups"]), "bias": "1" if c["bias"] else "0",
+        "batch": str(c["n"]), "height": str(c["h"]), "width": str(c["w"]),
+    }
+
+
 def _temperature_buffer(module, temperature):
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature={temperature} must be finite and > 0")
@@ -357,13 +388,8 @@ class CondConv2d(nn.Module):
                  groups=1, bias=False, experts=4, shared_routing=False, temperature=1.0):
         super().__init__()
         _check_conv_args(in_channels, out_channels, groups, experts, "experts")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = int(groups)
+        _set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups)
         self.experts = int(experts)
         self.shared_routing = bool(shared_routing)
         # one expert's kernel, in the order its flattened row of `weight` is read
@@ -537,13 +563,8 @@ class ODConv2d(nn.Module):
                  groups=1, reduction=0.0625, kernels=4, min_hidden=16, temperature=1.0):
         super().__init__()
         _check_conv_args(in_channels, out_channels, groups, kernels, "kernels")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = int(groups)
+        _set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups)
         self.kernels = int(kernels)
         self.attention = ODConvAttention(in_channels, out_channels, self.kernel_size, groups,
                                          reduction, kernels, min_hidden, temperature)

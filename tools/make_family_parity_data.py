@@ -47,7 +47,6 @@ environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 import argparse
 import os
 import sys
-import zlib
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +57,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from dynconv_torch import (CondConv2d, CondConvRouting, DynamicConv2d, ODConv2d,  # noqa: E402
-                           save_safetensors)
+                           layer_case_input, layer_case_metadata, save_safetensors)
 
 KINDS = ("dy", "condconv", "odconv")
 DEFAULT_BIAS = {"dy": True, "condconv": False, "odconv": False}
@@ -392,24 +391,12 @@ def make_odconv(c, x, tensors):
 
 
 def make_case(c):
-    torch.manual_seed(zlib.crc32(c["name"].encode()))
-    kh, kw = c["k"]
-    n, cin, h, w = c["n"], c["cin"], c["h"], c["w"]
-    # A per-sample, per-channel offset makes the pooled features (and so the attention) differ
-    # by sample.
-    x = torch.randn(n, cin, h, w, dtype=torch.float64) + \
-        1.5 * torch.randn(n, cin, 1, 1, dtype=torch.float64)
-    meta = {
-        "kind": c["kind"], "in_channels": str(cin), "out_channels": str(c["cout"]),
-        "kernel_h": str(kh), "kernel_w": str(kw),
-        "stride_h": str(c["stride"][0]), "stride_w": str(c["stride"][1]),
-        "pad_h": str(c["padding"][0]), "pad_w": str(c["padding"][1]),
-        "dilation_h": str(c["dilation"][0]), "dilation_w": str(c["dilation"][1]),
-        "groups": str(c["groups"]), "bias": "1" if c["bias"] else "0",
-        "batch": str(n), "height": str(h), "width": str(w),
+    x = layer_case_input(c)
+    meta = layer_case_metadata(c)
+    meta.update({
         "kernels": str(c["K"]), "temperature": repr(c["tau"]),
         "shared_routing": "1" if c["shared"] else "0", "bn": "1" if c["bn"] else "0",
-    }
+    })
     if c["kind"] != "condconv":
         meta["reduction"] = repr(c["reduction"]) if isinstance(c["reduction"], float) \
             else str(c["reduction"])

@@ -18,7 +18,6 @@ environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 import argparse
 import os
 import sys
-import zlib
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +27,8 @@ start(os.path.basename(__file__), ["torch"])
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dynconv_torch import DynamicConv2d, save_safetensors  # noqa: E402
+from dynconv_torch import (DynamicConv2d, layer_case_input, layer_case_metadata,  # noqa: E402
+                           save_safetensors)
 
 
 def case(name, kind="dynamic", cin=4, cout=6, k=3, stride=1, padding=0, dilation=1, groups=1,
@@ -107,21 +107,10 @@ LOGIT_SPREAD = 2.5
 
 
 def make_case(c):
-    torch.manual_seed(zlib.crc32(c["name"].encode()))
     kh, kw = c["k"]
-    n, cin, h, w = c["n"], c["cin"], c["h"], c["w"]
-    # A per-sample, per-channel offset makes the pooled features (and so pi) differ by sample.
-    x = torch.randn(n, cin, h, w, dtype=torch.float64) + \
-        1.5 * torch.randn(n, cin, 1, 1, dtype=torch.float64)
-    meta = {
-        "kind": c["kind"], "in_channels": str(cin), "out_channels": str(c["cout"]),
-        "kernel_h": str(kh), "kernel_w": str(kw),
-        "stride_h": str(c["stride"][0]), "stride_w": str(c["stride"][1]),
-        "pad_h": str(c["padding"][0]), "pad_w": str(c["padding"][1]),
-        "dilation_h": str(c["dilation"][0]), "dilation_w": str(c["dilation"][1]),
-        "groups": str(c["groups"]), "bias": "1" if c["bias"] else "0",
-        "batch": str(n), "height": str(h), "width": str(w),
-    }
+    n, cin = c["n"], c["cin"]
+    x = layer_case_input(c)
+    meta = layer_case_metadata(c)
     tensors = {"input": x}
     summary = ""
     with torch.no_grad():
