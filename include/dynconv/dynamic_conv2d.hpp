@@ -500,10 +500,12 @@ class DynamicConv2d final : public Module<T> {
   NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
     this->check_arity(in, arity());
     detail::check_conv_input(layer_, conv_.geometry, in[0]);
-    if (shared_routing() && in.size() == 2) {  // check_arity made sure; GCC cannot see it
+    if (shared_routing()) {
+      // in.back() is in[1] (check_arity made sure; GCC 12 cannot see it and warns of in[1]).
+      const NhwcShape& routing = in.back();
       const NhwcShape want{in[0].n, 1, 1, kernels()};
-      if (!(in[1] == want))
-        fail<ShapeError>(layer_, ": routing input ", in[1].str(), " must be ", want.str(), " (one weight per expert for each of the ",
+      if (!(routing == want))
+        fail<ShapeError>(layer_, ": routing input ", routing.str(), " must be ", want.str(), " (one weight per expert for each of the ",
                          in[0].n, " samples of input ", in[0].str(), ')');
     }
     return {in[0].n, conv_.geometry.out_h(in[0].h), conv_.geometry.out_w(in[0].w), conv_.geometry.out_channels};
