@@ -63,8 +63,8 @@ template <typename T>
 std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOptions& options) {
   if (options.num_classes() < 1)
     fail<OptionsError>(name, ": num_classes=", options.num_classes(), " must be >= 1");
-  const bool odconv = name.rfind("od_", 0) == 0 &&
-                      std::find(odconv_zoo_names().begin(), odconv_zoo_names().end(), name) != odconv_zoo_names().end();
+  const std::vector<std::string> od_names = odconv_zoo_names();
+  const bool odconv = std::find(od_names.begin(), od_names.end(), name) != od_names.end();
   const bool dynamic = name.rfind("dy_", 0) == 0 || odconv;
   const std::string base = dynamic ? name.substr(3) : name;
   auto pick = [&](DynamicPolicy family_default) -> DynamicPolicy {
