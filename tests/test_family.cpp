@@ -255,6 +255,9 @@ using testing::ThrowsMessage;
 TEST(FamilyRules, OdconvHasNoConvolutionBias) {
   EXPECT_THAT([] { DynamicConv2d<float>(DynamicConv2dOptions::odconv(8, 8, 3).bias(true).name("l")); },
               ThrowsMessage<dynconv::OptionsError>(AllOf(HasSubstr("l: ODConv2d(8 -> 8, 3x3)"), HasSubstr("bias(false)"))));
+  DynamicConv2d<float> od(DynamicConv2dOptions::odconv(8, 8, 3).name("od"));
+  EXPECT_THAT([&] { od.set_bias(Tensor2<float>(4, 8)); },
+              ThrowsMessage<dynconv::OptionsError>(AllOf(HasSubstr("od: ODConv2d"), HasSubstr("no convolution bias"))));
 }
 TEST(FamilyRules, SharedRoutingIsCondconvOnly) {
   EXPECT_THAT([] { DynamicConv2d<float>(DynamicConv2dOptions(8, 8, 3).shared_routing(true)); },

@@ -428,6 +428,14 @@ TEST(OdconvZoo, ParametersEqualTheOfficialModelsAndMAddsTheTableWithin4Percent) 
     }
 }
 
+TEST(Zoo, AttentionKindCondConvGivesCondConvLayersWithTheirOwnRouting) {
+  const ModelPtr m = make("dy_resnet10", ModelOptions().attention_kind(dynconv::AttentionKind::CondConv).num_classes(10));
+  const DynamicConv2d<float>& l = m->module<DynamicConv2d<float>>("layer1.0.conv1");
+  EXPECT_EQ(l.kind(), dynconv::AttentionKind::CondConv);
+  EXPECT_EQ(l.routing().experts(), 4);
+  EXPECT_EQ(m->forward(random_images(2, 32, 32, 3)).dimension(1), 10);
+}
+
 TEST(OdconvZoo, WhichConvolutionsAreOdconv) {
   const ModelPtr r = make("od_resnet18", ModelOptions().kernels(4));
   EXPECT_EQ(r->module<DynamicConv2d<float>>("layer1.0.conv1").kind(), dynconv::AttentionKind::ODConv);

@@ -345,7 +345,10 @@ class DynamicConv2d final : public Module<T> {
   }
   /// Sets the K biases [K, Cout]; a layer built with bias(false) gains them (a parameter from
   /// then on).
+  /// OptionsError for ODConv, which has no convolution bias.
   void set_bias(const Tensor2<T>& b) {
+    if (kind() == AttentionKind::ODConv)
+      fail<OptionsError>(layer_, ": ODConv has no convolution bias (its filter attention scales the output)");
     set_bias_values(b);
     bias_param_ = true;
   }
@@ -857,6 +860,8 @@ class DynamicConv2d final : public Module<T> {
       }
     }
     const Index stride = scale_rows() + cout;
+    if (p.scale_values && p.mix == MixStrategy::FusedPacking)  // mix_strategy_supports refuses it
+      fail<OptionsError>(layer_, ": internal error: FusedPacking cannot apply ODConv's kernel scales");
     if (p.scale_values) {
       scales = ctx.workspace().acquire(p.scale_values);
       for (Index b = 0; b < n; ++b)

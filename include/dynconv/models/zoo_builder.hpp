@@ -54,7 +54,8 @@ struct ConvSite {
 using DynamicPolicy = std::function<bool(const ConvSite&)>;
 
 /// Settings of the dynamic convolutions a policy creates. reduction and min_hidden are DY-Conv's;
-/// ODConv's attention has OSVAI's hidden size max(Cin / 16, 16).
+/// ODConv's attention has OSVAI's hidden size max(Cin / 16, 16); CondConv (each layer its own
+/// routing) has no hidden layer.
 struct DynamicSettings {
   Index kernels = 4;
   Index reduction = 4;
@@ -81,9 +82,10 @@ class ZooBuilder {
     const ConvSite site{conv, role, in, out, k, stride, groups};
     Value c;
     if (policy_ && policy_(site)) {
-      DynamicConv2dOptions o = dyn_.kind == AttentionKind::ODConv
-                                   ? DynamicConv2dOptions::odconv(in, out, k, dyn_.kernels)
-                                   : DynamicConv2dOptions(in, out, k).kernels(dyn_.kernels).reduction(dyn_.reduction).min_hidden(dyn_.min_hidden);
+      DynamicConv2dOptions o =
+          dyn_.kind == AttentionKind::ODConv     ? DynamicConv2dOptions::odconv(in, out, k, dyn_.kernels)
+          : dyn_.kind == AttentionKind::CondConv ? DynamicConv2dOptions::condconv(in, out, k, dyn_.kernels)
+                                                 : DynamicConv2dOptions(in, out, k).kernels(dyn_.kernels).reduction(dyn_.reduction).min_hidden(dyn_.min_hidden);
       c = g_.add(conv,
                  DynamicConv2d<T>(o.stride(stride)
                                       .padding((k - 1) / 2)
