@@ -1,5 +1,6 @@
 // Whole zoo models, static and dynamic (K = 4, each model's default policy), float, 224x224,
-// through dynconv::Session: every model of models::zoo_names(), batch 1 and 8, 1 and 2 threads.
+// through dynconv::Session: every model of models::all_zoo_names() (the 14, resnet50 and
+// dy_resnet50, the od_ ones at K = 4), batch 1 and 8, 1 and 2 threads.
 //
 // Names: Model/<zoo name>/batch:<B>/threads:<T>, to which Google Benchmark appends
 // "/real_time" in its output (UseRealTime) and which --benchmark_filter also sees, so select
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
   g_peak_gflops = bench::measure_fma_peak_gflops();
   benchmark::AddCustomContext("fma_peak_gflops", std::to_string(g_peak_gflops));
   benchmark::AddCustomContext("input", "random N(0,1), fixed seed, [B, 3, 224, 224] NCHW float");
-  for (const std::string& name : dynconv::models::zoo_names())
+  for (const std::string& name : dynconv::models::all_zoo_names())
     for (Index batch : {1, 8})
       for (int threads : {1, 2}) {
         const std::string bench_name = "Model/" + name + "/batch:" + std::to_string(batch) +

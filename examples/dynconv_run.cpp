@@ -212,12 +212,8 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
 
 // ---- Model --------------------------------------------------------------------------------
 
-/// The 14 zoo models, then the ODConv ones.
-std::vector<std::string> zoo() {
-  std::vector<std::string> all = dynconv::models::zoo_names();
-  for (const std::string& n : dynconv::models::odconv_zoo_names()) all.push_back(n);
-  return all;
-}
+/// Every zoo model: the 14, ResNet-50 and its dy_ twin, the ODConv ones.
+std::vector<std::string> zoo() { return dynconv::models::all_zoo_names(); }
 
 std::string zoo_list() {
   std::string s;

@@ -48,6 +48,7 @@ struct OdRow {
 // The official ODConv models (family.md: exact parameters, MAdds as published).
 const OdRow kOfficialOd[] = {
     {"od_resnet18", 11943944, 44901640, 1838.0, 1916.0},
+    {"od_resnet50", 28635112, 90670888, 3916.0, 4080.0},
     {"od_mobilenet_v2_x1_0", 4940185, 11512149, 311.8, 327.1},
     {"od_mobilenet_v2_x0_75", 3507113, 7496013, 217.1, 226.3},
     {"od_mobilenet_v2_x0_5", 2425537, 4435501, 101.8, 106.4},
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
                      {"scaling_madds", c.scaling_madds}});
     };
     for (const std::string& name : dynconv::models::zoo_names()) row(name, 4);
+    for (const std::string& name : dynconv::models::resnet50_zoo_names()) row(name, 4);
     for (const std::string& name : dynconv::models::odconv_zoo_names())
       for (dynconv::Index k : {1, 4}) row(name, k);
     std::cout << out.dump(2) << '\n';

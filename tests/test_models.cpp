@@ -412,6 +412,7 @@ TEST(OdconvZoo, ParametersEqualTheOfficialModelsAndMAddsTheTableWithin4Percent) 
     double madds_k1, madds_k4;
   };
   const Row rows[] = {{"od_resnet18", 11943944, 44901640, 1.838e9, 1.916e9},
+                      {"od_resnet50", 28635112, 90670888, 3.916e9, 4.080e9},
                       {"od_mobilenet_v2_x1_0", 4940185, 11512149, 311.8e6, 327.1e6},
                       {"od_mobilenet_v2_x0_75", 3507113, 7496013, 217.1e6, 226.3e6},
                       {"od_mobilenet_v2_x0_5", 2425537, 4435501, 101.8e6, 106.4e6}};
@@ -426,6 +427,25 @@ TEST(OdconvZoo, ParametersEqualTheOfficialModelsAndMAddsTheTableWithin4Percent) 
       EXPECT_NEAR(static_cast<double>(c.madds()) / official, 1.0, 0.04) << c.madds();
       EXPECT_GT(c.scaling_madds, 0);
     }
+}
+
+// ResNet-50 (the Bottleneck block): parameters equal torchvision's resnet50 and the dy_ twin of
+// tools/dynconv_torch.py (build_model("dy_resnet50"): all three convolutions of every bottleneck
+// dynamic, K = 4), MAdds the family table's static 3.858G within 4% (torchvision's 4.09G counts
+// the classifier and pooling differently); the bottleneck's structure and names.
+TEST(Zoo, ResNet50ParametersEqualTorchvisionsAndItsDynamicTwin) {
+  EXPECT_THAT(dynconv::models::resnet50_zoo_names(), ElementsAre("resnet50", "dy_resnet50"));
+  const LayerCost s = make("resnet50")->cost(224, 224).total;
+  EXPECT_EQ(s.params, 25557032);
+  EXPECT_NEAR(static_cast<double>(s.madds()) / 3.858e9, 1.0, 0.04) << s.madds();
+  const ModelPtr d = make("dy_resnet50");
+  EXPECT_EQ(d->cost(224, 224).total.params, 92223960);
+  for (const char* n : {"layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer4.2.conv3"})
+    EXPECT_EQ(d->module<DynamicConv2d<float>>(n).kind(), dynconv::AttentionKind::DyConv) << n;
+  EXPECT_NO_THROW(d->module<Conv2d<float>>("conv1"));
+  EXPECT_NO_THROW(d->module<Conv2d<float>>("layer1.0.downsample.0"));  // 64 -> 256 at stride 1
+  EXPECT_THROW(d->module<Conv2d<float>>("layer1.1.downsample.0"), dynconv::OptionsError);
+  EXPECT_EQ(d->forward(random_images(1, 32, 32, 3)).dimension(1), 1000);
 }
 
 TEST(Zoo, AttentionKindCondConvGivesCondConvLayersWithTheirOwnRouting) {
@@ -458,7 +478,7 @@ double od_model_error(const std::string& model, Index kernels, Index classes, co
                       const Tensor4<double>& x, const Tensor2<double>& logits, int threads) {
   auto m = dynconv::models::create<T>(model, ModelOptions().kernels(kernels).num_classes(classes));
   m->load(state);
-  EXPECT_NEAR(static_cast<double>(m->template module<DynamicConv2d<T>>(model == "od_resnet18" ? "layer1.0.conv1" : "features.1.conv.0.0")
+  EXPECT_NEAR(static_cast<double>(m->template module<DynamicConv2d<T>>(model.rfind("od_resnet", 0) == 0 ? "layer1.0.conv1" : "features.1.conv.0.0")
                                       .temperature()),
               1.7, 1e-6)
       << "the temperature comes from the file";

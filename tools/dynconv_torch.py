@@ -691,6 +691,8 @@ ZOO = ["mobilenet_v2_x1_0", "mobilenet_v2_x0_75", "mobilenet_v2_x0_5", "mobilene
        "mobilenet_v3_small", "resnet10", "resnet18"]
 DY_ZOO = ["dy_" + name for name in ZOO]
 ALL_MODELS = ZOO + DY_ZOO
+# Beside the 14 (C++ models::resnet50_zoo_names()): torchvision's resnet50 and its dy_ twin
+RESNET50_ZOO = ["resnet50", "dy_resnet50"]
 
 _MOBILENET_V2_WIDTHS = {"mobilenet_v2_x1_0": 1.0, "mobilenet_v2_x0_75": 0.75,
                         "mobilenet_v2_x0_5": 0.5, "mobilenet_v2_x0_35": 0.35}
@@ -699,8 +701,8 @@ _MOBILENET_V2_WIDTHS = {"mobilenet_v2_x1_0": 1.0, "mobilenet_v2_x0_75": 0.75,
 def model_family(name):
     """"mobilenet_v2", "mobilenet_v3_small" or "resnet" for a zoo name (with or without dy_)."""
     base = name[3:] if name.startswith("dy_") else name
-    if base not in ZOO:
-        raise ValueError(f"unknown model '{name}'; the zoo: {', '.join(ALL_MODELS)}")
+    if base not in ZOO + RESNET50_ZOO[:1]:
+        raise ValueError(f"unknown model '{name}'; the zoo: {', '.join(ALL_MODELS + RESNET50_ZOO)}")
     if base.startswith("mobilenet_v2"):
         return "mobilenet_v2"
     if base == "mobilenet_v3_small":
@@ -726,8 +728,9 @@ def _policy_default(prefix, conv, family):
     if family == "mobilenet_v3_small":
         # everything but the stem (the depthwise convs and features.12.0, 96->576, included)
         return not _is_stem(prefix, family) and not _is_squeeze_excite(prefix, family)
-    # ResNet: conv1 and conv2 of every BasicBlock (layerN.M.convK); stem, downsample static
-    return len(parts) == 3 and parts[0].startswith("layer") and parts[2] in ("conv1", "conv2")
+    # ResNet: conv1 and conv2 of every BasicBlock, conv1..conv3 of every Bottleneck
+    # (layerN.M.convK); stem, downsample static
+    return len(parts) == 3 and parts[0].startswith("layer") and parts[2] in ("conv1", "conv2", "conv3")
 
 
 def _policy_all_but_stem(prefix, conv, family):
@@ -772,6 +775,8 @@ def _torchvision_model(base, num_classes):
         return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
     if base == "resnet18":
         return tvm.resnet18(weights=None, num_classes=num_classes)
+    if base == "resnet50":
+        return tvm.resnet50(weights=None, num_classes=num_classes)
     raise ValueError(f"unknown model '{base}'")
 
 
@@ -1071,16 +1076,19 @@ def _calibrate_attention(gen):
 # OSVAI's ODConv models (models/od_resnet.py, models/od_mobilenetv2.py): look-alikes with their
 # module structure and state_dict names, built from ODConv2d above
 
-OD_ZOO = ["od_resnet18", "od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75", "od_mobilenet_v2_x0_5"]
+OD_ZOO = ["od_resnet18", "od_resnet50", "od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75",
+          "od_mobilenet_v2_x0_5"]
 
 # zoo name -> OSVAI's constructor (the width multiplier in its name)
-OD_OFFICIAL_NAMES = {"od_resnet18": "od_resnet18", "od_mobilenet_v2_x1_0": "od_mobilenetv2_100",
+OD_OFFICIAL_NAMES = {"od_resnet18": "od_resnet18", "od_resnet50": "od_resnet50",
+                     "od_mobilenet_v2_x1_0": "od_mobilenetv2_100",
                      "od_mobilenet_v2_x0_75": "od_mobilenetv2_075",
                      "od_mobilenet_v2_x0_5": "od_mobilenetv2_050"}
 
 # sum(p.numel() for p in model.parameters()) of OSVAI's models at 1000 classes, by K (1 and 4)
 OD_OFFICIAL_PARAMS = {
     ("od_resnet18", 1): 11943944, ("od_resnet18", 4): 44901640,
+    ("od_resnet50", 1): 28635112, ("od_resnet50", 4): 90670888,
     ("od_mobilenet_v2_x1_0", 1): 4940185, ("od_mobilenet_v2_x1_0", 4): 11512149,
     ("od_mobilenet_v2_x0_75", 1): 3507113, ("od_mobilenet_v2_x0_75", 4): 7496013,
     ("od_mobilenet_v2_x0_5", 1): 2425537, ("od_mobilenet_v2_x0_5", 4): 4435501,
@@ -1143,13 +1151,42 @@ class ODBasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ODResNet(nn.Module):
-    """OSVAI's OD_ResNet with BasicBlocks: torchvision's ResNet names (conv1, bn1, layerL.B.*,
-    layerL.0.downsample.{0,1}, fc) plus a Dropout (p = 0.1, no state) before fc. The stem,
-    the downsample convs and fc are static."""
+class ODBottleneck(nn.Module):
+    """ResNet's Bottleneck (torchvision's v1.5: the stride on the 3x3) with its three convs
+    ODConv2d (OSVAI's od_resnet Bottleneck): relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))
+    + downsample(x)), conv1 and conv3 1x1, conv3 widening to 4 * planes."""
 
-    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, dropout=0.1, kernels=1):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, kernels=1):
         super().__init__()
+        self.conv1 = _odconv(inplanes, planes, 1, kernels=kernels)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _odconv(planes, planes, 3, stride, kernels=kernels)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _odconv(planes, planes * self.expansion, 1, kernels=kernels)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class ODResNet(nn.Module):
+    """OSVAI's OD_ResNet (`block` ODBasicBlock or ODBottleneck): torchvision's ResNet names
+    (conv1, bn1, layerL.B.*, layerL.0.downsample.{0,1}, fc) plus a Dropout (p = 0.1, no state)
+    before fc. The stem, the downsample convs and fc are static."""
+
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, dropout=0.1, kernels=1,
+                 block=None):
+        super().__init__()
+        self.block = block = block or ODBasicBlock
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -1160,7 +1197,7 @@ class ODResNet(nn.Module):
                     self._stage(planes, blocks, 1 if i == 0 else 2, kernels))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(512 * ODBasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
         # OSVAI's initialisation (the ODConv kernels keep ODConv2d's own)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -1173,15 +1210,15 @@ class ODResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _stage(self, planes, blocks, stride, kernels):
-        out = planes * ODBasicBlock.expansion
+        out = planes * self.block.expansion
         downsample = None
         if stride != 1 or self.inplanes != out:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(out))
-        stage = [ODBasicBlock(self.inplanes, planes, stride, downsample, kernels)]
+        stage = [self.block(self.inplanes, planes, stride, downsample, kernels)]
         self.inplanes = out
-        stage += [ODBasicBlock(out, planes, kernels=kernels) for _ in range(1, blocks)]
+        stage += [self.block(out, planes, kernels=kernels) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
     def net_update_temperature(self, temperature):
@@ -1277,7 +1314,7 @@ class ODMobileNetV2(nn.Module):
 
 
 def build_od_model(name, num_classes=1000, kernels=1):
-    """OSVAI's od_resnet18 / od_mobilenetv2_{100,075,050} (OD_OFFICIAL_NAMES) as `name` of
+    """OSVAI's od_resnet18 / od_resnet50 / od_mobilenetv2_{100,075,050} (OD_OFFICIAL_NAMES) as `name` of
     OD_ZOO: the same modules and state_dict names, every conv of the BasicBlocks / inverted
     residuals and MobileNetV2's last 1x1 (features.18.0) an ODConv2d with `kernels` kernels,
     reduction 1/16, min hidden 16 and temperature 1 (set_od_temperature changes it). Their
@@ -1286,6 +1323,9 @@ def build_od_model(name, num_classes=1000, kernels=1):
     the only missing keys. Records zoo_name and kernels on the model."""
     if name == "od_resnet18":
         model = ODResNet((2, 2, 2, 2), num_classes=num_classes, kernels=kernels)
+    elif name == "od_resnet50":
+        model = ODResNet((3, 4, 6, 3), num_classes=num_classes, kernels=kernels,
+                         block=ODBottleneck)
     elif name in _OD_MOBILENET_V2_WIDTHS:
         model = ODMobileNetV2(num_classes, _OD_MOBILENET_V2_WIDTHS[name], kernels=kernels)
     else:
@@ -1296,5 +1336,5 @@ def build_od_model(name, num_classes=1000, kernels=1):
 
 
 __all__ += ["OD_ZOO", "OD_OFFICIAL_NAMES", "OD_OFFICIAL_PARAMS", "OD_REDUCTION",
-            "OD_MIN_HIDDEN", "ODBasicBlock", "ODResNet", "ODInvertedResidual", "ODMobileNetV2",
+            "OD_MIN_HIDDEN", "ODBasicBlock", "ODBottleneck", "ODResNet", "ODInvertedResidual", "ODMobileNetV2",
             "build_od_model", "od_layers", "set_od_temperature"]

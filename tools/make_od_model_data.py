@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes PyTorch reference data for whole ODConv models (OSVAI's od_resnet18, od_mobilenetv2).
+"""Writes PyTorch reference data for whole ODConv models (OSVAI's od_resnet18, od_resnet50,
+od_mobilenetv2).
 
     /usr/bin/python3 tools/make_od_model_data.py --out DIR [--quiet]
 
@@ -73,7 +74,11 @@ from dynconv_torch import (KERNEL_SHARED, OD_OFFICIAL_PARAMS, OD_ZOO, ODConv2d, 
                            set_od_temperature)
 
 # case name, zoo name, K
+# (od_resnet50 at K = 4 is left out: its state_dict is 360 MB of float32)
 CASES = [("od_resnet18_K1", "od_resnet18", 1),
+         ("od_resnet18_K4", "od_resnet18", 4),
+         ("od_resnet50_K1", "od_resnet50", 1),
+         ("od_mobilenet_v2_x1_0_K4", "od_mobilenet_v2_x1_0", 4),
          ("od_mobilenet_v2_x0_5_K4", "od_mobilenet_v2_x0_5", 4)]
 NUM_CLASSES = 10
 BATCH, HEIGHT, WIDTH = 2, 64, 64

@@ -235,4 +235,10 @@ class KernelAttention {
   T temperature_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class KernelAttention<float>;
+extern template class KernelAttention<double>;
+#endif
+
 }  // namespace dynconv

@@ -219,4 +219,11 @@ void fold_batchnorm(const BatchNorm2d<T>& bn, Index kernels, Index per_out, T* w
 }
 
 }  // namespace detail
+
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class BatchNorm2d<float>;
+extern template class BatchNorm2d<double>;
+#endif
+
 }  // namespace dynconv

@@ -232,4 +232,10 @@ class Conv2d final : public Module<T> {
   bool bias_param_ = options_.bias();
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Conv2d<float>;
+extern template class Conv2d<double>;
+#endif
+
 }  // namespace dynconv

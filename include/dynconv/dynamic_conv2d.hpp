@@ -981,4 +981,10 @@ class DynamicConv2d final : public Module<T> {
   bool bias_param_ = options_.bias();
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class DynamicConv2d<float>;
+extern template class DynamicConv2d<double>;
+#endif
+
 }  // namespace dynconv

@@ -435,4 +435,50 @@ class LogSoftmax final : public detail::ChannelSoftmax<T> {
   explicit LogSoftmax(std::string name = {}) : detail::ChannelSoftmax<T>(true, name) {}
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class ActivationLayer<float>;
+extern template class ActivationLayer<double>;
+extern template class ReLU<float>;
+extern template class ReLU<double>;
+extern template class ReLU6<float>;
+extern template class ReLU6<double>;
+extern template class HardSwish<float>;
+extern template class HardSwish<double>;
+extern template class HardSigmoid<float>;
+extern template class HardSigmoid<double>;
+extern template class Sigmoid<float>;
+extern template class Sigmoid<double>;
+extern template class SiLU<float>;
+extern template class SiLU<double>;
+extern template class Tanh<float>;
+extern template class Tanh<double>;
+extern template class GELU<float>;
+extern template class GELU<double>;
+extern template class detail::BinaryModule<float, detail::AddOp>;
+extern template class detail::BinaryModule<double, detail::AddOp>;
+extern template class detail::BinaryModule<float, detail::SubOp>;
+extern template class detail::BinaryModule<double, detail::SubOp>;
+extern template class detail::BinaryModule<float, detail::MulOp>;
+extern template class detail::BinaryModule<double, detail::MulOp>;
+extern template class Add<float>;
+extern template class Add<double>;
+extern template class Sub<float>;
+extern template class Sub<double>;
+extern template class Mul<float>;
+extern template class Mul<double>;
+extern template class Concat<float>;
+extern template class Concat<double>;
+extern template class Identity<float>;
+extern template class Identity<double>;
+extern template class Flatten<float>;
+extern template class Flatten<double>;
+extern template class detail::ChannelSoftmax<float>;
+extern template class detail::ChannelSoftmax<double>;
+extern template class Softmax<float>;
+extern template class Softmax<double>;
+extern template class LogSoftmax<float>;
+extern template class LogSoftmax<double>;
+#endif
+
 }  // namespace dynconv

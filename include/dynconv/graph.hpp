@@ -635,4 +635,10 @@ class Graph {
   std::vector<std::pair<std::string, std::string>> outputs_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Graph<float>;
+extern template class Graph<double>;
+#endif
+
 }  // namespace dynconv

@@ -201,4 +201,10 @@ class Linear final : public Module<T> {
   bool has_bias_ = options_.bias();
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Linear<float>;
+extern template class Linear<double>;
+#endif
+
 }  // namespace dynconv

@@ -152,4 +152,10 @@ void apply_post_ops(const PostOps<T>& post, const NhwcView<T>& y, Context<T>& ct
 }
 }  // namespace detail
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Module<float>;
+extern template class Module<double>;
+#endif
+
 }  // namespace dynconv

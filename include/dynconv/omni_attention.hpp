@@ -234,4 +234,10 @@ class OmniAttention {
   std::vector<T> bn_scale_, bn_shift_;  // the BatchNorm's scale() and shift()
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class OmniAttention<float>;
+extern template class OmniAttention<double>;
+#endif
+
 }  // namespace dynconv

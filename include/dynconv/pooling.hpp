@@ -402,4 +402,14 @@ class AdaptiveAvgPool2d final : public Module<T> {
   std::string layer_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class MaxPool2d<float>;
+extern template class MaxPool2d<double>;
+extern template class AvgPool2d<float>;
+extern template class AvgPool2d<double>;
+extern template class AdaptiveAvgPool2d<float>;
+extern template class AdaptiveAvgPool2d<double>;
+#endif
+
 }  // namespace dynconv

@@ -148,4 +148,10 @@ class CondConvRouting final : public Module<T> {
   T temperature_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class CondConvRouting<float>;
+extern template class CondConvRouting<double>;
+#endif
+
 }  // namespace dynconv

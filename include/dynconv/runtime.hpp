@@ -325,4 +325,14 @@ inline std::array<Index, 2> split_range(Index total, Index parts, Index i) {
   return {begin, begin + base + (i < extra ? 1 : 0)};
 }
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class NhwcTensor<float>;
+extern template class NhwcTensor<double>;
+extern template class Workspace<float>;
+extern template class Workspace<double>;
+extern template class Context<float>;
+extern template class Context<double>;
+#endif
+
 }  // namespace dynconv

@@ -214,4 +214,10 @@ class Session {
   Index output_allocations_ = 0;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Session<float>;
+extern template class Session<double>;
+#endif
+
 }  // namespace dynconv

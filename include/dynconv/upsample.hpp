@@ -252,4 +252,10 @@ class Upsample final : public Module<T> {
   std::string layer_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Upsample<float>;
+extern template class Upsample<double>;
+#endif
+
 }  // namespace dynconv

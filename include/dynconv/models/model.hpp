@@ -109,5 +109,11 @@ class Model : public Graph<T> {
   Index num_classes_;
 };
 
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class Model<float>;
+extern template class Model<double>;
+#endif
+
 }  // namespace models
 }  // namespace dynconv

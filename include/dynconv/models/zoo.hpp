@@ -5,13 +5,14 @@
 //   mobilenet_v3_small                         torchvision mobilenet_v3_small
 //   resnet10                                   torchvision ResNet(BasicBlock, [1, 1, 1, 1])
 //   resnet18                                   torchvision resnet18
+//   resnet50                                   torchvision resnet50 (resnet50_zoo_names())
 // The dynamic model of each is the same name prefixed with "dy_" (e.g. "dy_resnet18"); which of
 // its convolutions are dynamic is ModelOptions::policy, by default the paper-closest one of
 // its family (mobilenet_v2_default_policy, mobilenet_v3_default_policy, resnet_default_policy).
 // Other policies: policy_by_name("all_but_stem" | "pointwise_only" | "none" | "default").
 //
-// The ODConv models (odconv_zoo_names(), OSVAI/ODConv's od_resnet18 and od_mobilenetv2_100 /
-// _075 / _050): "od_" + the static name, every convolution inside the blocks ODConv (and the
+// The ODConv models (odconv_zoo_names(), OSVAI/ODConv's od_resnet18, od_resnet50 and
+// od_mobilenetv2_100 / _075 / _050): "od_" + the static name, every convolution inside the blocks ODConv (and the
 // MobileNetV2's last 1x1), stem, shortcuts and classifier static, K = ModelOptions::kernels
 // (the official models are trained at K = 1 and K = 4), hidden max(Cin / 16, 16).
 #pragma once
@@ -39,9 +40,22 @@ inline std::vector<std::string> zoo_names() {
   return all;
 }
 
+/// ResNet-50 and its dy_ twin (the Bottleneck block), beside the 14 of zoo_names(): not in the
+/// paper's table, and checked against PyTorch at a smaller input than the 14.
+inline std::vector<std::string> resnet50_zoo_names() { return {"resnet50", "dy_resnet50"}; }
+
 /// The ODConv models, beside the 14 of zoo_names().
 inline std::vector<std::string> odconv_zoo_names() {
-  return {"od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75", "od_mobilenet_v2_x0_5", "od_resnet18"};
+  return {"od_mobilenet_v2_x1_0", "od_mobilenet_v2_x0_75", "od_mobilenet_v2_x0_5", "od_resnet18",
+          "od_resnet50"};
+}
+
+/// Every name create() knows: zoo_names(), resnet50_zoo_names(), odconv_zoo_names().
+inline std::vector<std::string> all_zoo_names() {
+  std::vector<std::string> all = zoo_names();
+  for (const std::string& n : resnet50_zoo_names()) all.push_back(n);
+  for (const std::string& n : odconv_zoo_names()) all.push_back(n);
+  return all;
 }
 
 /// OSVAI's ODConv MobileNetV2: every convolution but the stem is ODConv.
@@ -74,7 +88,12 @@ std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOp
   if (odconv) {
     ModelOptions od = options;
     od.attention_kind(AttentionKind::ODConv);
-    if (base == "resnet18") return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), od));
+    if (base == "resnet18")
+      return std::make_unique<Model<T>>(
+          resnet<T>(name, {2, 2, 2, 2}, ResNetBlock::Basic, pick(resnet_default_policy), od));
+    if (base == "resnet50")
+      return std::make_unique<Model<T>>(
+          resnet<T>(name, {3, 4, 6, 3}, ResNetBlock::Bottleneck, pick(resnet_default_policy), od));
     const double width = base == "mobilenet_v2_x1_0" ? 1.0 : base == "mobilenet_v2_x0_75" ? 0.75 : 0.5;
     return std::make_unique<Model<T>>(mobilenet_v2<T>(name, width, pick(od_mobilenet_v2_policy), od));
   }
@@ -87,13 +106,15 @@ std::unique_ptr<Model<T>> build_zoo_model(const std::string& name, const ModelOp
   if (base == "mobilenet_v3_small")
     return std::make_unique<Model<T>>(
         mobilenet_v3_small<T>(name, pick(mobilenet_v3_default_policy), options));
-  if (base == "resnet10")
-    return std::make_unique<Model<T>>(resnet<T>(name, 1, pick(resnet_default_policy), options));
-  if (base == "resnet18")
-    return std::make_unique<Model<T>>(resnet<T>(name, 2, pick(resnet_default_policy), options));
+  const struct { const char* name; std::array<Index, 4> blocks; ResNetBlock block; } resnets[] = {
+      {"resnet10", {1, 1, 1, 1}, ResNetBlock::Basic},
+      {"resnet18", {2, 2, 2, 2}, ResNetBlock::Basic},
+      {"resnet50", {3, 4, 6, 3}, ResNetBlock::Bottleneck}};
+  for (const auto& r : resnets)
+    if (base == r.name)
+      return std::make_unique<Model<T>>(resnet<T>(name, r.blocks, r.block, pick(resnet_default_policy), options));
   std::string known;
-  for (const std::string& n : zoo_names()) known += (known.empty() ? "" : ", ") + n;
-  for (const std::string& n : odconv_zoo_names()) known += ", " + n;
+  for (const std::string& n : all_zoo_names()) known += (known.empty() ? "" : ", ") + n;
   fail<OptionsError>("unknown model '", name, "'; the zoo has: ", known);
 }
 
@@ -105,6 +126,14 @@ std::unique_ptr<Model<T>> create(const std::string& name, const ModelOptions& op
   m->fold_batchnorms();
   return m;
 }
+
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template std::unique_ptr<Model<float>> build_zoo_model<float>(const std::string&, const ModelOptions&);
+extern template std::unique_ptr<Model<double>> build_zoo_model<double>(const std::string&, const ModelOptions&);
+extern template std::unique_ptr<Model<float>> create<float>(const std::string&, const ModelOptions&);
+extern template std::unique_ptr<Model<double>> create<double>(const std::string&, const ModelOptions&);
+#endif
 
 }  // namespace models
 }  // namespace dynconv

@@ -26,7 +26,7 @@ enum class ConvRole {
   Depthwise,   // depthwise convolution of an inverted residual
   Project,     // 1x1 projection of an inverted residual
   Last,        // the 1x1 convolution before the pooling (MobileNets)
-  BlockConv,   // a 3x3 convolution of a ResNet basic block
+  BlockConv,   // a convolution of a ResNet block (basic: both 3x3; bottleneck: 1x1, 3x3, 1x1)
   Downsample,  // the 1x1 shortcut convolution of a ResNet block
 };
 
@@ -110,6 +110,12 @@ class ZooBuilder {
   DynamicSettings dyn_;
   double eps_;
 };
+
+#ifdef DYNCONV_EXTERN_TEMPLATES
+// Compiled once, where <dynconv/instantiate.hpp> is used (see there).
+extern template class ZooBuilder<float>;
+extern template class ZooBuilder<double>;
+#endif
 
 }  // namespace models
 }  // namespace dynconv
