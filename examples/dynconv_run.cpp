@@ -12,6 +12,7 @@
 // classes (softmax), then the latency of the forward pass and the model's cost next to its
 // static (or dynamic) twin. Any bad argument or file ends with one line on stderr,
 // "dynconv-run: <what went wrong>", and exit status 1 (2 for a bad command line).
+#include "attention_report.hpp"
 #include "fashion_mnist.hpp"
 #include "image_input.hpp"
 #include "model_metadata.hpp"
@@ -74,6 +75,8 @@ struct Options {
   Index limit = 0;  // 0: the whole test set
   std::string predictions;
   double temperature = 0;  // 0: each dynamic layer's from the file (1 where it has none)
+  bool attention = false;  // --attention: the attention report
+  std::string attention_svg;
 };
 
 const char* const kFooter = R"(Preprocessing of images (not of a safetensors input, used as it is):
@@ -104,10 +107,10 @@ error is one line on stderr, "dynconv-run: <what went wrong>".
 const char* const kSynopsis = R"(Usage:
   dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
               [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
-              [--temperature TAU]
+              [--temperature TAU] [--attention] [--attention-svg MAP.svg]
   dynconv-run --model NAME --weights W.safetensors --eval-fashion-mnist [DIR] [--limit N]
               [--predictions FILE] [--output OUT.safetensors] [--threads T] [--labels FILE]
-              [--temperature TAU]
+              [--temperature TAU] [--attention] [--attention-svg MAP.svg]
 )";
 
 /// --help as the synopsis, then "--option ARG  description" per option: CLI11's default
@@ -193,6 +196,12 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   auto* predictions = app.add_option("--predictions", opt.predictions,
                                      "write each test image's predicted class, one per line")
                           ->type_name("FILE");
+  app.add_flag("--attention", opt.attention,
+               "print each dynamic layer's attention over the inputs: mean top weight, entropy, "
+               "each expert's share");
+  app.add_option("--attention-svg", opt.attention_svg,
+                 "also write the expert shares as an SVG heat map (layer x expert); implies --attention")
+      ->type_name("MAP.svg");
   eval->excludes(input)->excludes(size)->excludes(no_norm);
   limit->needs(eval);
   predictions->needs(eval);
@@ -207,6 +216,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   if (opt.eval && opt.eval_dir.empty()) opt.eval_dir = fashion_mnist::kDefaultDir;
   if (!opt.eval && opt.inputs.empty())
     throw UsageError("give --input FILE... or --eval-fashion-mnist [DIR] (see --help)");
+  if (!opt.attention_svg.empty()) opt.attention = true;
   return std::nullopt;
 }
 
@@ -484,8 +494,18 @@ void write_logits(const std::string& path, const Tensor2<float>& logits, const s
               (long long)logits.dimension(1), path.c_str());
 }
 
+/// The attention report (--attention) after the passes: printed, and written as SVG if asked.
+void finish_attention(const Options& opt, const examples::AttentionReport* report) {
+  if (!report) return;
+  report->print();
+  if (!opt.attention_svg.empty()) {
+    report->write_svg(opt.attention_svg);
+    std::printf("attention heat map written to %s\n", opt.attention_svg.c_str());
+  }
+}
+
 int run_inference(const Options& opt, const Model<float>& model, const SafeTensors& w,
-                  const std::vector<std::string>& names) {
+                  const std::vector<std::string>& names, examples::AttentionReport* report) {
   const Preprocessing prep = preprocessing(opt, w);
   const Batch batch = read_inputs(opt, prep);
   if (!batch.from_tensor) std::printf("preprocessing: %s\n", prep.describe().c_str());
@@ -494,11 +514,13 @@ int run_inference(const Options& opt, const Model<float>& model, const SafeTenso
   const Tensor2<float> logits = forward(session, batch.x);
   const double ms = 1e3 * seconds_since(t0);
   check_finite(logits, batch.names);
+  if (report) report->add(session);
   print_predictions(logits, batch.names, names, opt.top);
   const Index n = batch.x.dimension(0);
   std::printf("latency: %.2f ms per batch of %lld, %.2f ms per image (%d thread%s)\n", ms,
               (long long)n, ms / double(n), opt.threads, opt.threads == 1 ? "" : "s");
   print_cost(model, batch.x.dimension(2), batch.x.dimension(3));
+  finish_attention(opt, report);
   if (!opt.output.empty()) write_logits(opt.output, logits, model.name());
   return 0;
 }
@@ -543,7 +565,7 @@ void print_confusion(const std::vector<std::vector<Index>>& m,
 }
 
 int run_evaluation(const Options& opt, const Model<float>& model, const SafeTensors& w,
-                   std::vector<std::string> names) {
+                   std::vector<std::string> names, examples::AttentionReport* report) {
   constexpr Index kBatch = 100;
   const Index classes = fashion_mnist::kNumClasses;
   if (model.num_classes() != classes)
@@ -585,6 +607,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
     std::vector<std::string> names;
     for (Index i = 0; i < n; ++i) names.push_back(dynconv::concat("test image ", begin + i));
     check_finite(logits, names, begin);
+    if (report) report->add(session);
     if (all_logits.size())
       all_logits.slice(std::array<Index, 2>{begin, 0}, std::array<Index, 2>{n, classes}) = logits;
     for (Index i = 0; i < n; ++i) {
@@ -613,6 +636,7 @@ int run_evaluation(const Options& opt, const Model<float>& model, const SafeTens
       "preprocessing\n",
       double(total) / forward_s, (long long)kBatch, opt.threads,
       opt.threads == 1 ? "" : "s", double(total) / all_s);
+  finish_attention(opt, report);
   if (!opt.output.empty()) write_logits(opt.output, all_logits, model.name());
   if (predictions.is_open()) {
     predictions.close();
@@ -638,8 +662,11 @@ int run(int argc, char** argv) {
       load_model(model_name(opt, weights), model_options(opt, weights), weights);
   apply_temperature(*model, opt, weights);
   const std::vector<std::string> names = class_names(opt, weights, model->num_classes());
-  return opt.eval ? run_evaluation(opt, *model, weights, names)
-                  : run_inference(opt, *model, weights, names);
+  std::optional<examples::AttentionReport> report;
+  if (opt.attention) report.emplace(*model);  // before any Session: it adds graph outputs
+  examples::AttentionReport* r = report ? &*report : nullptr;
+  return opt.eval ? run_evaluation(opt, *model, weights, names, r)
+                  : run_inference(opt, *model, weights, names, r);
 }
 
 }  // namespace

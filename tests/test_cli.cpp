@@ -28,6 +28,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -42,6 +43,7 @@ namespace fs = std::filesystem;
 using dynconv::Index;
 using dynconv::SafeTensors;
 using dynconv::SafeTensorsWriter;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -417,6 +419,89 @@ TEST(CliRun, TemperatureInUseIsPrintedAndCanBeOverridden) {
   EXPECT_THAT(bare.out, ::testing::Not(HasSubstr("temperature:")));
 }
 
+/// The shipped dy_mobilenet_v3_small with every attention's last FC replaced: weight 0 and bias
+/// `bias` (K = 4 values), so that every layer's kernel attention is softmax(bias / tau) for
+/// every input.
+void write_fixed_attention(const std::string& path, const std::vector<float>& bias) {
+  const SafeTensors file =
+      SafeTensors::load(std::string(DYNCONV_SOURCE_DIR) + "/examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors");
+  SafeTensorsWriter out;
+  auto ends_with = [](const std::string& s, const std::string& end) {
+    return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
+  };
+  for (const std::string& name : file.names()) {
+    std::vector<float> v = file.get_flat<float>(name);
+    if (ends_with(name, "attention.fc2.weight")) std::fill(v.begin(), v.end(), 0.0f);
+    if (ends_with(name, "attention.fc2.bias")) {
+      EXPECT_EQ(v.size(), bias.size()) << name;
+      v = bias;
+    }
+    if (ends_with(name, "attention.temperature")) v.assign(1, 1.0f);
+    out.add_raw(name, dynconv::DType::F32, file.entry(name).shape, v.data(), v.size() * 4);
+  }
+  for (const auto& [key, value] : file.metadata()) out.set_metadata(key, value);
+  out.save(path);
+}
+
+// --attention against the math: with the attention's inputs cut off (last FC weight 0), every
+// layer's weights are softmax(bias) for every input: bias (0, 0, 40, 0) puts everything on
+// expert 2 (top 1, entropy 0, shares 0 0 1 0), equal biases give the uniform 1/4 (entropy 1);
+// the shipped model's own attention lies in between, its shares summing to 1 in every layer.
+TEST(CliRun, AttentionReportAgreesWithTheMathAndWritesAHeatMap) {
+  const std::string onehot = scratch("attention_onehot.safetensors"), uniform = scratch("attention_uniform.safetensors");
+  write_fixed_attention(onehot, {0, 0, 40, 0});
+  write_fixed_attention(uniform, {3, 3, 3, 3});
+  const std::string svg = scratch("attention.svg");
+  std::remove(svg.c_str());
+  const Result o = run_cli("--weights " + onehot + " --input {tensor} --attention-svg " + svg);
+  ASSERT_TRUE(o.exited && o.code == 0) << describe(o);
+  EXPECT_THAT(o.out, HasSubstr("attention over 2 inputs"));
+  const std::regex row("  (features\\.\\S+) +(DY-Conv|CondConv|ODConv) +([0-9.]+) +([0-9.]+) +([0-9. ]+)");
+  auto rows = [&](const std::string& out) {
+    std::vector<std::vector<double>> found;  // top, entropy, shares...
+    std::istringstream lines(out);
+    std::smatch m;
+    for (std::string line; std::getline(lines, line);) {
+      if (!std::regex_match(line, m, row)) continue;
+      std::vector<double> v = {std::stod(m[3]), std::stod(m[4])};
+      std::istringstream shares(m[5].str());
+      for (double x; shares >> x;) v.push_back(x);
+      found.push_back(v);
+    }
+    return found;
+  };
+  const auto hot = rows(o.out);
+  ASSERT_GT(hot.size(), 5u) << o.out;
+  for (const auto& v : hot) EXPECT_THAT(v, ElementsAre(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)) << o.out;
+  std::ifstream map(svg);
+  ASSERT_TRUE(map) << svg << " was not written";
+  const std::string text((std::istreambuf_iterator<char>(map)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, StartsWith("<svg "));
+  EXPECT_EQ(text.find("</svg>"), text.size() - 7);
+  EXPECT_THAT(text, HasSubstr("fill=\"rgb(0,0,255)\""));  // a share of 1
+
+  const Result u = run_cli("--weights " + uniform + " --input {tensor} --attention");
+  ASSERT_TRUE(u.exited && u.code == 0) << describe(u);
+  const auto flat = rows(u.out);
+  ASSERT_EQ(flat.size(), hot.size());
+  for (const auto& v : flat) EXPECT_THAT(v, ElementsAre(0.25, 1.0, 0.25, 0.25, 0.25, 0.25)) << u.out;
+
+  const Result shipped = run_cli("--weights " + std::string(DYNCONV_SOURCE_DIR) + "/examples/fashion_mnist_weights/dy_mobilenet_v3_small.safetensors --input {tensor} --attention");
+  ASSERT_TRUE(shipped.exited && shipped.code == 0) << describe(shipped);
+  const auto own = rows(shipped.out);
+  ASSERT_EQ(own.size(), hot.size());
+  for (const auto& v : own) {
+    ASSERT_EQ(v.size(), 6u);
+    EXPECT_GE(v[0], 0.25 - 1e-3);
+    EXPECT_LE(v[0], 1.0);
+    EXPECT_NEAR(v[2] + v[3] + v[4] + v[5], 1.0, 0.003) << shipped.out;
+  }
+  // A static model has no attention to report.
+  const Result bare = run_cli("--model mobilenet_v3_small --weights {bare} --classes 10 --input {tensor} --attention");
+  ASSERT_TRUE(bare.exited && bare.code == 0) << describe(bare);
+  EXPECT_THAT(bare.out, HasSubstr("attention: no dynamic layer"));
+}
+
 TEST(CliRun, ThreadsGiveTheSameLogits) {
   const std::string images =
       "--weights {fashion} --input {grey_png} {rgb_png} {rgba_png} {ppm} "
@@ -513,6 +598,8 @@ const ErrorCase kErrorCases[] = {
     {"temperature_zero", RUN "--input {grey_png} --temperature 0", 2, "--temperature: Value 0 not in range"},
     {"temperature_negative", RUN "--input {grey_png} --temperature -2", 2, "--temperature: Value -2 not in range"},
     {"threads_not_a_number", RUN "--input {grey_png} --threads two", 2, "--threads: Value two"},
+    {"attention_svg_unwritable", RUN "--input {grey_png} --attention-svg /nonexistent/dir/map.svg", 1,
+     "/nonexistent/dir/map.svg: cannot open for writing"},
     {"size_too_small", RUN "--input {grey_png} --size 16", 2, "--size: Value 16 not in range 32"},
     {"no_weights", "--model mobilenet_v3_small --input {grey_png}", 2, "--weights is required"},
     {"no_input", RUN, 2, "give --input FILE... or --eval-fashion-mnist [DIR]"},

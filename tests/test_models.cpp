@@ -424,20 +424,25 @@ TEST(OdconvZoo, ParametersEqualTheOfficialModelsAndMAddsTheTableWithin4Percent) 
       const LayerCost c = m->cost(224, 224).total;
       EXPECT_EQ(c.params, k == 1 ? r.params_k1 : r.params_k4);
       const double official = k == 1 ? r.madds_k1 : r.madds_k4;
-      EXPECT_NEAR(static_cast<double>(c.madds()) / official, 1.0, 0.04) << c.madds();
+      // The official ResNet-50 figures count the stride on the bottleneck's first 1x1 (ResNet
+      // v1, 3,857,973,248 MAdds static), its code (and so this model) puts it on the 3x3 (v1.5,
+      // torchvision's: 4,089,184,256); compared on the official layout.
+      const double layout = std::string(r.name) == "od_resnet50" ? 4089184256.0 - 3857973248.0 : 0.0;
+      EXPECT_NEAR((static_cast<double>(c.madds()) - layout) / official, 1.0, 0.04) << c.madds();
       EXPECT_GT(c.scaling_madds, 0);
     }
 }
 
 // ResNet-50 (the Bottleneck block): parameters equal torchvision's resnet50 and the dy_ twin of
 // tools/dynconv_torch.py (build_model("dy_resnet50"): all three convolutions of every bottleneck
-// dynamic, K = 4), MAdds the family table's static 3.858G within 4% (torchvision's 4.09G counts
-// the classifier and pooling differently); the bottleneck's structure and names.
+// dynamic, K = 4); MAdds equal the sum over torchvision's resnet50 convolutions and fc at
+// 224x224 (PyTorch forward hooks, Hout Wout Cout Cin/g k^2 + fc: 4,089,184,256); the
+// bottleneck's structure and names.
 TEST(Zoo, ResNet50ParametersEqualTorchvisionsAndItsDynamicTwin) {
   EXPECT_THAT(dynconv::models::resnet50_zoo_names(), ElementsAre("resnet50", "dy_resnet50"));
   const LayerCost s = make("resnet50")->cost(224, 224).total;
   EXPECT_EQ(s.params, 25557032);
-  EXPECT_NEAR(static_cast<double>(s.madds()) / 3.858e9, 1.0, 0.04) << s.madds();
+  EXPECT_EQ(s.madds(), 4089184256);
   const ModelPtr d = make("dy_resnet50");
   EXPECT_EQ(d->cost(224, 224).total.params, 92223960);
   for (const char* n : {"layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer4.2.conv3"})
