@@ -86,7 +86,8 @@ using Edit = std::function<void(const std::string& name, std::vector<Index>& sha
                                 std::vector<float>& values, dynconv::DType& dtype)>;
 
 /// The fresh weights of a zoo model with 10 classes, as F32, with metadata model, num_classes
-/// and input_size (32, so that images run at 32x32), each tensor passed through edit first.
+/// and input_size (32, so that images run at 32x32), each tensor passed through edit first (an
+/// edit that sets the shape to {-1} leaves the tensor out).
 void write_weights(const std::string& path, const std::string& model, const Edit& edit = {}) {
   SafeTensorsWriter saved;
   dynconv::models::create<float>(model, ModelOptions().num_classes(10))->save(saved);
@@ -97,6 +98,7 @@ void write_weights(const std::string& path, const std::string& model, const Edit
     std::vector<float> v = file.get_flat<float>(name);
     dynconv::DType dtype = dynconv::DType::F32;
     if (edit) edit(name, shape, v, dtype);
+    if (shape == std::vector<Index>{-1}) continue;
     if (dtype == dynconv::DType::I64) {
       std::vector<std::int64_t> l(v.size());
       for (std::size_t i = 0; i < v.size(); ++i) l[i] = std::llround(v[i] * 10.f);
@@ -136,6 +138,13 @@ void write_ppm(const std::string& path, int w, int h) {
 Edit set_element(std::string target, std::size_t at, float value) {
   return [=](const std::string& name, std::vector<Index>&, std::vector<float>& v, dynconv::DType&) {
     if (name == target) v.at(at) = value;
+  };
+}
+
+/// Leaves tensor `target` out.
+Edit drop(std::string target) {
+  return [=](const std::string& name, std::vector<Index>& shape, std::vector<float>&, dynconv::DType&) {
+    if (name == target) shape = {-1};
   };
 }
 
@@ -214,6 +223,16 @@ class Files {
     weights("tau_zero", "dy_mobilenet_v3_small", set_element(tau, 0, 0.f));
     weights("tau_negative", "dy_mobilenet_v3_small", set_element(tau, 0, -1.f));
     weights("tau_nan", "dy_mobilenet_v3_small", set_element(tau, 0, kNaN));
+    // ODConv (od_mobilenet_v2_x0_5, K = 4): features.1.conv.0.0 is a depthwise ODConv
+    const std::string od = "features.1.conv.0.0.attention.";
+    weights("od_no_attention_bn", "od_mobilenet_v2_x0_5", drop(od + "bn.running_var"));
+    weights("od_tau_zero", "od_mobilenet_v2_x0_5", set_element(od + "temperature", 0, 0.f));
+    weights("od_kernel_head_of_3", "od_mobilenet_v2_x0_5",
+            [od](const std::string& name, std::vector<Index>& shape, std::vector<float>& v, dynconv::DType&) {
+              if (name != od + "kernel_fc.weight" && name != od + "kernel_fc.bias") return;
+              v.resize(v.size() / static_cast<std::size_t>(shape[0]) * 3);
+              shape[0] = 3;
+            });
 
     // Input tensors for dynconv-run (tensor `input`, F32).
     input("input_nan", {2, 3, 32, 32}, 7, kNaN);
@@ -492,6 +511,34 @@ const std::vector<Row>& table() {
       {"temperature_nan_in_the_file", call([] { load("dy_mobilenet_v3_small", "tau_nan"); }),
        Outcome::FormatError, "tau_nan.safetensors: tensor 'features.1.block.0.0.attention.temperature' holds nan at element 0; weights must be finite",
        "--model dy_mobilenet_v3_small --weights {tau_nan} --input {image}", 1, "tensor 'features.1.block.0.0.attention.temperature' holds nan"},
+      // ---- The family's attentions (ODConv, CondConv) ------------------------------------------
+      {"odconv_attention_batchnorm_missing", call([] { load("od_mobilenet_v2_x0_5", "od_no_attention_bn"); }),
+       Outcome::FormatError, "od_no_attention_bn.safetensors: missing tensor 'features.1.conv.0.0.attention.bn.running_var' [16]",
+       "--model od_mobilenet_v2_x0_5 --weights {od_no_attention_bn} --input {image}", 1,
+       "missing tensor 'features.1.conv.0.0.attention.bn.running_var' [16]"},
+      {"odconv_temperature_zero_in_the_file", call([] { load("od_mobilenet_v2_x0_5", "od_tau_zero"); }),
+       Outcome::OptionsError, "temperature=0 must be finite and > 0",
+       "--model od_mobilenet_v2_x0_5 --weights {od_tau_zero} --input {image}", 1, "temperature=0 must be finite and > 0"},
+      {"odconv_kernel_head_of_the_wrong_size", call([] { load("od_mobilenet_v2_x0_5", "od_kernel_head_of_3"); }),
+       Outcome::ShapeError, "tensor 'features.1.conv.0.0.attention.kernel_fc.weight' has shape [3, 16, 1, 1], the model expects [4, 16, 1, 1]"},
+      {"odconv_zero_kernels",
+       call([] { DynamicConv2d<float>(DynamicConv2dOptions::odconv(8, 8, 3, 0).name("od")); }),
+       Outcome::OptionsError, "od: ODConv2d(8 -> 8, 3x3): kernels=0 must be >= 1"},
+      {"condconv_zero_experts",
+       call([] { DynamicConv2d<float>(DynamicConv2dOptions::condconv(8, 8, 3, 0).name("cc")); }),
+       Outcome::OptionsError, "cc: CondConv2d(8 -> 8, 3x3): kernels=0 must be >= 1"},
+      {"odconv_temperature_zero",
+       call([] { DynamicConv2d<float>(DynamicConv2dOptions::odconv(8, 8, 3, 4).temperature(0).name("od")); }),
+       Outcome::OptionsError, "od: ODConv2d(8 -> 8, 3x3): temperature=0 must be finite and > 0"},
+      {"condconv_temperature_negative",
+       call([] { DynamicConv2d<float>(DynamicConv2dOptions::condconv(8, 8, 3, 4).temperature(-1).name("cc")); }),
+       Outcome::OptionsError, "temperature=-1 must be finite and > 0"},
+      {"condconv_shared_routing_of_the_wrong_width",
+       call([] {
+         DynamicConv2d<float> cc(DynamicConv2dOptions::condconv(8, 8, 3, 4).padding(1).shared_routing(true).name("cc"));
+         cc.forward(tensor(2, 8, 6, 6), Tensor2<float>(2, 3).setConstant(0.5f));
+       }),
+       Outcome::ShapeError, "cc: CondConv2d(8 -> 8, 3x3): routing has shape [2, 3], expected [2, 4]"},
       // ---- Non-finite or extreme input values ---------------------------------------------------
       // The library does not scan inputs: NaN and Inf propagate into the logits of their own
       // sample and no other. dynconv-run refuses them before the forward pass, naming the file
