@@ -72,7 +72,8 @@ __all__ = ["KernelAttention", "DynamicConv2d", "attention_hidden", "CondConvRout
            "CondConv2d", "ODConvAttention", "ODConv2d", "odconv_hidden",
            "conv_per_sample_kernels", "layer_case_input", "layer_case_metadata", "save_safetensors",
            "SAFETENSORS_DTYPES", "ZOO", "DY_ZOO", "ALL_MODELS", "POLICIES", "model_family",
-           "build_model", "dynamic_layers", "set_batched", "check_batched", "randomize_",
+           "build_model", "dynamic_layers", "ATTENTION_KINDS", "layer_kind", "family_layers",
+           "layer_kernels", "temperature_of", "set_temperature", "set_batched", "check_batched", "randomize_",
            "random_input", "round_to_half_", "is_half_exact", "KERNEL_SHARED",
            "ATTENTION_BIAS_SPREAD", "ATTENTION_INPUT_GAIN", "INPUT_OFFSET_STD"]
 
@@ -585,12 +586,14 @@ class ODConv2d(nn.Module):
         convolved with channel * x; channel and filter not included)."""
         n = next(iter(att.values())).shape[0]
         kh, kw = self.kernel_size
-        w = self.weight.unsqueeze(0)                                   # [1, K, Cout, Cin/g, kh, kw]
-        if "spatial" in att:
-            w = w * att["spatial"].view(n, 1, 1, 1, kh, kw)
-        if "kernel" in att:
-            w = w * att["kernel"].view(n, self.kernels, 1, 1, 1, 1)
-        return w.sum(dim=1).expand(n, *self.weight.shape[1:])
+        shape = self.weight.shape[1:]                                  # [Cout, Cin/g, kh, kw]
+        if "kernel" in att:  # one [N, K] x [K, Cout*Cin/g*kh*kw] product
+            w = (att["kernel"] @ self.weight.flatten(1)).view(n, *shape)
+        else:                # K = 1
+            w = self.weight.expand(n, *shape)
+        if "spatial" in att:  # the same factor for every k: applied after the sum
+            w = w * att["spatial"].view(n, 1, 1, kh, kw)
+        return w
 
     def synthesize(self, att):
         """The whole per-sample kernel W~[n, o, i, p] = filter[o] * channel[g(o), i] *
@@ -781,14 +784,22 @@ def _torchvision_model(base, num_classes):
 
 
 def build_model(name, num_classes=1000, policy=None, kernels=4, reduction=4, min_hidden=1,
-                temperature=1.0):
+                temperature=1.0, attention="dy"):
     """The zoo model `name` with torchvision's structure and parameter names (weights=None: no
     download, PyTorch's default initialisation). For a dy_ name every nn.Conv2d the policy
     selects is replaced at the same attribute by a DynamicConv2d with the same in/out channels,
     kernel size, stride, padding, dilation, groups and bias, `kernels` kernels and attention
     hidden size max(min_hidden, Cin // reduction). The policy (None = "default", a name of
-    POLICIES, or a function (prefix, conv, family) -> bool) is ignored for static names. The
-    model's attributes `zoo_name`, `policy_name`, `kernels` record the choice."""
+    POLICIES, or a function (prefix, conv, family) -> bool) is ignored for static names.
+    `attention` (ATTENTION_KINDS) picks the family member for the same convolutions: "dy" the
+    DynamicConv2d above; "condconv" a CondConv2d with `kernels` experts and its own routing
+    (reduction and min_hidden unused); "odconv" an ODConv2d with OSVAI's attention width
+    max(int(Cin / 16), 16) (reduction and min_hidden unused; the conv must have no bias). The C++
+    zoo builds the same model from ModelOptions::attention_kind (the file's "attention"
+    metadata). The model's attributes `zoo_name`, `policy_name`, `kernels` and
+    `attention_kind` record the choice."""
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_KINDS)}")
     family = model_family(name)
     dynamic = name.startswith("dy_")
     base = name[3:] if dynamic else name
@@ -801,23 +812,81 @@ def build_model(name, num_classes=1000, policy=None, kernels=4, reduction=4, min
             if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
                 raise ValueError(f"{name}: {prefix}: only zero padding given as numbers is "
                                  f"supported, got {conv.padding_mode} / {conv.padding!r}")
-            dyn = DynamicConv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                                conv.stride, conv.padding, conv.dilation, conv.groups,
-                                bias=conv.bias is not None, kernels=kernels,
-                                temperature=temperature, reduction=reduction,
-                                min_hidden=min_hidden)
+            geometry = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                        conv.padding, conv.dilation, conv.groups)
+            if attention == "odconv":
+                if conv.bias is not None:
+                    raise ValueError(f"{name}: {prefix}: ODConv has no bias, the conv has one")
+                dyn = ODConv2d(*geometry, reduction=OD_REDUCTION, kernels=kernels,
+                               min_hidden=OD_MIN_HIDDEN, temperature=temperature)
+            elif attention == "condconv":
+                dyn = CondConv2d(*geometry, bias=conv.bias is not None, experts=kernels,
+                                 temperature=temperature)
+            else:
+                dyn = DynamicConv2d(*geometry, bias=conv.bias is not None, kernels=kernels,
+                                    temperature=temperature, reduction=reduction,
+                                    min_hidden=min_hidden)
             parent_name, _, attr = prefix.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, dyn)
     model.zoo_name = name
     model.policy_name = policy_name if dynamic else "none"
     model.kernels = int(kernels) if dynamic else 1
+    model.attention_kind = attention if dynamic else None
     return model
 
 
 def dynamic_layers(model):
     """[(prefix, DynamicConv2d)] in forward (registration) order."""
     return [(p, m) for p, m in model.named_modules() if isinstance(m, DynamicConv2d)]
+
+
+# The family's attention kinds, as build_model(attention=...) and the "attention" metadata name
+# them; the C++ AttentionKind DyConv, CondConv, ODConv.
+ATTENTION_KINDS = ("dy", "condconv", "odconv")
+
+
+def layer_kind(module):
+    """"dy", "condconv" or "odconv" for a family layer, else None."""
+    if isinstance(module, DynamicConv2d):
+        return "dy"
+    if isinstance(module, CondConv2d):
+        return "condconv"
+    if isinstance(module, ODConv2d):
+        return "odconv"
+    return None
+
+
+def family_layers(model):
+    """[(prefix, layer)] of every DynamicConv2d, CondConv2d and ODConv2d in registration order."""
+    return [(p, m) for p, m in model.named_modules() if layer_kind(m) is not None]
+
+
+def layer_kernels(module):
+    """K of a family layer (a CondConv2d's experts)."""
+    return module.experts if isinstance(module, CondConv2d) else module.kernels
+
+
+def temperature_of(module):
+    """The 0-d temperature buffer of a family layer (a CondConv2d's routing_fn's), or None for a
+    CondConv2d with shared routing (its block's routing module holds it)."""
+    if isinstance(module, CondConv2d):
+        return None if module.routing_fn is None else module.routing_fn.temperature
+    return module.attention.temperature
+
+
+def set_temperature(model, temperature):
+    """Sets tau of every family layer of `model` that holds one. Returns the number set."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be finite and > 0")
+    count = 0
+    with torch.no_grad():
+        for _, m in family_layers(model):
+            t = temperature_of(m)
+            if t is not None:
+                t.fill_(float(temperature))
+                count += 1
+    return count
 
 
 def set_batched(model, batched=True):
@@ -1114,19 +1183,6 @@ def od_layers(model):
     return [(p, m) for p, m in model.named_modules() if isinstance(m, ODConv2d)]
 
 
-def set_od_temperature(model, temperature):
-    """Sets attention.temperature of every ODConv2d of `model` (OSVAI's net_update_temperature;
-    there a plain attribute, here the 0-d buffer that the state_dict carries). Returns the
-    number of layers changed."""
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature={temperature} must be finite and > 0")
-    layers = od_layers(model)
-    with torch.no_grad():
-        for _, m in layers:
-            m.attention.temperature.fill_(float(temperature))
-    return len(layers)
-
-
 class ODBasicBlock(nn.Module):
     """ResNet's BasicBlock with both 3x3 convs ODConv2d (OSVAI's od_resnet BasicBlock):
     relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x)), downsample static (1x1 conv + BN)
@@ -1222,7 +1278,7 @@ class ODResNet(nn.Module):
         return nn.Sequential(*stage)
 
     def net_update_temperature(self, temperature):
-        set_od_temperature(self, temperature)
+        set_temperature(self, temperature)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -1305,7 +1361,7 @@ class ODMobileNetV2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def net_update_temperature(self, temperature):
-        set_od_temperature(self, temperature)
+        set_temperature(self, temperature)
 
     def forward(self, x):
         x = self.features(x)
@@ -1317,7 +1373,7 @@ def build_od_model(name, num_classes=1000, kernels=1):
     """OSVAI's od_resnet18 / od_resnet50 / od_mobilenetv2_{100,075,050} (OD_OFFICIAL_NAMES) as `name` of
     OD_ZOO: the same modules and state_dict names, every conv of the BasicBlocks / inverted
     residuals and MobileNetV2's last 1x1 (features.18.0) an ODConv2d with `kernels` kernels,
-    reduction 1/16, min hidden 16 and temperature 1 (set_od_temperature changes it). Their
+    reduction 1/16, min hidden 16 and temperature 1 (set_temperature changes it). Their
     state_dicts are OSVAI's plus one 0-d buffer attention.temperature per ODConv (OSVAI keeps
     tau as a plain attribute), so OSVAI's checkpoints load with strict=False, the temperatures
     the only missing keys. Records zoo_name and kernels on the model."""
@@ -1337,4 +1393,4 @@ def build_od_model(name, num_classes=1000, kernels=1):
 
 __all__ += ["OD_ZOO", "OD_OFFICIAL_NAMES", "OD_OFFICIAL_PARAMS", "OD_REDUCTION",
             "OD_MIN_HIDDEN", "ODBasicBlock", "ODBottleneck", "ODResNet", "ODInvertedResidual", "ODMobileNetV2",
-            "build_od_model", "od_layers", "set_od_temperature"]
+            "build_od_model", "od_layers"]

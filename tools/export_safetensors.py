@@ -3,13 +3,16 @@
 train in PyTorch -> export -> dynconv-run or the C++ API).
 
 The model is a torchvision static network or a model with tools/dynconv_torch.py's
-DynamicConv2d modules (dynconv_torch.build_model). Its state_dict is written under its exact
-names, which are the names the C++ loader takes (include/dynconv/models/model.hpp):
+DynamicConv2d, CondConv2d or ODConv2d modules (dynconv_torch.build_model, build_od_model). Its
+state_dict is written under its exact names, which are the names the C++ loader takes
+(include/dynconv/models/model.hpp); for DY-Conv:
 
     P.weight                  [Cout, Cin/g, kh, kw] static, [K, Cout, Cin/g, kh, kw] dynamic
     P.bias                    where the conv has one ([K, Cout] dynamic)
     P.attention.fc1.weight    [hidden, Cin], .fc1.bias, .fc2.weight [K, hidden], .fc2.bias
     P.attention.temperature   one element (tau)
+
+(CondConv2d's and ODConv2d's names are in their docstrings: timm's and OSVAI's.)
     B.weight, B.bias, B.running_mean, B.running_var   BatchNorm (folded at load in C++)
     B.num_batches_tracked     I64, ignored by the C++ loader
     classifier.N.weight / .bias (fc.weight / .bias for ResNets)
@@ -19,6 +22,8 @@ exactly) or F32; integer tensors as I64. Metadata (safetensors "__metadata__", s
 
     model             zoo name, e.g. "dy_mobilenet_v3_small" (model.zoo_name by default)
     num_classes       from the last Linear
+    attention         the dynamic layers' kind: "dy", "condconv" or "odconv" (dynconv_torch's
+                      ATTENTION_KINDS; absent for a static model)
     kernels           K ("1" for a static model)
     temperature       tau of the dynamic layers (all equal; else a JSON array in layer order)
     dtype             "F16" or "F32"
@@ -79,7 +84,7 @@ def _metadata_value(value):
 
 
 def model_metadata(model):
-    """What the model itself says: model, num_classes, kernels, temperature."""
+    """What the model itself says: model, num_classes, attention, kernels, temperature."""
     meta = {}
     name = getattr(model, "zoo_name", None)
     if name:
@@ -88,12 +93,18 @@ def model_metadata(model):
     last = dict(model.named_modules())[prefix] if prefix is not None else None
     if last is not None:
         meta["num_classes"] = str(last.out_features)
-    layers = dt.dynamic_layers(model)
+    layers = dt.family_layers(model)
     if layers:
-        kernels = sorted({m.kernels for _, m in layers})
+        kinds = sorted({dt.layer_kind(m) for _, m in layers})
+        if len(kinds) > 1:
+            raise ValueError(f"the model mixes attention kinds ({', '.join(kinds)}); the "
+                             f"metadata names one")
+        meta["attention"] = kinds[0]
+        kernels = sorted({dt.layer_kernels(m) for _, m in layers})
         meta["kernels"] = str(kernels[0]) if len(kernels) == 1 else json.dumps(kernels)
-        taus = [float(m.attention.temperature) for _, m in layers]
-        meta["temperature"] = repr(taus[0]) if len(set(taus)) == 1 else json.dumps(taus)
+        taus = [float(t) for t in (dt.temperature_of(m) for _, m in layers) if t is not None]
+        if taus:
+            meta["temperature"] = repr(taus[0]) if len(set(taus)) == 1 else json.dumps(taus)
     else:
         meta["kernels"] = "1"
     return meta

@@ -71,7 +71,7 @@ from torch import nn  # noqa: E402
 
 from dynconv_torch import (KERNEL_SHARED, OD_OFFICIAL_PARAMS, OD_ZOO, ODConv2d,  # noqa: E402
                            build_od_model, od_layers, random_input, save_safetensors,
-                           set_od_temperature)
+                           set_temperature)
 
 # case name, zoo name, K
 # (od_resnet50 at K = 4 is left out: its state_dict is 360 MB of float32)
@@ -190,7 +190,7 @@ def randomize(model, rnd, calibration_input):
     filled = set()
     hooks = []
     with torch.no_grad():
-        set_od_temperature(model, TEMPERATURE)
+        set_temperature(model, TEMPERATURE)
         for prefix, m in model.named_modules():
             if isinstance(m, ODConv2d):
                 fan_in = m.weight[0, 0].numel()
@@ -317,7 +317,7 @@ def make_case(case, zoo_name, kernels):
         assert spread > 0.05, f"{case}: the two samples' logits nearly equal ({spread:.3g})"
         # a reader ignoring the temperature computes clearly different logits
         m_tau1 = copy.deepcopy(m64)
-        set_od_temperature(m_tau1, 1.0)
+        set_temperature(m_tau1, 1.0)
         tau_effect = relative_error(m_tau1(x), logits)
         assert tau_effect > 0.05, f"{case}: temperature barely matters ({tau_effect:.3g})"
         f32_error = relative_error(model(x.float()).double(), logits)
