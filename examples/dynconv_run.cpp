@@ -89,7 +89,7 @@ const char* const kFooter = R"(Preprocessing of images (not of a safetensors inp
             become 3 equal channels).
   --size S  crop S, resize the shorter side in the same ratio (ImageNet: round(S*256/224)).
 Also from the metadata: num_classes, class_names (JSON array), kernels, reduction,
-min_hidden, policy, and model (the default of --model).
+min_hidden, attention (dy, condconv or odconv), policy, and model (the default of --model).
 
 Examples:
   dynconv-run --model dy_mobilenet_v3_small \
@@ -322,8 +322,9 @@ void print_cost(const Model<float>& model, Index h, Index w) {
 }
 
 /// Sets --temperature on every dynamic layer, and says which temperature the layers run at and
-/// where it came from ("temperature: 1.7 in all 16 dynamic layers (from the file)"): a file
-/// without one runs at the default 1, which a user must be able to see.
+/// where it came from, and the layers' attention kind ("temperature: 1.7 in all 16 dynamic
+/// layers (from the file); attention: DY-Conv"): a file without one runs at the default 1,
+/// which a user must be able to see.
 void apply_temperature(Model<float>& model, const Options& opt, const SafeTensors& w) {
   std::vector<DynamicConv2d<float>*> layers;
   for (const std::string& name : model.node_names())
@@ -345,10 +346,13 @@ void apply_temperature(Model<float>& model, const Options& opt, const SafeTensor
                              : stored == 0               ? "the file has none: the default"
                              : stored < layers.size()    ? dynconv::concat("from the file for ", stored, " of them, the default 1 for the rest")
                                                          : "from the file";
+  bool one_kind = true;
+  for (const DynamicConv2d<float>* d : layers) one_kind = one_kind && d->kind() == layers.front()->kind();
+  const char* kind = one_kind ? dynconv::attention_kind_name(layers.front()->kind()) : "mixed";
   if (lo == hi)
-    std::printf("temperature: %g in all %zu dynamic layers (%s)\n", lo, layers.size(), source.c_str());
+    std::printf("temperature: %g in all %zu dynamic layers (%s); attention: %s\n", lo, layers.size(), source.c_str(), kind);
   else
-    std::printf("temperature: %g to %g over %zu dynamic layers (%s)\n", lo, hi, layers.size(), source.c_str());
+    std::printf("temperature: %g to %g over %zu dynamic layers (%s); attention: %s\n", lo, hi, layers.size(), source.c_str(), kind);
 }
 
 // ---- Forward ------------------------------------------------------------------------------

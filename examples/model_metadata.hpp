@@ -4,6 +4,8 @@
 //   model        zoo name, e.g. "dy_mobilenet_v3_small"
 //   num_classes  "10"; kernels, reduction, min_hidden: positive integers; policy: a name for
 //                models::policy_by_name
+//   attention    the dynamic convolutions' kind: "dy" (DY-Conv, the default), "condconv" or
+//                "odconv" (tools/export_safetensors.py writes it); an od_ model is "odconv"
 //   class_names  a JSON array of strings
 // A value that does not parse is a dynconv::FormatError naming the file and the key.
 #pragma once
@@ -34,8 +36,32 @@ inline dynconv::Index metadata_int(const dynconv::SafeTensors& w, const std::str
   return static_cast<dynconv::Index>(n);
 }
 
+/// The metadata "attention" as a kind (DY-Conv without it).
+inline dynconv::AttentionKind attention_kind_from_metadata(const dynconv::SafeTensors& w) {
+  const auto& m = w.metadata();
+  const auto it = m.find("attention");
+  if (it == m.end()) return dynconv::AttentionKind::DyConv;
+  dynconv::AttentionKind kind;
+  if (it->second == "dy")
+    kind = dynconv::AttentionKind::DyConv;
+  else if (it->second == "condconv")
+    kind = dynconv::AttentionKind::CondConv;
+  else if (it->second == "odconv")
+    kind = dynconv::AttentionKind::ODConv;
+  else
+    throw dynconv::FormatError(w.source() + ": metadata attention='" + it->second +
+                               "' is not one of dy, condconv, odconv");
+  const auto model = m.find("model");
+  if (model != m.end() && model->second.rfind("od_", 0) == 0 &&
+      kind != dynconv::AttentionKind::ODConv)
+    throw dynconv::FormatError(w.source() + ": metadata attention='" + it->second +
+                               "' contradicts model '" + model->second +
+                               "': the od_ models' attention is odconv");
+  return kind;
+}
+
 /// Model options from the metadata: num_classes (default `default_classes`), kernels,
-/// reduction, min_hidden, policy.
+/// reduction, min_hidden, attention, policy.
 inline dynconv::models::ModelOptions model_options_from_metadata(const dynconv::SafeTensors& w,
                                                                  dynconv::Index default_classes) {
   dynconv::models::ModelOptions o;
@@ -44,6 +70,7 @@ inline dynconv::models::ModelOptions model_options_from_metadata(const dynconv::
   if (m.count("kernels")) o.kernels(metadata_int(w, "kernels"));
   if (m.count("reduction")) o.reduction(metadata_int(w, "reduction"));
   if (m.count("min_hidden")) o.min_hidden(metadata_int(w, "min_hidden"));
+  o.attention_kind(attention_kind_from_metadata(w));
   if (m.count("policy")) o.policy(dynconv::models::policy_by_name(m.at("policy")));
   return o;
 }

@@ -190,6 +190,13 @@ class Files {
     variant("bad_mean", "normalize_mean", "[0.5, 0.5]");
     variant("bad_resize", "resize", "nearest");
     variant("bad_names", "class_names", R"(["a", "b"])");
+    variant("bad_attention", "attention", "dyconv");
+    {
+      std::map<std::string, std::string> meta = kFashionMeta;
+      meta["model"] = "od_resnet18";
+      meta["attention"] = "dy";
+      write_weights(add("od_as_dy", "od_as_dy.safetensors"), "mobilenet_v3_small", 10, meta);
+    }
 
     write_png(add("grey_png", "grey28.png"), 28, 28, 1, 1);
     write_png(add("rgb_png", "rgb.png"), 40, 30, 3, 2);
@@ -647,6 +654,11 @@ const ErrorCase kErrorCases[] = {
      "bad_resize.safetensors: metadata resize='nearest' is not supported"},
     {"bad_metadata_class_names", "--weights {bad_names} --input {grey_png}", 1,
      "bad_names.safetensors (metadata class_names) has 2 class names, the model has 10 classes"},
+    {"bad_metadata_attention", "--weights {bad_attention} --input {grey_png}", 1,
+     "bad_attention.safetensors: metadata attention='dyconv' is not one of dy, condconv, odconv"},
+    {"metadata_attention_contradicts_model", "--weights {od_as_dy} --input {grey_png}", 1,
+     "od_as_dy.safetensors: metadata attention='dy' contradicts model 'od_resnet18': the od_ "
+     "models' attention is odconv"},
     {"labels_wrong_count", RUN "--input {grey_png} --labels {labels3}", 1,
      "labels3.txt has 3 class names, the model has 10 classes"},
     // Inputs
@@ -877,7 +889,8 @@ TEST_P(CliShipped, BundledImagesMatchPyTorch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CliShipped,
-                         ::testing::Values("dy_mobilenet_v3_small", "mobilenet_v3_small"),
+                         ::testing::Values("dy_mobilenet_v3_small", "mobilenet_v3_small",
+                                           "condconv_mobilenet_v3_small"),
                          [](const ::testing::TestParamInfo<const char*>& i) {
                            return std::string(i.param);
                          });
