@@ -11,11 +11,11 @@ state_dict is written under its exact names, which are the names the C++ loader 
     P.bias                    where the conv has one ([K, Cout] dynamic)
     P.attention.fc1.weight    [hidden, Cin], .fc1.bias, .fc2.weight [K, hidden], .fc2.bias
     P.attention.temperature   one element (tau)
-
-(CondConv2d's and ODConv2d's names are in their docstrings: timm's and OSVAI's.)
     B.weight, B.bias, B.running_mean, B.running_var   BatchNorm (folded at load in C++)
     B.num_batches_tracked     I64, ignored by the C++ loader
     classifier.N.weight / .bias (fc.weight / .bias for ResNets)
+
+(CondConv2d's and ODConv2d's names are in their docstrings: timm's and OSVAI's.)
 
 Floating tensors are stored as F16 (default: half the size of F32; the C++ loader converts
 exactly) or F32; integer tensors as I64. Metadata (safetensors "__metadata__", str -> str):
