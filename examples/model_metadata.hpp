@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -52,8 +53,9 @@ inline dynconv::AttentionKind attention_kind_from_metadata(const dynconv::SafeTe
     throw dynconv::FormatError(w.source() + ": metadata attention='" + it->second +
                                "' is not one of dy, condconv, odconv");
   const auto model = m.find("model");
-  if (model != m.end() && model->second.rfind("od_", 0) == 0 &&
-      kind != dynconv::AttentionKind::ODConv)
+  const std::vector<std::string> od = dynconv::models::odconv_zoo_names();
+  if (model != m.end() && kind != dynconv::AttentionKind::ODConv &&
+      std::find(od.begin(), od.end(), model->second) != od.end())
     throw dynconv::FormatError(w.source() + ": metadata attention='" + it->second +
                                "' contradicts model '" + model->second +
                                "': the od_ models' attention is odconv");
