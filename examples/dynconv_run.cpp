@@ -17,6 +17,7 @@
 #include "image_input.hpp"
 #include "model_metadata.hpp"
 
+#include <dynconv/graph_file.hpp>
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/safetensors.hpp>
 
@@ -77,6 +78,7 @@ struct Options {
   double temperature = 0;  // 0: each dynamic layer's from the file (1 where it has none)
   bool attention = false;  // --attention: the attention report
   std::string attention_svg;
+  bool verify = false;  // --verify: a graph file's test vectors
 };
 
 const char* const kFooter = R"(Preprocessing of images (not of a safetensors input, used as it is):
@@ -88,6 +90,11 @@ const char* const kFooter = R"(Preprocessing of images (not of a safetensors inp
             grayscale_to_rgb ("true": colour images become grey; grey images always
             become 3 equal channels).
   --size S  crop S, resize the shorter side in the same ratio (ImageNet: round(S*256/224)).
+A graph file (docs/graph_format.md, written by tools/export_safetensors.py from any PyTorch
+module) runs without --model: --input is one safetensors file with a tensor per graph input
+(named as the input, or 'input' for a graph of one input; NCHW or [N, C]) or, for a graph of
+one 3-channel input, images; --output writes every graph output under its name ('output' for
+a single one); --verify checks the file's own test vectors.
 Also from the metadata: num_classes, class_names (JSON array), kernels, reduction,
 min_hidden, attention (dy, condconv or odconv), policy, and model (the default of --model).
 
@@ -105,6 +112,9 @@ error is one line on stderr, "dynconv-run: <what went wrong>".
 // ---- Command line ---------------------------------------------------------------------------
 
 const char* const kSynopsis = R"(Usage:
+  dynconv-run --weights GRAPH.safetensors --input X.safetensors [--output Y.safetensors]
+              [--threads T] [--verify]
+  dynconv-run --weights GRAPH.safetensors --verify [--threads T]
   dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
               [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
               [--temperature TAU] [--attention] [--attention-svg MAP.svg]
@@ -202,6 +212,9 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   app.add_option("--attention-svg", opt.attention_svg,
                  "also write the expert shares as an SVG heat map (layer x expert); implies --attention")
       ->type_name("MAP.svg");
+  app.add_flag("--verify", opt.verify,
+               "a graph file: run its test vectors and fail unless every output is within 1e-4 "
+               "(relative to max(1, max |PyTorch's output|))");
   eval->excludes(input)->excludes(size)->excludes(no_norm);
   limit->needs(eval);
   predictions->needs(eval);
@@ -214,7 +227,7 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   }
   opt.eval = eval->count() > 0;
   if (opt.eval && opt.eval_dir.empty()) opt.eval_dir = fashion_mnist::kDefaultDir;
-  if (!opt.eval && opt.inputs.empty())
+  if (!opt.eval && opt.inputs.empty() && !opt.verify)
     throw UsageError("give --input FILE... or --eval-fashion-mnist [DIR] (see --help)");
   if (!opt.attention_svg.empty()) opt.attention = true;
   return std::nullopt;
@@ -656,12 +669,135 @@ std::string one_line(std::string s) {
   return s;
 }
 
+// ---- Graph files ----------------------------------------------------------------------------
+
+/// The graph inputs from one safetensors --input: a tensor per input by its name ('input' too
+/// for a graph of one input), NCHW or [N, C], finite, the channels the graph expects.
+std::vector<Tensor4<float>> read_graph_inputs(const std::string& path, const dynconv::GraphFile<float>& g) {
+  const SafeTensors f = SafeTensors::load(path);
+  std::vector<Tensor4<float>> xs;
+  for (const dynconv::GraphFileValue& v : g.inputs) {
+    std::string name = v.name;
+    if (!f.contains(name) && g.inputs.size() == 1 && f.contains("input")) name = "input";
+    if (!f.contains(name))
+      throw dynconv::FormatError(path + ": has no tensor '" + v.name + "' for the graph input of that name" +
+                                 (g.inputs.size() == 1 ? " (nor 'input')" : ""));
+    const dynconv::TensorEntry& e = f.entry(name);
+    if (e.dtype == dynconv::DType::I64)
+      throw dynconv::FormatError(path + ": tensor '" + name + "' has dtype I64, expected a float dtype");
+    if (e.shape.size() != v.shape.size() || e.shape[1] != v.shape[1])
+      throw dynconv::ShapeError(path + ": tensor '" + name + "' has shape " + dynconv::shape_str(e.shape) +
+                                ", the graph input '" + v.name + "' takes " + dynconv::shape_str(v.shape) +
+                                " (any N, H and W)");
+    Tensor4<float> x = dynconv::graph_file_tensor<float>(f, name);
+    for (Index i = 0; i < x.size(); ++i)
+      if (!std::isfinite(x.data()[i]))
+        throw dynconv::FormatError(dynconv::concat(path, ": tensor '", name, "' holds ", x.data()[i], " at element ", i,
+                                                   "; inputs must be finite"));
+    xs.push_back(std::move(x));
+  }
+  return xs;
+}
+
+void run_graph_session(dynconv::Session<float>& s, const dynconv::GraphFile<float>& g,
+                       const std::vector<Tensor4<float>>& xs) {
+  if (xs.size() == 1) return s.run(xs[0]);
+  if (xs.size() != 2)
+    throw UsageError(dynconv::concat("a graph of ", xs.size(), " inputs: dynconv-run runs graphs of one or two inputs"));
+  s.run({{g.inputs[0].name.c_str(), &xs[0]}, {g.inputs[1].name.c_str(), &xs[1]}});
+}
+
+/// --verify: the file's test vectors, each output within the format's tolerance.
+int verify_graph(const Options& opt, const dynconv::GraphFile<float>& g, const SafeTensors& w) {
+  if (!g.has_test()) throw dynconv::FormatError(w.source() + ": has no test vectors (the graph's 'test' key)");
+  std::vector<Tensor4<float>> xs;
+  for (const auto& t : g.test_inputs) xs.push_back(dynconv::graph_file_tensor<float>(w, t.second));
+  dynconv::Session<float> s(g.graph, opt.threads);
+  run_graph_session(s, g, xs);
+  bool ok = true;
+  for (const auto& t : g.test_outputs) {
+    const Tensor4<double> ref = dynconv::graph_file_tensor<double>(w, t.second);
+    const Tensor4<float>& y = s.output(t.first);
+    double diff = 0, scale = 1;
+    for (Index i = 0; i < ref.size(); ++i) {
+      const double e = std::abs(static_cast<double>(y.data()[i]) - ref.data()[i]);
+      if (!(e <= diff)) diff = e;
+      scale = std::max(scale, std::abs(ref.data()[i]));
+    }
+    const bool pass = y.size() == ref.size() && diff / scale <= 1e-4;
+    ok = ok && pass;
+    std::printf("verify: output '%s' max error %.3g, relative to max(1, max |y_ref|) %.3g: %s\n", t.first.c_str(), diff,
+                diff / scale, pass ? "PASS" : "FAIL");
+  }
+  if (!ok) throw dynconv::FormatError(w.source() + ": the graph does not reproduce its test vectors (see above)");
+  return 0;
+}
+
+/// A graph file: --verify, or --input X.safetensors (or images) -> the outputs, printed and
+/// written with --output.
+int run_graph(const Options& opt, const SafeTensors& w) {
+  if (opt.eval || opt.attention || opt.temperature > 0 || opt.classes || !opt.predictions.empty())
+    throw UsageError(w.source() + " is a graph file: --eval-fashion-mnist, --attention, --temperature, --classes "
+                     "and --predictions apply to zoo models (give --model)");
+  const dynconv::GraphFile<float> g = dynconv::load_graph<float>(w);
+  std::printf("graph %s: %zu nodes, input%s", w.source().c_str(), g.graph.size(), g.inputs.size() == 1 ? "" : "s");
+  for (const auto& v : g.inputs) std::printf(" %s %s", v.name.c_str(), dynconv::shape_str(v.shape).c_str());
+  std::printf("\n");
+  if (opt.verify) verify_graph(opt, g, w);
+  if (opt.inputs.empty()) return 0;
+  std::vector<Tensor4<float>> xs;
+  std::vector<std::string> names;
+  if (opt.inputs.size() == 1 && is_safetensors(opt.inputs[0], examples::read_file(opt.inputs[0]))) {
+    xs = read_graph_inputs(opt.inputs[0], g);
+  } else {
+    if (g.inputs.size() != 1 || g.inputs[0].shape[1] != 3)
+      throw UsageError("images need a graph of one 3-channel input; give a safetensors --input");
+    const Preprocessing prep = preprocessing(opt, w);
+    Batch b = read_inputs(opt, prep);
+    std::printf("preprocessing: %s\n", prep.describe().c_str());
+    xs.push_back(std::move(b.x));
+    names = b.names;
+  }
+  dynconv::Session<float> s(g.graph, opt.threads);
+  const auto t0 = std::chrono::steady_clock::now();
+  run_graph_session(s, g, xs);
+  const double ms = 1e3 * seconds_since(t0);
+  dynconv::SafeTensorsWriter out;
+  for (const dynconv::GraphFileValue& o : g.outputs) {
+    const Tensor4<float>& y = s.output(o.name);
+    for (Index i = 0; i < y.size(); ++i)
+      if (!std::isfinite(y.data()[i]))
+        throw dynconv::FormatError(dynconv::concat("output '", o.name, "' holds ", y.data()[i], " at element ", i));
+    std::vector<Index> shape = {y.dimension(0), y.dimension(1)};
+    if (o.shape.size() == 4) shape = {y.dimension(0), y.dimension(1), y.dimension(2), y.dimension(3)};
+    std::printf("output %s %s\n", o.name.c_str(), dynconv::shape_str(shape).c_str());
+    out.add(g.outputs.size() == 1 ? std::string("output") : o.name, shape, y.data());
+  }
+  if (g.outputs.size() == 1 && g.outputs[0].shape.size() == 2 && !names.empty()) {
+    const Tensor4<float>& y = s.output(g.outputs[0].name);
+    Tensor2<float> logits(y.dimension(0), y.dimension(1));
+    std::copy(y.data(), y.data() + y.size(), logits.data());
+    print_predictions(logits, names, class_names(opt, w, logits.dimension(1)), opt.top);
+  }
+  std::printf("latency: %.2f ms per batch of %lld (%d thread%s)\n", ms, (long long)xs[0].dimension(0), opt.threads,
+              opt.threads == 1 ? "" : "s");
+  if (!opt.output.empty()) {
+    out.save(opt.output);
+    std::printf("outputs written to %s\n", opt.output.c_str());
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   Options opt;
   if (const std::optional<int> status = parse_command_line(argc, argv, opt)) return *status;
   if (!opt.model.empty() && !in_zoo(opt.model))
     throw UsageError("unknown model '" + opt.model + "'; the zoo has: " + zoo_list());
   const SafeTensors weights = SafeTensors::load(opt.weights);
+  if (opt.model.empty() && dynconv::has_graph(weights)) return run_graph(opt, weights);
+  if (opt.verify)
+    throw UsageError("--verify checks a graph file's test vectors; " + weights.source() +
+                     (dynconv::has_graph(weights) ? " runs as zoo model '" + opt.model + "' with --model" : " has no graph"));
   const std::unique_ptr<Model<float>> model =
       load_model(model_name(opt, weights), model_options(opt, weights), weights);
   apply_temperature(*model, opt, weights);
