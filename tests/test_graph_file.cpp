@@ -32,18 +32,6 @@ std::vector<std::string> exported_networks() {
   return names;
 }
 
-/// max |y - ref| / max(1, max |ref|) over all elements (docs/graph_format.md's rule).
-double graph_error(const Tensor4<float>& y, const Tensor4<double>& ref) {
-  if (y.size() != ref.size()) return 1e300;
-  double diff = 0, scale = 1;
-  for (Index i = 0; i < ref.size(); ++i) {
-    const double e = std::abs(static_cast<double>(y.data()[i]) - ref.data()[i]);
-    if (!(e <= diff)) diff = e;
-    scale = std::max(scale, std::abs(ref.data()[i]));
-  }
-  return diff / scale;
-}
-
 class ExportedNetwork : public testing::TestWithParam<std::string> {};
 
 TEST_P(ExportedNetwork, MatchesPyTorchFloat64OneAndTwoThreads) {
@@ -65,7 +53,7 @@ TEST_P(ExportedNetwork, MatchesPyTorchFloat64OneAndTwoThreads) {
     }
     for (const auto& o : g.test_outputs) {
       const Tensor4<double> ref = graph_file_tensor<double>(file, o.second);
-      EXPECT_LE(graph_error(s.output(o.first), ref), 1e-4)
+      EXPECT_LE(graph_test_error(s.output(o.first), ref), 1e-4)
           << GetParam() << ": output '" << o.first << "', " << threads << " thread(s)";
     }
   }

@@ -29,6 +29,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -560,6 +563,20 @@ Tensor4<T> graph_file_tensor(const SafeTensors& file, const std::string& name) {
   Tensor4<T> t(s[0], s[1], s.size() == 4 ? s[2] : 1, s.size() == 4 ? s[3] : 1);
   std::copy(v.begin(), v.end(), t.data());
   return t;
+}
+
+/// The format's test-vector error: max |y - ref| / max(1, max |ref|) (docs/graph_format.md;
+/// --verify passes at <= 1e-4); infinity when the sizes differ.
+template <typename T>
+double graph_test_error(const Tensor4<T>& y, const Tensor4<double>& ref) {
+  if (y.size() != ref.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0, scale = 1;
+  for (Index i = 0; i < ref.size(); ++i) {
+    const double e = std::abs(static_cast<double>(y.data()[i]) - ref.data()[i]);
+    if (!(e <= diff)) diff = e;
+    scale = std::max(scale, std::abs(ref.data()[i]));
+  }
+  return diff / scale;
 }
 
 }  // namespace dynconv
