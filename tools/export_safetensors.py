@@ -44,9 +44,30 @@ one under "model"):
     /usr/bin/python3 tools/export_safetensors.py --model dy_mobilenet_v3_small \\
         --num-classes 10 --checkpoint ckpt.pt --out x.safetensors [--dtype f16|f32] \\
         [--meta KEY=VALUE ...]
+
+A graph file (docs/graph_format.md: any nn.Module that tools/export_graph.py can convert):
+export(model, path, example_input=x) writes the graph JSON under the metadata key
+"dynconv.graph" and, instead of the whole state_dict, the tensors the graph reads (named
+`<node>.<parameter>`, which for the built-in modules are the state_dict names; BatchNorm's
+num_batches_tracked as I64, ignored by the reader), plus (test_vectors=True) the test vectors
+`dynconv.test.<input>` (x as F32) and `dynconv.test.<output>` (F64): the model's output on x
+computed in float64 (a deep copy of the model with its floating state rounded to the file's
+dtype, so that the reference is the function of the stored weights, then .double()). The
+metadata model / num_classes are written as for a zoo file; attention, kernels and temperature
+only where the graph makes them true (one attention kind, one K over the dynamic nodes, one
+temperature over all temperature tensors as stored; kernels "1" for a graph without dynamic
+nodes). From the command line, for a module built by a Python factory:
+
+    /usr/bin/python3 tools/export_safetensors.py --module net.py:factory \\
+        [--checkpoint ckpt.pt] --input-shape 1,3,224,224 --out net.safetensors [--dtype f32]
+
+(factory() returns the nn.Module; the example input is torch.randn of that shape, seed 0.)
+--input-shape with --model writes a graph file of the zoo model too.
 """
 
 import argparse
+import copy
+import importlib.util
 import json
 import math
 import os
@@ -62,7 +83,11 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 import dynconv_torch as dt  # noqa: E402
 
-__all__ = ["export", "export_tensors", "load_into", "read_safetensors", "model_metadata"]
+__all__ = ["export", "export_tensors", "load_into", "read_safetensors", "model_metadata",
+           "graph_metadata", "GRAPH_KEY", "TEST_PREFIX"]
+
+GRAPH_KEY = "dynconv.graph"
+TEST_PREFIX = "dynconv.test."
 
 _DTYPES = {"f16": torch.float16, "f32": torch.float32}
 
@@ -130,19 +155,133 @@ def export_tensors(model, dtype="f16"):
     return out
 
 
-def export(model, path, metadata=None, dtype="f16"):
-    """Writes model.state_dict() to `path` as safetensors (floating tensors in `dtype`) with
-    model_metadata(model), then `metadata` (overriding), then "dtype". Returns the metadata
-    written (str -> str)."""
-    meta = model_metadata(model)
-    for key, value in (metadata or {}).items():
-        meta[str(key)] = _metadata_value(value)
-    meta["dtype"] = dtype.upper()
-    tensors = export_tensors(model, dtype)
+def _stored(name, t, dtype):
+    """A tensor as the file stores it: floating in `dtype`, integer as int64."""
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        stored = t.to(_DTYPES[dtype])
+        if not bool(torch.isfinite(stored).all()):
+            raise ValueError(f"{name}: a value is not finite in {dtype}")
+        return stored.contiguous()
+    if t.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return t.to(torch.int64).contiguous()
+    raise TypeError(f"{name}: dtype {t.dtype} cannot be exported")
+
+
+def graph_metadata(graph, tensors):
+    """attention, kernels and temperature as far as the graph makes them true: attention if
+    every dynamic node has one kind, kernels if they all have one K ("1" without dynamic
+    nodes), temperature if every temperature tensor holds one value (as stored)."""
+    meta = {}
+    dynamic = [n for n in graph["nodes"] if n["op"] == "dynamic_conv2d"]
+    kinds = {n["attrs"]["attention"] for n in dynamic}
+    if len(kinds) == 1:
+        meta["attention"] = kinds.pop()
+    ks = {int(n["attrs"]["kernels"]) for n in dynamic}
+    if not dynamic:
+        meta["kernels"] = "1"
+    elif len(ks) == 1:
+        meta["kernels"] = str(ks.pop())
+    owners = {n["name"] for n in graph["nodes"] if n["op"] in ("dynamic_conv2d",
+                                                                "condconv_routing")}
+    taus = set()
+    for name, t in tensors.items():
+        if name.endswith("temperature") and t.dim() == 0 and any(
+                name.startswith(o + ".") for o in owners):
+            taus.add(float(t))
+    if len(taus) == 1:
+        meta["temperature"] = repr(taus.pop())
+    return meta
+
+
+def _as_inputs(example_input):
+    return tuple(example_input) if isinstance(example_input, (tuple, list)) \
+        else (example_input,)
+
+
+def _outputs_of(result, names):
+    """{output name: tensor} of the model's forward result, as export_graph names them."""
+    if isinstance(result, torch.Tensor):
+        values = {"output": result}
+    elif isinstance(result, (tuple, list)):
+        values = {f"output{i}": v for i, v in enumerate(result)}
+    elif isinstance(result, dict):
+        values = dict(result)
+    else:
+        raise TypeError(f"the model returns {type(result).__name__}")
+    return {k: values[k] for k in names}
+
+
+def _reference_model(model, dtype):
+    """A float64 deep copy of the model whose floating state is first rounded to the file's
+    dtype (the function of the weights as stored)."""
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for t in list(ref.parameters()) + list(ref.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.to(_DTYPES[dtype]).to(t.dtype))
+    return ref.double()
+
+
+def export(model, path, metadata=None, dtype="f16", example_input=None, test_vectors=True):
+    """Writes `model` to `path` as safetensors (floating tensors in `dtype`). Without
+    example_input: model.state_dict() with model_metadata(model), then `metadata`
+    (overriding), then "dtype". With example_input (a tensor, or a tuple of tensors, one per
+    forward() argument): a graph file (docs/graph_format.md; see the module docstring), with
+    test vectors unless test_vectors=False. Returns the metadata written (str -> str)."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if example_input is None:
+        meta = model_metadata(model)
+        for key, value in (metadata or {}).items():
+            meta[str(key)] = _metadata_value(value)
+        meta["dtype"] = dtype.upper()
+        tensors = export_tensors(model, dtype)
+    else:
+        meta, tensors = _graph_file(model, metadata, dtype, example_input, test_vectors)
     tmp = f"{path}.tmp{os.getpid()}"
     dt.save_safetensors(tmp, tensors, meta)
     os.replace(tmp, path)
     return meta
+
+
+def _graph_file(model, metadata, dtype, example_input, test_vectors):
+    from export_graph import graph_of  # noqa: E402  (torch.fx only for graph files)
+    graph, state = graph_of(model, example_input)
+    tensors = {name: _stored(name, t, dtype) for name, t in state.items()}
+    if test_vectors:
+        inputs = [t.detach().float() for t in _as_inputs(example_input)]
+        in_names = [i["name"] for i in graph["inputs"]]
+        out_names = [o["name"] for o in graph["outputs"]]
+        ref = _reference_model(model, dtype)
+        with torch.no_grad():
+            outputs = _outputs_of(ref(*[t.double() for t in inputs]), out_names)
+        test = {"inputs": {}, "outputs": {}}
+        for name, t in zip(in_names, inputs):
+            key = TEST_PREFIX + name
+            test["inputs"][name] = key
+            tensors[key] = t.contiguous()
+        for name in out_names:
+            key = TEST_PREFIX + name
+            if key in tensors:
+                raise ValueError(f"the test vector name '{key}' is used twice")
+            test["outputs"][name] = key
+            tensors[key] = outputs[name].detach().double().contiguous()
+        graph["test"] = test
+    meta = {}
+    if getattr(model, "zoo_name", None):
+        meta["model"] = model.zoo_name
+    prefix = dt._last_linear(model)
+    if prefix is not None:
+        meta["num_classes"] = str(model.get_submodule(prefix).out_features)
+    meta.update(graph_metadata(graph, tensors))
+    for key, value in (metadata or {}).items():
+        if str(key) == GRAPH_KEY:
+            raise ValueError(f"metadata key '{GRAPH_KEY}' is the exporter's")
+        meta[str(key)] = _metadata_value(value)
+    meta["dtype"] = dtype.upper()
+    meta[GRAPH_KEY] = json.dumps(graph, separators=(",", ":"))
+    return meta, tensors
 
 
 _NP = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -193,31 +332,97 @@ def load_into(model, path):
     return meta
 
 
+def _load_factory(spec):
+    """The nn.Module that `file.py:factory` builds (factory() called without arguments)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise ValueError(f"--module expects FILE.py:FACTORY, got {spec!r}")
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    module_spec = importlib.util.spec_from_file_location(
+        os.path.splitext(os.path.basename(path))[0], path)
+    if module_spec is None:
+        raise ValueError(f"--module: cannot load {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"--module: {path} has no callable '{name}'")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--module: {name}() returned {type(model).__name__}, not an "
+                         f"nn.Module")
+    return model
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, choices=dt.ALL_MODELS)
-    ap.add_argument("--num-classes", type=int, default=1000)
-    ap.add_argument("--checkpoint", required=True,
-                    help="torch.save'd state_dict (or a dict with it under 'model')")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", choices=dt.ALL_MODELS, help="a zoo model")
+    which.add_argument("--module", metavar="FILE.py:FACTORY",
+                       help="any nn.Module: FACTORY() of FILE.py builds it (a graph file)")
+    ap.add_argument("--num-classes", type=int, default=1000, help="--model only")
+    ap.add_argument("--checkpoint",
+                    help="torch.save'd state_dict (or a dict with it under 'model'); "
+                         "required with --model")
+    ap.add_argument("--input-shape", metavar="N,C,H,W",
+                    help="the example input's shape: writes a graph file (required with "
+                         "--module)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=sorted(_DTYPES), default="f16")
+    ap.add_argument("--no-test-vectors", action="store_true",
+                    help="graph files: leave out the test vectors")
     ap.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                     help="extra metadata (repeatable)")
     args = ap.parse_args(argv)
-    model = dt.build_model(args.model, num_classes=args.num_classes)
-    ckpt = torch.load(args.checkpoint, map_location="cpu")
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-    model.load_state_dict(state)
+    if args.model and not args.checkpoint:
+        ap.error("--model needs --checkpoint")
+    if args.module and not args.input_shape:
+        ap.error("--module needs --input-shape")
+    shape = None
+    if args.input_shape:
+        try:
+            shape = [int(v) for v in args.input_shape.split(",")]
+        except ValueError:
+            shape = None
+        if not shape or len(shape) not in (2, 4) or min(shape) < 1:
+            ap.error(f"--input-shape expects N,C,H,W (or N,C) positive integers, got "
+                     f"{args.input_shape!r}")
+    if args.model:
+        model = dt.build_model(args.model, num_classes=args.num_classes)
+    else:
+        try:
+            model = _load_factory(args.module)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.checkpoint:
+        ckpt = torch.load(args.checkpoint, map_location="cpu")
+        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+        model.load_state_dict(state)
+    model.eval()
     extra = {}
     for item in args.meta:
         key, sep, value = item.partition("=")
         if not sep or not key:
             ap.error(f"--meta expects KEY=VALUE, got {item!r}")
         extra[key] = value
-    meta = export(model, args.out, extra, args.dtype)
-    print(f"{args.out}: {os.path.getsize(args.out)} bytes, metadata {json.dumps(meta)}")
+    example = None
+    if shape:
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(*shape, generator=gen)
+    try:
+        meta = export(model, args.out, extra, args.dtype, example_input=example,
+                      test_vectors=not args.no_test_vectors)
+    except ValueError as e:  # ExportError included: the message says what and where
+        print(f"export_safetensors.py: {e}", file=sys.stderr)
+        return 1
+    shown = {k: (v if k != GRAPH_KEY else f"<{len(v)} bytes of JSON>") for k, v in meta.items()}
+    print(f"{args.out}: {os.path.getsize(args.out)} bytes, metadata {json.dumps(shown)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
