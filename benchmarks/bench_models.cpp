@@ -22,12 +22,22 @@
 // batch sizes; every case runs one untimed forward pass first (warm-up: workspaces, pages,
 // caches). The input is random with a fixed seed, the same for every model of a batch size.
 // tools: benchmarks/compare_pytorch.py runs these cases alternately with the PyTorch peers.
+//
+// With the environment variable DYNCONV_BENCH_GRAPH_DIR set to a directory of graph files
+// (docs/graph_format.md; e.g. the output of tools/make_graph_parity_data.py, or files written by
+// tools/export_safetensors.py --model NAME --input-shape ...), every file there named
+// <zoo name>.safetensors also runs as GraphFile/<zoo name>/batch:<B>/threads:<T>: the same
+// network loaded by load_graph instead of built by the zoo, for the "a graph file runs as fast
+// as the zoo model" comparison (same run, same input, same counters).
+#include <dynconv/graph_file.hpp>
 #include <dynconv/models/zoo.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include "fma_peak.hpp"
 
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
@@ -58,6 +68,17 @@ Session<float>& session(const std::string& name, int threads) {
   return *slot;
 }
 
+/// The graph of DIR/<name>.safetensors (a graph file), loaded once.
+const dynconv::Graph<float>& graph_file(const std::string& dir, const std::string& name) {
+  static std::map<std::string, std::unique_ptr<dynconv::GraphFile<float>>> cache;
+  auto& slot = cache[name];
+  if (!slot) {
+    const dynconv::SafeTensors file = dynconv::SafeTensors::load(dir + "/" + name + ".safetensors");
+    slot = std::make_unique<dynconv::GraphFile<float>>(dynconv::load_graph<float>(file));
+  }
+  return slot->graph;
+}
+
 /// [batch, 3, 224, 224], N(0, 1) from a fixed seed.
 const Tensor4<float>& input(Index batch) {
   static std::map<Index, Tensor4<float>> cache;
@@ -72,9 +93,10 @@ const Tensor4<float>& input(Index batch) {
   return it->second;
 }
 
-void run(benchmark::State& state, const std::string& name, Index batch, int threads) {
+/// Times `s` on [batch, 3, 224, 224]; the counters come from the zoo model `name`.
+void run_session(benchmark::State& state, Session<float>& s, const std::string& name, Index batch,
+                 int threads) {
   const Model<float>& m = model(name);
-  Session<float>& s = session(name, threads);
   const Tensor4<float>& x = input(batch);
   benchmark::DoNotOptimize(s.forward(x).data());  // warm-up
   for (auto _ : state) {
@@ -94,24 +116,48 @@ void run(benchmark::State& state, const std::string& name, Index batch, int thre
   state.counters["params"] = static_cast<double>(cost.params);
 }
 
+void run(benchmark::State& state, const std::string& name, Index batch, int threads) {
+  run_session(state, session(name, threads), name, batch, threads);
+}
+
+void run_graph_file(benchmark::State& state, const std::string& dir, const std::string& name,
+                    Index batch, int threads) {
+  static std::map<std::pair<std::string, int>, std::unique_ptr<Session<float>>> cache;
+  auto& slot = cache[{name, threads}];
+  if (!slot) slot = std::make_unique<Session<float>>(graph_file(dir, name), threads);
+  run_session(state, *slot, name, batch, threads);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   g_peak_gflops = bench::measure_fma_peak_gflops();
   benchmark::AddCustomContext("fma_peak_gflops", std::to_string(g_peak_gflops));
   benchmark::AddCustomContext("input", "random N(0,1), fixed seed, [B, 3, 224, 224] NCHW float");
-  for (const std::string& name : dynconv::models::all_zoo_names())
+  const char* graph_dir = std::getenv("DYNCONV_BENCH_GRAPH_DIR");
+  for (const std::string& name : dynconv::models::all_zoo_names()) {
+    const bool has_file =
+        graph_dir && std::ifstream(std::string(graph_dir) + "/" + name + ".safetensors").good();
     for (Index batch : {1, 8})
       for (int threads : {1, 2}) {
-        const std::string bench_name = "Model/" + name + "/batch:" + std::to_string(batch) +
-                                       "/threads:" + std::to_string(threads);
-        benchmark::RegisterBenchmark(bench_name.c_str(),
+        const std::string suffix = "/" + name + "/batch:" + std::to_string(batch) +
+                                   "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(("Model" + suffix).c_str(),
                                      [name, batch, threads](benchmark::State& s) {
                                        run(s, name, batch, threads);
                                      })
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
+        if (!has_file) continue;
+        const std::string dir = graph_dir;
+        benchmark::RegisterBenchmark(("GraphFile" + suffix).c_str(),
+                                     [dir, name, batch, threads](benchmark::State& s) {
+                                       run_graph_file(s, dir, name, batch, threads);
+                                     })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
       }
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -4,6 +4,7 @@
 // float64 outputs stored in the file, at batch 2 with 1 and 2 threads; a small graph written
 // here checks the reader's rules, each a FormatError naming the file, the node and the rule.
 #include <dynconv/graph_file.hpp>
+#include <dynconv/models/zoo.hpp>
 #include <dynconv/session.hpp>
 
 #include <gmock/gmock.h>
@@ -24,9 +25,24 @@ std::string data_dir() {
   return d ? d : "";
 }
 
-std::vector<std::string> exported_networks() {
+// The networks of tools/make_graph_parity_data.py (its NETWORKS, in order): a fixed list, since
+// gtest instantiates the cases before ctest's fixture has written the data. The last test below
+// checks it against the data's manifest.txt, so a network added on one side only fails.
+const std::vector<std::string>& exported_networks() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v = {"custom", "dy_net", "condconv_net", "odconv_net",
+                                  "kaijieshi7_net", "ardelean_net", "osvai_odconv_net",
+                                  "timm_condconv_net", "mobilenet_v3_large", "efficientnet_b0",
+                                  "resnet50"};
+    for (const std::string& z : models::zoo_names()) v.push_back(z);
+    return v;
+  }();
+  return names;
+}
+
+std::vector<std::string> indexed_networks() {
   std::vector<std::string> names;
-  std::ifstream in(data_dir() + "/index.txt");
+  std::ifstream in(data_dir() + "/manifest.txt");
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) names.push_back(line);
   return names;
@@ -63,9 +79,50 @@ INSTANTIATE_TEST_SUITE_P(GraphFile, ExportedNetwork, testing::ValuesIn(exported_
                          [](const testing::TestParamInfo<std::string>& i) { return i.param; });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(ExportedNetwork);
 
+// The zoo models exported from PyTorch run as graph files and as the zoo builds them in C++ (its
+// own graph, the weights taken from the same file by their state_dict names): the same outputs.
+class ZooGraphFile : public testing::TestWithParam<std::string> {};
+
+TEST_P(ZooGraphFile, GivesTheZooModelsOutputs) {
+  if (data_dir().empty()) GTEST_SKIP() << "DYNCONV_GRAPH_FILE_DIR not set (no PyTorch data)";
+  const std::string& name = GetParam();
+  const SafeTensors file = SafeTensors::load(data_dir() + "/" + name + ".safetensors");
+  GraphFile<float> g = load_graph<float>(file);
+  ASSERT_EQ(g.test_inputs.size(), 1u);
+  ASSERT_EQ(g.test_outputs.size(), 1u);
+  const Tensor4<float> x = graph_file_tensor<float>(file, g.test_inputs[0].second);
+
+  models::ModelOptions options;
+  options.kernels(std::stol(file.metadata().at("kernels")));
+  std::unique_ptr<models::Model<float>> zoo = models::build_zoo_model<float>(name, options);
+  WeightLoader w(file);  // the zoo's parameters by name; the rest must be the test vectors
+  for (const std::string& node : zoo->node_names()) zoo->module(node).load(w, node);
+  zoo->fold_batchnorms(file.source());
+  std::size_t weights = 0;  // the file's tensors but the test vectors and BatchNorm counters
+  for (const std::string& t : file.names())
+    weights += t.rfind("dynconv.test.", 0) != 0 && t.find("num_batches_tracked") == std::string::npos;
+  EXPECT_EQ(weights, zoo->parameters().size()) << name << ": the file has tensors the zoo model does not";
+
+  Session<float> from_file(g.graph, 1);
+  Session<float> from_zoo(*zoo, 1);
+  from_file.run(x);
+  from_zoo.run(x);
+  const Tensor4<float>& a = from_file.output(g.test_outputs[0].first);
+  const Tensor4<float>& b = from_zoo.output("logits");
+  ASSERT_EQ(a.size(), b.size());
+  Tensor4<double> bd = b.cast<double>();
+  EXPECT_LE(graph_test_error(a, bd), 1e-6) << name << ": graph file vs zoo";
+  EXPECT_LE(graph_test_error(b, graph_file_tensor<double>(file, g.test_outputs[0].second)), 1e-4)
+      << name << ": zoo vs PyTorch float64";
+}
+
+INSTANTIATE_TEST_SUITE_P(GraphFile, ZooGraphFile, testing::ValuesIn(models::zoo_names()),
+                         [](const testing::TestParamInfo<std::string>& i) { return i.param; });
+
 TEST(GraphFile, TheParityDataHasEveryNetwork) {
   if (data_dir().empty()) GTEST_SKIP() << "DYNCONV_GRAPH_FILE_DIR not set (no PyTorch data)";
-  EXPECT_GE(exported_networks().size(), 12u) << "index.txt in " << data_dir();
+  EXPECT_EQ(indexed_networks(), exported_networks()) << "manifest.txt in " << data_dir();
+  EXPECT_GE(exported_networks().size(), 12u);
 }
 
 // ---- the reader's rules on a graph written here ----------------------------------------------
