@@ -338,7 +338,7 @@ void print_cost(const Model<float>& model, Index h, Index w) {
 /// where it came from, and the layers' attention kind ("temperature: 1.7 in all 16 dynamic
 /// layers (from the file); attention: DY-Conv"): a file without one runs at the default 1,
 /// which a user must be able to see.
-void apply_temperature(Model<float>& model, const Options& opt, const SafeTensors& w) {
+void apply_temperature(dynconv::Graph<float>& model, const Options& opt, const SafeTensors& w) {
   std::vector<DynamicConv2d<float>*> layers;
   for (const std::string& name : model.node_names())
     if (auto* d = dynamic_cast<DynamicConv2d<float>*>(&model.module(name))) layers.push_back(d);
@@ -732,13 +732,14 @@ int verify_graph(const Options& opt, const dynconv::GraphFile<float>& g, const S
 /// A graph file: --verify, or --input X.safetensors (or images) -> the outputs, printed and
 /// written with --output.
 int run_graph(const Options& opt, const SafeTensors& w) {
-  if (opt.eval || opt.attention || opt.temperature > 0 || opt.classes || !opt.predictions.empty())
-    throw UsageError(w.source() + " is a graph file: --eval-fashion-mnist, --attention, --temperature, --classes "
+  if (opt.eval || opt.attention || opt.classes || !opt.predictions.empty())
+    throw UsageError(w.source() + " is a graph file: --eval-fashion-mnist, --attention, --classes "
                      "and --predictions apply to zoo models (give --model)");
-  const dynconv::GraphFile<float> g = dynconv::load_graph<float>(w);
+  dynconv::GraphFile<float> g = dynconv::load_graph<float>(w);
   std::printf("graph %s: %zu nodes, input%s", w.source().c_str(), g.graph.size(), g.inputs.size() == 1 ? "" : "s");
   for (const auto& v : g.inputs) std::printf(" %s %s", v.name.c_str(), dynconv::shape_str(v.shape).c_str());
   std::printf("\n");
+  apply_temperature(g.graph, opt, w);
   if (opt.verify) verify_graph(opt, g, w);
   if (opt.inputs.empty()) return 0;
   std::vector<Tensor4<float>> xs;

@@ -811,6 +811,106 @@ TEST(CliParityDynamic, ThreadsGiveTheSameLogits) {
 
 // ---- CliShipped: the trained weights of examples/fashion_mnist_weights/ -----------------
 
+// ---- Graph files: dynconv-run without --model (tools/make_graph_parity_data.py's files) -----
+
+/// The graph_file_parity fixture's directory, or "" (the test then skips) when it did not
+/// complete.
+std::string graph_dir() {
+  const std::string dir = DYNCONV_GRAPH_FILE_DIR;
+  return fs::exists(dir + "/manifest.txt") ? dir : "";
+}
+
+/// A copy of graph file `name`'s test vector `dynconv.test.<input>` as `<as>` in a new file.
+std::string graph_test_input(const std::string& name, const std::string& input, const std::string& as) {
+  const SafeTensors f = SafeTensors::load(graph_dir() + "/" + name + ".safetensors");
+  const std::string key = "dynconv.test." + input;
+  const std::vector<float> v = f.get_flat<float>(key);
+  SafeTensorsWriter w;
+  w.add_raw(as, dynconv::DType::F32, f.entry(key).shape, v.data(), v.size() * 4);
+  const std::string path = scratch(name + "." + as + ".safetensors");
+  w.save(path);
+  return path;
+}
+
+/// max |ours - ref| / max(1, max |ref|) between tensor `ours` of `out` and the graph file's
+/// float64 test output `ref`.
+double graph_output_error(const std::string& out, const std::string& ours, const std::string& name,
+                          const std::string& ref) {
+  const SafeTensors o = SafeTensors::load(out);
+  const SafeTensors f = SafeTensors::load(graph_dir() + "/" + name + ".safetensors");
+  const std::vector<double> a = o.get_flat<double>(ours);
+  const std::vector<double> b = f.get_flat<double>("dynconv.test." + ref);
+  EXPECT_EQ(o.entry(ours).shape, f.entry("dynconv.test." + ref).shape) << ours;
+  if (a.size() != b.size()) return INFINITY;
+  double diff = 0, scale = 1;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return diff / scale;
+}
+
+#define SKIP_WITHOUT_GRAPH_FILES()                                                                \
+  if (graph_dir().empty())                                                                         \
+  GTEST_SKIP() << "no graph files (" << DYNCONV_GRAPH_FILE_DIR << "; tools/make_graph_parity_data.py)"
+
+TEST(CliGraph, VerifyChecksTheFilesTestVectors) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  for (const char* threads : {"1", "2"}) {
+    const Result r = run_argv({"--weights", graph_dir() + "/custom.safetensors", "--verify", "--threads", threads});
+    ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+    EXPECT_THAT(r.out, HasSubstr("graph " + graph_dir() + "/custom.safetensors: 29 nodes, input x [2, 1, 28, 28]"));
+    EXPECT_THAT(r.out, testing::ContainsRegex("verify: output 'logits' error [0-9.e-]+ .*: PASS"));
+    EXPECT_THAT(r.out, testing::ContainsRegex("verify: output 'features' error [0-9.e-]+ .*: PASS"));
+  }
+}
+
+TEST(CliGraph, TwoOutputsAreWrittenByNameAndMatchPyTorch) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  const std::string in = graph_test_input("custom", "x", "x");
+  const std::string out = scratch("custom.out.safetensors");
+  const Result r = run_argv({"--weights", graph_dir() + "/custom.safetensors", "--input", in, "--output", out});
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  EXPECT_THAT(r.out, HasSubstr("output logits [2, 10]"));
+  EXPECT_LE(graph_output_error(out, "logits", "custom", "logits"), 1e-4);
+  EXPECT_LE(graph_output_error(out, "features", "custom", "features"), 1e-4);
+}
+
+TEST(CliGraph, OneOutputIsWrittenAsOutputAndTheInputMayBeNamedInput) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  const std::string in = graph_test_input("efficientnet_b0", "x", "input");
+  const std::string out = scratch("efficientnet_b0.out.safetensors");
+  const Result r =
+      run_argv({"--weights", graph_dir() + "/efficientnet_b0.safetensors", "--input", in, "--output", out, "--threads", "2"});
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  EXPECT_LE(graph_output_error(out, "output", "efficientnet_b0", "output"), 1e-4);
+}
+
+TEST(CliGraph, TemperatureFromTheFileIsPrintedAndOverridingItChangesTheResult) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  const std::string file = graph_dir() + "/dy_net.safetensors";
+  const Result r = run_argv({"--weights", file, "--verify"});
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  EXPECT_THAT(r.out, HasSubstr("temperature: 0.75 to 2 over 4 dynamic layers (from the file); attention: DY-Conv"));
+  const Result o = run_argv({"--weights", file, "--verify", "--temperature", "5"});
+  EXPECT_TRUE(o.exited && o.code == 1) << describe(o);
+  EXPECT_THAT(o.out, HasSubstr("temperature: 5 in all 4 dynamic layers (--temperature)"));
+  EXPECT_THAT(o.out, HasSubstr(": FAIL"));
+  EXPECT_THAT(o.err, HasSubstr("the graph does not reproduce its test vectors"));
+}
+
+TEST(CliGraph, ZooOnlyOptionsAndImagesForANon3ChannelGraphAreRefused) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  const std::string file = graph_dir() + "/custom.safetensors";
+  const Result e = run_argv({"--weights", file, "--eval-fashion-mnist"});
+  EXPECT_TRUE(e.exited && e.code == 2) << describe(e);
+  EXPECT_THAT(e.err, HasSubstr("is a graph file: --eval-fashion-mnist, --attention, --classes and --predictions apply "
+                               "to zoo models (give --model)"));
+  const Result i = run_argv(expand("--weights " + file + " --input {grey_png}", files().vars()));
+  EXPECT_TRUE(i.exited && i.code == 2) << describe(i);
+  EXPECT_THAT(i.err, HasSubstr("images need a graph of one 3-channel input"));
+}
+
 class CliShipped : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CliShipped, FullTestSetAccuracyMatchesPyTorch) {
