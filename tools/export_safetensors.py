@@ -49,10 +49,12 @@ A graph file (docs/graph_format.md: any nn.Module that tools/export_graph.py can
 export(model, path, example_input=x) writes the graph JSON under the metadata key
 "dynconv.graph" and, instead of the whole state_dict, the tensors the graph reads (named
 `<node>.<parameter>`, which for the built-in modules are the state_dict names; BatchNorm's
-num_batches_tracked as I64, ignored by the reader), plus (test_vectors=True) the test vectors
+num_batches_tracked as I64, ignored by the reader; the dynamic nodes' temperature as F64,
+never rounded), plus (test_vectors=True) the test vectors
 `dynconv.test.<input>` (x as F32) and `dynconv.test.<output>` (F64): the model's output on x
 computed in float64 (a deep copy of the model with its floating state rounded to the file's
-dtype, so that the reference is the function of the stored weights, then .double()). The
+dtype, so that the reference is the function of the stored weights, then .double(); its
+temperature buffers are not rounded, as the file stores tau unrounded). The
 metadata model / num_classes are written as for a zoo file; attention, kernels and temperature
 only where the graph makes them true (one attention kind, one K over the dynamic nodes, one
 temperature over all temperature tensors as stored; kernels "1" for a graph without dynamic
@@ -212,13 +214,29 @@ def _outputs_of(result, names):
     return {k: values[k] for k in names}
 
 
+def _is_temperature(name, t):
+    """A 0-d floating state tensor named `temperature` (tau), never rounded."""
+    return name.rsplit(".", 1)[-1] == "temperature" and t.dim() == 0 and t.is_floating_point()
+
+
+def _temperature_tensors(graph, tensors):
+    """The graph's tau tensors: the 0-d `temperature` of its dynamic_conv2d and
+    condconv_routing nodes."""
+    owners = {n["name"] for n in graph["nodes"]
+              if n["op"] in ("dynamic_conv2d", "condconv_routing")}
+    prefixes = owners | {o + ".attention" for o in owners} | {o + ".routing_fn" for o in owners}
+    return {name for name, t in tensors.items() if _is_temperature(name, t) and
+            name.rsplit(".", 1)[0] in prefixes}
+
+
 def _reference_model(model, dtype):
     """A float64 deep copy of the model whose floating state is first rounded to the file's
-    dtype (the function of the weights as stored)."""
+    dtype (the function of the weights as stored), except the temperature buffers (a graph
+    file stores tau as F64)."""
     ref = copy.deepcopy(model).eval()
     with torch.no_grad():
-        for t in list(ref.parameters()) + list(ref.buffers()):
-            if t.is_floating_point():
+        for name, t in list(ref.named_parameters()) + list(ref.named_buffers()):
+            if t.is_floating_point() and not _is_temperature(name, t):
                 t.copy_(t.to(_DTYPES[dtype]).to(t.dtype))
     return ref.double()
 
@@ -248,7 +266,11 @@ def export(model, path, metadata=None, dtype="f16", example_input=None, test_vec
 def _graph_file(model, metadata, dtype, example_input, test_vectors):
     from export_graph import graph_of  # noqa: E402  (torch.fx only for graph files)
     graph, state = graph_of(model, example_input)
-    tensors = {name: _stored(name, t, dtype) for name, t in state.items()}
+    # tau as F64 whatever the dtype: the peers keep it as a Python float, which the reference
+    # (and the user's PyTorch) uses unrounded; a rounded tau would move every attention
+    taus = _temperature_tensors(graph, state)
+    tensors = {name: t.detach().cpu().double().contiguous() if name in taus
+               else _stored(name, t, dtype) for name, t in state.items()}
     if test_vectors:
         inputs = [t.detach().float() for t in _as_inputs(example_input)]
         in_names = [i["name"] for i in graph["inputs"]]
