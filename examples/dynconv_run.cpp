@@ -35,6 +35,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -334,38 +335,58 @@ void print_cost(const Model<float>& model, Index h, Index w) {
       100.0 * (double(dyn.madds()) / double(stat.madds()) - 1.0));
 }
 
-/// Sets --temperature on every dynamic layer, and says which temperature the layers run at and
-/// where it came from, and the layers' attention kind ("temperature: 1.7 in all 16 dynamic
-/// layers (from the file); attention: DY-Conv"): a file without one runs at the default 1,
-/// which a user must be able to see.
+/// Sets --temperature on every attention (a dynamic layer's own, or a CondConv routing shared by
+/// a block's layers), and says which temperature they run at and where it came from, and the
+/// layers' attention kind ("temperature: 1.7 in all 16 dynamic layers (from the file);
+/// attention: DY-Conv"): a file without one runs at the default 1, which a user must be able to
+/// see.
 void apply_temperature(dynconv::Graph<float>& model, const Options& opt, const SafeTensors& w) {
-  std::vector<DynamicConv2d<float>*> layers;
-  for (const std::string& name : model.node_names())
-    if (auto* d = dynamic_cast<DynamicConv2d<float>*>(&model.module(name))) layers.push_back(d);
-  if (layers.empty()) return;
+  std::vector<DynamicConv2d<float>*> layers;  // every dynamic layer, for the kind
+  std::vector<std::function<double()>> get;   // every attention's temperature
+  std::vector<std::function<void(double)>> set;
+  std::size_t routings = 0;
+  for (const std::string& name : model.node_names()) {
+    if (auto* d = dynamic_cast<DynamicConv2d<float>*>(&model.module(name))) {
+      layers.push_back(d);
+      if (d->shared_routing()) continue;  // its routing node holds the temperature
+      get.push_back([d] { return static_cast<double>(d->temperature()); });
+      set.push_back([d](double t) { d->set_temperature(t); });
+    } else if (auto* r = dynamic_cast<dynconv::CondConvRouting<float>*>(&model.module(name))) {
+      ++routings;
+      get.push_back([r] { return static_cast<double>(r->temperature()); });
+      set.push_back([r](double t) { r->set_temperature(t); });
+    }
+  }
+  bool one_kind = true;
+  for (const DynamicConv2d<float>* d : layers) one_kind = one_kind && d->kind() == layers.front()->kind();
+  const char* kind = layers.empty() ? "" : one_kind ? dynconv::attention_kind_name(layers.front()->kind()) : "mixed";
+  if (get.empty()) {  // none, or only layers whose routing the graph computes with plain ops (timm's blocks)
+    if (!layers.empty()) std::printf("temperature: none (the routing of all %zu dynamic layers is computed by the graph); attention: %s\n", layers.size(), kind);
+    if (opt.temperature > 0) throw UsageError("--temperature: the model has no attention temperature to set");
+    return;
+  }
   if (opt.temperature > 0)
-    for (DynamicConv2d<float>* d : layers) d->set_temperature(opt.temperature);
+    for (const auto& f : set) f(opt.temperature);
   double lo = INFINITY, hi = -INFINITY;
-  for (const DynamicConv2d<float>* d : layers) {
-    lo = std::min(lo, static_cast<double>(d->temperature()));
-    hi = std::max(hi, static_cast<double>(d->temperature()));
+  for (const auto& f : get) {
+    lo = std::min(lo, f());
+    hi = std::max(hi, f());
   }
   std::size_t stored = 0;
   for (const std::string& name : w.names()) {
     const std::string suffix = ".temperature";
     stored += name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
   }
-  const std::string source = opt.temperature > 0        ? "--temperature"
-                             : stored == 0               ? "the file has none: the default"
-                             : stored < layers.size()    ? dynconv::concat("from the file for ", stored, " of them, the default 1 for the rest")
-                                                         : "from the file";
-  bool one_kind = true;
-  for (const DynamicConv2d<float>* d : layers) one_kind = one_kind && d->kind() == layers.front()->kind();
-  const char* kind = one_kind ? dynconv::attention_kind_name(layers.front()->kind()) : "mixed";
+  const std::string source = opt.temperature > 0     ? "--temperature"
+                             : stored == 0            ? "the file has none: the default"
+                             : stored < get.size()    ? dynconv::concat("from the file for ", stored, " of them, the default 1 for the rest")
+                                                      : "from the file";
+  const std::string what = routings ? dynconv::concat(get.size(), " attentions (", routings, " shared routings)")
+                                    : dynconv::concat(get.size(), " dynamic layers");
   if (lo == hi)
-    std::printf("temperature: %g in all %zu dynamic layers (%s); attention: %s\n", lo, layers.size(), source.c_str(), kind);
+    std::printf("temperature: %g in all %s (%s); attention: %s\n", lo, what.c_str(), source.c_str(), kind);
   else
-    std::printf("temperature: %g to %g over %zu dynamic layers (%s); attention: %s\n", lo, hi, layers.size(), source.c_str(), kind);
+    std::printf("temperature: %g to %g over %s (%s); attention: %s\n", lo, hi, what.c_str(), source.c_str(), kind);
 }
 
 // ---- Forward ------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 // counted while a Session runs a graph it has run before: zoo models, and a custom graph that
 // uses every kind of node a network is built from (convolutions static and dynamic, BatchNorm
 // folded and not, activations, a residual Add, a squeeze-excite gate, Concat, pooling,
-// Flatten, Linear, two outputs). glibc lets a program replace these functions and reach the
+// Flatten, Linear, two outputs), and graph files exported from PyTorch (the fixture
+// graph_file_parity: DYNCONV_GRAPH_FILE_DIR). glibc lets a program replace these functions and reach the
 // originals as __libc_*; under a sanitizer (which replaces them itself) or another C library
 // the test skips. A module that allocates in run() is seen (the counter is checked to work).
 #include <dynconv/graph.hpp>
+#include <dynconv/graph_file.hpp>
 #include <dynconv/linear.hpp>
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/pooling.hpp>
@@ -282,6 +284,40 @@ class AllocatingIdentity final : public dynconv::Module<float> {
     std::copy(copy.begin(), copy.end(), y.data);
   }
 };
+
+// ---- Graph files exported from PyTorch (tools/make_graph_parity_data.py) ------------------------
+
+TEST(SteadyState, GraphFilesAllocateNothing) {
+#ifndef DYNCONV_COUNT_MALLOC
+  GTEST_SKIP() << "needs glibc and no sanitizer (they replace malloc themselves)";
+#else
+  const char* dir = std::getenv("DYNCONV_GRAPH_FILE_DIR");
+  if (!dir) GTEST_SKIP() << "DYNCONV_GRAPH_FILE_DIR not set (no PyTorch data)";
+  check_counter();
+  // A squeeze-excite network, shared CondConv routing, ODConv, a peer's module, two outputs.
+  for (const char* name : {"custom", "condconv_net", "odconv_net", "kaijieshi7_net", "efficientnet_b0"}) {
+    const dynconv::SafeTensors file = dynconv::SafeTensors::load(std::string(dir) + "/" + name + ".safetensors");
+    const dynconv::GraphFile<float> g = dynconv::load_graph<float>(file);
+    ASSERT_EQ(g.inputs.size(), 1u) << name;
+    const std::vector<Index>& in = g.inputs[0].shape;
+    for (Index batch : {1, 8})
+      for (int threads : {1, 2}) {
+        SCOPED_TRACE(std::string(name) + " batch " + std::to_string(batch) + ", " + std::to_string(threads) + " threads");
+        dynconv::Session<float> session(g.graph, threads);
+        Tensor4<float> x(batch, in[1], in[2], in[3]);
+        x.setRandom();
+        int growing = 0;  // warm-up passes that allocated (see CustomGraphAllocatesNothing)
+        for (;;) {
+          const Index before = session.allocations();
+          session.run(x);
+          if (session.allocations() == before || ++growing > 4) break;
+        }
+        EXPECT_LE(growing, 2) << "warm-up passes that allocated at one input shape";
+        EXPECT_EQ(allocations_during([&] { session.run(x); }), 0) << "allocations in steady-state passes";
+      }
+  }
+#endif
+}
 
 TEST(SteadyState, AModuleThatAllocatesInRunIsSeen) {
 #ifndef DYNCONV_COUNT_MALLOC

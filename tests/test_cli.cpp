@@ -899,6 +899,21 @@ TEST(CliGraph, TemperatureFromTheFileIsPrintedAndOverridingItChangesTheResult) {
   EXPECT_THAT(o.err, HasSubstr("the graph does not reproduce its test vectors"));
 }
 
+TEST(CliGraph, SharedRoutingsHoldTheTemperature) {
+  SKIP_WITHOUT_GRAPH_FILES();
+  // condconv_net: two routings shared by three layers each (tau 0.8 and 1), a layer with its own (1.5).
+  const Result r = run_argv({"--weights", graph_dir() + "/condconv_net.safetensors", "--verify"});
+  ASSERT_TRUE(r.exited && r.code == 0) << describe(r);
+  EXPECT_THAT(r.out, HasSubstr("temperature: 0.8 to 1.5 over 3 attentions (2 shared routings) (from the file); attention: CondConv"));
+  const Result o = run_argv({"--weights", graph_dir() + "/condconv_net.safetensors", "--verify", "--temperature", "4"});
+  EXPECT_TRUE(o.exited && o.code == 1) << describe(o);
+  EXPECT_THAT(o.out, HasSubstr("temperature: 4 in all 3 attentions (2 shared routings) (--temperature)"));
+  // timm's blocks compute the routing with plain ops: no temperature at all.
+  const Result t = run_argv({"--weights", graph_dir() + "/timm_condconv_net.safetensors", "--verify"});
+  ASSERT_TRUE(t.exited && t.code == 0) << describe(t);
+  EXPECT_THAT(t.out, testing::ContainsRegex("temperature: none \\(the routing of all [0-9]+ dynamic layers is computed by the graph\\); attention: CondConv"));
+}
+
 TEST(CliGraph, ZooOnlyOptionsAndImagesForANon3ChannelGraphAreRefused) {
   SKIP_WITHOUT_GRAPH_FILES();
   const std::string file = graph_dir() + "/custom.safetensors";
