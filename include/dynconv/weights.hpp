@@ -8,7 +8,9 @@
 //   - a NaN or infinite value is a FormatError naming the tensor and the element (a model
 //     would otherwise turn it into confident-looking garbage);
 //   - finish() reports every tensor of the file the model did not take (a FormatError listing
-//     them), except BatchNorm's "*.num_batches_tracked" counters, which are accepted and ignored.
+//     them), except BatchNorm's "*.num_batches_tracked" counters, which are accepted and ignored,
+//     and, in a graph file (metadata "dynconv.graph"), its own "dynconv."-prefixed tensors (the
+//     test vectors, docs/graph_format.md), so that a zoo model loads from its graph file too.
 // Any stored dtype converts to the model's scalar type (F16/BF16 files load exactly).
 //
 // LoadMode::Upcycle reads a static checkpoint into a dynamic model: a dynamic convolution then
@@ -99,13 +101,16 @@ class WeightLoader {
     return v[0];
   }
 
-  /// Throws FormatError listing the tensors nobody took (num_batches_tracked excepted).
+  /// Throws FormatError listing the tensors nobody took (num_batches_tracked and a graph
+  /// file's own "dynconv." tensors excepted).
   void finish() const {
     const std::string ignored = ".num_batches_tracked";
+    const bool graph_file = file_.metadata().count("dynconv.graph") > 0;
     std::string unexpected;
     std::size_t count = 0;
     for (const std::string& name : file_.names()) {
       if (taken_.count(name)) continue;
+      if (graph_file && name.rfind("dynconv.", 0) == 0) continue;
       if (name.size() >= ignored.size() &&
           name.compare(name.size() - ignored.size(), ignored.size(), ignored) == 0)
         continue;
