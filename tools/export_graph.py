@@ -21,15 +21,18 @@ ShapeProp then runs the traced module on the example input and gives every node 
 
 The conversion (one dynconv node per fx node, except where said):
 - call_module of a leaf module: the adapter registered for its class (register_adapter; the
-  built-in ones below use the same mechanism) gives (op, attrs, tensors). A module with
-  tensors is named by its path and may be called once; one without by its fx node name.
+  built-in ones below use the same mechanism) gives (op, attrs, tensors), or a chain of them
+  applied in sequence (timm's BatchNormAct2d: batch_norm then its activation). A module with
+  tensors is named by its path and may be called once; one without by its fx node name; the
+  later nodes of a chain by `<first node's name>.<suffix>` (`layer.bn1.act`).
   Leaf modules: the registered classes, the peers' classes recognised by name (below), and
   any other torch.nn module (which then fails with an error naming its class: torch.fx would
   otherwise trace into it).
 - The dynamic convolutions people train with, recognised by class name and structure because
   the user imports the peer's own class (tools/peer_modules.py has look-alikes for the tests):
   kaijieshi7's Dynamic_conv2d, TArdelean's DynamicConvolution, OSVAI's ODConv2d, timm's
-  CondConv2d, converted to dynamic_conv2d (see "The peers' modules" below and
+  CondConv2d, converted to dynamic_conv2d, and the timm layers around CondConv2d in timm's
+  networks (BatchNormAct2d, SelectAdaptivePool2d: chains) (see "The peers' modules" below and
   docs/graph_format.md): tau read from wherever the class keeps it and stored, hidden read
   from the weights; a module named like one but built otherwise is an ExportError. A
   forward() argument an adapter takes as a constant (TArdelean's temperature: register_adapter
@@ -94,11 +97,23 @@ _PEERS = {}           # class __name__ -> (adapter, constant args): the peers' c
 
 
 def register_adapter(module_class, fn, constant_args=()):
-    """Makes every module of `module_class` one leaf node: fn(module, path) returns
+    """Makes every module of `module_class` a leaf of the trace: fn(module, path) returns
     (op, attrs, tensors), op one of KNOWN_OPS, attrs a JSON-ready dict, tensors a dict
     {parameter name: tensor} stored as `<path>.<parameter name>` (the node is then named by its
-    path). fn raises ValueError (or ExportError) for a configuration it cannot express.
-    A subclass uses its base's adapter only if it does not override forward(). Returns fn.
+    path; a node without tensors is named by its torch.fx node). fn raises ValueError (or
+    ExportError) for a configuration it cannot express. A subclass uses its base's adapter only
+    if it does not override forward(). Returns fn.
+
+    A module that computes several ops (timm's BatchNormAct2d: batch_norm, then an
+    activation) returns a chain instead: a list of (op, attrs, tensors) or (op, attrs, tensors,
+    suffix), applied in sequence. The first node takes the call's tensor arguments and is named
+    as a single node would be; each later node takes the one before it as its only input (so
+    its op must take one input), has no tensors, and is named `<first node's name>.<suffix>`
+    (suffix defaults to the op; give the submodule's attribute, e.g. "act", so that the name
+    is the activation's path in the model; `_1`, `_2` ... are appended if the name is taken).
+    The module's value is the last node's. The exporter infers the shapes between the nodes
+    and checks that the last one is the shape the module computed. [("identity", {}, {})]
+    expresses a module that is the identity.
 
     constant_args names forward() parameters that are not tensors of the graph but settings
     the caller fixes (TArdelean's `temperature`): fn is then called as fn(module, path,
@@ -230,7 +245,7 @@ def _adapt_batch_norm(m, path):
     else:  # the identity affine transform, written out (the op's parameters are required)
         tensors.update(weight=torch.ones_like(m.running_mean),
                        bias=torch.zeros_like(m.running_mean))
-    if m.num_batches_tracked is not None:
+    if getattr(m, "num_batches_tracked", None) is not None:  # absent from some checkpoints
         tensors["num_batches_tracked"] = m.num_batches_tracked
     order = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     return "batch_norm", {"num_features": int(m.num_features), "eps": float(m.eps)}, \
@@ -246,6 +261,16 @@ def _activation(op):
     def adapt(m, path):
         return op, {}, {}
     return adapt
+
+
+# torch's activation modules (exact classes) -> op; nn.GELU separately (approximate='none')
+_ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish",
+                       nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
+                       nn.Tanh: "tanh"}
+# torch's modules that are the identity in eval mode
+_EVAL_IDENTITY_MODULES = tuple(getattr(nn, n) for n in (
+    "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+    "Identity") if hasattr(nn, n))
 
 
 def _adapt_gelu(m, path):
@@ -405,7 +430,9 @@ def _adapt_condconv_routing(m, path):
 
 _PEER_SOURCES = {"Dynamic_conv2d": "kaijieshi7/Dynamic-convolution-Pytorch",
                  "DynamicConvolution": "TArdelean/DynamicConvolution",
-                 "ODConv2d": "OSVAI/ODConv", "CondConv2d": "huggingface/pytorch-image-models"}
+                 "ODConv2d": "OSVAI/ODConv", "CondConv2d": "huggingface/pytorch-image-models",
+                 "BatchNormAct2d": "huggingface/pytorch-image-models",
+                 "SelectAdaptivePool2d": "huggingface/pytorch-image-models"}
 
 
 def _class_name(m):
@@ -693,6 +720,118 @@ def _adapt_timm_condconv(m, path):
     return "dynamic_conv2d", attrs, tensors
 
 
+# timm's layers around its CondConv2d in a real network (efficientnet_cc_b0_4e ...): their
+# forward() computes several ops, so they convert to chains (see register_adapter).
+#
+#   timm's BatchNormAct2d       an nn.BatchNorm2d subclass: batch norm, then `drop` (identity in
+#                               eval), then `act` -> batch_norm [+ the activation, named
+#                               `<path>.act`]; act nn.Identity (apply_act=False) -> batch_norm
+#   timm's SelectAdaptivePool2d `pool` then `flatten`: average pooling only ('avg': an
+#                               nn.AdaptiveAvgPool2d; 'fast': mean over the pixels; '': none)
+#                               -> adaptive_avg_pool2d [+ flatten, named `<name>.flatten`]
+
+# timm's own activation modules (timm/layers/activations*.py; torch's are used where torch has
+# one), by class name -> op; GELUTanh, QuickGELU, Mish, HardMish, PReLU ... are not ops
+_TIMM_ACTIVATIONS = {"Swish": "silu", "SwishMe": "silu", "SwishJit": "silu",
+                     "Sigmoid": "sigmoid", "Tanh": "tanh", "GELU": "gelu",
+                     "HardSwish": "hardswish", "HardSwishMe": "hardswish",
+                     "HardSwishJit": "hardswish", "HardSigmoid": "hardsigmoid",
+                     "HardSigmoidMe": "hardsigmoid", "HardSigmoidJit": "hardsigmoid"}
+
+
+def _act_module_op(act):
+    """The op of an activation module: an ACTIVATION_OPS name, None for nn.Identity, or a
+    str explaining why it does not convert (as ("", reason))."""
+    cls = type(act)
+    if cls is nn.Identity:
+        return None
+    if cls in _ACTIVATION_MODULES:
+        return _ACTIVATION_MODULES[cls]
+    if cls is nn.GELU or (cls.__name__ == "GELU" and not cls.__module__.startswith("torch.")):
+        approximate = getattr(act, "approximate", "none")
+        if approximate != "none":
+            return ("", f"GELU(approximate={approximate!r}): only the erf form converts")
+        return "gelu"
+    if not cls.__module__.startswith("torch.") and cls.__name__ in _TIMM_ACTIVATIONS:
+        return _TIMM_ACTIVATIONS[cls.__name__]
+    return ("", f"{_class_name(act)} is not one of the activations the format has (nn.ReLU, "
+                f"ReLU6, Hardswish, Hardsigmoid, Sigmoid, SiLU, Tanh, GELU (erf), timm's "
+                f"Swish, Sigmoid, Tanh, HardSwish, HardSigmoid, GELU) nor nn.Identity")
+
+
+def _adapt_timm_batch_norm_act(m, path):
+    """timm's BatchNormAct2d: an nn.BatchNorm2d whose forward() applies the batch norm (the
+    running statistics in eval mode), then `drop`, then `act` (nn.Identity when built with
+    apply_act=False). -> batch_norm, followed by the activation `<path>.act` unless it is the
+    identity; `drop` must be the identity in eval mode (nn.Identity or nn.Dropout*)."""
+    p = _Peer(m, "BatchNormAct2d")
+    if not isinstance(m, nn.BatchNorm2d):
+        p.fail("it is not an nn.BatchNorm2d (timm's BatchNormAct2d subclasses it)")
+    children = sorted(n for n, _ in m.named_children())
+    if children not in (["act"], ["act", "drop"]):
+        p.fail(f"it has the modules {children}, expected exactly ['act', 'drop'] (or ['act'], "
+               f"timm before 0.6)")
+    drop = getattr(m, "drop", None)
+    if drop is not None and type(drop) not in _EVAL_IDENTITY_MODULES:
+        p.fail(f"'drop' is {drop!r}; only nn.Identity and nn.Dropout* (the identity in eval "
+               f"mode) convert")
+    try:
+        op, attrs, tensors = _adapt_batch_norm(m, path)
+    except ExportError as e:
+        p.fail(str(e))
+    act = _act_module_op(m.act)
+    if isinstance(act, tuple):
+        p.fail(f"its 'act' is {m.act!r}: {act[1]}")
+    attrs["source"] = _peer_source(m, "BatchNormAct2d")
+    chain = [(op, attrs, tensors)]
+    if act is not None:
+        chain.append((act, {}, {}, "act"))
+    return chain
+
+
+def _adapt_timm_select_pool(m, path):
+    """timm's SelectAdaptivePool2d: `pool` then `flatten` (nn.Flatten(1) or nn.Identity).
+    Average pooling converts: an nn.AdaptiveAvgPool2d (pool_type 'avg'), timm's fast mean over
+    the pixels (pool_type 'fast', its own `flatten` flag), or nn.Identity (pool_type '');
+    'max', 'avgmax', 'catavgmax' (adaptive max pooling) are refused."""
+    p = _Peer(m, "SelectAdaptivePool2d")
+    pool_type = p.attr(m, "pool_type")
+    children = sorted(n for n, _ in m.named_children())
+    if children != ["flatten", "pool"]:
+        p.fail(f"it has the modules {children}, expected exactly ['flatten', 'pool']")
+    pool, flat = m.pool, m.flatten
+    chain = []
+    fast = type(pool).__name__ in ("FastAdaptiveAvgPool", "FastAdaptiveAvgPool2d") and \
+        not type(pool).__module__.startswith("torch.")
+    if type(pool) is nn.AdaptiveAvgPool2d:
+        try:
+            chain.append(("adaptive_avg_pool2d", _adaptive_attrs(pool.output_size), {}))
+        except ExportError as e:
+            p.fail(f"'pool': {e}")
+    elif fast:
+        dim = getattr(pool, "dim", (2, 3))
+        if list(dim) not in ([2, 3], [-2, -1]):
+            p.fail(f"'pool' averages over dim={dim!r}; only the pixels of an NCHW value (2, 3) "
+                   f"convert (input_fmt 'NCHW')")
+        chain.append(("adaptive_avg_pool2d", {"output_size": [1, 1]}, {}))
+        if bool(p.attr(pool, "flatten", "pool.")):
+            chain.append(("flatten", {}, {}, "flatten"))
+    elif type(pool) is not nn.Identity:
+        p.fail(f"its pool_type is {pool_type!r} ('pool' is {type(pool).__name__}): only "
+               f"average pooling converts (pool_type 'avg', 'fast' or ''); the adaptive max "
+               f"pooling of 'max', 'avgmax' and 'catavgmax' is not an op of the graph format")
+    if type(flat) is nn.Flatten:
+        if (flat.start_dim, flat.end_dim) != (1, -1):
+            p.fail(f"'flatten' is {flat!r}, not Flatten(1)")
+        chain.append(("flatten", {}, {}, "flatten"))
+    elif type(flat) is not nn.Identity:
+        p.fail(f"'flatten' is {flat!r}, not nn.Flatten(1) or nn.Identity")
+    if not chain:
+        return "identity", {}, {}
+    chain[0][1]["source"] = _peer_source(m, "SelectAdaptivePool2d")
+    return chain
+
+
 _DYNAMIC_ADAPTERS = (_adapt_dynamic_conv, _adapt_condconv, _adapt_odconv, _adapt_kaijieshi7,
                      _adapt_ardelean, _adapt_osvai_odconv, _adapt_timm_condconv)
 
@@ -701,19 +840,15 @@ def _register_builtins():
     register_adapter(nn.Conv2d, _adapt_conv2d)
     register_adapter(nn.BatchNorm2d, _adapt_batch_norm)
     register_adapter(nn.Linear, _adapt_linear)
-    for cls, op in ((nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"),
-                    (nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"),
-                    (nn.SiLU, "silu"), (nn.Tanh, "tanh")):
+    for cls, op in _ACTIVATION_MODULES.items():
         register_adapter(cls, _activation(op))
     register_adapter(nn.GELU, _adapt_gelu)
     register_adapter(nn.MaxPool2d, _adapt_max_pool)
     register_adapter(nn.AvgPool2d, _adapt_avg_pool)
     register_adapter(nn.AdaptiveAvgPool2d, _adapt_adaptive_avg_pool)
     register_adapter(nn.Flatten, _adapt_flatten)
-    for name in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
-                 "FeatureAlphaDropout", "Identity"):
-        if hasattr(nn, name):
-            register_adapter(getattr(nn, name), _adapt_identity)
+    for cls in _EVAL_IDENTITY_MODULES:
+        register_adapter(cls, _adapt_identity)
     register_adapter(nn.Softmax, _adapt_softmax("softmax"))
     register_adapter(nn.LogSoftmax, _adapt_softmax("log_softmax"))
     register_adapter(nn.Upsample, _adapt_upsample)
@@ -724,7 +859,9 @@ def _register_builtins():
     _PEERS.update({"Dynamic_conv2d": (_adapt_kaijieshi7, ()),
                    "DynamicConvolution": (_adapt_ardelean, ("temperature",)),
                    "ODConv2d": (_adapt_osvai_odconv, ()),
-                   "CondConv2d": (_adapt_timm_condconv, ())})
+                   "CondConv2d": (_adapt_timm_condconv, ()),
+                   "BatchNormAct2d": (_adapt_timm_batch_norm_act, ()),
+                   "SelectAdaptivePool2d": (_adapt_timm_select_pool, ())})
     try:  # torchvision is optional
         from torchvision.ops import StochasticDepth
     except ImportError:
@@ -769,7 +906,10 @@ modules: nn.Conv2d (padding_mode 'zeros'), nn.BatchNorm2d, nn.Linear, nn.ReLU, n
   CondConv2d, ODConv2d, CondConvRouting; the peers' classes, recognised by name and
   structure: kaijieshi7's Dynamic_conv2d, TArdelean's DynamicConvolution (temperature a
   constant: FixedArguments), OSVAI's ODConv2d, timm's CondConv2d (forward(x,
-  routing_weights)); and classes given to register_adapter();
+  routing_weights)), timm's BatchNormAct2d (act an activation above, timm's Swish / Sigmoid /
+  Tanh / HardSwish / HardSigmoid / GELU, or nn.Identity; drop nn.Identity / nn.Dropout) and
+  SelectAdaptivePool2d (pool_type 'avg', 'fast' or ''); and classes given to
+  register_adapter() (one node or a chain);
 functions and methods: F.relu / relu6 / hardswish / hardsigmoid / silu / gelu / sigmoid / tanh,
   torch.relu / sigmoid / tanh, x.relu() / sigmoid() / tanh(); a + b, a - b, a * b (+=, -=, *=),
   torch.add / sub / mul, x.add / sub / mul (and the _ forms) between two tensors of one shape
@@ -789,6 +929,102 @@ def supported_ops():
     if extra:
         text += "\nregistered adapters: " + ", ".join(extra)
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapter results: one node or a chain
+
+def _chain_of(result):
+    """[(op, attrs, tensors, suffix)] of an adapter's result: (op, attrs, tensors), or a
+    list of (op, attrs, tensors[, suffix]) (register_adapter). Raises ExportError."""
+    single = isinstance(result, tuple) and len(result) == 3 and isinstance(result[0], str)
+    items = [result] if single else result
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ExportError(f"the adapter returned {result!r}; expected (op, attrs, tensors) or a "
+                          f"non-empty list of them (a chain)")
+    chain = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
+            raise ExportError(f"element {i} of the adapter's chain is {item!r}; expected (op, "
+                              f"attrs, tensors) or (op, attrs, tensors, suffix)")
+        op, attrs, tensors = item[:3]
+        if op not in _ARITY:
+            raise ExportError(f"the adapter returned the unknown op {op!r}; known: "
+                              f"{', '.join(KNOWN_OPS)}")
+        if attrs is not None and not isinstance(attrs, dict) or \
+                tensors is not None and not isinstance(tensors, dict):
+            raise ExportError(f"element {i} ('{op}') of the adapter's result: attrs and "
+                              f"tensors must be dicts")
+        attrs, tensors = dict(attrs or {}), dict(tensors or {})
+        suffix = item[3] if len(item) == 4 else op
+        if i > 0:
+            if tensors:
+                raise ExportError(f"node {i} ('{op}') of the adapter's chain has tensors "
+                                  f"{sorted(tensors)}; only the first node of a chain (named "
+                                  f"by the module's path) may have tensors")
+            lo, hi = _ARITY[op]
+            if not lo <= 1 <= hi:
+                raise ExportError(f"node {i} ('{op}') of the adapter's chain takes {lo}..{hi} "
+                                  f"inputs; a later node of a chain takes the one before it")
+            if not isinstance(suffix, str) or not suffix or suffix.startswith(".") or \
+                    suffix.endswith("."):
+                raise ExportError(f"node {i} ('{op}') of the adapter's chain: the name suffix "
+                                  f"{suffix!r} is not a non-empty string (without a leading or "
+                                  f"trailing '.')")
+        chain.append((op, attrs, tensors, suffix))
+    return chain
+
+
+def _conv_out(size, kernel, stride, pad_total, dilation):
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pool_out(size, kernel, stride, pad, dilation, ceil_mode):
+    """PyTorch's pooling output size (a window may not start in the right padding)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _infer_shape(op, attrs, shapes):
+    """The shape of `op` with `attrs` on inputs of `shapes` (PyTorch's rules); used between
+    the nodes of an adapter's chain."""
+    x = list(shapes[0])
+    if op in ACTIVATION_OPS or op in ("batch_norm", "identity", "softmax", "log_softmax"):
+        return x
+    if op in ("add", "sub", "mul"):
+        return [max(a, b) for a, b in zip(*shapes)]
+    if op == "cat":
+        return [x[0], sum(s[1] for s in shapes)] + x[2:]
+    if op == "flatten":
+        return [x[0], math.prod(x[1:])]
+    if op == "linear":
+        return [x[0], int(attrs["out_features"])]
+    if op == "condconv_routing":
+        return [x[0], int(attrs["experts"])]
+    if len(x) != 4:
+        raise ExportError(f"op '{op}' takes an NCHW value, got shape {x}")
+    n, _, h, w = x
+    if op in ("conv2d", "dynamic_conv2d"):
+        (kh, kw), (sh, sw), (dh, dw) = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
+        t, b, le, r = attrs["padding"]
+        return [n, int(attrs["out_channels"]), _conv_out(h, kh, sh, t + b, dh),
+                _conv_out(w, kw, sw, le + r, dw)]
+    if op in ("max_pool2d", "avg_pool2d"):
+        (kh, kw), (sh, sw), (ph, pw) = attrs["kernel_size"], attrs["stride"], attrs["padding"]
+        dh, dw = attrs.get("dilation", [1, 1])
+        return [n, x[1], _pool_out(h, kh, sh, ph, dh, attrs["ceil_mode"]),
+                _pool_out(w, kw, sw, pw, dw, attrs["ceil_mode"])]
+    if op == "adaptive_avg_pool2d":
+        return [n, x[1]] + list(attrs["output_size"])
+    if op == "upsample":
+        if "size" in attrs:
+            return [n, x[1]] + list(attrs["size"])
+        fh, fw = attrs["scale_factor"]
+        return [n, x[1], int(math.floor(h * fh)), int(math.floor(w * fw))]
+    raise ExportError(f"no shape rule for op '{op}'")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1143,18 +1379,15 @@ class _Exporter:
         try:
             if constant_names:
                 constants = self.constant_args(node, module, constant_names)
-                op, attrs, tensors = fn(module, path, constants)
+                result = fn(module, path, constants)
             else:
-                op, attrs, tensors = fn(module, path)
+                result = fn(module, path)
+            chain = _chain_of(result)
         except ExportError as e:
             self.fail(node, str(e), e)
         except (ValueError, TypeError, AttributeError) as e:
             self.fail(node, f"{type(e).__name__}: {e}", e)
-        if op not in _ARITY:
-            self.fail(node, f"the adapter returned the unknown op {op!r}; known: "
-                            f"{', '.join(KNOWN_OPS)}")
-        attrs = dict(attrs or {})
-        tensors = dict(tensors or {})
+        op, attrs, tensors, _ = chain[0]
         # the tensor arguments, in forward()'s order
         sig, bound = self.bind_call(node, module)
         args = []
@@ -1188,10 +1421,42 @@ class _Exporter:
             name = path
         else:
             name = node.name
-        name = self.emit(node, name, op, inputs, shape, attrs, tensors)
+        if len(chain) == 1:
+            name = self.emit(node, name, op, inputs, shape, attrs, tensors)
+        else:
+            name = self.emit_chain(node, name, chain, inputs, shape)
         self.values[node] = name
         if getattr(module, "inplace", False) is True and op != "identity":
             self.rebind(args[0], name)
+
+    def emit_chain(self, node, first, chain, inputs, shape):
+        """Emits an adapter's chain (see register_adapter); returns the last node's name."""
+        shapes = []
+        prev = [self.shapes[v] for v in inputs]
+        for i, (op, attrs, _, _) in enumerate(chain):
+            try:
+                prev = [_infer_shape(op, attrs, prev)]
+            except (ExportError, KeyError, TypeError, ValueError, IndexError) as e:
+                what = f"{type(e).__name__}: {e}" if not isinstance(e, ExportError) else str(e)
+                self.fail(node, f"node {i} ('{op}') of the adapter's chain: its shape cannot be "
+                                f"inferred from its input's ({what})")
+            shapes.append(prev[0])
+        if shapes[-1] != shape:
+            self.fail(node, f"the adapter's chain ({', '.join(c[0] for c in chain)}) computes "
+                            f"the shape {shapes[-1]}, but the module computed {shape}")
+        tensor_keys = list(chain[0][2])
+        name = None
+        for i, (op, attrs, tensors, suffix) in enumerate(chain):
+            if i == 0:
+                name = self.emit(node, first, op, inputs, shapes[0], attrs, tensors)
+                continue
+            if any(k == suffix or k.startswith(suffix + ".") for k in tensor_keys):
+                self.fail(node, f"the chain's node suffix {suffix!r} is also the start of the "
+                                f"tensor names {tensor_keys} of its first node (a tensor's "
+                                f"node would be ambiguous)")
+            derived = self.fresh(f"{first}.{suffix}")
+            name = self.emit(node, derived, op, [name], shapes[i], attrs)
+        return name
 
     def rebind(self, target, name):
         """An in-place op on `target`: its later uses see the op's result."""

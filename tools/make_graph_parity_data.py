@@ -39,6 +39,11 @@ activations stay O(1) through the depth):
                             1.5, 1 set by update_temperature; hidden 16 and 24), timm's
                             CondConv2d in CondConvResidual blocks and after a routing the
                             network computes
+    timm_efficientnet_condconv
+                            3x32x32: timm's EfficientNet-CondConv in miniature (its layers'
+                            look-alikes: BatchNormAct2d, DepthwiseSeparableConv, CondConvResidual
+                            with SqueezeExcite, SelectAdaptivePool2d), BatchNormAct2d exported
+                            as batch_norm + silu chains
     resnet50, mobilenet_v3_large, efficientnet_b0
                             torchvision, 3x64x64, 1000 classes (dynconv_torch.randomize_;
                             resnet50's residual branches damped, see _damp_residuals_)
@@ -58,6 +63,7 @@ unless the environment variable DYNCONV_REQUIRE_TORCH=1, then 1.
 
 import argparse
 import copy
+import functools
 import math
 import os
 import sys
@@ -372,6 +378,46 @@ class TimmCondConvNet(nn.Module):
         routing = torch.sigmoid(self.routing_fn(x.mean((2, 3))))
         x = F.relu(self.bn(self.conv(x, routing)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TimmCondConvEfficientNet(nn.Module):
+    """timm's EfficientNet-CondConv (efficientnet_cc_b0_4e) in miniature, from timm's layers
+    (tools/peer_modules.py look-alikes): conv_stem + bn1 (BatchNormAct2d, SiLU), blocks =
+    stages of a DepthwiseSeparableConv with squeeze-excite and a residual, then two
+    CondConvResidual blocks in timm's current layout (BatchNormAct2d, SiLU; squeeze-excite
+    with SiLU and a sigmoid gate, rd = the block input's channels / 4; 4 experts; the first
+    stride 2 with a 3x3 depthwise, the second 5x5 with the residual), conv_head + bn2
+    (BatchNormAct2d, SiLU), global_pool (SelectAdaptivePool2d 'avg', flatten), dropout (eval),
+    classifier. The paths are timm's (blocks.1.0.conv_pw, bn1.act ...)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        act = nn.SiLU
+        self.conv_stem = nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False)    # 16x16
+        self.bn1 = pm.BatchNormAct2d(16, act_layer=act)
+        se = functools.partial(pm.SqueezeExcite, rd_ratio=0.25)
+        self.blocks = nn.Sequential(
+            nn.Sequential(pm.DepthwiseSeparableConv(16, 16, act_layer=act, se_layer=se)),
+            nn.Sequential(
+                pm.CondConvResidual(16, 24, stride=2, exp_ratio=4, num_experts=4,  # 8x8
+                                    act_layer=act, norm_layer=pm.BatchNormAct2d,
+                                    se_layer=functools.partial(pm.SqueezeExcite,
+                                                               rd_ratio=0.25 / 4)),
+                pm.CondConvResidual(24, 24, dw_kernel_size=5, exp_ratio=3, num_experts=4,
+                                    act_layer=act, norm_layer=pm.BatchNormAct2d,
+                                    se_layer=functools.partial(pm.SqueezeExcite,
+                                                               rd_ratio=0.25 / 3))))
+        self.conv_head = nn.Conv2d(24, 64, 1, bias=False)
+        self.bn2 = pm.BatchNormAct2d(64, act_layer=act)
+        self.global_pool = pm.SelectAdaptivePool2d(pool_type="avg", flatten=True)
+        self.drop_rate = 0.2
+        self.classifier = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.bn1(self.conv_stem(x)))
+        x = self.global_pool(self.bn2(self.conv_head(x)))
+        x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.classifier(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -691,6 +737,7 @@ NETWORKS = {
     "ardelean_net": _small(ardelean_model, 3, 32),
     "osvai_odconv_net": _small(OsvaiNet, 3, 32),
     "timm_condconv_net": _small(TimmCondConvNet, 3, 32),
+    "timm_efficientnet_condconv": _small(TimmCondConvEfficientNet, 3, 32),
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large"),
     "efficientnet_b0": _torchvision("efficientnet_b0"),
     "resnet50": _torchvision("resnet50", damp=0.3),

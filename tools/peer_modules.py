@@ -45,7 +45,29 @@ timm/models/_efficientnet_blocks.py:
         from the input size at run time: dynamic_padding) or numbers
     CondConvResidual(in_chs, out_chs, ...)     an inverted residual block: routing =
         sigmoid(routing_fn(flatten(adaptive_avg_pool2d(x, 1)))), routing_fn an nn.Linear,
-        passed to conv_pw, conv_dw and conv_pwl (timm's older block layout, bn + act)
+        passed to conv_pw, conv_dw and conv_pwl; by default timm's older block layout (bn1 /
+        bn2 / bn3 nn.BatchNorm2d, act1 / act2 separate, no SE), with norm_layer=BatchNormAct2d
+        (and se_layer) its current one (bn1 / bn2 with the activation, bn3 without, se between
+        conv_dw and conv_pwl)
+timm/layers/norm_act.py, timm/layers/adaptive_avgmax_pool.py, timm/models/_efficientnet_blocks.py
+(the layers of timm's EfficientNet-CondConv, efficientnet_cc_b0_4e ...):
+    BatchNormAct2d(num_features, eps=1e-5, momentum=0.1, affine=True,
+        track_running_stats=True, apply_act=True, act_layer=nn.ReLU, act_kwargs=None,
+        inplace=True, drop_layer=None)          an nn.BatchNorm2d subclass (its state is
+        BatchNorm2d's) whose forward is batch norm, then `drop` (nn.Identity unless a
+        drop_layer is given), then `act` (nn.Identity when apply_act is False)
+    SelectAdaptivePool2d(output_size=1, pool_type='fast', flatten=False)     `pool` then
+        `flatten` (nn.Flatten(1) or nn.Identity): pool_type 'avg' an nn.AdaptiveAvgPool2d,
+        'max' an nn.AdaptiveMaxPool2d, 'fast' FastAdaptiveAvgPool (x.mean((2, 3),
+        keepdim=not flatten), which then flattens itself), '' nn.Identity
+    SqueezeExcite(in_chs, rd_ratio=0.25, rd_channels=None, act_layer=nn.ReLU,
+        gate_layer=nn.Sigmoid)                  x * gate(conv_expand(act1(conv_reduce(x.mean(
+        (2, 3), keepdim=True))))), the 1x1 convs with a bias, rd_channels = round(in_chs *
+        rd_ratio) (EfficientNet's builder passes rd_ratio = se_ratio / exp_ratio)
+    DepthwiseSeparableConv(in_chs, out_chs, dw_kernel_size=3, stride=1, pad_type='',
+        noskip=False, pw_act=False, act_layer=nn.ReLU, se_layer=None)   conv_dw (depthwise,
+        no bias) -> bn1 (BatchNormAct2d) -> aa (nn.Identity) -> se -> conv_pw (1x1) -> bn2
+        (activation only with pw_act), + the input when stride 1 and in_chs == out_chs
 """
 
 import math
@@ -56,7 +78,8 @@ from torch import nn
 
 __all__ = ["attention2d", "Dynamic_conv2d", "TempModule", "AttentionLayer",
            "DynamicConvolution", "CustomSequential", "Attention", "ODConv2d", "CondConv2d",
-           "CondConvResidual"]
+           "CondConvResidual", "BatchNormAct2d", "FastAdaptiveAvgPool", "SelectAdaptivePool2d",
+           "SqueezeExcite", "DepthwiseSeparableConv"]
 
 
 def _per_sample_conv(x, kernels, bias, stride, padding, dilation, groups):
@@ -360,34 +383,161 @@ class CondConv2d(nn.Module):
 
 
 class CondConvResidual(nn.Module):
-    """timm's CondConv inverted residual block (its older layout: bn and act separate, no SE):
-    one routing from the block input drives the three CondConv2d."""
+    """timm's CondConv inverted residual block: one routing from the block input drives the
+    three CondConv2d. norm_layer None: timm's older layout (bn and act separate, no SE);
+    norm_layer=BatchNormAct2d: its current one (the activation inside bn1 / bn2, none in bn3,
+    se_layer(mid, act_layer=act_layer) between conv_dw and conv_pwl)."""
 
     def __init__(self, in_chs, out_chs, dw_kernel_size=3, stride=1, pad_type="",
-                 exp_ratio=1.0, num_experts=4, act_layer=nn.ReLU, noskip=False):
+                 exp_ratio=1.0, num_experts=4, act_layer=nn.ReLU, noskip=False,
+                 norm_layer=None, se_layer=None):
         super().__init__()
         mid = int(in_chs * exp_ratio)
         self.has_skip = in_chs == out_chs and stride == 1 and not noskip
         self.conv_pw = CondConv2d(in_chs, mid, 1, padding=pad_type, num_experts=num_experts)
-        self.bn1 = nn.BatchNorm2d(mid)
-        self.act1 = act_layer(inplace=True)
+        if norm_layer is None:
+            self.bn1 = nn.BatchNorm2d(mid)
+            self.act1 = act_layer(inplace=True)
+        else:
+            self.bn1 = norm_layer(mid, act_layer=act_layer)
         self.conv_dw = CondConv2d(mid, mid, dw_kernel_size, stride=stride, padding=pad_type,
                                   groups=mid, num_experts=num_experts)
-        self.bn2 = nn.BatchNorm2d(mid)
-        self.act2 = act_layer(inplace=True)
-        self.se = nn.Identity()
+        if norm_layer is None:
+            self.bn2 = nn.BatchNorm2d(mid)
+            self.act2 = act_layer(inplace=True)
+        else:
+            self.bn2 = norm_layer(mid, act_layer=act_layer)
+        self.se = se_layer(mid, act_layer=act_layer) if se_layer is not None else nn.Identity()
         self.conv_pwl = CondConv2d(mid, out_chs, 1, padding=pad_type, num_experts=num_experts)
-        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.bn3 = nn.BatchNorm2d(out_chs) if norm_layer is None else \
+            norm_layer(out_chs, apply_act=False)
         self.routing_fn = nn.Linear(in_chs, num_experts)
 
     def forward(self, x):
         shortcut = x
         pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
         routing_weights = torch.sigmoid(self.routing_fn(pooled))
-        x = self.act1(self.bn1(self.conv_pw(x, routing_weights)))
-        x = self.act2(self.bn2(self.conv_dw(x, routing_weights)))
+        x = self.bn1(self.conv_pw(x, routing_weights))
+        if hasattr(self, "act1"):
+            x = self.act1(x)
+        x = self.bn2(self.conv_dw(x, routing_weights))
+        if hasattr(self, "act2"):
+            x = self.act2(x)
         x = self.se(x)
         x = self.bn3(self.conv_pwl(x, routing_weights))
         if self.has_skip:
             x = x + shortcut
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# timm's layers around CondConv2d in its EfficientNet-CondConv networks
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: an nn.BatchNorm2d (the same state) whose forward also applies
+    `drop` and `act`."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, apply_act=True, act_layer=nn.ReLU, act_kwargs=None,
+                 inplace=True, drop_layer=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
+                         track_running_stats=track_running_stats)
+        self.drop = drop_layer() if drop_layer is not None else nn.Identity()
+        if act_layer is not None and apply_act:
+            kwargs = dict(act_kwargs or {})
+            if inplace:
+                kwargs["inplace"] = True
+            self.act = act_layer(**kwargs)
+        else:
+            self.act = nn.Identity()
+
+    def forward(self, x):
+        x = super().forward(x)      # timm repeats BatchNorm2d's forward here: the same numbers
+        return self.act(self.drop(x))
+
+
+class FastAdaptiveAvgPool(nn.Module):
+    """timm's fast global average pooling: the mean over the pixels, kept 4-d unless
+    flatten."""
+
+    def __init__(self, flatten=False):
+        super().__init__()
+        self.flatten = flatten
+        self.dim = (2, 3)
+
+    def forward(self, x):
+        return x.mean(self.dim, keepdim=not self.flatten)
+
+
+class SelectAdaptivePool2d(nn.Module):
+    """timm's SelectAdaptivePool2d for an NCHW input: pool then flatten (pool_type '', 'avg',
+    'max', 'fast'; timm's 'avgmax' / 'catavgmax' are not in this look-alike)."""
+
+    def __init__(self, output_size=1, pool_type="fast", flatten=False):
+        super().__init__()
+        self.pool_type = pool_type or ""
+        self.flatten = nn.Flatten(1) if flatten else nn.Identity()
+        if not pool_type:
+            self.pool = nn.Identity()
+        elif pool_type == "fast":
+            if output_size != 1:
+                raise ValueError("fast pooling needs output_size 1")
+            self.pool = FastAdaptiveAvgPool(flatten)
+            self.flatten = nn.Identity()
+        elif pool_type == "avg":
+            self.pool = nn.AdaptiveAvgPool2d(output_size)
+        elif pool_type == "max":
+            self.pool = nn.AdaptiveMaxPool2d(output_size)
+        else:
+            raise ValueError(f"pool_type {pool_type!r} is not in this look-alike")
+
+    def forward(self, x):
+        return self.flatten(self.pool(x))
+
+
+class SqueezeExcite(nn.Module):
+    """timm's EfficientNet squeeze-excite: x times a gate of its pooled channels."""
+
+    def __init__(self, in_chs, rd_ratio=0.25, rd_channels=None, act_layer=nn.ReLU,
+                 gate_layer=nn.Sigmoid):
+        super().__init__()
+        if rd_channels is None:
+            rd_channels = round(in_chs * rd_ratio)
+        self.conv_reduce = nn.Conv2d(in_chs, rd_channels, 1, bias=True)
+        self.act1 = act_layer(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_channels, in_chs, 1, bias=True)
+        self.gate = gate_layer()
+
+    def forward(self, x):
+        s = self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True)))
+        return x * self.gate(self.conv_expand(s))
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """timm's depthwise-separable block (its convs nn.Conv2d without bias, its norms
+    BatchNormAct2d)."""
+
+    def __init__(self, in_chs, out_chs, dw_kernel_size=3, stride=1, pad_type="",
+                 noskip=False, pw_act=False, act_layer=nn.ReLU, se_layer=None):
+        super().__init__()
+        self.has_skip = stride == 1 and in_chs == out_chs and not noskip
+        pad, dynamic = _timm_padding(pad_type, dw_kernel_size, stride, 1)
+        if dynamic:
+            raise ValueError("timm's dynamic 'same' padding is not in this look-alike")
+        self.conv_dw = nn.Conv2d(in_chs, in_chs, dw_kernel_size, stride, pad, groups=in_chs,
+                                 bias=False)
+        self.bn1 = BatchNormAct2d(in_chs, act_layer=act_layer)
+        self.aa = nn.Identity()
+        self.se = se_layer(in_chs, act_layer=act_layer) if se_layer is not None else \
+            nn.Identity()
+        self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.bn2 = BatchNormAct2d(out_chs, act_layer=act_layer, apply_act=pw_act)
+        self.drop_path = nn.Identity()
+
+    def forward(self, x):
+        shortcut = x
+        x = self.se(self.aa(self.bn1(self.conv_dw(x))))
+        x = self.bn2(self.conv_pw(x))
+        if self.has_skip:
+            x = self.drop_path(x) + shortcut
         return x

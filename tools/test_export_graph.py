@@ -21,6 +21,10 @@
    default 1) and a lost tau caught by the file's test; hidden read from each layer's weights;
    a module named like a peer's class but built otherwise refused with the reason; a user's
    own dynamic convolution registered with register_adapter(cls, fn, constant_args=...).
+4. Chains: a user adapter returning two nodes (names, parity, a wrong chain refused); timm's
+   BatchNormAct2d with every supported activation (batch_norm + `<path>.act`), apply_act
+   False, a Dropout, no num_batches_tracked, and an unsupported activation / drop refused;
+   timm's SelectAdaptivePool2d 'avg' / 'fast' / '' (with and without flatten), 'max' refused.
 
 Exit status 0 if everything passes, 1 otherwise; 77 if torch / torchvision are missing (1
 with DYNCONV_REQUIRE_TORCH=1).
@@ -728,6 +732,223 @@ def test_user_dynamic_adapter():
     assert float(t["gated.attention.temperature"]) == 0.5 and err <= TOLERANCE, err
     return f"max rel err {err:.2e}"
 
+
+# ---------------------------------------------------------------------------------------------
+# Chains: an adapter returning several nodes; timm's BatchNormAct2d and SelectAdaptivePool2d
+
+class ConvAct(nn.Module):
+    """A user class computing two ops: conv2d (its weight scaled) then hardswish."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(6, 3, 3, 3) * 0.3)
+        self.scale = 2.0
+
+    def forward(self, x):
+        return F.hardswish(F.conv2d(x, self.weight * self.scale, padding=1))
+
+
+class UsesConvAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blk = ConvAct()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(self.blk(x).mean((2, 3)))
+
+
+def _conv_act_attrs():
+    return {"in_channels": 3, "out_channels": 6, "kernel_size": [3, 3], "stride": [1, 1],
+            "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1, "bias": False}
+
+
+def test_chain_adapter():
+    """register_adapter with a chain: the first node named by the path with the tensors, the
+    later ones `<path>.<suffix>` (default: the op; `_1` if taken); the file's test passes; a
+    wrong chain is refused (tensors after the first node, a two-input op later, a shape that
+    is not the module's)."""
+    conv = ("conv2d", _conv_act_attrs(), None)
+
+    def adapt(m, path):
+        return [("conv2d", _conv_act_attrs(), {"weight": m.weight.detach() * m.scale}),
+                ("hardswish", {}, {}, "act")]
+    torch.manual_seed(5)
+    m = UsesConvAct().eval()
+    x = torch.randn(2, 3, 8, 8)
+    eg.register_adapter(ConvAct, adapt)
+    try:
+        g, t, err = _file_of(m, x)
+        assert [(n["name"], n["op"], n["inputs"]) for n in g["nodes"][:2]] == \
+            [("blk", "conv2d", ["x"]), ("blk.act", "hardswish", ["blk"])], g["nodes"][:2]
+        assert g["nodes"][1]["shape"] == [2, 6, 8, 8] and "blk.weight" in t
+        assert err <= TOLERANCE, err
+        # default suffixes (the op), a repeated one made unique
+        eg.register_adapter(ConvAct, lambda m, path: [
+            ("conv2d", _conv_act_attrs(), {"weight": m.weight.detach() * m.scale}),
+            ("identity", {}, {}), ("identity", {}, {}), ("hardswish", {}, {})])
+        g, _ = eg.graph_of(m, x)
+        assert [n["name"] for n in g["nodes"][:4]] == \
+            ["blk", "blk.identity", "blk.identity_1", "blk.hardswish"], g["nodes"][:4]
+        w = m.blk.weight.detach()
+        bad = [([conv[:2] + ({"weight": w},), ("relu", {}, {"w": w})],
+                "only the first node of a chain"),
+               ([conv[:2] + ({"weight": w},), ("add", {}, {})], "takes 2..2 inputs"),
+               ([conv[:2] + ({"weight": w},), ("flatten", {}, {})],
+                "computes the shape [2, 384], but the module computed [2, 6, 8, 8]"),
+               ([], "non-empty list"),
+               ([conv[:2] + ({"weight": w},), ("relu", {}, {}, "")], "name suffix"),
+               ([conv[:2] + ({"weight": w},), ("relu", {}, {}, "weight")],
+                "ambiguous")]
+        for chain, fragment in bad:
+            eg.register_adapter(ConvAct, lambda m, path, chain=chain: chain)
+            expect_error(m, x, "'blk'", fragment)
+    finally:
+        eg._ADAPTERS.pop(ConvAct, None)
+    return f"max rel err {err:.2e}; {len(bad)} bad chains refused"
+
+
+class Swish(nn.Module):          # timm's own activation classes (by name, outside torch)
+    def __init__(self, inplace=False):  # timm's activations take inplace
+        super().__init__()
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class GELU(nn.Module):
+    def __init__(self, inplace=False):  # timm's activations take inplace
+        super().__init__()
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class GELUTanh(nn.Module):
+    def __init__(self, inplace=False):  # timm's activations take inplace
+        super().__init__()
+
+    def forward(self, x):
+        return F.gelu(x, approximate="tanh")
+
+
+class BnActNet(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = norm
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def _bn_act_net(norm):
+    torch.manual_seed(6)
+    m = BnActNet(norm)
+    with torch.no_grad():
+        if norm.affine:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        if norm.running_mean is not None:
+            norm.running_mean.uniform_(-0.3, 0.3)
+            norm.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def test_timm_batch_norm_act():
+    """timm's BatchNormAct2d: batch_norm + `<path>.act` for every supported activation, one
+    batch_norm for nn.Identity (apply_act=False); a Dropout drop, no num_batches_tracked, no
+    affine are fine; an unsupported act / drop, no running statistics are refused."""
+    import peer_modules as pm
+    x = torch.randn(2, 3, 6, 6)
+    acts = [(nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"),
+            (nn.Hardsigmoid, "hardsigmoid"), (nn.Sigmoid, "sigmoid"), (nn.SiLU, "silu"),
+            (nn.Tanh, "tanh"), (nn.GELU, "gelu"), (Swish, "silu"), (GELU, "gelu")]
+    worst = 0.0
+    for cls, op in acts:
+        m = _bn_act_net(pm.BatchNormAct2d(8, act_layer=cls, inplace=False))
+        g, t, err = _file_of(m, x)
+        got = [(n["name"], n["op"], n["inputs"]) for n in g["nodes"]]
+        assert got == [("conv", "conv2d", ["x"]), ("bn", "batch_norm", ["conv"]),
+                       ("bn.act", op, ["bn"])], (cls, got)
+        assert "pytorch-image-models" in g["nodes"][1]["attrs"]["source"], g["nodes"][1]["attrs"]
+        assert err <= TOLERANCE, (cls, err)
+        worst = max(worst, err)
+    # the activation matters: the file's test sees it (relu against the identity)
+    m = _bn_act_net(pm.BatchNormAct2d(8, act_layer=nn.ReLU))
+    g, t, _ = _file_of(m, x)
+    g["nodes"][2]["op"] = "identity"
+    assert _error_with(g, t, {}) > 1e-2, "dropping the activation goes unnoticed"
+    # apply_act=False / act_layer None: one batch_norm; a Dropout drop, no num_batches_tracked,
+    # affine=False
+    variants = [pm.BatchNormAct2d(8, apply_act=False), pm.BatchNormAct2d(8, act_layer=None),
+                pm.BatchNormAct2d(8, act_layer=nn.SiLU, drop_layer=lambda: nn.Dropout(0.3)),
+                pm.BatchNormAct2d(8, affine=False, act_layer=nn.ReLU)]
+    no_count = pm.BatchNormAct2d(8, act_layer=nn.SiLU)
+    no_count.register_buffer("num_batches_tracked", None)
+    variants.append(no_count)
+    for i, norm in enumerate(variants):
+        m = _bn_act_net(norm)
+        g, t, err = _file_of(m, x)
+        ops = [n["op"] for n in g["nodes"]]
+        assert ops == (["conv2d", "batch_norm"] if i < 2 else
+                       ["conv2d", "batch_norm", "relu" if i == 3 else "silu"]), (i, ops)
+        assert err <= TOLERANCE, (i, err)
+        assert ("bn.num_batches_tracked" in t) == (i != 4), (i, sorted(t))
+    # refused
+    refusals = [(pm.BatchNormAct2d(8, act_layer=nn.LeakyReLU), "LeakyReLU",
+                 "not one of the activations"),
+                (pm.BatchNormAct2d(8, act_layer=nn.Mish), "Mish", "not one of the activations"),
+                (pm.BatchNormAct2d(8, act_layer=GELUTanh), "GELUTanh",
+                 "not one of the activations"),
+                (pm.BatchNormAct2d(8, act_layer=nn.GELU, act_kwargs={"approximate": "tanh"},
+                                   inplace=False), "approximate='tanh'", "erf form"),
+                (pm.BatchNormAct2d(8, act_layer=nn.ReLU, drop_layer=nn.ReLU), "'drop' is ReLU",
+                 "nn.Dropout"),
+                (pm.BatchNormAct2d(8, track_running_stats=False), "running statistics",
+                 "BatchNormAct2d")]
+    extra = pm.BatchNormAct2d(8)
+    extra.aa = nn.Identity()
+    refusals.append((extra, "['aa', 'act', 'drop']", "expected exactly"))
+    for norm, *fragments in refusals:
+        expect_error(BnActNet(norm).eval(), x, "'bn'", "BatchNormAct2d",
+                     "huggingface/pytorch-image-models", *fragments)
+    return f"{len(acts)} activations, max rel err {worst:.2e}; {len(refusals)} refused"
+
+
+def test_timm_select_pool():
+    """timm's SelectAdaptivePool2d: 'avg' (+ flatten), 'fast', '' convert; 'max' is refused."""
+    import peer_modules as pm
+
+    class Head(nn.Module):
+        def __init__(self, pool, flat):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3)
+            self.global_pool = pm.SelectAdaptivePool2d(pool_type=pool, flatten=flat)
+
+        def forward(self, x):
+            return self.global_pool(self.conv(x))
+    x = torch.randn(2, 3, 7, 7)
+    cases = [("avg", True, ["adaptive_avg_pool2d", "flatten"], [2, 5]),
+             ("avg", False, ["adaptive_avg_pool2d"], [2, 5, 1, 1]),
+             ("fast", True, ["adaptive_avg_pool2d", "flatten"], [2, 5]),
+             ("fast", False, ["adaptive_avg_pool2d"], [2, 5, 1, 1]),
+             ("", True, ["flatten"], [2, 125]),
+             ("", False, ["identity"], [2, 5, 5, 5])]
+    worst = 0.0
+    for pool, flat, ops, shape in cases:
+        torch.manual_seed(8)
+        g, _, err = _file_of(Head(pool, flat).eval(), x)
+        nodes = g["nodes"][1:]
+        assert [n["op"] for n in nodes] == ops and nodes[-1]["shape"] == shape, (pool, nodes)
+        assert nodes[0]["name"] == "global_pool" and \
+            [n["name"] for n in nodes[1:]] == ["global_pool.flatten"] * (len(nodes) - 1)
+        worst = max(worst, err)
+        assert err <= TOLERANCE, (pool, flat, err)
+    expect_error(Head("max", True).eval(), x, "'global_pool'", "SelectAdaptivePool2d",
+                 "pool_type is 'max'", "only average pooling")
+    return f"{len(cases)} forms, max rel err {worst:.2e}; 'max' refused"
+
 # ---------------------------------------------------------------------------------------------
 
 def main():
@@ -787,6 +1008,9 @@ def main():
     case("peers: hidden", test_peer_hidden)
     case("peers: refusals", test_peer_refusals)
     case("user dynamic adapter", test_user_dynamic_adapter)
+    case("chain adapter", test_chain_adapter)
+    case("timm BatchNormAct2d", test_timm_batch_norm_act)
+    case("timm SelectAdaptivePool2d", test_timm_select_pool)
     if tmp is not None:
         tmp.cleanup()
     if failures:
