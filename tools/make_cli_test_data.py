@@ -49,7 +49,7 @@ import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch", "torchvision", "PIL"])
 import numpy as np  # noqa: E402
@@ -224,10 +224,7 @@ def main():
                         "--predict-only", "--weights", weights, "--predictions",
                         os.path.join(out, name + ".torch_predictions.txt")], check=True)
 
-    manifest = os.path.join(out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(case + "\n" for case in CASES))
-    os.replace(manifest + ".tmp", manifest)
+    write_manifest(out, CASES)  # last
 
 
 if __name__ == "__main__":

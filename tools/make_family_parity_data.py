@@ -50,7 +50,7 @@ import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch"])
 import torch  # noqa: E402
@@ -480,10 +480,7 @@ def main():
             print(f"{c['name']:30s} {c['kind']:8s} out {meta['output_shape']:12s} "
                   f"{size / 1024:7.1f} KiB  {summary}")
     assert not_one > 0.5, "CondConv: every routing row sums to about 1; expected otherwise"
-    manifest = os.path.join(args.out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(name + "\n" for name in names))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, names)  # last
     counts = {k: sum(c["kind"] == k for c in CASES) for k in KINDS}
     print(f"make_family_parity_data.py: {len(CASES)} cases "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())}), {total / 1e6:.2f} MB in "

@@ -73,8 +73,6 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-MANIFEST = "manifest.txt"
-
 if __name__ == "__main__":
     from parity_guard import start  # noqa: E402
     start(os.path.basename(__file__), ["torch", "torchvision"])
@@ -87,6 +85,7 @@ import dynconv_torch as dt  # noqa: E402
 from dynconv_torch import CondConv2d, CondConvRouting, DynamicConv2d, ODConv2d  # noqa: E402
 from export_graph import FixedArguments  # noqa: E402
 from export_safetensors import export, read_safetensors  # noqa: E402
+from parity_guard import write_manifest  # noqa: E402
 import peer_modules as pm  # noqa: E402
 
 BATCH = 2
@@ -470,28 +469,35 @@ def _routing_hook(rnd):
     return hook
 
 
+def _calibrate_od_attention(rnd, att, x, cin, hid, tau, heads):
+    """An ODConv attention (this project's or OSVAI's: fc, bn and the `<name>_fc` heads of
+    `heads`, the names present) calibrated on the layer input x: fc scaled to the pooled input,
+    the BatchNorm's statistics near the batch's, each head in units of tau."""
+    s = x.mean(dim=(2, 3))
+    fc = rnd.normal(hid, cin) / math.sqrt(cin) / max(_rms(s), 1e-6)
+    att.fc.weight.copy_(fc.view(hid, cin, 1, 1).to(att.fc.weight.dtype))
+    u = s @ att.fc.weight.double().view(hid, cin).t()
+    scale2 = u.var(dim=0, unbiased=False) + _rms(u) ** 2
+    att.bn.running_mean.copy_(u.mean(dim=0) + 0.3 * scale2.sqrt() * rnd.normal(hid))
+    att.bn.running_var.copy_(rnd.uniform(0.5, 2.0, hid) * scale2)
+    att.bn.weight.copy_(1.0 + 0.3 * rnd.normal(hid))
+    att.bn.bias.copy_(0.5 + 0.3 * rnd.normal(hid))
+    att.bn.num_batches_tracked.fill_(100)
+    xd = x.to(att.fc.weight.dtype).mean(dim=(2, 3), keepdim=True)
+    z = F.relu(att.bn(att.fc(xd))).double().flatten(1)
+    for name in heads:
+        head = getattr(att, name + "_fc")
+        spread = SOFTMAX_SPREAD if name == "kernel" else SIGMOID_SPREAD
+        w, b = rnd.head(z, head.out_channels, tau, spread)
+        head.weight.copy_(w.view(*head.weight.shape).to(head.weight.dtype))
+        head.bias.copy_(b.to(head.bias.dtype))
+
+
 def _odconv_hook(rnd):
     def hook(layer, inputs):
         att = layer.attention
-        x = inputs[0].detach().double()
-        s = x.mean(dim=(2, 3))
-        cin, hid, tau = layer.in_channels, layer.hidden, float(att.temperature)
-        fc = rnd.normal(hid, cin) / math.sqrt(cin) / max(_rms(s), 1e-6)
-        att.fc.weight.copy_(fc.view(hid, cin, 1, 1).to(att.fc.weight.dtype))
-        u = s @ att.fc.weight.double().view(hid, cin).t()
-        scale2 = u.var(dim=0, unbiased=False) + _rms(u) ** 2
-        att.bn.running_mean.copy_(u.mean(dim=0) + 0.3 * scale2.sqrt() * rnd.normal(hid))
-        att.bn.running_var.copy_(rnd.uniform(0.5, 2.0, hid) * scale2)
-        att.bn.weight.copy_(1.0 + 0.3 * rnd.normal(hid))
-        att.bn.bias.copy_(0.5 + 0.3 * rnd.normal(hid))
-        att.bn.num_batches_tracked.fill_(100)
-        z = att.descriptor(x.to(att.fc.weight.dtype)).double().flatten(1)
-        for name in att.heads():
-            head = getattr(att, name + "_fc")
-            spread = SOFTMAX_SPREAD if name == "kernel" else SIGMOID_SPREAD
-            w, b = rnd.head(z, head.out_channels, tau, spread)
-            head.weight.copy_(w.view(*head.weight.shape).to(head.weight.dtype))
-            head.bias.copy_(b.to(head.bias.dtype))
+        _calibrate_od_attention(rnd, att, inputs[0].detach().double(), layer.in_channels,
+                                layer.hidden, float(att.temperature), att.heads())
     return hook
 
 
@@ -542,28 +548,10 @@ def _osvai_hook(rnd):
     """OSVAI's ODConv2d: as _odconv_hook, its heads found by attribute."""
     def hook(layer, inputs):
         att = layer.attention
-        x = inputs[0].detach().double()
-        s = x.mean(dim=(2, 3))
-        cin, hid, tau = layer.in_planes, att.fc.out_channels, float(att.temperature)
-        fc = rnd.normal(hid, cin) / math.sqrt(cin) / max(_rms(s), 1e-6)
-        att.fc.weight.copy_(fc.view(hid, cin, 1, 1).to(att.fc.weight.dtype))
-        u = s @ att.fc.weight.double().view(hid, cin).t()
-        scale2 = u.var(dim=0, unbiased=False) + _rms(u) ** 2
-        att.bn.running_mean.copy_(u.mean(dim=0) + 0.3 * scale2.sqrt() * rnd.normal(hid))
-        att.bn.running_var.copy_(rnd.uniform(0.5, 2.0, hid) * scale2)
-        att.bn.weight.copy_(1.0 + 0.3 * rnd.normal(hid))
-        att.bn.bias.copy_(0.5 + 0.3 * rnd.normal(hid))
-        att.bn.num_batches_tracked.fill_(100)
-        xd = x.to(att.fc.weight.dtype).mean(dim=(2, 3), keepdim=True)
-        z = F.relu(att.bn(att.fc(xd))).double().flatten(1)
-        for name in ("channel", "filter", "spatial", "kernel"):
-            head = getattr(att, name + "_fc", None)
-            if head is None:
-                continue
-            spread = SOFTMAX_SPREAD if name == "kernel" else SIGMOID_SPREAD
-            w, b = rnd.head(z, head.out_channels, tau, spread)
-            head.weight.copy_(w.view(*head.weight.shape).to(head.weight.dtype))
-            head.bias.copy_(b.to(head.bias.dtype))
+        heads = [n for n in ("channel", "filter", "spatial", "kernel")
+                 if getattr(att, n + "_fc", None) is not None]
+        _calibrate_od_attention(rnd, att, inputs[0].detach().double(), layer.in_planes,
+                                att.fc.out_channels, float(att.temperature), heads)
     return hook
 
 
@@ -805,10 +793,7 @@ def main():
         if not args.quiet:
             print(f"{name:24s} {s['bytes'] / 1e6:7.2f} MB  {s['seconds']:5.1f} s  torch float32 "
                   f"vs float64 {s['float32_error']:.1e}", flush=True)
-    manifest = os.path.join(args.out, MANIFEST)
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(n + "\n" for n in names))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, names)  # last
     print(f"make_graph_parity_data.py: {len(names)} networks, {total / 1e6:.1f} MB, "
           f"{time.time() - t0:.1f} s, in {args.out}")
 

@@ -46,7 +46,7 @@ import zlib
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch", "torchvision"])
 import torch  # noqa: E402
@@ -259,10 +259,7 @@ def main():
     # The manifest lists every model whose file is present (a --models run adds to it).
     present = [n for n in dt.ALL_MODELS + [f"{m}@{p}" for m, p in POLICY_CASES]
                if os.path.exists(os.path.join(args.out, n + ".safetensors"))]
-    manifest = os.path.join(args.out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(n + "\n" for n in present))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, present)  # last
     print(f"make_model_parity_data.py: {len(names)} models, {total / 1e6:.1f} MB, "
           f"{time.time() - t_start:.1f} s, in {args.out}")
 

@@ -24,7 +24,7 @@ import sys
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch"])
 import torch  # noqa: E402
@@ -243,10 +243,7 @@ def main():
             scale = max(finite.max().item() if finite.numel() else 1.0, 1e-300)
             print(f"{c['name']:36s} {c['kind']:18s} in {'x'.join(map(str, c['shape'])):12s} "
                   f"out {meta['output_shape']:12s} float32 vs float64 {differ / scale:.1e}")
-    manifest = os.path.join(args.out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(name + "\n" for name in names))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, names)  # last
     print(f"make_module_parity_data.py: {len(CASES)} cases, {total / 1e6:.2f} MB in {args.out}")
 
 

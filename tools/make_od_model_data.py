@@ -63,7 +63,7 @@ import zlib
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch"])
 import torch  # noqa: E402
@@ -354,10 +354,7 @@ def main():
         if not args.quiet:
             print(f"{case:26s} {sizes[0] / 1e6:6.2f} MB + io {sizes[1] / 1024:5.1f} KiB  "
                   f"{summary}")
-    manifest = os.path.join(args.out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(name + "\n" for name in names))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, names)  # last
     print(f"make_od_model_data.py: {len(CASES)} cases, {total / 1e6:.2f} MB in {args.out}; "
           f"float32 logits within {worst:.1e} (relative) of float64")
 

@@ -21,7 +21,7 @@ import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parity_guard import start  # noqa: E402
+from parity_guard import start, write_manifest  # noqa: E402
 
 start(os.path.basename(__file__), ["torch"])
 import torch  # noqa: E402
@@ -196,10 +196,7 @@ def main():
             shape = "x".join(str(d) for d in tensors["output"].shape)
             print(f"{c['name']:48s} {c['kind']:10s} out {shape:14s} {size / 1024:7.1f} KiB  "
                   f"{summary}")
-    manifest = os.path.join(args.out, "manifest.txt")
-    with open(manifest + ".tmp", "w") as f:
-        f.write("".join(name + "\n" for name in names))
-    os.replace(manifest + ".tmp", manifest)  # last, and atomically
+    write_manifest(args.out, names)  # last
     print(f"make_parity_data.py: {len(CASES)} cases, {total / 1e6:.2f} MB in {args.out}")
 
 

@@ -6,6 +6,8 @@
 start() deletes --out's manifest.txt first (a manifest exists only after a run that
 completed, so the C++ tests never run on stale data), then imports the modules named; if one
 is missing it exits 77 (ctest's "skipped"), or 1 when DYNCONV_REQUIRE_TORCH=1 (CI).
+write_manifest(out, names) is every generator's last step: the names, one per line, written
+atomically.
 """
 
 import argparse
@@ -33,3 +35,11 @@ def start(script, modules):
               f"(install python3-torch python3-torchvision; run with /usr/bin/python3)",
               file=sys.stderr)
         sys.exit(1 if required else 77)
+
+
+def write_manifest(out, names):
+    """Writes out/manifest.txt, one name per line, last and atomically."""
+    manifest = os.path.join(out, "manifest.txt")
+    with open(manifest + ".tmp", "w") as f:
+        f.write("".join(name + "\n" for name in names))
+    os.replace(manifest + ".tmp", manifest)
