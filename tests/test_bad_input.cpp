@@ -18,6 +18,7 @@
 // DYNCONV_RUN_PATH (the dynconv-run binary) is a compile definition when the examples are
 // built; without it the Cli rows are not instantiated.
 #include <dynconv/dynconv.hpp>
+#include <dynconv/graph_file.hpp>
 #include <dynconv/models/zoo.hpp>
 
 #include <gmock/gmock.h>
@@ -85,12 +86,10 @@ std::string safetensors_bytes(const std::string& header, std::size_t data,
 using Edit = std::function<void(const std::string& name, std::vector<Index>& shape,
                                 std::vector<float>& values, dynconv::DType& dtype)>;
 
-/// The fresh weights of a zoo model with 10 classes, as F32, with metadata model, num_classes
-/// and input_size (32, so that images run at 32x32), each tensor passed through edit first (an
-/// edit that sets the shape to {-1} leaves the tensor out).
-void write_weights(const std::string& path, const std::string& model, const Edit& edit = {}) {
-  SafeTensorsWriter saved;
-  dynconv::models::create<float>(model, ModelOptions().num_classes(10))->save(saved);
+/// The tensors `saved` holds, each passed through edit first (an edit that sets the shape to
+/// {-1} leaves the tensor out), as F32 (or I64: the value x 10, rounded), with `metadata`.
+void write_edited(const std::string& path, const SafeTensorsWriter& saved, const Edit& edit,
+                  const std::vector<std::pair<std::string, std::string>>& metadata) {
   const SafeTensors file = SafeTensors::parse(saved.to_bytes());
   SafeTensorsWriter out;
   for (const std::string& name : file.names()) {
@@ -107,10 +106,73 @@ void write_weights(const std::string& path, const std::string& model, const Edit
       out.add_raw(name, dtype, shape, v.data(), v.size() * sizeof(float));
     }
   }
-  out.set_metadata("model", model);
-  out.set_metadata("num_classes", "10");
-  out.set_metadata("input_size", "32");
+  for (const auto& [key, value] : metadata) out.set_metadata(key, value);
   out.save(path);
+}
+
+/// The fresh weights of a zoo model with 10 classes, as F32, with metadata model, num_classes
+/// and input_size (32, so that images run at 32x32), each tensor passed through edit first (an
+/// edit that sets the shape to {-1} leaves the tensor out).
+void write_weights(const std::string& path, const std::string& model, const Edit& edit = {}) {
+  SafeTensorsWriter saved;
+  dynconv::models::create<float>(model, ModelOptions().num_classes(10))->save(saved);
+  write_edited(path, saved, edit, {{"model", model}, {"num_classes", "10"}, {"input_size", "32"}});
+}
+
+// A graph file (docs/graph_format.md) of a small network, in the JSON of kGraph (text the rows
+// edit) with the tensors a dynconv Graph of the same network saves:
+//   x [1, 4, 6, 6] -> conv (4 -> 4, 3x3) -> act (relu) -> dy (DY-Conv 4 -> 4, 3x3, K = 2,
+//   hidden 2) -> route (condconv_routing, 2 experts) and cc (CondConv 4 -> 4, 1x1, K = 2, the
+//   shared routing route) -> y
+const char* const kGraph = R"({"format": "dynconv.graph", "version": 1,
+  "inputs": [{"name": "x", "shape": [1, 4, 6, 6]}],
+  "nodes": [
+    {"name": "conv", "op": "conv2d", "inputs": ["x"], "shape": [1, 4, 6, 6],
+     "attrs": {"in_channels": 4, "out_channels": 4, "kernel_size": [3, 3], "stride": [1, 1],
+               "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1, "bias": false}},
+    {"name": "act", "op": "relu", "inputs": ["conv"], "shape": [1, 4, 6, 6], "attrs": {}},
+    {"name": "dy", "op": "dynamic_conv2d", "inputs": ["act"], "shape": [1, 4, 6, 6],
+     "attrs": {"in_channels": 4, "out_channels": 4, "kernel_size": [3, 3], "stride": [1, 1],
+               "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 1, "bias": false,
+               "attention": "dy", "kernels": 2, "hidden": 2}},
+    {"name": "route", "op": "condconv_routing", "inputs": ["dy"], "shape": [1, 2],
+     "attrs": {"in_channels": 4, "experts": 2}},
+    {"name": "cc", "op": "dynamic_conv2d", "inputs": ["dy", "route"], "shape": [1, 4, 6, 6],
+     "attrs": {"in_channels": 4, "out_channels": 4, "kernel_size": [1, 1], "stride": [1, 1],
+               "padding": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1, "bias": false,
+               "attention": "condconv", "kernels": 2, "shared_routing": true}}
+  ],
+  "outputs": [{"name": "y", "value": "cc"}]})";
+
+/// A graph whose flatten would make a value of 2^93 features.
+const char* const kFlattenGraph = R"({"format": "dynconv.graph", "version": 1,
+  "inputs": [{"name": "x", "shape": [1, 2147483648, 2147483648, 2147483648]}],
+  "nodes": [{"name": "flat", "op": "flatten", "inputs": ["x"], "shape": [1, 8], "attrs": {}}],
+  "outputs": [{"name": "y", "value": "flat"}]})";
+
+/// `s` with its first `from` replaced by `to` (a row's defect).
+std::string edited(std::string s, const std::string& from, const std::string& to) {
+  const std::size_t at = s.find(from);
+  if (at == std::string::npos) throw std::logic_error("test_bad_input: the graph has no '" + from + "'");
+  return s.replace(at, from.size(), to);
+}
+std::string graph_with(const std::string& from, const std::string& to) { return edited(kGraph, from, to); }
+
+/// The graph file of `graph` (kGraph or an edit of it) with kGraph's tensors through edit.
+void write_graph(const std::string& path, const std::string& graph, const Edit& edit = {}) {
+  using namespace dynconv;
+  Graph<float> g;
+  g.input("x", 4);
+  g.add("conv", Conv2d<float>(Conv2dOptions(4, 4, 3).padding(1).bias(false).name("conv")), {"x"});
+  g.add("act", ReLU<float>("act"), {"conv"});
+  g.add("dy", DynamicConv2d<float>(DynamicConv2dOptions(4, 4, 3).padding(1).bias(false).kernels(2).hidden_channels(2).name("dy")),
+        {"act"});
+  g.add("route", CondConvRouting<float>(CondConvRoutingOptions(4, 2).name("route")), {"dy"});
+  g.add("cc", DynamicConv2d<float>(DynamicConv2dOptions::condconv(4, 4, 1, 2).shared_routing(true).name("cc")), {"dy", "route"});
+  g.output("y", Value("cc"));
+  SafeTensorsWriter saved;
+  g.save(saved);
+  write_edited(path, saved, edit, {{kGraphMetadataKey, graph}});
 }
 
 /// A safetensors file with one F32 tensor `input` of `shape`: a smooth pattern, then value at
@@ -234,6 +296,32 @@ class Files {
               shape[0] = 3;
             });
 
+    // Graph files: kGraph with one defect each (API: load_graph; dynconv-run: --weights
+    // without --model).
+    graph("graph_good", kGraph);
+    graph("graph_version_2", graph_with("\"version\": 1", "\"version\": 2"));
+    graph("graph_truncated_json", std::string(kGraph).substr(0, 300));
+    graph("graph_unknown_op", graph_with("\"op\": \"relu\"", "\"op\": \"mish\""));
+    graph("graph_unresolved_input", graph_with("\"inputs\": [\"conv\"]", "\"inputs\": [\"conf\"]"));
+    graph("graph_cycle", graph_with("\"inputs\": [\"x\"]", "\"inputs\": [\"act\"]"));
+    graph("graph_weight_shape_vs_attrs", graph_with("\"kernel_size\": [3, 3]", "\"kernel_size\": [5, 5]"));
+    graph("graph_huge_channels", graph_with("\"out_channels\": 4", "\"out_channels\": 2000000000"));
+    graph("graph_attention_tensor_missing", kGraph, drop("dy.attention.fc2.bias"));
+    graph("graph_temperature_missing", kGraph, drop("dy.attention.temperature"));
+    graph("graph_temperature_zero", kGraph, set_element("dy.attention.temperature", 0, 0.f));
+    graph("graph_routing_temperature_negative", kGraph, set_element("route.temperature", 0, -1.f));
+    graph("graph_shared_routing_of_the_wrong_width",  // route gives 3 experts, cc mixes 2
+          edited(graph_with("\"experts\": 2", "\"experts\": 3"), "\"shape\": [1, 2]", "\"shape\": [1, 3]"),
+          [](const std::string& name, std::vector<Index>& shape, std::vector<float>& v, dynconv::DType&) {
+            if (name != "route.weight" && name != "route.bias") return;
+            shape[0] = 3;
+            v.resize(v.size() / 2 * 3, 0.5f);
+          });
+    graph("graph_flattened_size_overflows", kFlattenGraph,
+          [](const std::string&, std::vector<Index>& shape, std::vector<float>&, dynconv::DType&) { shape = {-1}; });
+    graph("graph_node_name_with_a_newline",
+          graph_with("\"name\": \"act\", \"op\": \"relu\"", "\"name\": \"act\\nx\", \"op\": \"mish\""));
+
     // Input tensors for dynconv-run (tensor `input`, F32).
     input("input_nan", {2, 3, 32, 32}, 7, kNaN);
     input("input_inf", {1, 3, 32, 32}, 100, kInf);
@@ -271,6 +359,9 @@ class Files {
   }
   void weights(const std::string& key, const std::string& model, Edit edit = {}) {
     makers_[key] = [model, edit](const std::string& p) { write_weights(p, model, edit); };
+  }
+  void graph(const std::string& key, const std::string& text, Edit edit = {}) {
+    makers_[key] = [text, edit](const std::string& p) { write_graph(p, text, edit); };
   }
   void input(const std::string& key, std::vector<Index> shape, Index at = -1, float value = 0.f,
              float scale = 1.f) {
@@ -331,6 +422,9 @@ void load(const std::string& model, const std::string& key) {
       ->load(SafeTensors::load(file(key)));
 }
 
+/// load_graph of file `key`.
+void load_graph(const std::string& key) { (void)dynconv::load_graph<float>(SafeTensors::load(file(key))); }
+
 /// An NCHW tensor of the given dims filled with a smooth pattern; value at flat index `at`.
 Tensor4<float> tensor(Index n, Index c, Index h, Index w, Index at = -1, float value = 0.f) {
   Tensor4<float> x(n, c, h, w);
@@ -390,6 +484,8 @@ std::function<Tensor2<float>()> call(F f) {
 // Arguments that get past dynconv-run's command line and model load, for the input rows.
 #define RUN "--model mobilenet_v3_small --weights {good} "
 #define WEIGHTS(key) "--model mobilenet_v3_small --weights {" key "} --input {image}"
+// A graph file runs without --model; --verify needs no input (the load fails first).
+#define GRAPH(key) "--weights {" key "} --verify"
 
 using dynconv::Conv2d;
 using dynconv::Conv2dOptions;
@@ -539,6 +635,54 @@ const std::vector<Row>& table() {
          cc.forward(tensor(2, 8, 6, 6), Tensor2<float>(2, 3).setConstant(0.5f));
        }),
        Outcome::ShapeError, "cc: CondConv2d(8 -> 8, 3x3): routing has shape [2, 3], expected [2, 4]"},
+      // ---- Graph files (docs/graph_format.md) ---------------------------------------------------
+      // load_graph refuses each with a FormatError naming the file, the node and the rule;
+      // dynconv-run runs a graph file given as --weights without --model.
+      {"graph_file_without_defects_loads", call([] { load_graph("graph_good"); }), Outcome::Accepted, ""},
+      {"graph_of_a_newer_version", call([] { load_graph("graph_version_2"); }),
+       Outcome::FormatError, "graph_version_2.safetensors: graph: version 2 is not 1, the one this reader knows (a newer exporter wrote it: update dynconv)",
+       GRAPH("graph_version_2"), 1, "graph_version_2.safetensors: graph: version 2 is not 1"},
+      {"graph_json_cut_short", call([] { load_graph("graph_truncated_json"); }),
+       Outcome::FormatError, "graph_truncated_json.safetensors: graph (metadata 'dynconv.graph') is not valid JSON: ",
+       GRAPH("graph_truncated_json"), 1, "graph_truncated_json.safetensors: graph (metadata 'dynconv.graph') is not valid JSON: "},
+      {"graph_unknown_op", call([] { load_graph("graph_unknown_op"); }),
+       Outcome::FormatError, "graph_unknown_op.safetensors: node 'act' (mish): unknown op 'mish' (version 1 has: conv2d, ",
+       GRAPH("graph_unknown_op"), 1, "graph_unknown_op.safetensors: node 'act' (mish): unknown op 'mish'"},
+      {"graph_input_name_unresolved", call([] { load_graph("graph_unresolved_input"); }),
+       Outcome::FormatError, "graph_unresolved_input.safetensors: node 'act' (act: ReLU) reads 'conf', which is neither an input nor a node of the graph",
+       GRAPH("graph_unresolved_input"), 1, "graph_unresolved_input.safetensors: node 'act' (act: ReLU) reads 'conf', which is neither"},
+      {"graph_with_a_cycle", call([] { load_graph("graph_cycle"); }),
+       Outcome::FormatError, "graph_cycle.safetensors: has a cycle: conv -> act -> conv",
+       GRAPH("graph_cycle"), 1, "graph_cycle.safetensors: has a cycle: conv -> act -> conv"},
+      {"graph_weight_contradicting_the_attributes", call([] { load_graph("graph_weight_shape_vs_attrs"); }),
+       Outcome::FormatError, "graph_weight_shape_vs_attrs.safetensors: node 'conv' (conv2d): tensor 'conv.weight' has shape [4, 4, 3, 3], the attributes give [4, 4, 5, 5]",
+       GRAPH("graph_weight_shape_vs_attrs"), 1, "node 'conv' (conv2d): tensor 'conv.weight' has shape [4, 4, 3, 3], the attributes give [4, 4, 5, 5]"},
+      // Refused by the weight's shape before the module (8e9 weights) is built.
+      {"graph_huge_channel_count", call([] { load_graph("graph_huge_channels"); }),
+       Outcome::FormatError, "graph_huge_channels.safetensors: node 'conv' (conv2d): tensor 'conv.weight' has shape [4, 4, 3, 3], the attributes give [2000000000, 4, 3, 3]",
+       GRAPH("graph_huge_channels"), 1, "node 'conv' (conv2d): tensor 'conv.weight' has shape [4, 4, 3, 3], the attributes give [2000000000, 4, 3, 3]"},
+      {"graph_attention_tensor_missing", call([] { load_graph("graph_attention_tensor_missing"); }),
+       Outcome::FormatError, "graph_attention_tensor_missing.safetensors: node 'dy' (dynamic_conv2d): missing tensor 'dy.attention.fc2.bias' [2]",
+       GRAPH("graph_attention_tensor_missing"), 1, "node 'dy' (dynamic_conv2d): missing tensor 'dy.attention.fc2.bias' [2]"},
+      // The format always stores the temperature (a zoo model's file may leave it out: tau = 1).
+      {"graph_temperature_missing", call([] { load_graph("graph_temperature_missing"); }),
+       Outcome::FormatError, "graph_temperature_missing.safetensors: node 'dy' (dynamic_conv2d): the file has no tensor 'dy.attention.temperature' []",
+       GRAPH("graph_temperature_missing"), 1, "node 'dy' (dynamic_conv2d): the file has no tensor 'dy.attention.temperature' []"},
+      {"graph_temperature_zero", call([] { load_graph("graph_temperature_zero"); }),
+       Outcome::FormatError, "graph_temperature_zero.safetensors: node 'dy' (dynamic_conv2d): dy.attention: KernelAttention(4 -> 2 -> 2): temperature=0 must be finite and > 0",
+       GRAPH("graph_temperature_zero"), 1, "node 'dy' (dynamic_conv2d): dy.attention: KernelAttention(4 -> 2 -> 2): temperature=0 must be finite and > 0"},
+      {"graph_routing_temperature_negative", call([] { load_graph("graph_routing_temperature_negative"); }),
+       Outcome::FormatError, "graph_routing_temperature_negative.safetensors: node 'route' (condconv_routing): route: CondConvRouting(4 -> 2 experts): temperature=-1 must be finite and > 0"},
+      {"graph_shared_routing_of_the_wrong_width", call([] { load_graph("graph_shared_routing_of_the_wrong_width"); }),
+       Outcome::FormatError, "graph_shared_routing_of_the_wrong_width.safetensors: on the example input the graph does not fit together: node 'cc' reading 'dy' (dy: DynamicConv2d(4 -> 4, 3x3)) [1, 4, 6, 6] (NCHW), 'route' (route: CondConvRouting(4 -> 3 experts)) [1, 3, 1, 1] (NCHW): cc: CondConv2d(4 -> 4, 1x1): routing input [1, 3, 1, 1] (NCHW) must be [1, 2, 1, 1] (NCHW)",
+       GRAPH("graph_shared_routing_of_the_wrong_width"), 1, "node 'cc' reading 'dy' (dy: DynamicConv2d(4 -> 4, 3x3)) [1, 4, 6, 6] (NCHW), 'route' (route: CondConvRouting(4 -> 3 experts)) [1, 3, 1, 1] (NCHW): cc: CondConv2d(4 -> 4, 1x1): routing input [1, 3, 1, 1] (NCHW) must be [1, 2, 1, 1] (NCHW)"},
+      {"graph_flattened_size_overflows", call([] { load_graph("graph_flattened_size_overflows"); }),
+       Outcome::FormatError, "graph_flattened_size_overflows.safetensors: on the example input the graph does not fit together: node 'flat' reading input 'x' [1, 2147483648, 2147483648, 2147483648] (NCHW): flat: Flatten: the flattened size overflows (4611686018427387904 x 2147483648)",
+       GRAPH("graph_flattened_size_overflows"), 1, "flat: Flatten: the flattened size overflows (4611686018427387904 x 2147483648)"},
+      // A name from the file quoted in a message keeps it one line.
+      {"graph_node_name_with_a_newline", call([] { load_graph("graph_node_name_with_a_newline"); }),
+       Outcome::FormatError, "graph_node_name_with_a_newline.safetensors: node 'act\\nx' (mish): unknown op 'mish'",
+       GRAPH("graph_node_name_with_a_newline"), 1, "node 'act\\nx' (mish): unknown op 'mish'"},
       // ---- Non-finite or extreme input values ---------------------------------------------------
       // The library does not scan inputs: NaN and Inf propagate into the logits of their own
       // sample and no other. dynconv-run refuses them before the forward pass, naming the file
@@ -724,6 +868,7 @@ const std::vector<Row>& table() {
 
 #undef RUN
 #undef WEIGHTS
+#undef GRAPH
 
 std::vector<Row> rows_with(bool cli) {
   std::vector<Row> out;

@@ -161,7 +161,7 @@ std::string replaced(std::string s, const std::string& from, const std::string& 
   return s;
 }
 
-SafeTensors small_file(const std::string& graph, bool extra_tensor = false) {
+SafeTensors small_file(const std::string& graph, bool extra_tensor = false, const std::string& extra_name = "stray.weight") {
   SafeTensorsWriter w;
   std::vector<float> conv(3 * 2 * 3 * 3);
   for (std::size_t i = 0; i < conv.size(); ++i) conv[i] = 0.1f * static_cast<float>(i % 7) - 0.3f;
@@ -176,7 +176,7 @@ SafeTensors small_file(const std::string& graph, bool extra_tensor = false) {
   w.add("fc.weight", {4, 3}, fc.data());
   const std::vector<float> b(4, 0.125f);
   w.add("fc.bias", {4}, b.data());
-  if (extra_tensor) w.add("stray.weight", {3}, ones.data());
+  if (extra_tensor) w.add(extra_name, {3}, ones.data());
   w.set_metadata(kGraphMetadataKey, graph);
   return SafeTensors::parse(w.to_bytes(), "small.safetensors");
 }
@@ -268,6 +268,14 @@ INSTANTIATE_TEST_SUITE_P(Rules, BadGraphFile, testing::ValuesIn(kBadGraphs),
 TEST(GraphFile, ATensorNoNodeReadsIsRefused) {
   EXPECT_THAT([] { (void)load_graph<float>(small_file(kGraph, true)); },
               testing::ThrowsMessage<FormatError>(HasSubstr("stray.weight")));
+}
+
+TEST(GraphFile, AReservedTensorThatIsNoTestVectorIsRefused) {
+  // Strict loading passes over a graph file's own "dynconv." tensors (so that a zoo model
+  // loads from its graph file); the reader still refuses one the graph's 'test' does not name.
+  EXPECT_THAT([] { (void)load_graph<float>(small_file(kGraph, true, "dynconv.test.y")); },
+              testing::ThrowsMessage<FormatError>(HasSubstr(
+                  "tensor 'dynconv.test.y' is read by no node and is not a test vector of the graph's 'test'")));
 }
 
 TEST(GraphFile, AFileWithoutAGraphSaysHowToMakeOne) {

@@ -274,16 +274,19 @@ class Concat final : public Module<T> {
   std::string description() const override { return layer_; }
   int arity() const override { return Module<T>::kVariadic; }
   /// OptionsError without inputs; ShapeError naming the input and both shapes when an input's
-  /// N, H or W differs from input 0's.
+  /// N, H or W differs from input 0's, and when the channels add up to more than
+  /// detail::kMaxDimension.
   NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
     if (in.empty()) fail<OptionsError>(layer_, ": takes at least 1 input, got 0");
     NhwcShape out = in[0];
-    for (std::size_t i = 1; i < in.size(); ++i) {
+    for (std::size_t i = 0; i < in.size(); ++i) {
       const NhwcShape& s = in[i];
       if (s.n != out.n || s.h != out.h || s.w != out.w)
         fail<ShapeError>(layer_, ": input ", i, ' ', s.str(), " does not match input 0 ", in[0].str(),
                          ": N, H and W must be equal (the inputs are concatenated along channels)");
-      out.c += s.c;
+      if (s.c < 0 || s.c > detail::kMaxDimension || (i > 0 && out.c > detail::kMaxDimension - s.c))
+        fail<ShapeError>(layer_, ": the channels of inputs 0 to ", i, " add up to more than ", detail::kMaxDimension);
+      if (i > 0) out.c += s.c;
     }
     return out;
   }
@@ -344,9 +347,16 @@ class Flatten final : public Module<T> {
   explicit Flatten(std::string name = {}) : layer_(detail::describe(name, "Flatten")) {}
 
   std::string description() const override { return layer_; }
+  /// ShapeError when H x W x C exceeds detail::kMaxDimension (the features a Linear takes).
   NhwcShape output_shape(const std::vector<NhwcShape>& in) const override {
     this->check_arity(in, 1);
-    return {in[0].n, 1, 1, in[0].sample_size()};
+    const NhwcShape& x = in[0];
+    const Index hw = detail::checked_mul<ShapeError>(layer_, "the flattened size", x.h, x.w);
+    const Index features = detail::checked_mul<ShapeError>(layer_, "the flattened size", hw, x.c);
+    if (features > detail::kMaxDimension)
+      fail<ShapeError>(layer_, ": input ", x.str(), " flattens to ", features, " features, more than ",
+                       detail::kMaxDimension);
+    return {x.n, 1, 1, features};
   }
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];

@@ -21,11 +21,43 @@
 
 namespace dynconv {
 
+namespace detail {
+
+/// `s` with every control character escaped ("\n", "\t", "\x1b"): a message quotes names
+/// taken from files (tensor names, a graph's node names), which may hold any of them, and a
+/// message is one line.
+inline std::string one_line(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else {
+      const char* hex = "0123456789abcdef";
+      out += "\\x";
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    }
+  }
+  return out;
+}
+
+}  // namespace detail
+
 /// The base of every exception dynconv throws. what() names the layer or file, the offending
-/// values and the rule; every checked rule and its message: @ref errors.
+/// values and the rule, on one line (control characters escaped); every checked rule and its
+/// message: @ref errors.
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(detail::one_line(what)) {}
+  explicit Error(const char* what) : Error(std::string(what)) {}
 };
 /// Invalid options or parameter values. Detected once: at construction or in a setter (a
 /// channel count of 0, groups that do not divide the channels, a negative running variance).

@@ -129,6 +129,7 @@ class Graph {
       if (v.name.empty()) fail<OptionsError>(where(), ": node '", name, "' takes a value with an empty name");
       n.inputs.push_back(std::move(v.name));
     }
+    index_[n.name] = static_cast<int>(nodes_.size());
     nodes_.push_back(std::move(n));
     return Value(name);
   }
@@ -287,7 +288,14 @@ class Graph {
       std::vector<NhwcShape> shapes;
       for (int v : t.node_inputs[static_cast<std::size_t>(node)]) shapes.push_back(p.shapes[static_cast<std::size_t>(v)]);
       try {
-        p.shapes[static_cast<std::size_t>(ni + node)] = n.module->output_shape(shapes);
+        const NhwcShape out = n.module->output_shape(shapes);
+        // Every value's dimensions stay in the range of a layer's, so that the next module's
+        // arithmetic on them cannot overflow (padding can grow a convolution's output).
+        for (const Index d : {out.n, out.h, out.w, out.c})
+          if (d > detail::kMaxDimension)
+            fail<ShapeError>(n.module->description(), ": output ", out.str(), " has a dimension over ",
+                             detail::kMaxDimension);
+        p.shapes[static_cast<std::size_t>(ni + node)] = out;
       } catch (const ShapeError& e) {
         throw ShapeError(input_context(t, p, node) + e.what());
       } catch (const OptionsError& e) {
@@ -355,9 +363,15 @@ class Graph {
       p.alias[static_cast<std::size_t>(value_of(node))] = s.output;
       for (int f : s.fused) p.alias[static_cast<std::size_t>(value_of(f))] = s.output;
     }
-    auto canon = [&](int v) {
-      while (p.alias[static_cast<std::size_t>(v)] != v) v = p.alias[static_cast<std::size_t>(v)];
-      return v;
+    auto canon = [&](int v) {  // the chain's end; the chain then points at it (a long chain of
+      int root = v;            // Identity nodes costs linear time, not quadratic)
+      while (p.alias[static_cast<std::size_t>(root)] != root) root = p.alias[static_cast<std::size_t>(root)];
+      while (v != root) {
+        const int next = p.alias[static_cast<std::size_t>(v)];
+        p.alias[static_cast<std::size_t>(v)] = root;
+        v = next;
+      }
+      return root;
     };
     // Steps in topological order of the chain's last node (so a residual is ready), inputs
     // resolved through aliases.
@@ -589,9 +603,8 @@ class Graph {
                          nodes_[static_cast<std::size_t>(i)].module->description());
   }
   int node_index(const std::string& name) const {
-    for (std::size_t i = 0; i < nodes_.size(); ++i)
-      if (nodes_[i].name == name) return static_cast<int>(i);
-    return -1;
+    const auto it = index_.find(name);
+    return it == index_.end() ? -1 : it->second;
   }
   /// Nodes whose value is their input's: a folded BatchNorm, an Identity.
   static bool is_alias(const Node& n) {
@@ -632,6 +645,7 @@ class Graph {
   std::string name_;
   std::vector<InputDecl> inputs_;
   std::vector<Node> nodes_;
+  std::map<std::string, int> index_;  // node name -> position in nodes_ (add() and lookups in log n)
   std::vector<std::pair<std::string, std::string>> outputs_;
 };
 

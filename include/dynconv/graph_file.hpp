@@ -8,11 +8,13 @@
 //   const Tensor4<float>& y = s.output(g.outputs[0].name);
 //
 // The file is untrusted: the JSON is parsed with bounded nesting, every key is known, every
-// count bounded, every name resolved, the graph acyclic, and each node's main parameter
-// tensors are checked against its attributes before the module is built (so a file cannot ask
-// for more memory than it holds); then dynconv's shape inference runs on the exporter's
-// example input and must give every node the shape PyTorch recorded. Each failure is a
-// FormatError naming the file, the node and the rule.
+// count bounded, every name resolved, the graph acyclic, and every parameter tensor of a node
+// whose size the attributes multiply together is checked against them before the module is
+// built (so a file cannot ask for more memory than it holds); then dynconv's shape inference
+// runs on the exporter's example input and must give every node the shape PyTorch recorded
+// (no value may have a dimension over 2^31). Each failure is a FormatError naming the file,
+// the node and the rule, on one line. Loading costs time linear in the nodes (up to the
+// format's 100,000). tests/fuzz/fuzz_graph_load.cpp fuzzes all of it.
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
@@ -115,6 +117,8 @@ class GraphFileReader {
     // Nodes.
     const nlohmann::json& nodes = get_array(j, "nodes", top, 1, kGraphMaxNodes);
     std::vector<std::vector<Index>> recorded;
+    std::vector<std::string> ops;
+    std::map<std::string, std::size_t> node_index;
     for (std::size_t i = 0; i < nodes.size(); ++i) {
       const nlohmann::json& n = nodes[i];
       const std::string ctx = concat("nodes[", i, ']');
@@ -140,7 +144,9 @@ class GraphFileReader {
       } catch (const Error& e) {
         bad(node, " (", op, "): ", e.what());
       }
+      node_index[name] = recorded.size();
       recorded.push_back(std::move(shape));
+      ops.push_back(op);
     }
     // Outputs.
     const nlohmann::json& outputs = get_array(j, "outputs", top, 1, kGraphMaxOutputs);
@@ -154,8 +160,8 @@ class GraphFileReader {
       std::vector<Index> shape;
       for (const GraphFileValue& v : out.inputs)
         if (v.name == value) shape = v.shape;
-      for (std::size_t k = 0; k < nodes.size(); ++k)
-        if (nodes[k].at("name").get<std::string>() == value) shape = recorded[k];
+      const auto node = node_index.find(value);
+      if (node != node_index.end()) shape = recorded[node->second];
       if (shape.empty()) bad("output '", name, "' is '", value, "', which is neither an input nor a node");
       out.graph.output(name, Value(value));
       out.outputs.push_back({name, shape});
@@ -164,11 +170,11 @@ class GraphFileReader {
     try {
       out.graph.validate();
     } catch (const Error& e) {
-      bad(e.what());
+      bad(without_source(e.what()));
     }
     check_shapes(out, recorded);
     if (j.contains("test")) read_test(j.at("test"), out);
-    load_weights(out);
+    load_weights(out, ops);
     return out;
   }
 
@@ -179,15 +185,27 @@ class GraphFileReader {
   }
 
   nlohmann::json parse(const std::string& text) const {
-    const auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
-      using E = nlohmann::json::parse_event_t;
-      if ((event == E::object_start || event == E::array_start) && depth >= kGraphMaxDepth)
-        bad("graph: JSON nested deeper than ", kGraphMaxDepth, " levels");
-      return true;
-    };
+    // The nesting is bounded by a scan before the parse: nlohmann's parser with a callback
+    // (the other way to bound it) searches its parent array after every object, which makes
+    // a list of n nodes cost n^2.
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (const char c : text) {
+      if (in_string) {
+        if (escaped) escaped = false;
+        else if (c == '\\') escaped = true;
+        else if (c == '"') in_string = false;
+      } else if (c == '"') {
+        in_string = true;
+      } else if (c == '{' || c == '[') {
+        if (++depth > kGraphMaxDepth) bad("graph: JSON nested deeper than ", kGraphMaxDepth, " levels");
+      } else if (c == '}' || c == ']') {
+        --depth;  // unbalanced brackets: the parser below says so
+      }
+    }
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(text, on_event);
+      j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
       bad("graph (metadata '", kGraphMetadataKey, "') is not valid JSON: ", e.what());
     }
@@ -385,12 +403,30 @@ class GraphFileReader {
       if (cin % o.groups() || cout % o.groups())
         bad(ctx, ": groups=", o.groups(), " must divide in_channels=", cin, " and out_channels=", cout);
       const Index per = cout * (cin / o.groups()) * k[0] * k[1];
+      // Every tensor whose size is a product of attributes, so that the module built below is
+      // no larger than the tensors the file holds; and the temperature, which the format
+      // always stores (the module would take 1 for a missing one).
       if (kind == "condconv") {
         expect_tensor(ctx, name + ".weight", {kernels, per});
+        if (!o.shared_routing()) {
+          expect_tensor(ctx, name + ".routing_fn.weight", {kernels, cin});
+          expect_tensor(ctx, name + ".routing_fn.temperature", {});
+        }
       } else {
         expect_tensor(ctx, name + ".weight", {kernels, cout, cin / o.groups(), k[0], k[1]});
-        if (kind == "dy") expect_tensor(ctx, name + ".attention.fc1.weight", {o.hidden_channels(), cin});
-        if (kind == "odconv") expect_tensor(ctx, name + ".attention.fc.weight", {o.hidden_channels(), cin, 1, 1});
+        const Index hidden = o.hidden_channels();
+        if (kind == "dy") {
+          expect_tensor(ctx, name + ".attention.fc1.weight", {hidden, cin});
+          expect_tensor(ctx, name + ".attention.fc2.weight", {kernels, hidden});
+        } else {
+          const OmniAttentionOptions heads = o.omni_attention_options();
+          expect_tensor(ctx, name + ".attention.fc.weight", {hidden, cin, 1, 1});
+          expect_tensor(ctx, name + ".attention.channel_fc.weight", {cin, hidden, 1, 1});
+          if (heads.has_filter()) expect_tensor(ctx, name + ".attention.filter_fc.weight", {cout, hidden, 1, 1});
+          if (heads.has_spatial()) expect_tensor(ctx, name + ".attention.spatial_fc.weight", {k[0] * k[1], hidden, 1, 1});
+          if (heads.has_kernel()) expect_tensor(ctx, name + ".attention.kernel_fc.weight", {kernels, hidden, 1, 1});
+        }
+        expect_tensor(ctx, name + ".attention.temperature", {});
       }
       return std::make_unique<DynamicConv2d<T>>(o);
     }
@@ -398,6 +434,7 @@ class GraphFileReader {
       arity(ctx, inputs, 1, 1);
       const Index cin = a.integer("in_channels", 1), e = a.integer("experts", 1);
       expect_tensor(ctx, name + ".weight", {e, cin});
+      expect_tensor(ctx, name + ".temperature", {});
       return std::make_unique<CondConvRouting<T>>(CondConvRoutingOptions(cin, e).name(name));
     }
     if (op == "batch_norm") {
@@ -489,7 +526,7 @@ class GraphFileReader {
     try {
       p = out.graph.plan(in);
     } catch (const Error& e) {
-      bad("on the example input the graph does not fit together: ", e.what());
+      bad("on the example input the graph does not fit together: ", without_source(e.what()));
     }
     const std::vector<std::string> names = out.graph.node_names();
     for (std::size_t i = 0; i < names.size(); ++i) {
@@ -524,19 +561,50 @@ class GraphFileReader {
     read("inputs", out.inputs, out.test_inputs);
     read("outputs", out.outputs, out.test_outputs);
     const Index n = file_.entry(out.test_inputs[0].second).shape[0];
+    if (n < 1) bad("test: input '", out.test_inputs[0].first, "' has no samples (N=", n, ")");
     for (const auto& v : out.test_inputs)
       if (file_.entry(v.second).shape[0] != n) bad("test: the inputs differ in their batch size");
     for (const auto& v : out.test_outputs)
       if (file_.entry(v.second).shape[0] != n) bad("test: output '", v.first, "' has another batch size than the inputs");
   }
 
-  void load_weights(GraphFile<T>& out) const {
+  /// Loads every node's parameters (strict), the test vectors (finite), then folds the
+  /// BatchNorms. A missing, mis-shaped or non-finite tensor, a value the module refuses (a
+  /// temperature <= 0, a negative running_var): a FormatError naming the node.
+  void load_weights(GraphFile<T>& out, const std::vector<std::string>& ops) const {
     WeightLoader w(file_);
-    for (const std::string& name : out.graph.node_names()) out.graph.module(name).load(w, name);
+    const std::vector<std::string> names = out.graph.node_names();
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      try {
+        out.graph.module(names[i]).load(w, names[i]);
+      } catch (const Error& e) {
+        bad("node '", names[i], "' (", ops[i], "): ", without_source(e.what()));
+      }
+    }
     for (const auto* list : {&out.test_inputs, &out.test_outputs})
-      for (const auto& v : *list) (void)w.take_flat<T>(v.second, file_.entry(v.second).shape);
-    w.finish();
+      for (const auto& v : *list) {
+        try {
+          (void)w.take_flat<T>(v.second, file_.entry(v.second).shape);
+        } catch (const Error& e) {
+          bad("test '", v.first, "': ", without_source(e.what()));
+        }
+      }
+    w.finish();  // passes over the file's own "dynconv." tensors: the test vectors, or strays
+    std::set<std::string> tests;
+    for (const auto* list : {&out.test_inputs, &out.test_outputs})
+      for (const auto& v : *list) tests.insert(v.second);
+    for (const std::string& t : file_.names())
+      if (t.rfind("dynconv.", 0) == 0 && !tests.count(t))
+        bad("tensor '", t, "' is read by no node and is not a test vector of the graph's 'test'");
     out.graph.fold_batchnorms(src_);
+  }
+
+  /// A message of the WeightLoader or the Graph (named after the file) without its leading
+  /// "<file>: " or "graph '<file>': ", which bad() puts first anyway.
+  std::string without_source(const std::string& what) const {
+    for (const std::string& prefix : {src_ + ": ", "graph '" + src_ + "': "})
+      if (what.compare(0, prefix.size(), prefix) == 0) return what.substr(prefix.size());
+    return what;
   }
 
   const SafeTensors& file_;

@@ -1,4 +1,4 @@
-// Writes the seed corpora of the two fuzz targets (tests/fuzz/corpus/, committed):
+// Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/, committed):
 //
 //   corpus/safetensors/  valid files of every dtype and rank (written by SafeTensorsWriter and by
 //                        hand) and one or more crafted bad files per reader rule, after the cases
@@ -9,15 +9,33 @@
 //                        converted to F16 / BF16 / F64), its static twin (a LoadMode::Upcycle
 //                        checkpoint), and variants: missing, extra, mis-shaped, non-finite or
 //                        out-of-range tensors, BatchNorm counters, temperatures ...
+//   corpus/graph_load/   graph files (docs/graph_format.md) of a few tiny networks that use every
+//                        op of the format (conv2d; dynamic_conv2d of each attention: dy,
+//                        condconv with its own and with a shared routing, odconv with and
+//                        without each head; condconv_routing, batch_norm, linear, every
+//                        activation, add / sub / mul with broadcast, cat, flatten, identity, the
+//                        pools, softmax, log_softmax, upsample), two inputs, nodes out of order,
+//                        test vectors, F16 / BF16 / F64 weights; and near misses, one rule of the
+//                        reader broken each (version 2, an unknown op, a cycle, a missing
+//                        temperature or attention tensor, tau = 0, a weight contradicting the
+//                        attributes, a shared routing of the wrong width, a huge channel count,
+//                        cut JSON ...). Each network is built as a dynconv Graph next to its
+//                        JSON, so the recorded shapes are dynconv's shape inference and the
+//                        tensors what Graph::save writes; every valid seed is loaded back with
+//                        load_graph before it is written, and every near miss must be refused.
 //
 //   usage: fuzz_make_corpus <corpus directory>     (e.g. tests/fuzz/corpus)
 // Deterministic: running it again rewrites the same bytes. Built on demand
 // (cmake --build <build> --target fuzz_make_corpus), or by default with DYNCONV_FUZZ=ON.
 #include "tiny_model.hpp"
 
+#include <dynconv/graph_file.hpp>
 #include <dynconv/safetensors.hpp>
+#include <dynconv/session.hpp>
+#include <dynconv/upsample.hpp>
 
 #include <Eigen/Core>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -25,7 +43,9 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -318,8 +338,10 @@ std::vector<Named> tensors_of(const Bytes& bytes) {
   return out;
 }
 
-/// A file of `tensors`, each stored as `dtype` (floating), with the tiny model's metadata.
-Bytes file_of(const std::vector<Named>& tensors, DType dtype = DType::F32) {
+/// A file of `tensors`, each stored as `dtype` (floating), with `metadata` (by default the tiny
+/// model's).
+Bytes file_of(const std::vector<Named>& tensors, DType dtype = DType::F32,
+              const std::vector<std::pair<std::string, std::string>>& metadata = {{"model", "tiny_dynamic"}}) {
   SafeTensorsWriter w;
   for (const Named& t : tensors) {
     Bytes raw;
@@ -345,7 +367,7 @@ Bytes file_of(const std::vector<Named>& tensors, DType dtype = DType::F32) {
     }
     w.add_raw(t.name, dtype, t.shape, raw.data(), raw.size());
   }
-  w.set_metadata("model", "tiny_dynamic");
+  for (const auto& [key, value] : metadata) w.set_metadata(key, value);
   return w.to_bytes();
 }
 
@@ -465,6 +487,457 @@ void model_load() {
   }
 }
 
+// ---- corpus/graph_load ----------------------------------------------------------------------
+
+using Json = nlohmann::json;
+using dynconv::NhwcShape;
+using dynconv::Pair;
+
+/// A graph file under construction: its JSON and, next to it, the same network as a dynconv
+/// Graph, whose plan gives the recorded shapes and whose save() gives the parameter tensors
+/// (fresh, deterministic values; temperatures 1, running variances 1).
+class GraphSeed {
+ public:
+  explicit GraphSeed(Index batch = 1) : batch_(batch) {}
+
+  GraphSeed& input(const std::string& name, Index c, Index h, Index w) {
+    graph_.input(name, c);
+    inputs_.push_back(NhwcShape{batch_, h, w, c});
+    json_["inputs"].push_back({{"name", name}, {"shape", {batch_, c, h, w}}});
+    return *this;
+  }
+  /// Node `name`, op `op` with `attrs`, computed by `module`; `flat`: its value is recorded as
+  /// [N, C] (as PyTorch has it after flatten, linear, a routing, softmax).
+  template <typename M>
+  GraphSeed& node(const std::string& name, const std::string& op, const std::vector<std::string>& inputs,
+                  Json attrs, M&& module, bool flat = false) {
+    graph_.add(name, std::forward<M>(module), std::vector<dynconv::Value>(inputs.begin(), inputs.end()));
+    json_["nodes"].push_back(
+        {{"name", name}, {"op", op}, {"inputs", inputs}, {"shape", Json::array()}, {"attrs", std::move(attrs)}});
+    flat_.push_back(flat);
+    return *this;
+  }
+  GraphSeed& output(const std::string& name, const std::string& value) {
+    graph_.output(name, dynconv::Value(value));
+    json_["outputs"].push_back({{"name", name}, {"value", value}});
+    return *this;
+  }
+
+  /// The graph's JSON, the shapes recorded.
+  Json json() const {
+    const dynconv::GraphPlan p = graph_.plan(inputs_);
+    Json j = json_;
+    for (std::size_t i = 0; i < flat_.size(); ++i) {
+      const NhwcShape& s = p.shapes[inputs_.size() + i];
+      j["nodes"][i]["shape"] = flat_[i] ? Json{s.n, s.c} : Json{s.n, s.c, s.h, s.w};
+    }
+    return j;
+  }
+  std::vector<Named> tensors() const {
+    SafeTensorsWriter w;
+    graph_.save(w);
+    return tensors_of(w.to_bytes());
+  }
+
+ private:
+  Index batch_;
+  dynconv::Graph<float> graph_{"seed"};
+  std::vector<NhwcShape> inputs_;
+  std::vector<bool> flat_;
+  Json json_ = {{"format", "dynconv.graph"},
+                {"version", 1},
+                {"inputs", Json::array()},
+                {"nodes", Json::array()},
+                {"outputs", Json::array()}};
+};
+
+Bytes graph_file(const Json& graph, const std::vector<Named>& tensors, DType dtype = DType::F32) {
+  return file_of(tensors, dtype, {{dynconv::kGraphMetadataKey, graph.dump()}});
+}
+Bytes graph_file(const std::string& graph_text, const std::vector<Named>& tensors) {
+  return file_of(tensors, DType::F32, {{dynconv::kGraphMetadataKey, graph_text}});
+}
+
+// Attributes as the format spells them.
+Json conv_attrs(Index cin, Index cout, Pair k, Pair stride, std::vector<Index> padding, Pair dilation, Index groups,
+                bool bias) {
+  return {{"in_channels", cin}, {"out_channels", cout}, {"kernel_size", {k[0], k[1]}},
+          {"stride", {stride[0], stride[1]}}, {"padding", padding}, {"dilation", {dilation[0], dilation[1]}},
+          {"groups", groups}, {"bias", bias}};
+}
+template <typename Options>
+Options geometry(Options o, Pair stride, const std::vector<Index>& p, Pair dilation, Index groups, bool bias) {
+  o.stride(stride[0], stride[1]).padding(p[0], p[1], p[2], p[3]).dilation(dilation[0], dilation[1]).groups(groups).bias(bias);
+  return o;
+}
+
+void conv(GraphSeed& g, const std::string& name, const std::string& in, Index cin, Index cout, Pair k, Pair stride,
+          std::vector<Index> p, Pair dilation, Index groups, bool bias) {
+  g.node(name, "conv2d", {in}, conv_attrs(cin, cout, k, stride, p, dilation, groups, bias),
+         dynconv::Conv2d<float>(geometry(dynconv::Conv2dOptions(cin, cout, k), stride, p, dilation, groups, bias).name(name)));
+}
+
+/// A dynamic_conv2d of attention `kind` ("dy", "condconv", "odconv"); hidden 0 for condconv.
+void dynamic(GraphSeed& g, const std::string& name, std::vector<std::string> in, const std::string& kind, Index cin,
+             Index cout, Index k, Index stride, Index pad, Index groups, bool bias, Index kernels, Index hidden,
+             bool shared_routing = false) {
+  Json a = conv_attrs(cin, cout, {k, k}, {stride, stride}, {pad, pad, pad, pad}, {1, 1}, groups, bias);
+  a["attention"] = kind;
+  a["kernels"] = kernels;
+  dynconv::DynamicConv2dOptions o(cin, cout, Pair{k, k});
+  if (kind == "dy") {
+    o.kernels(kernels).hidden_channels(hidden);
+    a["hidden"] = hidden;
+  } else if (kind == "condconv") {
+    o = dynconv::DynamicConv2dOptions::condconv(cin, cout, Pair{k, k}, kernels).shared_routing(shared_routing);
+    if (shared_routing) a["shared_routing"] = true;
+  } else {
+    o = dynconv::DynamicConv2dOptions::odconv(cin, cout, Pair{k, k}, kernels).hidden_channels(hidden);
+    a["hidden"] = hidden;
+  }
+  o = geometry(o, {stride, stride}, {pad, pad, pad, pad}, {1, 1}, groups, bias);
+  g.node(name, "dynamic_conv2d", in, a, dynconv::DynamicConv2d<float>(o.name(name)));
+}
+
+void batch_norm(GraphSeed& g, const std::string& name, const std::string& in, Index c, double eps) {
+  g.node(name, "batch_norm", {in}, {{"num_features", c}, {"eps", eps}},
+         dynconv::BatchNorm2d<float>(dynconv::BatchNorm2dOptions(c).eps(eps).name(name)));
+}
+
+void activation(GraphSeed& g, const std::string& name, const std::string& op, dynconv::Activation a,
+                const std::string& in) {
+  g.node(name, op, {in}, Json::object(), dynconv::ActivationLayer<float>(a, name));
+}
+
+void linear(GraphSeed& g, const std::string& name, const std::string& in, Index fin, Index fout, bool bias) {
+  g.node(name, "linear", {in}, {{"in_features", fin}, {"out_features", fout}, {"bias", bias}},
+         dynconv::Linear<float>(dynconv::LinearOptions(fin, fout).bias(bias).name(name)), true);
+}
+
+void pool(GraphSeed& g, const std::string& name, const std::string& in, bool max, Index k, Index stride, Index pad,
+          bool ceil_mode, Index dilation_or_cip) {
+  Json a = {{"kernel_size", {k, k}}, {"stride", {stride, stride}}, {"padding", {pad, pad}}, {"ceil_mode", ceil_mode}};
+  dynconv::Pool2dOptions o(Pair{k, k});
+  o.stride(stride, stride).padding(pad, pad).ceil_mode(ceil_mode).name(name);
+  if (max) {
+    a["dilation"] = {dilation_or_cip, dilation_or_cip};
+    o.dilation(dilation_or_cip, dilation_or_cip);
+    g.node(name, "max_pool2d", {in}, a, dynconv::MaxPool2d<float>(o));
+  } else {
+    a["count_include_pad"] = dilation_or_cip != 0;
+    o.count_include_pad(dilation_or_cip != 0);
+    g.node(name, "avg_pool2d", {in}, a, dynconv::AvgPool2d<float>(o));
+  }
+}
+
+void adaptive(GraphSeed& g, const std::string& name, const std::string& in, Index h, Index w, bool flat) {
+  g.node(name, "adaptive_avg_pool2d", {in}, {{"output_size", {h, w}}}, dynconv::AdaptiveAvgPool2d<float>(h, w, name),
+         flat);
+}
+
+/// x [2, 2, 5, 5] -> conv (2 -> 3, 3x3, pad 1, no bias) -> bn -> relu -> mean [N, C] -> fc
+/// (3 -> 4): the graph of tests/test_graph_file.cpp.
+GraphSeed basic_net() {
+  GraphSeed g(2);
+  g.input("x", 2, 5, 5);
+  conv(g, "conv", "x", 2, 3, {3, 3}, {1, 1}, {1, 1, 1, 1}, {1, 1}, 1, false);
+  batch_norm(g, "bn", "conv", 3, 1e-5);
+  activation(g, "relu", "relu", dynconv::Activation::ReLU, "bn");
+  adaptive(g, "pool", "relu", 1, 1, true);
+  linear(g, "fc", "pool", 3, 4, true);
+  g.output("logits", "fc");
+  return g;
+}
+
+/// DY-Conv with a bias, a BatchNorm and HardSwish, then a depthwise strided DY-Conv.
+GraphSeed dy_net() {
+  GraphSeed g;
+  g.input("x", 3, 6, 6);
+  dynamic(g, "dy1", {"x"}, "dy", 3, 4, 3, 1, 1, 1, true, 2, 2);
+  batch_norm(g, "bn1", "dy1", 4, 1e-3);
+  activation(g, "act1", "hardswish", dynconv::Activation::HardSwish, "bn1");
+  dynamic(g, "dy2", {"act1"}, "dy", 4, 4, 3, 2, 1, 4, false, 3, 1);
+  g.output("y", "dy2");
+  return g;
+}
+
+/// CondConv with its own routing (no bias, and a 1x1 one with a bias).
+GraphSeed condconv_net() {
+  GraphSeed g;
+  g.input("x", 3, 5, 5);
+  dynamic(g, "cc1", {"x"}, "condconv", 3, 4, 3, 1, 1, 1, false, 3, 0);
+  activation(g, "relu", "relu", dynconv::Activation::ReLU, "cc1");
+  dynamic(g, "cc2", {"relu"}, "condconv", 4, 4, 1, 1, 0, 1, true, 2, 0);
+  g.output("y", "cc2");
+  return g;
+}
+
+/// One condconv_routing shared by two CondConvs (a 1x1 and a depthwise 3x3).
+GraphSeed condconv_shared_net() {
+  GraphSeed g;
+  g.input("x", 4, 5, 5);
+  g.node("route", "condconv_routing", {"x"}, {{"in_channels", 4}, {"experts", 2}},
+         dynconv::CondConvRouting<float>(dynconv::CondConvRoutingOptions(4, 2).name("route")), true);
+  dynamic(g, "cc1", {"x", "route"}, "condconv", 4, 4, 1, 1, 0, 1, false, 2, 0, true);
+  dynamic(g, "cc2", {"cc1", "route"}, "condconv", 4, 4, 3, 1, 1, 4, false, 2, 0, true);
+  g.output("y", "cc2");
+  return g;
+}
+
+/// ODConv with every head, depthwise (no filter head), 1x1 (no spatial head), K = 1 (no kernel
+/// head).
+GraphSeed odconv_net() {
+  GraphSeed g;
+  g.input("x", 4, 5, 5);
+  dynamic(g, "od1", {"x"}, "odconv", 4, 4, 3, 1, 1, 1, false, 2, 2);
+  dynamic(g, "od2", {"od1"}, "odconv", 4, 4, 3, 1, 1, 4, false, 2, 2);
+  dynamic(g, "od3", {"od2"}, "odconv", 4, 6, 1, 1, 0, 1, false, 2, 2);
+  dynamic(g, "od4", {"od3"}, "odconv", 6, 4, 3, 2, 1, 1, false, 1, 2);
+  g.output("y", "od4");
+  return g;
+}
+
+/// Every activation in a chain.
+GraphSeed activations_net() {
+  GraphSeed g;
+  g.input("x", 2, 3, 3);
+  using A = dynconv::Activation;
+  const std::vector<std::pair<std::string, A>> acts = {{"relu", A::ReLU},       {"relu6", A::ReLU6},
+                                                       {"hardswish", A::HardSwish}, {"hardsigmoid", A::HardSigmoid},
+                                                       {"sigmoid", A::Sigmoid}, {"silu", A::SiLU},
+                                                       {"tanh", A::Tanh},       {"gelu", A::GELU}};
+  std::string prev = "x";
+  for (const auto& [op, a] : acts) {
+    activation(g, op + "_1", op, a, prev);
+    prev = op + "_1";
+  }
+  g.output("y", prev);
+  return g;
+}
+
+/// add, sub and mul (same shapes, and a [N, C, 1, 1] value broadcast on either side), a
+/// squeeze-and-excitation gate, cat of three values, identity.
+GraphSeed elementwise_net() {
+  GraphSeed g;
+  g.input("x", 3, 4, 4);
+  activation(g, "a", "relu", dynconv::Activation::ReLU, "x");
+  activation(g, "b", "sigmoid", dynconv::Activation::Sigmoid, "x");
+  g.node("sum", "add", {"a", "b"}, Json::object(), dynconv::Add<float>("sum"));
+  adaptive(g, "gap", "x", 1, 1, false);
+  g.node("centered", "sub", {"sum", "gap"}, Json::object(), dynconv::Sub<float>("centered"));
+  conv(g, "se", "gap", 3, 3, {1, 1}, {1, 1}, {0, 0, 0, 0}, {1, 1}, 1, true);
+  activation(g, "gate", "hardsigmoid", dynconv::Activation::HardSigmoid, "se");
+  g.node("scaled", "mul", {"centered", "gate"}, Json::object(), dynconv::Mul<float>("scaled"));
+  g.node("scaled2", "mul", {"gate", "sum"}, Json::object(), dynconv::Mul<float>("scaled2"));
+  g.node("both", "cat", {"scaled", "x", "scaled2"}, Json::object(), dynconv::Concat<float>("both"));
+  g.node("same", "identity", {"both"}, Json::object(), dynconv::Identity<float>("same"));
+  g.output("y", "same");
+  return g;
+}
+
+/// max_pool2d (dilated, ceil_mode), avg_pool2d (ceil_mode, count_include_pad either way), cat,
+/// adaptive_avg_pool2d to 2x2, flatten, linear, softmax and log_softmax.
+GraphSeed pools_net() {
+  GraphSeed g;
+  g.input("x", 2, 7, 7);
+  pool(g, "mp", "x", true, 3, 2, 1, false, 1);
+  pool(g, "mp2", "x", true, 2, 1, 0, true, 2);
+  pool(g, "ap", "x", false, 3, 2, 1, true, 0);
+  pool(g, "ap2", "x", false, 2, 2, 0, false, 1);
+  g.node("joined", "cat", {"mp", "ap"}, Json::object(), dynconv::Concat<float>("joined"));
+  adaptive(g, "adapt", "joined", 2, 2, false);
+  g.node("flat", "flatten", {"adapt"}, Json::object(), dynconv::Flatten<float>("flat"), true);
+  linear(g, "fc", "flat", 16, 3, false);
+  g.node("prob", "softmax", {"fc"}, Json::object(), dynconv::Softmax<float>("prob"), true);
+  g.node("logp", "log_softmax", {"fc"}, Json::object(), dynconv::LogSoftmax<float>("logp"), true);
+  g.output("prob", "prob").output("logp", "logp").output("mp2", "mp2").output("ap2", "ap2");
+  return g;
+}
+
+/// upsample by size and by scale factor, nearest and bilinear, align_corners either way.
+GraphSeed upsample_net() {
+  GraphSeed g;
+  g.input("x", 2, 3, 3);
+  using dynconv::UpsampleMode;
+  using dynconv::UpsampleOptions;
+  g.node("up1", "upsample", {"x"}, {{"size", {5, 4}}, {"mode", "nearest"}},
+         dynconv::Upsample<float>(UpsampleOptions().size(5, 4).mode(UpsampleMode::Nearest).name("up1")));
+  g.node("up2", "upsample", {"x"}, {{"scale_factor", {2.0, 1.5}}, {"mode", "bilinear"}, {"align_corners", false}},
+         dynconv::Upsample<float>(UpsampleOptions().scale_factor(2.0, 1.5).mode(UpsampleMode::Bilinear).name("up2")));
+  g.node("up3", "upsample", {"x"}, {{"scale_factor", {2, 2}}, {"mode", "bilinear"}, {"align_corners", true}},
+         dynconv::Upsample<float>(
+             UpsampleOptions().scale_factor(2, 2).mode(UpsampleMode::Bilinear).align_corners(true).name("up3")));
+  g.node("up4", "upsample", {"x"}, {{"size", {6, 6}}, {"mode", "bilinear"}},
+         dynconv::Upsample<float>(UpsampleOptions().size(6, 6).mode(UpsampleMode::Bilinear).name("up4")));
+  g.output("up1", "up1").output("up2", "up2").output("up3", "up3").output("up4", "up4");
+  return g;
+}
+
+/// Two inputs; a grouped, dilated, strided convolution of a non-square kernel with uneven
+/// padding; an input that is also an output.
+GraphSeed two_inputs_net() {
+  GraphSeed g;
+  g.input("a", 2, 4, 4).input("b", 2, 4, 4);
+  g.node("sum", "add", {"a", "b"}, Json::object(), dynconv::Add<float>("sum"));
+  conv(g, "conv", "sum", 2, 2, {1, 1}, {1, 1}, {0, 0, 0, 0}, {1, 1}, 1, true);
+  conv(g, "conv2", "b", 2, 4, {3, 2}, {2, 1}, {1, 0, 0, 1}, {2, 1}, 2, false);
+  g.output("y", "conv").output("z", "conv2").output("skip", "a");
+  return g;
+}
+
+/// Test vectors: the graph run on a smooth input by dynconv itself, stored as the format's
+/// "test" tensors.
+std::pair<Json, std::vector<Named>> with_test_vectors(Json graph, std::vector<Named> tensors) {
+  const SafeTensors file = SafeTensors::parse(graph_file(graph, tensors), "seed.safetensors");
+  dynconv::GraphFile<float> g = dynconv::load_graph<float>(file);
+  std::vector<dynconv::Tensor4<float>> xs;
+  Json test = {{"inputs", Json::object()}, {"outputs", Json::object()}};
+  for (const dynconv::GraphFileValue& v : g.inputs) {
+    dynconv::Tensor4<float> x(v.shape[0], v.shape[1], v.shape[2], v.shape[3]);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = std::sin(0.37f * static_cast<float>(i) + static_cast<float>(xs.size()));
+    const std::string name = "dynconv.test." + v.name;
+    tensors.push_back({name, v.shape, std::vector<double>(x.data(), x.data() + x.size())});
+    test["inputs"][v.name] = name;
+    xs.push_back(std::move(x));
+  }
+  dynconv::Session<float> s(g.graph, 1);
+  if (xs.size() == 1) s.run(xs[0]);
+  else s.run({{g.inputs[0].name.c_str(), &xs[0]}, {g.inputs[1].name.c_str(), &xs[1]}});
+  for (const dynconv::GraphFileValue& v : g.outputs) {
+    const dynconv::Tensor4<float>& y = s.output(v.name);
+    const std::string name = "dynconv.test." + v.name;
+    std::vector<Index> shape = v.shape;
+    shape[0] = y.dimension(0);
+    tensors.push_back({name, shape, std::vector<double>(y.data(), y.data() + y.size())});
+    test["outputs"][v.name] = name;
+  }
+  graph["test"] = test;
+  return {graph, tensors};
+}
+
+void fail_seed(const std::string& name, const std::string& why) {
+  std::fprintf(stderr, "make_corpus: graph_load/%s: %s\n", name.c_str(), why.c_str());
+  std::exit(1);
+}
+
+/// A valid seed: it must load.
+void valid_graph(const std::string& name, const Bytes& bytes) {
+  try {
+    (void)dynconv::load_graph<float>(SafeTensors::parse(bytes, name));
+  } catch (const dynconv::Error& e) {
+    fail_seed(name, std::string("does not load: ") + e.what());
+  }
+  write(name, bytes);
+}
+
+/// A near miss: load_graph must refuse it with a FormatError holding `message`.
+void bad_graph(const std::string& name, const Bytes& bytes, const std::string& message) {
+  try {
+    (void)dynconv::load_graph<float>(SafeTensors::parse(bytes, name));
+  } catch (const dynconv::FormatError& e) {
+    if (std::string(e.what()).find(message) == std::string::npos)
+      fail_seed(name, std::string("refused, but the message lacks '") + message + "': " + e.what());
+    write(name, bytes);
+    return;
+  } catch (const dynconv::Error& e) {
+    fail_seed(name, std::string("refused with another error than a FormatError: ") + e.what());
+  }
+  fail_seed(name, "loads");
+}
+
+/// The first occurrence of `from` in the graph's text replaced by `to`.
+std::string edited(const Json& graph, const std::string& from, const std::string& to) {
+  std::string s = graph.dump();
+  const std::size_t at = s.find(from);
+  if (at == std::string::npos) fail_seed("edited", "no '" + from + "' in " + s);
+  return s.replace(at, from.size(), to);
+}
+
+void graph_load() {
+  const std::vector<std::pair<std::string, GraphSeed (*)()>> nets = {
+      {"basic", basic_net},           {"dy", dy_net},           {"condconv", condconv_net},
+      {"condconv_shared", condconv_shared_net}, {"odconv", odconv_net}, {"activations", activations_net},
+      {"elementwise", elementwise_net}, {"pools", pools_net},   {"upsample", upsample_net},
+      {"two_inputs", two_inputs_net}};
+  for (const auto& [name, make] : nets) {
+    const GraphSeed g = make();
+    valid_graph("valid_" + name, graph_file(g.json(), g.tensors()));
+  }
+
+  const Json basic = basic_net().json(), dy = dy_net().json();
+  const std::vector<Named> basic_t = basic_net().tensors(), dy_t = dy_net().tensors();
+  valid_graph("valid_basic_f16", graph_file(basic, basic_t, DType::F16));
+  valid_graph("valid_basic_bf16", graph_file(basic, basic_t, DType::BF16));
+  valid_graph("valid_basic_f64", graph_file(basic, basic_t, DType::F64));
+  valid_graph("valid_dy_f16", graph_file(dy, dy_t, DType::F16));
+  {
+    const auto [g, t] = with_test_vectors(basic, basic_t);
+    valid_graph("valid_basic_test_vectors", graph_file(g, t));
+    const auto [g2, t2] = with_test_vectors(two_inputs_net().json(), two_inputs_net().tensors());
+    valid_graph("valid_two_inputs_test_vectors", graph_file(g2, t2));
+  }
+  {
+    Json reversed = basic;
+    std::reverse(reversed["nodes"].begin(), reversed["nodes"].end());
+    valid_graph("valid_basic_nodes_reversed", graph_file(reversed, basic_t));
+  }
+  {
+    Json sourced = dy;
+    sourced["nodes"][0]["attrs"]["source"] = "kaijieshi7.Dynamic_conv2d";
+    std::vector<Named> t = basic_t;
+    t.push_back({"bn.num_batches_tracked", {}, {10}});
+    valid_graph("valid_dy_source_attr", graph_file(sourced, dy_t));
+    valid_graph("valid_basic_num_batches_tracked", graph_file(basic, t));
+  }
+
+  // Near misses: one rule broken each.
+  bad_graph("bad_version_2", graph_file(edited(basic, "\"version\":1", "\"version\":2"), basic_t), "version 2");
+  bad_graph("bad_unknown_op", graph_file(edited(basic, "\"op\":\"relu\"", "\"op\":\"mish\""), basic_t),
+            "unknown op 'mish'");
+  bad_graph("bad_cycle", graph_file(edited(basic, "\"inputs\":[\"x\"]", "\"inputs\":[\"relu\"]"), basic_t), "cycle");
+  bad_graph("bad_unresolved_input", graph_file(edited(basic, "\"inputs\":[\"bn\"]", "\"inputs\":[\"bm\"]"), basic_t),
+            "'bm'");
+  bad_graph("bad_weight_shape_vs_attrs",
+            graph_file(edited(basic, "\"kernel_size\":[3,3]", "\"kernel_size\":[5,5]"), basic_t), "conv.weight");
+  bad_graph("bad_huge_channels",
+            graph_file(edited(basic, "\"out_channels\":3", "\"out_channels\":2000000000"), basic_t), "conv.weight");
+  {
+    const std::string text = basic.dump();
+    bad_graph("bad_truncated_json", graph_file(text.substr(0, text.size() / 2), basic_t), "not valid JSON");
+  }
+  bad_graph("bad_missing_attention_tensor", graph_file(dy, without(dy_t, "dy1.attention.fc2.bias")),
+            "dy1.attention.fc2.bias");
+  bad_graph("bad_missing_temperature", graph_file(dy, without(dy_t, "dy1.attention.temperature")),
+            "dy1.attention.temperature");
+  bad_graph("bad_tau_zero",
+            graph_file(dy, changed(dy_t, "dy1.attention.temperature", [](Named& t) { t.values = {0}; })),
+            "temperature");
+  bad_graph("bad_odconv_tau_negative",
+            graph_file(odconv_net().json(),
+                       changed(odconv_net().tensors(), "od1.attention.temperature", [](Named& t) { t.values = {-1}; })),
+            "temperature");
+  {
+    // The routing computes 3 experts, the CondConvs mix 2.
+    Json g = condconv_shared_net().json();
+    g["nodes"][0]["attrs"]["experts"] = 3;
+    g["nodes"][0]["shape"] = {1, 3};
+    std::vector<Named> t = changed(condconv_shared_net().tensors(), "route.weight", [](Named& w) {
+      w.shape = {3, 4};
+      w.values.resize(12, 0.25);
+    });
+    t = changed(t, "route.bias", [](Named& b) {
+      b.shape = {3};
+      b.values.resize(3, 0.0);
+    });
+    bad_graph("bad_shared_routing_width", graph_file(g, t), "cc1");
+  }
+  {
+    std::vector<Named> t = basic_t;
+    t.push_back({"stray.weight", {3}, {1, 2, 3}});
+    bad_graph("bad_extra_tensor", graph_file(basic, t), "stray.weight");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -480,6 +953,9 @@ int main(int argc, char** argv) {
   out_dir = root / "model_load";
   fs::create_directories(out_dir);
   model_load();
+  out_dir = root / "graph_load";
+  fs::create_directories(out_dir);
+  graph_load();
   std::printf("wrote %d files under %s\n", written, root.string().c_str());
   return 0;
 }
