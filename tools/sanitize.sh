@@ -7,8 +7,10 @@
 #                                 subprocesses included), except the consumer projects
 #   bash tools/sanitize.sh tsan   ThreadSanitizer: builds test_threads (one model shared by several
 #                                 threads, Session, ThreadPool), test_conv and test_dynamic (the
-#                                 layers' split paths on 2 and 3 threads) and test_models (its
-#                                 Session cases: every zoo model threaded) in build-tsan/; runs them
+#                                 layers' split paths on 2 and 3 threads), test_models (its
+#                                 Session cases: every zoo model threaded), test_plan, test_graph and
+#                                 test_graph_file (exported networks on 2 threads) in build-tsan/;
+#                                 runs them
 #
 # Either stage fails on a failing test and on any sanitizer report. Reports go to files
 # (log_path) in <build>/sanitizer-reports/ besides making the process that hit them fail
@@ -101,10 +103,10 @@ else
   # pools with small shapes; test_models' Session cases run all 14 zoo models on 1, 2 and 3
   # threads (about a minute under TSan; its other cases add nothing threaded and are left out);
   # test_plan every mixing strategy on 1-3 threads, test_graph graphs through Sessions.
-  tsan_targets=(test_threads test_conv test_dynamic test_models test_plan test_graph)
+  tsan_targets=(test_threads test_conv test_dynamic test_models test_plan test_graph test_graph_file)
   say "building ${tsan_targets[*]} (-j$jobs)"
   cmake --build "$build" --target "${tsan_targets[@]}" -j"$jobs"
-  regex='^(test_threads|test_conv|test_dynamic|test_plan|test_graph)\.|^test_models\.Session\.'
+  regex='^(test_threads|test_conv|test_dynamic|test_plan|test_graph|test_graph_file)\.|^test_models\.Session\.'
   say "running ctest -R '$regex'"
   ctest --test-dir "$build" --output-on-failure --no-tests=error -R "$regex" -j"$jobs" || status=$?
 fi
