@@ -723,10 +723,9 @@ std::vector<Tensor4<float>> read_graph_inputs(const std::string& path, std::vect
 
 void run_graph_session(dynconv::Session<float>& s, const dynconv::GraphFile<float>& g,
                        const std::vector<Tensor4<float>>& xs) {
-  if (xs.size() == 1) return s.run(xs[0]);
-  if (xs.size() != 2)
-    throw UsageError(dynconv::concat("a graph of ", xs.size(), " inputs: dynconv-run runs graphs of one or two inputs"));
-  s.run({{g.inputs[0].name.c_str(), &xs[0]}, {g.inputs[1].name.c_str(), &xs[1]}});
+  std::vector<std::pair<std::string, const Tensor4<float>*>> named;
+  for (std::size_t i = 0; i < xs.size(); ++i) named.push_back({g.inputs[i].name, &xs[i]});
+  s.run(named);
 }
 
 /// --verify: the file's test vectors, each output within the format's tolerance.

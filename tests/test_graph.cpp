@@ -240,6 +240,12 @@ TEST(Graph, SeveralNamedInputs) {
   EXPECT_THAT([&] { s.run(xa); }, ThrowsMessage<ShapeError>(HasSubstr("has 2 inputs (a, b)")));
   EXPECT_THAT([&] { s.run({{"a", &xa}}); }, ThrowsMessage<ShapeError>(HasSubstr("input 'b' not given")));
   EXPECT_THAT([&] { s.run({{"a", &xa}, {"c", &xb}}); }, ThrowsMessage<ShapeError>(HasSubstr("has no input 'c'")));
+  // The same from a vector (names known at run time), with its errors.
+  using Named = std::vector<std::pair<std::string, const Tensor4<double>*>>;
+  s.run(Named{{"a", &xa}, {"b", &xb}});
+  EXPECT_LE(rel_error(s.output("sum"), expected), 1e-14);
+  EXPECT_THAT([&] { s.run(Named{{"b", &xb}, {"b", &xb}}); }, ThrowsMessage<ShapeError>(HasSubstr("input 'b' given twice")));
+  EXPECT_THAT([&] { s.run(Named{{"b", &xb}}); }, ThrowsMessage<ShapeError>(HasSubstr("input 'a' not given")));
 }
 
 // ---- Composition mistakes: clean errors, never undefined behaviour ----------------------------

@@ -59,14 +59,11 @@ TEST_P(ExportedNetwork, MatchesPyTorchFloat64OneAndTwoThreads) {
   ASSERT_TRUE(g.has_test()) << path;
   for (int threads : {1, 2}) {
     Session<float> s(g.graph, threads);
-    if (g.test_inputs.size() == 1) {
-      s.run(graph_file_tensor<float>(file, g.test_inputs[0].second));
-    } else {
-      ASSERT_EQ(g.test_inputs.size(), 2u);
-      const Tensor4<float> a = graph_file_tensor<float>(file, g.test_inputs[0].second);
-      const Tensor4<float> b = graph_file_tensor<float>(file, g.test_inputs[1].second);
-      s.run({{g.test_inputs[0].first.c_str(), &a}, {g.test_inputs[1].first.c_str(), &b}});
-    }
+    std::vector<Tensor4<float>> xs;
+    for (const auto& t : g.test_inputs) xs.push_back(graph_file_tensor<float>(file, t.second));
+    std::vector<std::pair<std::string, const Tensor4<float>*>> named;
+    for (std::size_t i = 0; i < xs.size(); ++i) named.push_back({g.test_inputs[i].first, &xs[i]});
+    s.run(named);
     for (const auto& o : g.test_outputs) {
       const Tensor4<double> ref = graph_file_tensor<double>(file, o.second);
       EXPECT_LE(graph_test_error(s.output(o.first), ref), 1e-4)

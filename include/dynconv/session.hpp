@@ -69,20 +69,10 @@ class Session {
   }
   /// Runs a graph on named NCHW inputs, e.g. run({{"image", &x}, {"mask", &m}}): every input
   /// of the graph exactly once (ShapeError otherwise).
-  void run(std::initializer_list<std::pair<const char*, const Tensor4<T>*>> inputs) {
-    for (Given& g : given_) g = Given{};
-    for (const auto& in : inputs) {
-      std::size_t i = 0;
-      while (i < input_names_.size() && input_names_[i] != in.first) ++i;
-      if (i == input_names_.size())
-        fail<ShapeError>(graph_.where(), ": has no input '", in.first, "' (its inputs: ", joined(input_names_), ')');
-      if (given_[i].nchw) fail<ShapeError>(graph_.where(), ": input '", in.first, "' given twice");
-      given_[i].nchw = in.second;
-    }
-    for (std::size_t i = 0; i < given_.size(); ++i)
-      if (!given_[i].nchw) fail<ShapeError>(graph_.where(), ": input '", input_names_[i], "' not given");
-    pass();
-  }
+  void run(std::initializer_list<std::pair<const char*, const Tensor4<T>*>> inputs) { run_named(inputs); }
+  /// The same with the inputs in a vector, for graphs whose inputs are known only at run time
+  /// (a graph file's).
+  void run(const std::vector<std::pair<std::string, const Tensor4<T>*>>& inputs) { run_named(inputs); }
 
   /// Output `name` of the last run, NCHW ([N, F, 1, 1] for flat values such as logits); valid
   /// until the next run. ShapeError for an unknown name.
@@ -115,6 +105,22 @@ class Session {
     const Tensor4<T>* nchw = nullptr;
     const NhwcTensor<T>* nhwc = nullptr;
   };
+
+  template <typename Named>
+  void run_named(const Named& inputs) {
+    for (Given& g : given_) g = Given{};
+    for (const auto& in : inputs) {
+      std::size_t i = 0;
+      while (i < input_names_.size() && input_names_[i] != in.first) ++i;
+      if (i == input_names_.size())
+        fail<ShapeError>(graph_.where(), ": has no input '", in.first, "' (its inputs: ", joined(input_names_), ')');
+      if (given_[i].nchw) fail<ShapeError>(graph_.where(), ": input '", in.first, "' given twice");
+      given_[i].nchw = in.second;
+    }
+    for (std::size_t i = 0; i < given_.size(); ++i)
+      if (!given_[i].nchw) fail<ShapeError>(graph_.where(), ": input '", input_names_[i], "' not given");
+    pass();
+  }
 
   void check_single_input() const {
     if (input_names_.size() != 1)
