@@ -13,6 +13,7 @@
 // DYNCONV_RUN_PATH (the dynconv-run binary) and DYNCONV_SOURCE_DIR are compile definitions; the
 // Fashion-MNIST directory is $DYNCONV_FASHION_MNIST_DIR, else Debian's; tests that need it skip
 // when it is missing.
+#include <dynconv/graph_file.hpp>
 #include <dynconv/models/zoo.hpp>
 #include <dynconv/safetensors.hpp>
 
@@ -832,22 +833,15 @@ std::string graph_test_input(const std::string& name, const std::string& input, 
   return path;
 }
 
-/// max |ours - ref| / max(1, max |ref|) between tensor `ours` of `out` and the graph file's
-/// float64 test output `ref`.
+/// The format's test-vector error (dynconv::graph_test_error, the measure of --verify) between
+/// tensor `ours` of `out` and the graph file's float64 test output `ref`.
 double graph_output_error(const std::string& out, const std::string& ours, const std::string& name,
                           const std::string& ref) {
   const SafeTensors o = SafeTensors::load(out);
   const SafeTensors f = SafeTensors::load(graph_dir() + "/" + name + ".safetensors");
-  const std::vector<double> a = o.get_flat<double>(ours);
-  const std::vector<double> b = f.get_flat<double>("dynconv.test." + ref);
   EXPECT_EQ(o.entry(ours).shape, f.entry("dynconv.test." + ref).shape) << ours;
-  if (a.size() != b.size()) return INFINITY;
-  double diff = 0, scale = 1;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return diff / scale;
+  return dynconv::graph_test_error(dynconv::graph_file_tensor<float>(o, ours),
+                                   dynconv::graph_file_tensor<double>(f, "dynconv.test." + ref));
 }
 
 #define SKIP_WITHOUT_GRAPH_FILES()                                                                \
