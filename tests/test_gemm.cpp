@@ -1,15 +1,19 @@
 // The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt and mixed_gemm_batch
 // against a naive triple loop in double, over sizes that reach the micro-kernels' edges
 // (1, odd, just above the register and cache blocks), with leading dimensions larger than the
-// rows, accumulating into non-zero outputs.
+// rows, accumulating into non-zero outputs. An entry this CPU does not run is skipped, unless
+// DYNCONV_REQUIRE_GEMM_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
 #define DYNCONV_DETAIL_ALLOWED  // the kernels are tested directly
 #include <dynconv/detail/gemm.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,11 +39,37 @@ constexpr double tol() {
 struct Size {
   Index m, n, k;
 };
-const Size kSizes[] = {{1, 1, 1},   {1, 17, 5},   {7, 1, 3},    {13, 29, 31},  {48, 48, 48},
-                       {65, 33, 17}, {3, 130, 259}, {200, 70, 9}, {129, 257, 300}};
+// Edges of both x86 kernels: rows 1..13 (tiles of 12 and 6, balanced), columns around 16 and
+// 32 (one- and two-vector panels, masks), depth above the 256-row block, more columns than one
+// packed block holds (64 Ki floats / 256 rows = 256 columns).
+const Size kSizes[] = {{1, 1, 1},    {1, 17, 5},    {7, 1, 3},     {13, 29, 31},  {48, 48, 48},
+                       {65, 33, 17}, {3, 130, 259}, {200, 70, 9},  {129, 257, 300}, {12, 16, 7},
+                       {11, 32, 2},  {25, 15, 513}, {49, 300, 260}, {6, 47, 1}};
+
+/// Whether DYNCONV_REQUIRE_GEMM_KERNELS lists `name`.
+bool required(const char* name) {
+  const char* env = std::getenv("DYNCONV_REQUIRE_GEMM_KERNELS");
+  if (!env) return false;
+  const std::string list = std::string(",") + env + ",";
+  return list.find(std::string(",") + name + ",") != std::string::npos;
+}
+
+/// Whether to test entry `e` here: it runs on this CPU (else a skip note, or a failure when
+/// required).
+template <typename T>
+bool runs_here(const dynconv::detail::GemmKernels<T>& e) {
+  if (e.supported()) return true;
+  if (required(e.name))
+    ADD_FAILURE() << "GEMM kernel " << e.name << " is required (DYNCONV_REQUIRE_GEMM_KERNELS) but this CPU "
+                  << "does not run it";
+  else
+    std::cout << "[  NOTE    ] GEMM kernel " << e.name << " not tested: this CPU does not run it\n";
+  return false;
+}
 
 template <typename T>
 void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
+  if (!runs_here(kernels)) return;
   dynconv::Workspace<T> ws(1);
   for (const Size& s : kSizes)
     for (bool transpose_b : {false, true}) {
@@ -71,12 +101,13 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
 /// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for each sample b.
 template <typename T>
 void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
+  if (!runs_here(kernels)) return;
   dynconv::Workspace<T> ws(1);
   struct Mixed {
     Index kernels, depth, cols, c0, c1, n, pixels;
   };
   const Mixed cases[] = {{1, 9, 16, 0, 16, 1, 7},      {4, 27, 40, 16, 40, 3, 25}, {3, 300, 64, 0, 64, 2, 49},
-                         {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1}};
+                         {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13}};
   for (const Mixed& m : cases) {
     SCOPED_TRACE(testing::Message() << kernels.name << " K=" << m.kernels << " depth=" << m.depth << " cols=" << m.cols
                                     << " [" << m.c0 << ", " << m.c1 << ") n=" << m.n << " pixels=" << m.pixels);
@@ -106,13 +137,46 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
   }
 }
 
-TEST(GemmKernelTable, HasAnEntryInUseFirst) {
-  EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, dynconv::detail::gemm_kernel_table<float>()[0].name);
-  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) {
+TEST(GemmKernelTable, InUseIsTheForcedOrTheFirstSupportedEntry) {
+  const auto& table = dynconv::detail::gemm_kernel_table<float>();
+  ASSERT_FALSE(table.empty());
+  EXPECT_STREQ(table.back().name, "eigen");  // the portable fallback, always last
+  EXPECT_TRUE(table.back().supported());
+  for (const auto& e : table) {
+    EXPECT_NE(e.supported, nullptr);
     EXPECT_NE(e.gemm, nullptr);
     EXPECT_NE(e.gemm_bt, nullptr);
     EXPECT_NE(e.mixed_gemm_batch, nullptr);
   }
+  const char* forced = std::getenv("DYNCONV_GEMM_KERNEL");
+  if (forced && *forced) {
+    EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, forced);
+    return;
+  }
+  const auto first = std::find_if(table.begin(), table.end(), [](const auto& e) { return e.supported(); });
+  EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, first->name);
+#if defined(__x86_64__)
+  // On x86-64 the own kernels are there whatever the build's flags.
+  EXPECT_STREQ(table[0].name, "avx512");
+  EXPECT_STREQ(table[1].name, "avx2");
+#endif
+  EXPECT_EQ(dynconv::detail::gemm_kernel_table<double>().size(), 1u);
+}
+
+TEST(GemmKernelTable, ForcingAnUnknownKernelIsAClearError) {
+  const char* before = std::getenv("DYNCONV_GEMM_KERNEL");
+  const std::string saved = before ? before : "";
+  setenv("DYNCONV_GEMM_KERNEL", "avx9000", 1);
+  try {
+    dynconv::detail::select_gemm_kernels<float>();
+    ADD_FAILURE() << "no error";
+  } catch (const dynconv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("DYNCONV_GEMM_KERNEL=avx9000: no such GEMM kernel for float"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("eigen"), std::string::npos) << e.what();
+  }
+  if (before) setenv("DYNCONV_GEMM_KERNEL", saved.c_str(), 1); else unsetenv("DYNCONV_GEMM_KERNEL");
 }
 
 TEST(GemmKernelTable, EveryEntryMultipliesFloat) {

@@ -2,24 +2,35 @@
 // GEMM API (general_matrix_matrix_product, gebp_kernel, gemm_pack_lhs/rhs, level3_blocking).
 //
 // An entry of the table (GemmKernels<T>) holds:
+//   supported         whether this CPU runs the entry
 //   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions)
 //   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch)
 // Each works on the calling thread with one worker's packing buffers from the workspace, so it
-// allocates nothing. gemm_kernel_table() lists the entries; gemm_kernels() is the one in use.
-// Today the table has one entry, "eigen" (Eigen 3.4's blocked GEMM); a new micro-kernel (an
-// AVX-512 or AVX2 path, say) is a new entry, tested by test_gemm against a naive product.
+// allocates nothing. gemm_kernel_table() lists the entries, best first; gemm_kernels() is the
+// one in use: the first the CPU supports, or the one the environment variable
+// DYNCONV_GEMM_KERNEL names ("avx512", "avx2" or "eigen"; the tests force each that way).
+// For float on x86-64 the table holds dynconv's own kernels (gemm_x86.hpp: AVX-512 12x32 and
+// AVX2 6x16, each compiled for its instruction set whatever the build's flags, chosen by a
+// CPUID check), then "eigen" (Eigen 3.4's blocked GEMM for the build's flags: the portable
+// fallback); for double, "eigen" only. test_gemm checks every entry against a naive product.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
+#include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/detail/mix.hpp>
+#include <dynconv/error.hpp>
 #include <dynconv/runtime.hpp>
 
 #include <Eigen/Core>
 
 #include <algorithm>
-#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace dynconv {
 namespace detail {
@@ -105,6 +116,7 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
 template <typename T>
 struct GemmKernels {
   const char* name;
+  bool (*supported)();
   void (*gemm)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                Workspace<T>& ws, int worker);
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
@@ -114,19 +126,57 @@ struct GemmKernels {
                            Workspace<T>& ws, int worker);
 };
 
-/// Every GEMM kernel entry compiled in, the one in use first.
+inline bool always_supported() { return true; }
+
+/// Every GEMM kernel entry compiled in, best first (the CPU may not run all of them).
 template <typename T>
-const std::array<GemmKernels<T>, 1>& gemm_kernel_table() {
-  static const std::array<GemmKernels<T>, 1> table{{
-      {"eigen", &eigen_gemm<T, false>, &eigen_gemm<T, true>, &eigen_mixed_gemm_batch<T>},
-  }};
+const std::vector<GemmKernels<T>>& gemm_kernel_table() {
+  static const std::vector<GemmKernels<T>> table = [] {
+    std::vector<GemmKernels<T>> t;
+#if DYNCONV_X86_KERNELS
+    if constexpr (std::is_same<T, float>::value) {
+      t.push_back({"avx512", &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
+                   &x86_mixed_gemm_batch<X86Avx512>});
+      t.push_back({"avx2", &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
+                   &x86_mixed_gemm_batch<X86Avx2>});
+    }
+#endif
+    t.push_back({"eigen", &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
+                 &eigen_mixed_gemm_batch<T>});
+    return t;
+  }();
   return table;
 }
 
-/// The GEMM kernels in use.
+/// The entry DYNCONV_GEMM_KERNEL names (it must exist and run on this CPU), else the first
+/// entry this CPU supports.
+template <typename T>
+const GemmKernels<T>& select_gemm_kernels() {
+  const auto& table = gemm_kernel_table<T>();
+  const char* forced = std::getenv("DYNCONV_GEMM_KERNEL");
+  if (forced && *forced) {
+    std::string names;
+    for (const auto& e : table) {
+      if (std::strcmp(e.name, forced) == 0) {
+        if (!e.supported())
+          throw Error("DYNCONV_GEMM_KERNEL=" + std::string(forced) + ": this CPU does not run that GEMM kernel");
+        return e;
+      }
+      names += std::string(names.empty() ? "" : ", ") + e.name;
+    }
+    throw Error("DYNCONV_GEMM_KERNEL=" + std::string(forced) + ": no such GEMM kernel for " +
+                (sizeof(T) == 4 ? "float" : "double") + " (the table has: " + names + ")");
+  }
+  for (const auto& e : table)
+    if (e.supported()) return e;
+  return table.back();
+}
+
+/// The GEMM kernels in use (chosen once, see select_gemm_kernels).
 template <typename T>
 const GemmKernels<T>& gemm_kernels() {
-  return gemm_kernel_table<T>()[0];
+  static const GemmKernels<T>& in_use = select_gemm_kernels<T>();
+  return in_use;
 }
 
 /// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB) through the table.

@@ -1,0 +1,313 @@
+// dynconv's own float GEMM kernels for x86-64, AVX-512 and AVX2, chosen at run time.
+//
+// Each kernel is compiled for its instruction set with a function-level target attribute
+// (GCC and Clang), whatever flags the including project uses: a plain `-O2` build without
+// `-march` gets the AVX-512 kernel on a CPU that has it. gemm.hpp lists these kernels in its
+// table next to Eigen's and picks the best one the CPU supports (the CPUID check is
+// __builtin_cpu_supports, which also checks that the OS saves the vector registers).
+//
+// The product C[m, n] += A[m, k] * B[k, n] (row-major, leading dimensions) is blocked as
+// kc rows of B by nc columns: the block of B is packed into panels of NR columns (zero-padded),
+// each panel [kc, NR] contiguous; A is not packed (the micro-kernel broadcasts A[i, p] straight
+// from A's rows: MR rows of kc values stay in L1 across every panel of the block). The
+// micro-kernel keeps an MR x NR tile of C in registers: AVX-512 12 x 32 (24 zmm accumulators),
+// AVX2 6 x 16 (12 ymm accumulators); ragged edges run the same loop with fewer rows and masked
+// columns. The batched mixed-kernel product mixes the K packed sources into the packed panel
+// (packing is a permutation, so mixing packed blocks is mixing kernels).
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/runtime.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define DYNCONV_X86_KERNELS 1
+#include <immintrin.h>
+#else
+#define DYNCONV_X86_KERNELS 0
+#endif
+
+namespace dynconv {
+namespace detail {
+
+#if DYNCONV_X86_KERNELS
+
+#define DYNCONV_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define DYNCONV_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+/// Whether the CPU (and the OS) run the AVX-512 kernels: AVX512F (with AVX2 and FMA).
+inline bool cpu_has_avx512() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+/// Whether the CPU (and the OS) run the AVX2 kernels: AVX2 and FMA.
+inline bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+
+/// Cache blocking shared by both kernels: kc rows of B (a panel of kc x NR stays in L1 with
+/// MR rows of A), nc columns (the packed block, kc x nc floats, stays in L2).
+struct X86Blocking {
+  static constexpr Index kc = 256;
+  static constexpr Index block_floats = 64 * 1024;  // 256 KiB of packed B
+  static Index nc(Index kcur, Index nr) { return std::max<Index>(nr, block_floats / kcur / nr * nr); }
+};
+
+/// Packs B[p0 : p0+kcur, j0 : j0+cols] (row-major with ldb, or B^T: B stored [n, k]) into
+/// panels of NR columns, panel q at out + q*kcur*NR, zero-padded to whole panels.
+template <Index NR, bool TransposeB>
+inline void x86_pack_b(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
+  for (Index q = 0; q * NR < cols; ++q) {
+    const Index jq = j0 + q * NR, w = std::min(NR, cols - q * NR);
+    float* panel = out + q * kcur * NR;
+    for (Index p = 0; p < kcur; ++p) {
+      float* row = panel + p * NR;
+      if (!TransposeB) {
+        std::memcpy(row, b + (p0 + p) * ldb + jq, static_cast<std::size_t>(w) * sizeof(float));
+      } else {
+        for (Index j = 0; j < w; ++j) row[j] = b[(jq + j) * ldb + p0 + p];
+      }
+      for (Index j = w; j < NR; ++j) row[j] = 0.f;
+    }
+  }
+}
+
+/// Rows per tile when m rows are cut into tiles of at most `mr`: as even as possible (49 rows
+/// with mr = 12 make 5 tiles of 10 and 9, not 4 of 12 and a slow one of 1).
+inline Index balanced_rows(Index m, Index mr) {
+  const Index tiles = (m + mr - 1) / mr;
+  return (m + tiles - 1) / tiles;
+}
+
+// ---- AVX-512: 12 x 32 --------------------------------------------------------------------------
+
+/// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 32), cols <= 32 (masked beyond).
+// The micro-kernels name each accumulator (DYNCONV_X86_ROWS expands a step once per row, the
+// rows beyond MR compiled away): GCC keeps an array of accumulators in memory, storing it on
+// every step of the depth loop.
+#define DYNCONV_X86_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+
+/// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 32), cols <= 32 (masked beyond); with
+/// NV = 1 only the panel's first 16 columns are read (cols <= 16).
+template <int MR, int NV = 2>
+DYNCONV_TARGET_AVX512 inline void avx512_tile(Index kc, const float* a, Index lda, const float* panel, float* c,
+                                              Index ldc, Index cols) {
+  static_assert(MR >= 1 && MR <= 12 && (NV == 1 || NV == 2), "avx512_tile: 1 to 12 rows, 1 or 2 vectors");
+#define DYNCONV_DECLARE(i) __m512 acc##i##_0 = _mm512_setzero_ps(), acc##i##_1 = acc##i##_0;
+#define DYNCONV_STEP(i)                                        \
+  if constexpr (MR > i) {                                      \
+    const __m512 ai = _mm512_set1_ps(a[i * lda + p]);          \
+    acc##i##_0 = _mm512_fmadd_ps(ai, b0, acc##i##_0);          \
+    if constexpr (NV == 2) acc##i##_1 = _mm512_fmadd_ps(ai, b1, acc##i##_1); \
+  }
+#define DYNCONV_STORE(i)                                                                   \
+  if constexpr (MR > i) {                                                                  \
+    float* ci = c + i * ldc;                                                               \
+    _mm512_mask_storeu_ps(ci, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), acc##i##_0)); \
+    if constexpr (NV == 2)                                                                  \
+      _mm512_mask_storeu_ps(ci + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), acc##i##_1)); \
+  }
+  DYNCONV_X86_ROWS(DYNCONV_DECLARE)
+  for (Index p = 0; p < kc; ++p) {
+    const __m512 b0 = _mm512_load_ps(panel + p * 32);
+    const __m512 b1 = NV == 2 ? _mm512_load_ps(panel + p * 32 + 16) : b0;
+    DYNCONV_X86_ROWS(DYNCONV_STEP)
+  }
+  const __mmask16 m0 = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
+  const __mmask16 m1 = static_cast<__mmask16>(cols <= 16 ? 0u : cols >= 32 ? 0xFFFFu : (1u << (cols - 16)) - 1u);
+  DYNCONV_X86_ROWS(DYNCONV_STORE)
+#undef DYNCONV_DECLARE
+#undef DYNCONV_STEP
+#undef DYNCONV_STORE
+}
+
+/// avx512_tile for `rows` (1 to 12) rows, one vector when the panel is at most 16 wide.
+DYNCONV_TARGET_AVX512 inline void avx512_tile_rows(Index rows, Index kc, const float* a, Index lda,
+                                                   const float* panel, float* c, Index ldc, Index cols) {
+#define DYNCONV_CASE(r)                                                                   \
+  case r + 1:                                                                             \
+    return cols > 16 ? avx512_tile<r + 1, 2>(kc, a, lda, panel, c, ldc, cols)             \
+                     : avx512_tile<r + 1, 1>(kc, a, lda, panel, c, ldc, cols);
+  switch (rows) { DYNCONV_X86_ROWS(DYNCONV_CASE) }
+#undef DYNCONV_CASE
+}
+
+/// Every row of A (m rows) against every panel of a packed block of `cols` columns.
+DYNCONV_TARGET_AVX512 inline void avx512_block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                               Index cols, float* c, Index ldc) {
+  const Index mr = balanced_rows(m, 12);
+  for (Index i = 0; i < m; i += mr)
+    for (Index q = 0; q * 32 < cols; ++q)
+      avx512_tile_rows(std::min(mr, m - i), kcur, a + i * lda, lda, packed + q * kcur * 32, c + i * ldc + q * 32, ldc,
+                       std::min<Index>(32, cols - q * 32));
+}
+
+/// o[0:len] = sum_k pi[k] * s_k[0:len], s_k = src + k*stride (len a multiple of 16).
+DYNCONV_TARGET_AVX512 inline void avx512_mix(const float* src, Index stride, Index kernels, const float* pi,
+                                             Index len, float* o) {
+  for (Index i = 0; i < len; i += 16) {
+    __m512 acc = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_load_ps(src + i));
+    for (Index k = 1; k < kernels; ++k)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(pi[k]), _mm512_load_ps(src + k * stride + i), acc);
+    _mm512_store_ps(o + i, acc);
+  }
+}
+
+// ---- AVX2: 6 x 16 ------------------------------------------------------------------------------
+
+/// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 16), cols <= 16 (masked beyond).
+template <int MR>
+DYNCONV_TARGET_AVX2 inline void avx2_tile(Index kc, const float* a, Index lda, const float* panel, float* c,
+                                          Index ldc, Index cols) {
+  static_assert(MR >= 1 && MR <= 6, "avx2_tile: 1 to 6 rows");
+#define DYNCONV_DECLARE(i) __m256 acc##i##_0 = _mm256_setzero_ps(), acc##i##_1 = acc##i##_0;
+#define DYNCONV_STEP(i)                                        \
+  if constexpr (MR > i) {                                      \
+    const __m256 ai = _mm256_broadcast_ss(a + i * lda + p);    \
+    acc##i##_0 = _mm256_fmadd_ps(ai, b0, acc##i##_0);          \
+    acc##i##_1 = _mm256_fmadd_ps(ai, b1, acc##i##_1);          \
+  }
+#define DYNCONV_STORE(i)                                                                       \
+  if constexpr (MR > i) {                                                                      \
+    float* ci = c + i * ldc;                                                                   \
+    _mm256_maskstore_ps(ci, m0, _mm256_add_ps(_mm256_maskload_ps(ci, m0), acc##i##_0));         \
+    _mm256_maskstore_ps(ci + 8, m1, _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), acc##i##_1)); \
+  }
+  DYNCONV_X86_ROWS(DYNCONV_DECLARE)
+  for (Index p = 0; p < kc; ++p) {
+    const __m256 b0 = _mm256_load_ps(panel + p * 16), b1 = _mm256_load_ps(panel + p * 16 + 8);
+    DYNCONV_X86_ROWS(DYNCONV_STEP)
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols) - 8), lane);
+  DYNCONV_X86_ROWS(DYNCONV_STORE)
+#undef DYNCONV_DECLARE
+#undef DYNCONV_STEP
+#undef DYNCONV_STORE
+}
+
+/// avx2_tile for `rows` (1 to 6) rows.
+DYNCONV_TARGET_AVX2 inline void avx2_tile_rows(Index rows, Index kc, const float* a, Index lda, const float* panel,
+                                               float* c, Index ldc, Index cols) {
+  switch (rows) {
+    case 1: return avx2_tile<1>(kc, a, lda, panel, c, ldc, cols);
+    case 2: return avx2_tile<2>(kc, a, lda, panel, c, ldc, cols);
+    case 3: return avx2_tile<3>(kc, a, lda, panel, c, ldc, cols);
+    case 4: return avx2_tile<4>(kc, a, lda, panel, c, ldc, cols);
+    case 5: return avx2_tile<5>(kc, a, lda, panel, c, ldc, cols);
+    default: return avx2_tile<6>(kc, a, lda, panel, c, ldc, cols);
+  }
+}
+
+/// Every row of A (m rows) against every panel of a packed block of `cols` columns.
+DYNCONV_TARGET_AVX2 inline void avx2_block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                           Index cols, float* c, Index ldc) {
+  const Index mr = balanced_rows(m, 6);
+  for (Index i = 0; i < m; i += mr)
+    for (Index q = 0; q * 16 < cols; ++q)
+      avx2_tile_rows(std::min(mr, m - i), kcur, a + i * lda, lda, packed + q * kcur * 16, c + i * ldc + q * 16, ldc,
+                     std::min<Index>(16, cols - q * 16));
+}
+
+/// o[0:len] = sum_k pi[k] * s_k[0:len], s_k = src + k*stride (len a multiple of 16).
+DYNCONV_TARGET_AVX2 inline void avx2_mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
+                                         float* o) {
+  for (Index i = 0; i < len; i += 8) {
+    __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_load_ps(src + i));
+    for (Index k = 1; k < kernels; ++k)
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_load_ps(src + k * stride + i), acc);
+    _mm256_store_ps(o + i, acc);
+  }
+}
+
+// ---- drivers (one per instruction set, the kernel a policy) -------------------------------------
+
+struct X86Avx512 {
+  static constexpr Index nr = 32;
+  DYNCONV_TARGET_AVX512 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                          Index cols, float* c, Index ldc) {
+    avx512_block(m, kcur, a, lda, packed, cols, c, ldc);
+  }
+  DYNCONV_TARGET_AVX512 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
+                                        float* o) {
+    avx512_mix(src, stride, kernels, pi, len, o);
+  }
+};
+struct X86Avx2 {
+  static constexpr Index nr = 16;
+  DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                        Index cols, float* c, Index ldc) {
+    avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
+  }
+  DYNCONV_TARGET_AVX2 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
+                                      float* o) {
+    avx2_mix(src, stride, kernels, pi, len, o);
+  }
+};
+
+/// C[m, n] += A[m, k] * B[k, n] (B^T [n, k] when TransposeB), row-major, with `worker`'s
+/// packing buffer from the workspace.
+template <typename Isa, bool TransposeB>
+void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
+              Workspace<float>& ws, int worker) {
+  if (m == 0 || n == 0 || k == 0) return;
+  constexpr Index nr = Isa::nr;
+  const Index kc = std::min(k, X86Blocking::kc);
+  const Index nc = std::min((n + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
+  float* packed = ws.scratch(worker, Scratch::PackB, kc * nc);
+  for (Index p0 = 0; p0 < k; p0 += kc) {
+    const Index kcur = std::min(kc, k - p0);
+    for (Index j0 = 0; j0 < n; j0 += nc) {
+      const Index cols = std::min(nc, n - j0);
+      x86_pack_b<nr, TransposeB>(b, ldb, p0, kcur, j0, cols, packed);
+      Isa::block(m, kcur, a + p0, lda, packed, cols, c + j0, ldc);
+    }
+  }
+}
+
+/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
+/// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
+/// the whole batch and mixed into the packed block each sample's product reads.
+template <typename Isa>
+void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
+                          Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
+                          Index ldc, Workspace<float>& ws, int worker) {
+  const Index width = c1 - c0;
+  if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
+  constexpr Index nr = Isa::nr;
+  const Index kc = std::min(depth, X86Blocking::kc);
+  const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
+  const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
+  float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
+  float* mixed = ws.scratch(worker, Scratch::PackB, block);
+  for (Index p0 = 0; p0 < depth; p0 += kc) {
+    const Index kcur = std::min(kc, depth - p0);
+    for (Index j0 = 0; j0 < width; j0 += nc) {
+      const Index w = std::min(nc, width - j0);
+      const Index len = kcur * ((w + nr - 1) / nr * nr);
+      for (Index k = 0; k < kernels; ++k)
+        x86_pack_b<nr, false>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
+      for (Index b = 0; b < n; ++b) {
+        Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
+        Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
+      }
+    }
+  }
+}
+
+#undef DYNCONV_X86_ROWS
+
+#endif  // DYNCONV_X86_KERNELS
+
+}  // namespace detail
+}  // namespace dynconv
