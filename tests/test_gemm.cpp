@@ -2,7 +2,7 @@
 // against a naive triple loop in double, over sizes that reach the micro-kernels' edges
 // (1, odd, just above the register and cache blocks), with leading dimensions larger than the
 // rows, accumulating into non-zero outputs. An entry this CPU does not run is skipped, unless
-// DYNCONV_REQUIRE_GEMM_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
+// DYNCONV_REQUIRE_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
 #define DYNCONV_DETAIL_ALLOWED  // the kernels are tested directly
 #include <dynconv/detail/gemm.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
@@ -46,9 +46,9 @@ const Size kSizes[] = {{1, 1, 1},    {1, 17, 5},    {7, 1, 3},     {13, 29, 31},
                        {65, 33, 17}, {3, 130, 259}, {200, 70, 9},  {129, 257, 300}, {12, 16, 7},
                        {11, 32, 2},  {25, 15, 513}, {49, 300, 260}, {6, 47, 1}};
 
-/// Whether DYNCONV_REQUIRE_GEMM_KERNELS lists `name`.
+/// Whether DYNCONV_REQUIRE_KERNELS lists `name`.
 bool required(const char* name) {
-  const char* env = std::getenv("DYNCONV_REQUIRE_GEMM_KERNELS");
+  const char* env = std::getenv("DYNCONV_REQUIRE_KERNELS");
   if (!env) return false;
   const std::string list = std::string(",") + env + ",";
   return list.find(std::string(",") + name + ",") != std::string::npos;
@@ -60,7 +60,7 @@ template <typename T>
 bool runs_here(const dynconv::detail::GemmKernels<T>& e) {
   if (e.supported()) return true;
   if (required(e.name))
-    ADD_FAILURE() << "GEMM kernel " << e.name << " is required (DYNCONV_REQUIRE_GEMM_KERNELS) but this CPU "
+    ADD_FAILURE() << "GEMM kernel " << e.name << " is required (DYNCONV_REQUIRE_KERNELS) but this CPU "
                   << "does not run it";
   else
     std::cout << "[  NOTE    ] GEMM kernel " << e.name << " not tested: this CPU does not run it\n";
@@ -137,7 +137,7 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
   }
 }
 
-TEST(GemmKernelTable, InUseIsTheForcedOrTheFirstSupportedEntry) {
+TEST(GemmKernelTable, InUseIsTheEntryOfTheKernelSetInUse) {
   const auto& table = dynconv::detail::gemm_kernel_table<float>();
   ASSERT_FALSE(table.empty());
   EXPECT_STREQ(table.back().name, "eigen");  // the portable fallback, always last
@@ -148,13 +148,19 @@ TEST(GemmKernelTable, InUseIsTheForcedOrTheFirstSupportedEntry) {
     EXPECT_NE(e.gemm_bt, nullptr);
     EXPECT_NE(e.mixed_gemm_batch, nullptr);
   }
-  const char* forced = std::getenv("DYNCONV_GEMM_KERNEL");
+  using dynconv::detail::KernelIsa;
+  const KernelIsa isa = dynconv::detail::kernel_isa();
+  EXPECT_EQ(dynconv::detail::gemm_kernels<float>().isa, isa);
+  EXPECT_STREQ(dynconv::detail::gemm_kernels<double>().name, "eigen");
+  const char* forced = std::getenv("DYNCONV_KERNELS");
   if (forced && *forced) {
-    EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, forced);
-    return;
+    EXPECT_STREQ(dynconv::detail::kernel_isa_name(isa), forced);
+  } else {
+    // Unforced: the first entry this CPU runs.
+    const auto first = std::find_if(table.begin(), table.end(), [](const auto& e) { return e.supported(); });
+    EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, first->name);
   }
-  const auto first = std::find_if(table.begin(), table.end(), [](const auto& e) { return e.supported(); });
-  EXPECT_STREQ(dynconv::detail::gemm_kernels<float>().name, first->name);
+  std::cout << "[  NOTE    ] kernel set in use: " << dynconv::detail::kernel_isa_name(isa) << "\n";
 #if defined(__x86_64__)
   // On x86-64 the own kernels are there whatever the build's flags.
   EXPECT_STREQ(table[0].name, "avx512");
@@ -163,20 +169,17 @@ TEST(GemmKernelTable, InUseIsTheForcedOrTheFirstSupportedEntry) {
   EXPECT_EQ(dynconv::detail::gemm_kernel_table<double>().size(), 1u);
 }
 
-TEST(GemmKernelTable, ForcingAnUnknownKernelIsAClearError) {
-  const char* before = std::getenv("DYNCONV_GEMM_KERNEL");
+TEST(GemmKernelTable, ForcingAnUnknownKernelSetIsAClearError) {
+  const char* before = std::getenv("DYNCONV_KERNELS");
   const std::string saved = before ? before : "";
-  setenv("DYNCONV_GEMM_KERNEL", "avx9000", 1);
+  setenv("DYNCONV_KERNELS", "avx9000", 1);
   try {
-    dynconv::detail::select_gemm_kernels<float>();
+    dynconv::detail::select_kernel_isa();
     ADD_FAILURE() << "no error";
   } catch (const dynconv::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("DYNCONV_GEMM_KERNEL=avx9000: no such GEMM kernel for float"),
-              std::string::npos)
-        << e.what();
-    EXPECT_NE(std::string(e.what()).find("eigen"), std::string::npos) << e.what();
+    EXPECT_STREQ(e.what(), "DYNCONV_KERNELS=avx9000: no such kernel set (avx512, avx2 or generic)");
   }
-  if (before) setenv("DYNCONV_GEMM_KERNEL", saved.c_str(), 1); else unsetenv("DYNCONV_GEMM_KERNEL");
+  if (before) setenv("DYNCONV_KERNELS", saved.c_str(), 1); else unsetenv("DYNCONV_KERNELS");
 }
 
 TEST(GemmKernelTable, EveryEntryMultipliesFloat) {

@@ -8,7 +8,7 @@
 # Installs the Debian packages it needs first (as root; otherwise it prints the apt-get line).
 # Environment:
 #   DYNCONV_SKIP_TORCH=1   do not install python3-torch(vision) (the PyTorch parity tests then skip)
-#   DYNCONV_NATIVE=ON|OFF  passed to CMake: -O3 -march=native (default) or -O2
+#   DYNCONV_NATIVE=ON|OFF  passed to CMake: -O3 -march=native (default) or the build type's flags
 #   CI=true                a missing torch fails the parity tests instead of skipping them
 set -euo pipefail
 

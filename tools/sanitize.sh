@@ -25,7 +25,9 @@
 #
 # The consumer tests (ctest label "consumer") are excluded from the asan stage: they configure
 # and build separate CMake projects with their own flags (not these), so under the sanitizer
-# build they would only repeat what tools/quickstart.sh test already checked.
+# build they would only repeat what tools/quickstart.sh test already checked. So are the whole-
+# model tests rerun with a forced kernel set (label "kernel_models": the same layers and kernels
+# as the operator tests with forced sets, which do run here, at several times the cost).
 #
 # Environment:
 #   DYNCONV_SANITIZE_BUILD_DIR  the build directory (default build-asan/ or build-tsan/)
@@ -95,8 +97,8 @@ status=0
 if [[ $mode == asan ]]; then
   say "building tests and examples (-j$jobs)"
   cmake --build "$build" -j"$jobs"
-  say "running ctest (all but the consumer projects)"
-  ctest --test-dir "$build" --output-on-failure --no-tests=error -LE consumer -j"$jobs" || status=$?
+  say "running ctest (all but the consumer projects and the forced-kernel model reruns)"
+  ctest --test-dir "$build" --output-on-failure --no-tests=error -LE 'consumer|kernel_models' -j"$jobs" || status=$?
 else
   # test_threads: one model shared by threads, Sessions, the ThreadPool. test_conv and
   # test_dynamic run every layer's split paths (samples, rows, channel tiles) on 2- and 3-thread

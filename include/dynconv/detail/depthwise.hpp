@@ -1,16 +1,32 @@
-// The depthwise convolution kernel: a direct loop vectorised across channels (NHWC).
+// The depthwise convolution kernel: a direct loop vectorised across channels (NHWC); for float
+// the rows run on the kernel set in use (gemm_x86.hpp), else on Eigen's packets.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
 #include <dynconv/detail/epilogue.hpp>
+#include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/detail/packing.hpp>
 
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace dynconv {
 namespace detail {
+
+/// The epilogue of output row r after the bias was added: activation, residual, final activation.
+template <typename T>
+void depthwise_row_epilogue(const Epilogue<T>& ep, Index ow, Index ch, Index c0, Index c1, Index r, T* y) {
+  Epilogue<T> tail = ep;
+  if (ep.act == Activation::Identity && ep.residual) {
+    // No activation: the residual still has to be added.
+    for (Index p = r * ow; p < (r + 1) * ow; ++p)
+      for (Index k = c0; k < c1; ++k) y[p * ch + k] += ep.residual[p * ch + k];
+    tail.residual = nullptr;
+  }
+  epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
+}
 
 /// Depthwise slice, vectorised across channels with Eigen's packets: for one output pixel,
 /// kBlock packets of channels accumulate in registers over all taps (independent FMA chains),
@@ -24,7 +40,20 @@ void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, 
   constexpr Index kBlock = 4;
   const Index ow = g.out_w(in_w), ch = g.out_channels;
   const Index c0 = s.c0, c1 = s.c1;
+  [[maybe_unused]] const KernelIsa isa = std::is_same<T, float>::value ? kernel_isa() : KernelIsa::Generic;
   for (Index r = s.r0; r < s.r1; ++r) {
+#if DYNCONV_X86_KERNELS
+    if constexpr (std::is_same<T, float>::value) {  // the kernel set in use (gemm_x86.hpp)
+      if (isa == KernelIsa::Avx512)
+        avx512_depthwise_row(g, x, in_h, in_w, kernel, ldk, r, c0, c1, ep.bias, y);
+      else if (isa == KernelIsa::Avx2)
+        avx2_depthwise_row(g, x, in_h, in_w, kernel, ldk, r, c0, c1, ep.bias, y);
+      if (isa != KernelIsa::Generic) {
+        depthwise_row_epilogue(ep, ow, ch, c0, c1, r, y);
+        continue;
+      }
+    }
+#endif
     const Index ih0 = r * g.stride_h - g.pad_h;
     // The taps whose input row is inside the image.
     const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
@@ -72,14 +101,7 @@ void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, 
         out[cb] = acc;
       }
     }
-    Epilogue<T> tail = ep;
-    if (ep.act == Activation::Identity && ep.residual) {
-      // No activation: the residual still has to be added.
-      for (Index p = r * ow; p < (r + 1) * ow; ++p)
-        for (Index k = c0; k < c1; ++k) y[p * ch + k] += ep.residual[p * ch + k];
-      tail.residual = nullptr;
-    }
-    epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
+    depthwise_row_epilogue(ep, ow, ch, c0, c1, r, y);
   }
 }
 

@@ -9,26 +9,21 @@
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch)
 // Each works on the calling thread with one worker's packing buffers from the workspace, so it
 // allocates nothing. gemm_kernel_table() lists the entries, best first; gemm_kernels() is the
-// one in use: the first the CPU supports, or the one the environment variable
-// DYNCONV_GEMM_KERNEL names ("avx512", "avx2" or "eigen"; the tests force each that way).
-// For float on x86-64 the table holds dynconv's own kernels (gemm_x86.hpp: AVX-512 12x32 and
-// AVX2 6x16, each compiled for its instruction set whatever the build's flags, chosen by a
-// CPUID check), then "eigen" (Eigen 3.4's blocked GEMM for the build's flags: the portable
+// one of the kernel set in use (kernel_isa(), gemm_x86.hpp: the best the CPU runs, or the one
+// DYNCONV_KERNELS names). For float on x86-64 the table holds dynconv's own kernels (AVX-512
+// 12x32 and AVX2 6x16, each compiled for its instruction set whatever the build's flags), then
+// "eigen" (Eigen 3.4's blocked GEMM for the build's flags: the generic set, the portable
 // fallback); for double, "eigen" only. test_gemm checks every entry against a naive product.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
 #include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/detail/mix.hpp>
-#include <dynconv/error.hpp>
 #include <dynconv/runtime.hpp>
 
 #include <Eigen/Core>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -116,6 +111,7 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
 template <typename T>
 struct GemmKernels {
   const char* name;
+  KernelIsa isa;
   bool (*supported)();
   void (*gemm)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                Workspace<T>& ws, int worker);
@@ -135,47 +131,29 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
     std::vector<GemmKernels<T>> t;
 #if DYNCONV_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
-      t.push_back({"avx512", &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
+      t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
                    &x86_mixed_gemm_batch<X86Avx512>});
-      t.push_back({"avx2", &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
+      t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
                    &x86_mixed_gemm_batch<X86Avx2>});
     }
 #endif
-    t.push_back({"eigen", &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
+    t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
                  &eigen_mixed_gemm_batch<T>});
     return t;
   }();
   return table;
 }
 
-/// The entry DYNCONV_GEMM_KERNEL names (it must exist and run on this CPU), else the first
-/// entry this CPU supports.
-template <typename T>
-const GemmKernels<T>& select_gemm_kernels() {
-  const auto& table = gemm_kernel_table<T>();
-  const char* forced = std::getenv("DYNCONV_GEMM_KERNEL");
-  if (forced && *forced) {
-    std::string names;
-    for (const auto& e : table) {
-      if (std::strcmp(e.name, forced) == 0) {
-        if (!e.supported())
-          throw Error("DYNCONV_GEMM_KERNEL=" + std::string(forced) + ": this CPU does not run that GEMM kernel");
-        return e;
-      }
-      names += std::string(names.empty() ? "" : ", ") + e.name;
-    }
-    throw Error("DYNCONV_GEMM_KERNEL=" + std::string(forced) + ": no such GEMM kernel for " +
-                (sizeof(T) == 4 ? "float" : "double") + " (the table has: " + names + ")");
-  }
-  for (const auto& e : table)
-    if (e.supported()) return e;
-  return table.back();
-}
-
-/// The GEMM kernels in use (chosen once, see select_gemm_kernels).
+/// The GEMM kernels in use: the table's entry of the kernel set in use (kernel_isa()), or
+/// "eigen" when the set has none for T (double).
 template <typename T>
 const GemmKernels<T>& gemm_kernels() {
-  static const GemmKernels<T>& in_use = select_gemm_kernels<T>();
+  static const GemmKernels<T>& in_use = [] () -> const GemmKernels<T>& {
+    const KernelIsa isa = kernel_isa();
+    for (const auto& e : gemm_kernel_table<T>())
+      if (e.isa == isa) return e;
+    return gemm_kernel_table<T>().back();
+  }();
   return in_use;
 }
 

@@ -1,4 +1,7 @@
-// dynconv's own float GEMM kernels for x86-64, AVX-512 and AVX2, chosen at run time.
+// dynconv's own float kernels for x86-64 (GEMM, depthwise rows, kernel mixing), AVX-512 and
+// AVX2, chosen at run time: kernel_isa() is the set in use, the best this CPU runs, or the one
+// the environment variable DYNCONV_KERNELS names ("avx512", "avx2" or "generic": the build's
+// own code, Eigen's GEMM; the tests force each that way).
 //
 // Each kernel is compiled for its instruction set with a function-level target attribute
 // (GCC and Clang), whatever flags the including project uses: a plain `-O2` build without
@@ -17,10 +20,15 @@
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
+#include <dynconv/conv_geometry.hpp>
 #include <dynconv/runtime.hpp>
 
+#include <dynconv/error.hpp>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define DYNCONV_X86_KERNELS 1
@@ -31,6 +39,13 @@
 
 namespace dynconv {
 namespace detail {
+
+/// The kernel sets: dynconv's own AVX-512 and AVX2 float kernels, or the build's generic code.
+enum class KernelIsa { Avx512, Avx2, Generic };
+
+inline const char* kernel_isa_name(KernelIsa isa) {
+  return isa == KernelIsa::Avx512 ? "avx512" : isa == KernelIsa::Avx2 ? "avx2" : "generic";
+}
 
 #if DYNCONV_X86_KERNELS
 
@@ -53,6 +68,39 @@ inline bool cpu_has_avx2() {
   }();
   return has;
 }
+
+/// Whether this CPU (and OS) runs kernel set `isa`.
+inline bool cpu_runs(KernelIsa isa) {
+  return isa == KernelIsa::Avx512 ? cpu_has_avx512() : isa == KernelIsa::Avx2 ? cpu_has_avx2() : true;
+}
+#else
+inline bool cpu_runs(KernelIsa isa) { return isa == KernelIsa::Generic; }
+#endif
+
+/// The kernel set DYNCONV_KERNELS names (it must run on this CPU), else the best this CPU runs.
+inline KernelIsa select_kernel_isa() {
+  const char* forced = std::getenv("DYNCONV_KERNELS");
+  if (forced && *forced) {
+    for (KernelIsa isa : {KernelIsa::Avx512, KernelIsa::Avx2, KernelIsa::Generic})
+      if (std::strcmp(kernel_isa_name(isa), forced) == 0) {
+        if (!cpu_runs(isa))
+          throw Error("DYNCONV_KERNELS=" + std::string(forced) + ": this CPU does not run the " + forced + " kernels");
+        return isa;
+      }
+    throw Error("DYNCONV_KERNELS=" + std::string(forced) + ": no such kernel set (avx512, avx2 or generic)");
+  }
+  for (KernelIsa isa : {KernelIsa::Avx512, KernelIsa::Avx2})
+    if (cpu_runs(isa)) return isa;
+  return KernelIsa::Generic;
+}
+
+/// The kernel set in use, chosen once (select_kernel_isa).
+inline KernelIsa kernel_isa() {
+  static const KernelIsa in_use = select_kernel_isa();
+  return in_use;
+}
+
+#if DYNCONV_X86_KERNELS
 
 /// Cache blocking shared by both kernels: kc rows of B (a panel of kc x NR stays in L1 with
 /// MR rows of A), nc columns (the packed block, kc x nc floats, stays in L2).
@@ -301,6 +349,144 @@ void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index co
         Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
         Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
       }
+    }
+  }
+}
+
+// ---- depthwise rows and kernel mixing (NHWC, vectorised across channels) -----------------------
+
+/// One output row r of a depthwise convolution, channels [c0, c1): out[c, ch] = bias[ch] +
+/// sum over the taps inside the image of x * kernel (kernel at tap 0, channel c0, tap stride
+/// ldk; bias null for none). Four vectors of channels per step, then one, then a masked tail.
+DYNCONV_TARGET_AVX512 inline void avx512_depthwise_row(const ConvGeometry& g, const float* x, Index in_h, Index in_w,
+                                                       const float* kernel, Index ldk, Index r, Index c0, Index c1,
+                                                       const float* bias, float* y) {
+  const Index ow = g.out_w(in_w), ch = g.out_channels;
+  const Index ih0 = r * g.stride_h - g.pad_h;
+  const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
+  const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+  for (Index c = 0; c < ow; ++c) {
+    const Index iw0 = c * g.stride_w - g.pad_w;
+    const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
+    const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+    float* out = y + (r * ow + c) * ch;
+    Index cb = c0;
+    for (; cb + 64 <= c1; cb += 64) {
+      __m512 a0 = bias ? _mm512_loadu_ps(bias + cb) : _mm512_setzero_ps();
+      __m512 a1 = bias ? _mm512_loadu_ps(bias + cb + 16) : _mm512_setzero_ps();
+      __m512 a2 = bias ? _mm512_loadu_ps(bias + cb + 32) : _mm512_setzero_ps();
+      __m512 a3 = bias ? _mm512_loadu_ps(bias + cb + 48) : _mm512_setzero_ps();
+      for (Index i = i_begin; i < i_end; ++i)
+        for (Index j = j_begin; j < j_end; ++j) {
+          const float* in = x + ((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb;
+          const float* w = kernel + (i * g.kernel_w + j) * ldk + (cb - c0);
+          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(in), _mm512_loadu_ps(w), a0);
+          a1 = _mm512_fmadd_ps(_mm512_loadu_ps(in + 16), _mm512_loadu_ps(w + 16), a1);
+          a2 = _mm512_fmadd_ps(_mm512_loadu_ps(in + 32), _mm512_loadu_ps(w + 32), a2);
+          a3 = _mm512_fmadd_ps(_mm512_loadu_ps(in + 48), _mm512_loadu_ps(w + 48), a3);
+        }
+      _mm512_storeu_ps(out + cb, a0);
+      _mm512_storeu_ps(out + cb + 16, a1);
+      _mm512_storeu_ps(out + cb + 32, a2);
+      _mm512_storeu_ps(out + cb + 48, a3);
+    }
+    for (; cb < c1; cb += 16) {
+      const __mmask16 m = static_cast<__mmask16>(c1 - cb >= 16 ? 0xFFFFu : (1u << (c1 - cb)) - 1u);
+      __m512 a = bias ? _mm512_maskz_loadu_ps(m, bias + cb) : _mm512_setzero_ps();
+      for (Index i = i_begin; i < i_end; ++i)
+        for (Index j = j_begin; j < j_end; ++j)
+          a = _mm512_fmadd_ps(
+              _mm512_maskz_loadu_ps(m, x + ((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb),
+              _mm512_maskz_loadu_ps(m, kernel + (i * g.kernel_w + j) * ldk + (cb - c0)), a);
+      _mm512_mask_storeu_ps(out + cb, m, a);
+    }
+  }
+}
+
+/// The AVX2 twin of avx512_depthwise_row (four vectors of 8 channels, one, a masked tail).
+DYNCONV_TARGET_AVX2 inline void avx2_depthwise_row(const ConvGeometry& g, const float* x, Index in_h, Index in_w,
+                                                   const float* kernel, Index ldk, Index r, Index c0, Index c1,
+                                                   const float* bias, float* y) {
+  const Index ow = g.out_w(in_w), ch = g.out_channels;
+  const Index ih0 = r * g.stride_h - g.pad_h;
+  const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
+  const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index c = 0; c < ow; ++c) {
+    const Index iw0 = c * g.stride_w - g.pad_w;
+    const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
+    const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+    float* out = y + (r * ow + c) * ch;
+    Index cb = c0;
+    for (; cb + 32 <= c1; cb += 32) {
+      __m256 a0 = bias ? _mm256_loadu_ps(bias + cb) : _mm256_setzero_ps();
+      __m256 a1 = bias ? _mm256_loadu_ps(bias + cb + 8) : _mm256_setzero_ps();
+      __m256 a2 = bias ? _mm256_loadu_ps(bias + cb + 16) : _mm256_setzero_ps();
+      __m256 a3 = bias ? _mm256_loadu_ps(bias + cb + 24) : _mm256_setzero_ps();
+      for (Index i = i_begin; i < i_end; ++i)
+        for (Index j = j_begin; j < j_end; ++j) {
+          const float* in = x + ((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb;
+          const float* w = kernel + (i * g.kernel_w + j) * ldk + (cb - c0);
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(in), _mm256_loadu_ps(w), a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(in + 8), _mm256_loadu_ps(w + 8), a1);
+          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(in + 16), _mm256_loadu_ps(w + 16), a2);
+          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(in + 24), _mm256_loadu_ps(w + 24), a3);
+        }
+      _mm256_storeu_ps(out + cb, a0);
+      _mm256_storeu_ps(out + cb + 8, a1);
+      _mm256_storeu_ps(out + cb + 16, a2);
+      _mm256_storeu_ps(out + cb + 24, a3);
+    }
+    for (; cb < c1; cb += 8) {
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(c1 - cb)), lane);
+      __m256 a = bias ? _mm256_maskload_ps(bias + cb, m) : _mm256_setzero_ps();
+      for (Index i = i_begin; i < i_end; ++i)
+        for (Index j = j_begin; j < j_end; ++j)
+          a = _mm256_fmadd_ps(
+              _mm256_maskload_ps(x + ((ih0 + i * g.dilation_h) * in_w + iw0 + j * g.dilation_w) * ch + cb, m),
+              _mm256_maskload_ps(kernel + (i * g.kernel_w + j) * ldk + (cb - c0), m), a);
+      _mm256_maskstore_ps(out + cb, m, a);
+    }
+  }
+}
+
+/// o[r, 0:len] = sum_k pi[k] * s_k[r, 0:len] (s_k = src + k*stride, row strides ls and lo),
+/// unaligned, any len: mix()'s float kernel.
+DYNCONV_TARGET_AVX512 inline void avx512_mix_rows(const float* src, Index stride, Index kernels, const float* pi,
+                                                  Index rows, Index len, Index ls, float* o, Index lo) {
+  for (Index r = 0; r < rows; ++r) {
+    const float* s = src + r * ls;
+    float* out = o + r * lo;
+    for (Index i = 0; i < len; i += 16) {
+      const __mmask16 m = static_cast<__mmask16>(len - i >= 16 ? 0xFFFFu : (1u << (len - i)) - 1u);
+      __m512 acc = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m, s + i));
+      for (Index k = 1; k < kernels; ++k)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(pi[k]), _mm512_maskz_loadu_ps(m, s + k * stride + i), acc);
+      _mm512_mask_storeu_ps(out + i, m, acc);
+    }
+  }
+}
+
+/// The AVX2 twin of avx512_mix_rows.
+DYNCONV_TARGET_AVX2 inline void avx2_mix_rows(const float* src, Index stride, Index kernels, const float* pi,
+                                              Index rows, Index len, Index ls, float* o, Index lo) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index r = 0; r < rows; ++r) {
+    const float* s = src + r * ls;
+    float* out = o + r * lo;
+    Index i = 0;
+    for (; i + 8 <= len; i += 8) {
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_loadu_ps(s + i));
+      for (Index k = 1; k < kernels; ++k)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_loadu_ps(s + k * stride + i), acc);
+      _mm256_storeu_ps(out + i, acc);
+    }
+    if (i < len) {
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len - i)), lane);
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + i, m));
+      for (Index k = 1; k < kernels; ++k)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_maskload_ps(s + k * stride + i, m), acc);
+      _mm256_maskstore_ps(out + i, m, acc);
     }
   }
 }

@@ -3,9 +3,11 @@
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
+#include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/tensor.hpp>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace dynconv {
 namespace detail {
@@ -36,6 +38,13 @@ void mix_group(const T* const* s, const T* w, Index rows, Index len, Index ls, T
 template <typename T>
 void mix(const T* src, Index stride, Index kernels, const T* pi, Index rows, Index len, Index ls, T* o,
          Index lo) {
+#if DYNCONV_X86_KERNELS
+  if constexpr (std::is_same<T, float>::value) {  // the kernel set in use (gemm_x86.hpp)
+    const KernelIsa isa = kernel_isa();
+    if (isa == KernelIsa::Avx512) return avx512_mix_rows(src, stride, kernels, pi, rows, len, ls, o, lo);
+    if (isa == KernelIsa::Avx2) return avx2_mix_rows(src, stride, kernels, pi, rows, len, ls, o, lo);
+  }
+#endif
   for (Index k = 0; k < kernels; k += 4) {
     const T* s[4] = {src + k * stride, src + std::min(k + 1, kernels - 1) * stride,
                      src + std::min(k + 2, kernels - 1) * stride, src + std::min(k + 3, kernels - 1) * stride};
