@@ -6,6 +6,7 @@ python3-matplotlib) after building bench_models:
 
     cmake --build build --target bench_models
     /usr/bin/python3 benchmarks/compare_pytorch.py [--bench-models build/benchmarks/bench_models]
+        [--bench-models-plain build-plain/benchmarks/bench_models] [--no-od]
         [--rounds 3] [--quick] [--all-models] [--out-md FILE] [--out-json FILE]
         [--plot docs/benchmarks.svg] [--rss [--dynconv-run PATH]] [--times-table]
         [--export-torchscript DIR]
@@ -32,12 +33,19 @@ see the same machine state:
                    its training path (set_batched, --dynamic-path batched) is the grouped conv
                    with two shortcuts (bmm for dense 1x1 convs, output mixing for outputs of
                    <= 4 pixels).
+Then, per round, the ODConv models of target 4 (od_resnet18, od_mobilenet_v2_x1_0 at K = 4:
+bench_models Model/od_<name>, and PyTorch's eager look-alike of the official OSVAI model,
+dynconv_torch.build_od_model, one thread), unless --no-od. With --bench-models-plain (a
+bench_models built without -march: cmake -DDYNCONV_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release, as a
+downstream project compiles the headers) the dynamic models also run on that build, next to the
+native one in every round (target 5).
+
 Every case has a warm-up (3 calls PyTorch, one forward in bench_models) in every round; the
 reported time is the median of all samples of all rounds. Weights are freshly initialised
 (timing does not depend on them), the input is random with a fixed seed.
 
 Output: ONE markdown table, one line per target of the issue with the two times, the ratio,
-the limit and PASS/FAIL (FLAG for 2 threads slower than 1), after a header with the date,
+the limit and PASS/FAIL (n/a: not measured), after a header with the date,
 the CPU (lscpu), the FMA peak bench_models measured, the versions (torch, torchvision,
 Eigen from Macros.h) and the git commit. --times-table adds every measured time as a second
 table. --out-json keeps every sample. --plot FILE.svg|png draws the latencies (log scale).
@@ -60,7 +68,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +89,8 @@ import dynconv_torch as dt  # noqa: E402
 warnings.filterwarnings("ignore", message="An output with one or more elements was resized")
 
 MAIN_MODELS = ["mobilenet_v3_small", "mobilenet_v2_x1_0", "resnet18"]
+# The ODConv models of target 4 (K = 4) and their static twins.
+OD_MODELS = {"od_resnet18": "resnet18", "od_mobilenet_v2_x1_0": "mobilenet_v2_x1_0"}
 EXTRA_MODELS = ["mobilenet_v2_x0_75", "mobilenet_v2_x0_5", "mobilenet_v2_x0_35", "resnet10"]
 BATCHES = (1, 8)
 THREADS = (1, 2)
@@ -273,17 +282,14 @@ def med(values):
     return statistics.median(values) if values else None
 
 
-def family_limit(base):
-    return 1.15 if base.startswith("resnet") else 1.10
-
-
-def targets(models, dc, pt, peak_gflops, rss):
-    """The issue's target lines: dicts with id, target, case, a_ms, ref, ref_ms, ratio, limit,
-    op ('<=' or '>='), result."""
+def targets(models, dc, pt, peak_gflops, rss, plain, od_models):
+    """The speed issue's target lines: dicts with id, target, case, a_ms, ref, ref_ms, ratio,
+    limit, op ('<=' or '>='), result. plain: {(name, B, T): {"ms": [...]}} of the bench_models
+    built without -march (or None: target 5 not measured)."""
     rows = []
 
-    def dms(name, b, t):
-        r = dc.get((name, b, t))
+    def dms(name, b, t, source=None):
+        r = (dc if source is None else source).get((name, b, t))
         return med(r["ms"]) if r else None
 
     def pms(variant, base, b, t):
@@ -301,54 +307,65 @@ def targets(models, dc, pt, peak_gflops, rss):
     def div(a, b):
         return None if a is None or b is None else a / b
 
-    for tid, base in (("1", "mobilenet_v3_small"), ("2", "mobilenet_v2_x1_0")):
-        if base in models:
-            a, r = dms("dy_" + base, 1, 1), pms("frozen_static", base, 1, 1)
-            add(tid, "dynconv dynamic vs PyTorch frozen static", f"{base} b1 t1", a,
+    for base in models:
+        for b, t in ((1, 1), (8, 1), (8, 2)):
+            a, r = dms("dy_" + base, b, t), pms("frozen_static", base, b, t)
+            add("1", "dynconv dynamic / PyTorch frozen static", f"{base} b{b} t{t}", a,
                 "PyTorch frozen static", r, div(a, r), 1.0, "<=")
+    for base in models:
+        for b in BATCHES:
+            a, r = dms(base, b, 1), pms("frozen_static", base, b, 1)
+            add("2", "dynconv static / PyTorch frozen static", f"{base} b{b} t1", a,
+                "PyTorch frozen static", r, div(a, r), 0.8, "<=")
     for base in models:
         for b in BATCHES:
             a, r = dms("dy_" + base, b, 1), dms(base, b, 1)
             add("3", "dynconv dynamic / static", f"{base} b{b} t1", a, "dynconv static", r,
-                div(a, r), family_limit(base), "<=")
-    if "resnet18" in models and ("dy_resnet18", 1, 1) in dc:
-        r = dc[("dy_resnet18", 1, 1)]
-        frac = med(r["peak_frac"])
-        add("4", "fraction of the 1-core FMA peak", "dy_resnet18 b1 t1", dms("dy_resnet18", 1, 1),
-            f"peak {peak_gflops:.0f} GFLOP/s", None, frac, 0.60, ">=",
-            f"{med(r['gflops']):.0f} GFLOP/s")
-    for base in models:
+                div(a, r), 1.10, "<=")
+    for od, base in od_models.items():
         for b in BATCHES:
-            a, r = dms("dy_" + base, b, 1), pms("eager_dynamic", base, b, 1)
-            add("5", "PyTorch eager dynamic / dynconv dynamic", f"dy_{base} b{b} t1", a,
-                "PyTorch eager dynamic", r, div(r, a), 5.0, ">=")
-    for base in models:
-        for name in (base, "dy_" + base):
-            t1, t2 = dms(name, 8, 1), dms(name, 8, 2)
-            add("6", "b8 throughput, 2 threads / 1", f"{name} b8", t2, "dynconv 1 thread", t1,
-                div(t1, t2), 1.7, ">=")
-    if "resnet18" in models:
-        t1, t2 = dms("dy_resnet18", 1, 1), dms("dy_resnet18", 1, 2)
-        add("6", "b1 latency, 2 threads / 1", "dy_resnet18 b1", t2, "dynconv 1 thread", t1,
-            div(t2, t1), 0.65, "<=")
-    slower = []
-    for base in models:
-        for name in (base, "dy_" + base):
+            a, r = dms(od, b, 1), dms(base, b, 1)
+            add("4", "ODConv (K = 4) / static", f"{od} b{b} t1", a, f"dynconv {base}", r,
+                div(a, r), 1.25, "<=")
+            r = pms("eager_official", od, b, 1)
+            add("4", "official ODConv eager / dynconv", f"{od} b{b} t1", a,
+                "PyTorch eager ODConv", r, div(r, a), 5.0, ">=")
+    if plain is not None:
+        for base in models:
             for b in BATCHES:
-                t1, t2 = dms(name, b, 1), dms(name, b, 2)
-                if t1 is not None and t2 is not None and t2 > t1:
-                    slower.append((name, b, t1, t2))
+                a, r = dms("dy_" + base, b, 1, plain), dms("dy_" + base, b, 1)
+                add("5", "no -march build / -march=native", f"dy_{base} b{b} t1", a,
+                    "dynconv native", r, div(a, r), 1.10, "<=")
+    names = [n for base in models for n in (base, "dy_" + base)] + list(od_models)
+    for name in names:
+        t1, t2 = dms(name, 8, 1), dms(name, 8, 2)
+        add("6", "b8 throughput, 2 threads / 1", f"{name} b8", t2, "dynconv 1 thread", t1,
+            div(t1, t2), 1.8, ">=")
+    for name in ("dy_resnet18", "dy_mobilenet_v2_x1_0"):
+        if name[3:] in models:
+            t1, t2 = dms(name, 1, 1), dms(name, 1, 2)
+            add("6", "b1 latency, 2 threads / 1", f"{name} b1", t2, "dynconv 1 thread", t1,
+                div(t2, t1), 0.6, "<=")
+    slower = []
+    for name in names:
+        for b in BATCHES:
+            t1, t2 = dms(name, b, 1), dms(name, b, 2)
+            if t1 is not None and t2 is not None and t2 > t1:
+                slower.append((name, b, t1, t2))
     for name, b, t1, t2 in slower:
         rows.append(dict(id="6", target="2 threads slower than 1", case=f"{name} b{b}", a_ms=t2,
                          ref="dynconv 1 thread", ref_ms=t1, ratio=t2 / t1, limit=1.0, op="<=",
-                         result="FLAG", note=""))
+                         result="FAIL", note=""))
     if not slower:
         rows.append(dict(id="6", target="2 threads slower than 1", case="(no case)", a_ms=None,
                          ref="", ref_ms=None, ratio=None, limit=1.0, op="<=", result="PASS",
                          note=""))
+    rows.append(dict(id="7", target="BF16/F16 expert storage: dynamic / static at b1",
+                     case="(not implemented)", a_ms=None, ref="", ref_ms=None, ratio=None,
+                     limit=1.05, op="<=", result="n/a", note=""))
     if rss:
         mib = 2**20
-        rows.append(dict(id="7", target="peak RSS <= 2 x float weights + 32 MiB",
+        rows.append(dict(id="8", target="peak RSS <= 2 x float weights + 32 MiB",
                          case=f"dynconv-run {rss['model']} b1", a_ms=None,
                          ref=f"limit {rss['limit_bytes'] / mib:.1f} MiB", ref_ms=None,
                          ratio=rss["max_rss_bytes"] / rss["limit_bytes"], limit=1.0, op="<=",
@@ -364,7 +381,7 @@ def fmt_ms(v):
     return f"{v:.3g}" if v < 100 else f"{v:.0f}"
 
 
-def markdown(header, rows, models, dc, pt, times_table):
+def markdown(header, rows, models, dc, pt, times_table, plain=None, od_models=()):
     lines = list(header)
     lines.append("")
     lines.append("| # | target | case | dynconv ms | vs | ms | ratio | limit | result |")
@@ -376,10 +393,9 @@ def markdown(header, rows, models, dc, pt, times_table):
         lines.append(f"| {r['id']} | {r['target']} | {r['case']} | {fmt_ms(r['a_ms'])} | "
                      f"{r['ref']} | {fmt_ms(r['ref_ms'])} | {ratio} | {r['op']} {r['limit']:g} | "
                      f"**{r['result']}** |")
-    counts = {k: sum(r["result"] == k for r in rows) for k in ("PASS", "FAIL", "FLAG")}
+    counts = {k: sum(r["result"] == k for r in rows) for k in ("PASS", "FAIL", "n/a")}
     lines.append("")
-    lines.append(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['FLAG']} FLAG "
-                 "(2 threads slower than 1).")
+    lines.append(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['n/a']} not measured.")
     if times_table:
         lines.append("")
         lines.append("| model | batch | threads | dynconv static | dynconv dynamic | "
@@ -392,6 +408,15 @@ def markdown(header, rows, models, dc, pt, times_table):
                     cells = [fmt_ms(med(c["ms"])) if c else "-" for c in cells]
                     cells += [fmt_ms(med(pt.get((v, base, b, t), []))) for v in PT_VARIANTS]
                     lines.append(f"| {base} | {b} | {t} | " + " | ".join(cells) + " |")
+        for od in od_models:
+            for b in BATCHES:
+                for t in THREADS:
+                    c = dc.get((od, b, t))
+                    official = pt.get(("eager_official", od, b, t), [])
+                    lines.append(f"| {od} (K = 4) | {b} | {t} | - | {fmt_ms(med(c['ms'])) if c else '-'} | - | - | "
+                                 f"{fmt_ms(med(official)) if official else '-'} (official, eager) |")
+        for (name, b, t), v in sorted((plain or {}).items()):
+            lines.append(f"| {name[3:]}, no -march build | {b} | {t} | - | {fmt_ms(med(v['ms']))} | - | - | - |")
         lines.append("")
         lines.append("(milliseconds, medians)")
     return "\n".join(lines)
@@ -509,6 +534,11 @@ def main():
     ap.add_argument("--dynconv-run", metavar="PATH",
                     help="dynconv-run executable (default: ../examples/dynconv-run next to "
                          "bench_models' directory)")
+    ap.add_argument("--bench-models-plain", metavar="PATH",
+                    help="a bench_models built without -march (cmake -DDYNCONV_NATIVE=OFF "
+                         "-DCMAKE_BUILD_TYPE=Release): target 5, timed in the same rounds")
+    ap.add_argument("--no-od", action="store_true",
+                    help="skip target 4 (the ODConv models and PyTorch's eager ODConv)")
     ap.add_argument("--export-torchscript", metavar="DIR",
                     help="write TorchScript models for bench_libtorch into DIR and exit")
     args = ap.parse_args()
@@ -564,6 +594,13 @@ def main():
     context = {}
     peaks = []  # each bench_models run's fma_peak_gflops
     inputs = {b: make_input(b) for b in BATCHES}
+    plain_exe = None
+    if args.bench_models_plain:
+        plain_exe = os.path.abspath(args.bench_models_plain)
+        if not os.access(plain_exe, os.X_OK):
+            sys.exit(f"compare_pytorch: no bench_models at {plain_exe} (--bench-models-plain)")
+    plain = {} if plain_exe else None  # (name, B, T) -> {"ms": [...]}
+    od_models = {} if args.no_od else {od: base for od, base in OD_MODELS.items() if base in models}
     torch_models = {}
     default_threads = torch.get_num_threads()
     for rnd in range(rounds):
@@ -592,10 +629,45 @@ def main():
                     for field in ("ms", "peak_frac", "gflops"):
                         slot[field].extend(r[field])
 
+            def run_plain():
+                res, _ = run_bench_models(plain_exe, ["dy_" + base], BATCHES, (1,), dc_reps,
+                                          dc_min_time)
+                for key, r in res.items():
+                    plain.setdefault(key, {"ms": []})["ms"].extend(r["ms"])
+
             order = (run_pytorch, run_dynconv) if rnd % 2 == 0 else (run_dynconv, run_pytorch)
+            if plain_exe:  # native and plain builds next to each other
+                order = order + (run_plain,) if rnd % 2 == 0 else (run_plain,) + order
             for step in order:
                 step()
             print(f"  round {rnd + 1}/{rounds}: {base} done", file=sys.stderr, flush=True)
+        for od in od_models:
+            if od not in torch_models:
+                torch.manual_seed(SEED)
+                torch_models[od] = {"eager_official": dt.build_od_model(od, kernels=4).eval()}
+
+            def run_pytorch_od():
+                torch.set_num_threads(1)
+                for b in BATCHES:
+                    lo, hi, secs = pt_reps[b]
+                    s = time_calls(torch_models[od]["eager_official"], inputs[b], 1, min(lo, 3),
+                                   min(hi, 5), secs)
+                    pt.setdefault(("eager_official", od, b, 1), []).extend(v * 1e3 for v in s)
+                torch.set_num_threads(default_threads)
+
+            def run_dynconv_od():
+                res, _ = run_bench_models(exe, [od], BATCHES, THREADS, dc_reps, dc_min_time)
+                for key, r in res.items():
+                    slot = dc.setdefault(key, {"ms": [], "peak_frac": [], "gflops": [],
+                                               "madds": r["madds"]})
+                    for field in ("ms", "peak_frac", "gflops"):
+                        slot[field].extend(r[field])
+
+            order = (run_pytorch_od, run_dynconv_od) if rnd % 2 == 0 else (run_dynconv_od,
+                                                                           run_pytorch_od)
+            for step in order:
+                step()
+            print(f"  round {rnd + 1}/{rounds}: {od} done", file=sys.stderr, flush=True)
 
     peak = med(peaks)
     samples_pt = min(len(v) for v in pt.values())
@@ -614,8 +686,8 @@ def main():
         f"(freeze(script(model))); eager dynamic = dynconv_torch dy_ model, "
         f"{args.dynamic_path} path (batch folded into conv groups), no_grad; "
         f"torch.set_num_threads(T). t = threads, b = batch."]
-    rows = targets(models, dc, pt, peak, rss)
-    md = markdown(header, rows, models, dc, pt, args.times_table)
+    rows = targets(models, dc, pt, peak, rss, plain, od_models)
+    md = markdown(header, rows, models, dc, pt, args.times_table, plain, od_models)
     print(md)
     if args.out_md:
         with open(args.out_md, "w") as f:
@@ -631,6 +703,8 @@ def main():
                            for k, v in sorted(dc.items())],
                "pytorch": [{"variant": k[0], "model": k[1], "batch": k[2], "threads": k[3],
                             "ms": v} for k, v in sorted(pt.items())],
+               "plain": [{"name": k[0], "batch": k[1], "threads": k[2], **v}
+                         for k, v in sorted((plain or {}).items())],
                "targets": rows, "rss": rss}
         with open(args.out_json, "w") as f:
             json.dump(out, f, indent=1)
