@@ -176,6 +176,17 @@ class Linear final : public Module<T> {
     Eigen::Map<const Mat> wm(weight_.data() + o0 * in, len, in);
     Eigen::Map<const Vec> bias(bias_.data() + o0, len);
     if (n <= 4) {
+#if DYNCONV_X86_KERNELS
+      if constexpr (std::is_same<T, float>::value) {  // the kernel set in use (gemm_x86.hpp)
+        const detail::KernelIsa isa = detail::kernel_isa();
+        if (isa != detail::KernelIsa::Generic) {
+          for (Index i = 0; i < n; ++i)
+            (isa == detail::KernelIsa::Avx512 ? detail::avx512_gemv : detail::avx2_gemv)(
+                len, in, weight_.data() + o0 * in, in, x + i * in, bias_.data() + o0, y + i * out + o0);
+          return;
+        }
+      }
+#endif
       for (Index i = 0; i < n; ++i) {
         Eigen::Map<Vec> yv(y + i * out + o0, len);
         yv = bias;

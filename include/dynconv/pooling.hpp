@@ -32,6 +32,10 @@
 #include <dynconv/runtime.hpp>
 #include <dynconv/tensor.hpp>
 
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/gemm_x86.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -66,18 +70,20 @@ namespace detail {
 /// chunks of channels on the stack (no allocation).
 template <typename T>
 void gap_nhwc(const T* x, Index n, Index pixels, Index c, T* out) {
-  constexpr Index kChunk = 256;
-  double sum[kChunk];
-  for (Index b = 0; b < n; ++b)
-    for (Index c0 = 0; c0 < c; c0 += kChunk) {
-      const Index len = std::min(kChunk, c - c0);
-      std::fill(sum, sum + len, 0.0);
-      const T* p = x + b * pixels * c + c0;
-      for (Index k = 0; k < pixels; ++k, p += c)
-        for (Index ch = 0; ch < len; ++ch) sum[ch] += static_cast<double>(p[ch]);
-      for (Index ch = 0; ch < len; ++ch)
-        out[b * c + c0 + ch] = static_cast<T>(sum[ch] / static_cast<double>(pixels));
-    }
+  run_for_kernel_isa([&] {  // the double sums vectorise for the kernel set in use
+    constexpr Index kChunk = 256;
+    double sum[kChunk];
+    for (Index b = 0; b < n; ++b)
+      for (Index c0 = 0; c0 < c; c0 += kChunk) {
+        const Index len = std::min(kChunk, c - c0);
+        std::fill(sum, sum + len, 0.0);
+        const T* p = x + b * pixels * c + c0;
+        for (Index k = 0; k < pixels; ++k, p += c)
+          for (Index ch = 0; ch < len; ++ch) sum[ch] += static_cast<double>(p[ch]);
+        for (Index ch = 0; ch < len; ++ch)
+          out[b * c + c0 + ch] = static_cast<T>(sum[ch] / static_cast<double>(pixels));
+      }
+  });
 }
 
 }  // namespace detail

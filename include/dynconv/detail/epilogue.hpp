@@ -3,6 +3,7 @@
 #include <dynconv/detail/internal_check.hpp>
 
 #include <dynconv/activation.hpp>
+#include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/runtime.hpp>
 
 namespace dynconv {
@@ -17,9 +18,8 @@ struct Epilogue {
   Activation after = Activation::Identity;  // applied last (ResNet: ReLU after the shortcut)
 };
 
-/// y[p, c0:c1] = bias (+ residual when there is no activation to apply first), p in `pixels`.
 template <typename T>
-void epilogue_begin(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
+void epilogue_begin_loops(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
   const bool add_residual = ep.residual && ep.act == Activation::Identity;
   for (Index p = p0; p < p0 + pixels; ++p) {
     T* __restrict o = y + p * cout;
@@ -33,6 +33,13 @@ void epilogue_begin(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, I
     else
       for (Index c = c0; c < c1; ++c) o[c] = T(0);
   }
+}
+
+/// y[p, c0:c1] = bias (+ residual when there is no activation to apply first), p in `pixels`.
+/// (The loops of both ends run compiled for the kernel set in use: run_for_kernel_isa.)
+template <typename T>
+void epilogue_begin(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
+  run_for_kernel_isa([&] { epilogue_begin_loops(ep, pixels, cout, c0, c1, p0, y); });
 }
 
 template <typename T, typename F>
@@ -58,8 +65,10 @@ void activate_rows(Activation a, Index pixels, Index cout, Index c0, Index c1, I
 /// final activation.
 template <typename T>
 void epilogue_end(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Index c1, Index p0, T* y) {
-  activate_rows(ep.act, pixels, cout, c0, c1, p0, y, ep.residual);
-  activate_rows(ep.after, pixels, cout, c0, c1, p0, y, static_cast<const T*>(nullptr));
+  run_for_kernel_isa([&] {
+    activate_rows(ep.act, pixels, cout, c0, c1, p0, y, ep.residual);
+    activate_rows(ep.after, pixels, cout, c0, c1, p0, y, static_cast<const T*>(nullptr));
+  });
 }
 
 }  // namespace detail

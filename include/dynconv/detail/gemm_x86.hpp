@@ -101,6 +101,34 @@ inline KernelIsa kernel_isa() {
 }
 
 #if DYNCONV_X86_KERNELS
+/// f() compiled for AVX-512 (or AVX2): `flatten` inlines everything f calls into this one
+/// function, which carries the target, so plain loops inside f (elementwise epilogues, pooling)
+/// vectorise for the set in use whatever the build's flags.
+template <typename F>
+DYNCONV_TARGET_AVX512 __attribute__((flatten)) void run_avx512(const F& f) {
+  f();
+}
+template <typename F>
+DYNCONV_TARGET_AVX2 __attribute__((flatten)) void run_avx2(const F& f) {
+  f();
+}
+#endif
+
+/// Runs f() compiled for the kernel set in use (kernel_isa()): for float loops that the
+/// compiler vectorises; code written with Eigen's packets keeps the build's packet width.
+template <typename F>
+void run_for_kernel_isa(const F& f) {
+#if DYNCONV_X86_KERNELS
+  switch (kernel_isa()) {
+    case KernelIsa::Avx512: return run_avx512(f);
+    case KernelIsa::Avx2: return run_avx2(f);
+    case KernelIsa::Generic: break;
+  }
+#endif
+  f();
+}
+
+#if DYNCONV_X86_KERNELS
 
 /// Cache blocking shared by both kernels: kc rows of B (a panel of kc x NR stays in L1 with
 /// MR rows of A), nc columns (the packed block, kc x nc floats, stays in L2).
@@ -518,6 +546,64 @@ DYNCONV_TARGET_AVX2 inline void avx2_mix_rows(const float* src, Index stride, In
         acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_maskload_ps(s + k * stride + i, m), acc);
       _mm256_maskstore_ps(out + i, m, acc);
     }
+  }
+}
+
+/// y[o] = bias[o] + W[o, :] . x for o in [0, rows) (W row-major with ldw; bias may be null):
+/// the attention's small matrix-vector products, four rows at a time.
+DYNCONV_TARGET_AVX512 inline void avx512_gemv(Index rows, Index cols, const float* w, Index ldw, const float* x,
+                                              const float* bias, float* y) {
+  Index o = 0;
+  for (; o + 4 <= rows; o += 4) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const float* w0 = w + o * ldw;
+    for (Index i = 0; i < cols; i += 16) {
+      const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), xv, a0);
+      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + ldw + i), xv, a1);
+      a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 2 * ldw + i), xv, a2);
+      a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 3 * ldw + i), xv, a3);
+    }
+    y[o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a0);
+    y[o + 1] = (bias ? bias[o + 1] : 0.f) + _mm512_reduce_add_ps(a1);
+    y[o + 2] = (bias ? bias[o + 2] : 0.f) + _mm512_reduce_add_ps(a2);
+    y[o + 3] = (bias ? bias[o + 3] : 0.f) + _mm512_reduce_add_ps(a3);
+  }
+  for (; o < rows; ++o) {
+    __m512 a = _mm512_setzero_ps();
+    for (Index i = 0; i < cols; i += 16) {
+      const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
+      a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + o * ldw + i), _mm512_maskz_loadu_ps(m, x + i), a);
+    }
+    y[o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a);
+  }
+}
+
+/// Horizontal sum of 8 floats.
+DYNCONV_TARGET_AVX2 inline float avx2_sum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+/// The AVX2 twin of avx512_gemv.
+DYNCONV_TARGET_AVX2 inline void avx2_gemv(Index rows, Index cols, const float* w, Index ldw, const float* x,
+                                          const float* bias, float* y) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index o = 0; o < rows; ++o) {
+    const float* wo = w + o * ldw;
+    __m256 a = _mm256_setzero_ps(), b = a;
+    Index i = 0;
+    for (; i + 16 <= cols; i += 16) {
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i), _mm256_loadu_ps(x + i), a);
+      b = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i + 8), _mm256_loadu_ps(x + i + 8), b);
+    }
+    for (; i < cols; i += 8) {
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - i)), lane);
+      a = _mm256_fmadd_ps(_mm256_maskload_ps(wo + i, m), _mm256_maskload_ps(x + i, m), a);
+    }
+    y[o] = (bias ? bias[o] : 0.f) + avx2_sum(_mm256_add_ps(a, b));
   }
 }
 
