@@ -107,7 +107,8 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
     Index kernels, depth, cols, c0, c1, n, pixels;
   };
   const Mixed cases[] = {{1, 9, 16, 0, 16, 1, 7},      {4, 27, 40, 16, 40, 3, 25}, {3, 300, 64, 0, 64, 2, 49},
-                         {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13}};
+                         {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13},
+                         {4, 300, 70, 3, 67, 1, 13}, {4, 9, 40, 0, 40, 1, 49}};
   for (const Mixed& m : cases) {
     SCOPED_TRACE(testing::Message() << kernels.name << " K=" << m.kernels << " depth=" << m.depth << " cols=" << m.cols
                                     << " [" << m.c0 << ", " << m.c1 << ") n=" << m.n << " pixels=" << m.pixels);

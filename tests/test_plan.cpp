@@ -306,6 +306,26 @@ TEST(SelectMixStrategy, MidSizeKernelsMixPerSample) {
   EXPECT_EQ(dynconv::select_mix_strategy(problem(64, 64, 3, 8, 56, 56, 2)), MixStrategy::PerSample);
   EXPECT_EQ(dynconv::select_mix_strategy(problem(64, 64, 3, 1, 56, 56, 1)), MixStrategy::PerSample);
 }
+TEST(SelectMixStrategy, OneImageFusesLargeKernelsWhenTheKernelsMixWhilePacking) {
+  // dynconv's x86 kernels mix one sample's kernel while packing it (one pass over the experts).
+  dynconv::MixProblem late = problem(512, 512, 3, 1, 7, 7, 1);  // 37.7 MB of experts
+  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::PerSample);
+  late.mixes_while_packing = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::FusedPacking);
+  late.threads = 2;  // and on two threads: channel tiles of it
+  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::FusedPacking);
+  // Kernels that stay in L2 (4 x 64 x 64 x 9 floats = 0.6 MB), or many pixels: no.
+  dynconv::MixProblem small = problem(64, 64, 3, 1, 7, 7, 1);
+  small.mixes_while_packing = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(small), MixStrategy::PerSample);
+  dynconv::MixProblem early = problem(256, 256, 3, 1, 28, 28, 1);
+  early.mixes_while_packing = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(early), MixStrategy::PerSample);
+  // ODConv's scaled kernels never fuse.
+  late.threads = 1;
+  late.scaled = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::PerSample);
+}
 TEST(SelectMixStrategy, SmallLayersAreNotSplit) {
   // 16 -> 16 1x1 at 4x4: far below 2^18 multiply-adds.
   EXPECT_EQ(dynconv::select_mix_strategy(problem(16, 16, 1, 1, 4, 4, 2, dynconv::ConvAlgorithm::Pointwise)),

@@ -101,6 +101,9 @@ struct MixProblem {
   Index scalar_bytes;
   /// Whether an attention scales the mixed kernel (ODConv): no fused packing then.
   bool scaled = false;
+  /// Whether the GEMM kernels in use mix one sample's kernel while packing it (dynconv's x86
+  /// kernels): FusedPacking then pays at batch 1 too, for kernels that leave the L2 cache.
+  bool mixes_while_packing = false;
 };
 
 /// K kernels above this size no longer stay in the L3 cache from one sample to the next: a
@@ -108,22 +111,30 @@ struct MixProblem {
 constexpr Index kMixTileSourceBytes = Index(8) << 20;
 /// Up to this many output pixels a channel tile mixes inside the GEMM's packing.
 constexpr Index kMixFusedMaxPixels = 256;
+/// K kernels above this size (beyond a core's L2) are mixed inside the GEMM's packing at batch 1
+/// when the kernels in use mix while packing: the mixed kernel is then never written out.
+constexpr Index kMixFusedSingleBytes = Index(2) << 20;
 
 /// The one predicate that picks the mixing strategy (measured on this project's machines;
-/// fusing at batch 1 measured slower: K packs per block cost more than one mix):
+/// with Eigen's kernels fusing at batch 1 measured slower: K packs per block cost more than one
+/// mix; dynconv's x86 kernels mix while packing, in one pass):
 ///  - a batch smaller than the pool with many output rows: RowSplit;
-///  - large kernels in a batch, or a batch smaller than the pool: channel tiles, FusedPacking
-///    when the batch has few pixels per sample, else ChannelTiles;
+///  - large kernels in a batch, or a batch smaller than the pool, or one sample whose kernels
+///    leave L2 and that the kernels in use mix while packing: channel tiles, FusedPacking when
+///    there are few pixels per sample (and a batch, or mixing while packing), else ChannelTiles;
 ///  - otherwise PerSample.
 inline MixStrategy select_mix_strategy(const MixProblem& p) {
   const ConvGeometry& g = p.geometry;
   const Index pixels = p.out_h * p.out_w;
   const bool split = p.batch < p.threads && pixels * g.weight_size() >= p.min_parallel_madds;
-  const bool big_batch = p.batch > 1 && p.kernels * g.weight_size() * p.scalar_bytes > kMixTileSourceBytes;
-  if (split && !big_batch && p.out_h >= 8 * p.threads) return MixStrategy::RowSplit;
-  if (mix_strategy_supports(MixStrategy::ChannelTiles, p.algorithm, g) && (big_batch || split)) {
-    const bool fused = p.batch > 1 && mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g, p.scaled) &&
-                       pixels <= kMixFusedMaxPixels;
+  const Index source_bytes = p.kernels * g.weight_size() * p.scalar_bytes;
+  const bool big_batch = p.batch > 1 && source_bytes > kMixTileSourceBytes;
+  const bool can_fuse = mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g, p.scaled) &&
+                        pixels <= kMixFusedMaxPixels;
+  const bool fuse_one = p.batch == 1 && p.mixes_while_packing && can_fuse && source_bytes > kMixFusedSingleBytes;
+  if (split && !big_batch && !fuse_one && p.out_h >= 8 * p.threads) return MixStrategy::RowSplit;
+  if (mix_strategy_supports(MixStrategy::ChannelTiles, p.algorithm, g) && (big_batch || split || fuse_one)) {
+    const bool fused = can_fuse && (p.batch > 1 || fuse_one);
     return fused ? MixStrategy::FusedPacking : MixStrategy::ChannelTiles;
   }
   return MixStrategy::PerSample;
@@ -536,7 +547,8 @@ class DynamicConv2d final : public Module<T> {
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
-                                       static_cast<Index>(sizeof(T)), scaled()});
+                                       static_cast<Index>(sizeof(T)), scaled(),
+                                       detail::gemm_kernels<T>().mixes_while_packing});
     p.bias_values = has_bias() || !shift_.empty() ? n * cout : 0;
     p.scale_values = scaled() ? n * (scale_rows() + cout) : 0;
     const bool split = n < threads && oh * ow * size >= min_parallel_madds;

@@ -120,6 +120,9 @@ struct GemmKernels {
   void (*mixed_gemm_batch)(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
                            Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
                            Workspace<T>& ws, int worker);
+  /// Whether mixed_gemm_batch mixes one sample's kernel while packing it, in one pass over the
+  /// sources (dynconv's x86 kernels; Eigen's packs the K sources first, slower than one mix).
+  bool mixes_while_packing;
 };
 
 inline bool always_supported() { return true; }
@@ -132,13 +135,13 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
 #if DYNCONV_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
-                   &x86_mixed_gemm_batch<X86Avx512>});
+                   &x86_mixed_gemm_batch<X86Avx512>, true});
       t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
-                   &x86_mixed_gemm_batch<X86Avx2>});
+                   &x86_mixed_gemm_batch<X86Avx2>, true});
     }
 #endif
     t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
-                 &eigen_mixed_gemm_batch<T>});
+                 &eigen_mixed_gemm_batch<T>, false});
     return t;
   }();
   return table;

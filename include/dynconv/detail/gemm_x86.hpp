@@ -333,6 +333,29 @@ struct X86Avx512 {
                                           Index cols, float* c, Index ldc) {
     avx512_block(m, kcur, a, lda, packed, cols, c, ldc);
   }
+  /// pack() of the mixed kernel sum_k pi[k] W_k (W_k = src + k*stride, row-major with ldb) in
+  /// one pass over the K sources: each source value read once, each mixed value written once.
+  DYNCONV_TARGET_AVX512 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+                                             Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
+    for (Index q = 0; q * 32 < cols; ++q) {
+      const Index jq = j0 + q * 32, w = std::min<Index>(32, cols - q * 32);
+      const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
+      const __mmask16 m1 = static_cast<__mmask16>(w <= 16 ? 0u : w >= 32 ? 0xFFFFu : (1u << (w - 16)) - 1u);
+      float* panel = out + q * kcur * 32;
+      for (Index p = 0; p < kcur; ++p) {
+        const float* s = src + (p0 + p) * ldb + jq;
+        __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m0, s));
+        __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m1, s + 16));
+        for (Index k = 1; k < kernels; ++k) {
+          const __m512 wk = _mm512_set1_ps(pi[k]);
+          a0 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m0, s + k * stride), a0);
+          a1 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m1, s + k * stride + 16), a1);
+        }
+        _mm512_store_ps(panel + p * 32, a0);
+        _mm512_store_ps(panel + p * 32 + 16, a1);
+      }
+    }
+  }
   DYNCONV_TARGET_AVX512 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
                                         float* o) {
     avx512_mix(src, stride, kernels, pi, len, o);
@@ -354,6 +377,29 @@ struct X86Avx2 {
   DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
                                         Index cols, float* c, Index ldc) {
     avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
+  }
+  /// The AVX2 twin of X86Avx512::mix_pack.
+  DYNCONV_TARGET_AVX2 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+                                           Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (Index q = 0; q * 16 < cols; ++q) {
+      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16);
+      const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), lane);
+      const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w) - 8), lane);
+      float* panel = out + q * kcur * 16;
+      for (Index p = 0; p < kcur; ++p) {
+        const float* s = src + (p0 + p) * ldb + jq;
+        __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s, m0));
+        __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + 8, m1));
+        for (Index k = 1; k < kernels; ++k) {
+          const __m256 wk = _mm256_set1_ps(pi[k]);
+          a0 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride, m0), a0);
+          a1 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride + 8, m1), a1);
+        }
+        _mm256_store_ps(panel + p * 16, a0);
+        _mm256_store_ps(panel + p * 16 + 8, a1);
+      }
+    }
   }
   DYNCONV_TARGET_AVX2 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
                                       float* o) {
@@ -383,7 +429,8 @@ void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float*
 
 /// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
-/// the whole batch and mixed into the packed block each sample's product reads.
+/// the whole batch and mixed into the packed block each sample's product reads; one sample
+/// mixes straight from the sources into the packed block (mix_pack).
 template <typename Isa>
 void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
                           Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
@@ -394,8 +441,20 @@ void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index co
   const Index kc = std::min(depth, X86Blocking::kc);
   const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
   const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
-  float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
   float* mixed = ws.scratch(worker, Scratch::PackB, block);
+  if (n == 1) {
+    // One sample: mixing while packing reads each source once and writes no mixed kernel.
+    for (Index p0 = 0; p0 < depth; p0 += kc) {
+      const Index kcur = std::min(kc, depth - p0);
+      for (Index j0 = 0; j0 < width; j0 += nc) {
+        const Index w = std::min(nc, width - j0);
+        Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
+        Isa::block(pixels, kcur, a + p0, depth, mixed, w, c + c0 + j0, ldc);
+      }
+    }
+    return;
+  }
+  float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
   for (Index p0 = 0; p0 < depth; p0 += kc) {
     const Index kcur = std::min(kc, depth - p0);
     for (Index j0 = 0; j0 < width; j0 += nc) {
