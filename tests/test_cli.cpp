@@ -999,7 +999,7 @@ TEST_P(CliShipped, BundledImagesMatchPyTorch) {
 
 INSTANTIATE_TEST_SUITE_P(Models, CliShipped,
                          ::testing::Values("dy_mobilenet_v3_small", "mobilenet_v3_small",
-                                           "condconv_mobilenet_v3_small"),
+                                           "condconv_mobilenet_v3_small", "odconv_mobilenet_v3_small"),
                          [](const ::testing::TestParamInfo<const char*>& i) {
                            return std::string(i.param);
                          });

@@ -157,7 +157,8 @@ def preprocess(path, resize, crop, mean, std, grayscale):
     return x
 
 
-SHIPPED = ["dy_mobilenet_v3_small", "mobilenet_v3_small", "condconv_mobilenet_v3_small"]
+SHIPPED = ["dy_mobilenet_v3_small", "mobilenet_v3_small", "condconv_mobilenet_v3_small",
+           "odconv_mobilenet_v3_small"]
 
 
 def main():

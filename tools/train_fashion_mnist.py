@@ -31,12 +31,12 @@ or odconv makes the same convolutions CondConv2d or ODConv2d (the file's metadat
 
 ODConv with OSVAI's He-normal attention heads is hypersensitive at tau = 1 in this network
 (see TAU_START below); it trains with the heads started at zero and the BatchNorm statistics
-recomputed over 20 training batches at the end (a 3-epoch, 12,800-image check: ODConv 82.4%,
-DY-Conv 82.5%; the full 10-epoch run has not been made yet):
+recomputed over 20 training batches at the end (the shipped file, 10 epochs: 91.23% with the
+F16 weights, against DY-Conv 91.57% and CondConv 91.71%):
 
     /usr/bin/python3 tools/train_fashion_mnist.py --model dy_mobilenet_v3_small \
         --attention odconv --od-head-init zero --bn-recalibrate 20 --threads 2 \
-        --out odconv_mobilenet_v3_small.safetensors
+        --out examples/fashion_mnist_weights/odconv_mobilenet_v3_small.safetensors
 
 Recipe (all models alike): AdamW (lr --lr, weight decay --wd on conv and linear weights only),
 one epoch of linear warm-up then cosine decay to 0 per step, batch --batch, label smoothing
