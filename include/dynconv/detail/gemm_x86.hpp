@@ -235,17 +235,6 @@ DYNCONV_TARGET_AVX512 inline void avx512_block(Index m, Index kcur, const float*
                        std::min<Index>(32, cols - q * 32));
 }
 
-/// o[0:len] = sum_k pi[k] * s_k[0:len], s_k = src + k*stride (len a multiple of 16).
-DYNCONV_TARGET_AVX512 inline void avx512_mix(const float* src, Index stride, Index kernels, const float* pi,
-                                             Index len, float* o) {
-  for (Index i = 0; i < len; i += 16) {
-    __m512 acc = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_load_ps(src + i));
-    for (Index k = 1; k < kernels; ++k)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(pi[k]), _mm512_load_ps(src + k * stride + i), acc);
-    _mm512_store_ps(o + i, acc);
-  }
-}
-
 // ---- AVX2: 6 x 16 ------------------------------------------------------------------------------
 
 /// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 16), cols <= 16 (masked beyond).
@@ -301,173 +290,6 @@ DYNCONV_TARGET_AVX2 inline void avx2_block(Index m, Index kcur, const float* a, 
     for (Index q = 0; q * 16 < cols; ++q)
       avx2_tile_rows(std::min(mr, m - i), kcur, a + i * lda, lda, packed + q * kcur * 16, c + i * ldc + q * 16, ldc,
                      std::min<Index>(16, cols - q * 16));
-}
-
-/// o[0:len] = sum_k pi[k] * s_k[0:len], s_k = src + k*stride (len a multiple of 16).
-DYNCONV_TARGET_AVX2 inline void avx2_mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
-                                         float* o) {
-  for (Index i = 0; i < len; i += 8) {
-    __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_load_ps(src + i));
-    for (Index k = 1; k < kernels; ++k)
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_load_ps(src + k * stride + i), acc);
-    _mm256_store_ps(o + i, acc);
-  }
-}
-
-// ---- drivers (one per instruction set, the kernel a policy) -------------------------------------
-
-struct X86Avx512 {
-  static constexpr Index nr = 32;
-  template <bool TransposeB>
-  DYNCONV_TARGET_AVX512 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
-                                         float* out) {
-    x86_pack_b<32, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
-  }
-  struct CopyRow {  // a functor, not a lambda: a lambda has no target attribute
-    DYNCONV_TARGET_AVX512 void operator()(float* to, const float* from) const {
-      _mm512_store_ps(to, _mm512_loadu_ps(from));
-      _mm512_store_ps(to + 16, _mm512_loadu_ps(from + 16));
-    }
-  };
-  DYNCONV_TARGET_AVX512 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                          Index cols, float* c, Index ldc) {
-    avx512_block(m, kcur, a, lda, packed, cols, c, ldc);
-  }
-  /// pack() of the mixed kernel sum_k pi[k] W_k (W_k = src + k*stride, row-major with ldb) in
-  /// one pass over the K sources: each source value read once, each mixed value written once.
-  DYNCONV_TARGET_AVX512 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
-                                             Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
-    for (Index q = 0; q * 32 < cols; ++q) {
-      const Index jq = j0 + q * 32, w = std::min<Index>(32, cols - q * 32);
-      const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
-      const __mmask16 m1 = static_cast<__mmask16>(w <= 16 ? 0u : w >= 32 ? 0xFFFFu : (1u << (w - 16)) - 1u);
-      float* panel = out + q * kcur * 32;
-      for (Index p = 0; p < kcur; ++p) {
-        const float* s = src + (p0 + p) * ldb + jq;
-        __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m0, s));
-        __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m1, s + 16));
-        for (Index k = 1; k < kernels; ++k) {
-          const __m512 wk = _mm512_set1_ps(pi[k]);
-          a0 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m0, s + k * stride), a0);
-          a1 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m1, s + k * stride + 16), a1);
-        }
-        _mm512_store_ps(panel + p * 32, a0);
-        _mm512_store_ps(panel + p * 32 + 16, a1);
-      }
-    }
-  }
-  DYNCONV_TARGET_AVX512 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
-                                        float* o) {
-    avx512_mix(src, stride, kernels, pi, len, o);
-  }
-};
-struct X86Avx2 {
-  static constexpr Index nr = 16;
-  template <bool TransposeB>
-  DYNCONV_TARGET_AVX2 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
-                                       float* out) {
-    x86_pack_b<16, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
-  }
-  struct CopyRow {
-    DYNCONV_TARGET_AVX2 void operator()(float* to, const float* from) const {
-      _mm256_store_ps(to, _mm256_loadu_ps(from));
-      _mm256_store_ps(to + 8, _mm256_loadu_ps(from + 8));
-    }
-  };
-  DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                        Index cols, float* c, Index ldc) {
-    avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
-  }
-  /// The AVX2 twin of X86Avx512::mix_pack.
-  DYNCONV_TARGET_AVX2 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
-                                           Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (Index q = 0; q * 16 < cols; ++q) {
-      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16);
-      const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), lane);
-      const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w) - 8), lane);
-      float* panel = out + q * kcur * 16;
-      for (Index p = 0; p < kcur; ++p) {
-        const float* s = src + (p0 + p) * ldb + jq;
-        __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s, m0));
-        __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + 8, m1));
-        for (Index k = 1; k < kernels; ++k) {
-          const __m256 wk = _mm256_set1_ps(pi[k]);
-          a0 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride, m0), a0);
-          a1 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride + 8, m1), a1);
-        }
-        _mm256_store_ps(panel + p * 16, a0);
-        _mm256_store_ps(panel + p * 16 + 8, a1);
-      }
-    }
-  }
-  DYNCONV_TARGET_AVX2 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
-                                      float* o) {
-    avx2_mix(src, stride, kernels, pi, len, o);
-  }
-};
-
-/// C[m, n] += A[m, k] * B[k, n] (B^T [n, k] when TransposeB), row-major, with `worker`'s
-/// packing buffer from the workspace.
-template <typename Isa, bool TransposeB>
-void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
-              Workspace<float>& ws, int worker) {
-  if (m == 0 || n == 0 || k == 0) return;
-  constexpr Index nr = Isa::nr;
-  const Index kc = std::min(k, X86Blocking::kc);
-  const Index nc = std::min((n + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
-  float* packed = ws.scratch(worker, Scratch::PackB, kc * nc);
-  for (Index p0 = 0; p0 < k; p0 += kc) {
-    const Index kcur = std::min(kc, k - p0);
-    for (Index j0 = 0; j0 < n; j0 += nc) {
-      const Index cols = std::min(nc, n - j0);
-      Isa::template pack<TransposeB>(b, ldb, p0, kcur, j0, cols, packed);
-      Isa::block(m, kcur, a + p0, lda, packed, cols, c + j0, ldc);
-    }
-  }
-}
-
-/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
-/// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
-/// the whole batch and mixed into the packed block each sample's product reads; one sample
-/// mixes straight from the sources into the packed block (mix_pack).
-template <typename Isa>
-void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
-                          Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
-                          Index ldc, Workspace<float>& ws, int worker) {
-  const Index width = c1 - c0;
-  if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
-  constexpr Index nr = Isa::nr;
-  const Index kc = std::min(depth, X86Blocking::kc);
-  const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
-  const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
-  float* mixed = ws.scratch(worker, Scratch::PackB, block);
-  if (n == 1) {
-    // One sample: mixing while packing reads each source once and writes no mixed kernel.
-    for (Index p0 = 0; p0 < depth; p0 += kc) {
-      const Index kcur = std::min(kc, depth - p0);
-      for (Index j0 = 0; j0 < width; j0 += nc) {
-        const Index w = std::min(nc, width - j0);
-        Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
-        Isa::block(pixels, kcur, a + p0, depth, mixed, w, c + c0 + j0, ldc);
-      }
-    }
-    return;
-  }
-  float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
-  for (Index p0 = 0; p0 < depth; p0 += kc) {
-    const Index kcur = std::min(kc, depth - p0);
-    for (Index j0 = 0; j0 < width; j0 += nc) {
-      const Index w = std::min(nc, width - j0);
-      const Index len = kcur * ((w + nr - 1) / nr * nr);
-      for (Index k = 0; k < kernels; ++k)
-        Isa::template pack<false>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
-      for (Index b = 0; b < n; ++b) {
-        Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
-        Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
-      }
-    }
-  }
 }
 
 // ---- depthwise rows and kernel mixing (NHWC, vectorised across channels) -----------------------
@@ -665,6 +487,163 @@ DYNCONV_TARGET_AVX2 inline void avx2_gemv(Index rows, Index cols, const float* w
     y[o] = (bias ? bias[o] : 0.f) + avx2_sum(_mm256_add_ps(a, b));
   }
 }
+
+// ---- drivers (one per instruction set, the kernel a policy) -------------------------------------
+
+struct X86Avx512 {
+  static constexpr Index nr = 32;
+  template <bool TransposeB>
+  DYNCONV_TARGET_AVX512 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
+                                         float* out) {
+    x86_pack_b<32, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
+  }
+  struct CopyRow {  // a functor, not a lambda: a lambda has no target attribute
+    DYNCONV_TARGET_AVX512 void operator()(float* to, const float* from) const {
+      _mm512_store_ps(to, _mm512_loadu_ps(from));
+      _mm512_store_ps(to + 16, _mm512_loadu_ps(from + 16));
+    }
+  };
+  DYNCONV_TARGET_AVX512 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                          Index cols, float* c, Index ldc) {
+    avx512_block(m, kcur, a, lda, packed, cols, c, ldc);
+  }
+  /// pack() of the mixed kernel sum_k pi[k] W_k (W_k = src + k*stride, row-major with ldb) in
+  /// one pass over the K sources: each source value read once, each mixed value written once.
+  DYNCONV_TARGET_AVX512 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+                                             Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
+    for (Index q = 0; q * 32 < cols; ++q) {
+      const Index jq = j0 + q * 32, w = std::min<Index>(32, cols - q * 32);
+      const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
+      const __mmask16 m1 = static_cast<__mmask16>(w <= 16 ? 0u : w >= 32 ? 0xFFFFu : (1u << (w - 16)) - 1u);
+      float* panel = out + q * kcur * 32;
+      for (Index p = 0; p < kcur; ++p) {
+        const float* s = src + (p0 + p) * ldb + jq;
+        __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m0, s));
+        __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m1, s + 16));
+        for (Index k = 1; k < kernels; ++k) {
+          const __m512 wk = _mm512_set1_ps(pi[k]);
+          a0 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m0, s + k * stride), a0);
+          a1 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m1, s + k * stride + 16), a1);
+        }
+        _mm512_store_ps(panel + p * 32, a0);
+        _mm512_store_ps(panel + p * 32 + 16, a1);
+      }
+    }
+  }
+  DYNCONV_TARGET_AVX512 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
+                                        float* o) {
+    avx512_mix_rows(src, stride, kernels, pi, 1, len, 0, o, 0);
+  }
+};
+struct X86Avx2 {
+  static constexpr Index nr = 16;
+  template <bool TransposeB>
+  DYNCONV_TARGET_AVX2 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
+                                       float* out) {
+    x86_pack_b<16, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
+  }
+  struct CopyRow {
+    DYNCONV_TARGET_AVX2 void operator()(float* to, const float* from) const {
+      _mm256_store_ps(to, _mm256_loadu_ps(from));
+      _mm256_store_ps(to + 8, _mm256_loadu_ps(from + 8));
+    }
+  };
+  DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
+                                        Index cols, float* c, Index ldc) {
+    avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
+  }
+  /// The AVX2 twin of X86Avx512::mix_pack.
+  DYNCONV_TARGET_AVX2 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+                                           Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (Index q = 0; q * 16 < cols; ++q) {
+      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16);
+      const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), lane);
+      const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w) - 8), lane);
+      float* panel = out + q * kcur * 16;
+      for (Index p = 0; p < kcur; ++p) {
+        const float* s = src + (p0 + p) * ldb + jq;
+        __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s, m0));
+        __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + 8, m1));
+        for (Index k = 1; k < kernels; ++k) {
+          const __m256 wk = _mm256_set1_ps(pi[k]);
+          a0 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride, m0), a0);
+          a1 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride + 8, m1), a1);
+        }
+        _mm256_store_ps(panel + p * 16, a0);
+        _mm256_store_ps(panel + p * 16 + 8, a1);
+      }
+    }
+  }
+  DYNCONV_TARGET_AVX2 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
+                                      float* o) {
+    avx2_mix_rows(src, stride, kernels, pi, 1, len, 0, o, 0);
+  }
+};
+
+/// C[m, n] += A[m, k] * B[k, n] (B^T [n, k] when TransposeB), row-major, with `worker`'s
+/// packing buffer from the workspace.
+template <typename Isa, bool TransposeB>
+void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
+              Workspace<float>& ws, int worker) {
+  if (m == 0 || n == 0 || k == 0) return;
+  constexpr Index nr = Isa::nr;
+  const Index kc = std::min(k, X86Blocking::kc);
+  const Index nc = std::min((n + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
+  float* packed = ws.scratch(worker, Scratch::PackB, kc * nc);
+  for (Index p0 = 0; p0 < k; p0 += kc) {
+    const Index kcur = std::min(kc, k - p0);
+    for (Index j0 = 0; j0 < n; j0 += nc) {
+      const Index cols = std::min(nc, n - j0);
+      Isa::template pack<TransposeB>(b, ldb, p0, kcur, j0, cols, packed);
+      Isa::block(m, kcur, a + p0, lda, packed, cols, c + j0, ldc);
+    }
+  }
+}
+
+/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
+/// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
+/// the whole batch and mixed into the packed block each sample's product reads; one sample
+/// mixes straight from the sources into the packed block (mix_pack).
+template <typename Isa>
+void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
+                          Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
+                          Index ldc, Workspace<float>& ws, int worker) {
+  const Index width = c1 - c0;
+  if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
+  constexpr Index nr = Isa::nr;
+  const Index kc = std::min(depth, X86Blocking::kc);
+  const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
+  const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
+  float* mixed = ws.scratch(worker, Scratch::PackB, block);
+  if (n == 1) {
+    // One sample: mixing while packing reads each source once and writes no mixed kernel.
+    for (Index p0 = 0; p0 < depth; p0 += kc) {
+      const Index kcur = std::min(kc, depth - p0);
+      for (Index j0 = 0; j0 < width; j0 += nc) {
+        const Index w = std::min(nc, width - j0);
+        Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
+        Isa::block(pixels, kcur, a + p0, depth, mixed, w, c + c0 + j0, ldc);
+      }
+    }
+    return;
+  }
+  float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
+  for (Index p0 = 0; p0 < depth; p0 += kc) {
+    const Index kcur = std::min(kc, depth - p0);
+    for (Index j0 = 0; j0 < width; j0 += nc) {
+      const Index w = std::min(nc, width - j0);
+      const Index len = kcur * ((w + nr - 1) / nr * nr);
+      for (Index k = 0; k < kernels; ++k)
+        Isa::template pack<false>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
+      for (Index b = 0; b < n; ++b) {
+        Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
+        Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
+      }
+    }
+  }
+}
+
 
 #undef DYNCONV_X86_ROWS
 
