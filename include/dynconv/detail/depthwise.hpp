@@ -56,12 +56,10 @@ void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, 
 #endif
     const Index ih0 = r * g.stride_h - g.pad_h;
     // The taps whose input row is inside the image.
-    const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
-    const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+    const auto [i_begin, i_end] = taps_inside(ih0, g.dilation_h, g.kernel_h, in_h);
     for (Index c = 0; c < ow; ++c) {
       const Index iw0 = c * g.stride_w - g.pad_w;
-      const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
-      const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+      const auto [j_begin, j_end] = taps_inside(iw0, g.dilation_w, g.kernel_w, in_w);
       T* out = y + (r * ow + c) * ch;
       auto init = [&](Index k) {
         return ep.bias ? Eigen::internal::ploadu<Packet>(ep.bias + k) : Eigen::internal::pset1<Packet>(T(0));

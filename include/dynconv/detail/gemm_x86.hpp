@@ -26,6 +26,7 @@
 #include <dynconv/error.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -39,6 +40,13 @@
 
 namespace dynconv {
 namespace detail {
+
+/// The taps [begin, end) of a kernel of `kernel` taps at `dilation` whose input coordinate
+/// start + tap * dilation falls inside [0, in): the depthwise loops' padding edges.
+inline std::array<Index, 2> taps_inside(Index start, Index dilation, Index kernel, Index in) {
+  return {std::max<Index>(0, (-start + dilation - 1) / dilation),
+          std::min<Index>(kernel, (in - start + dilation - 1) / dilation)};
+}
 
 /// The kernel sets: dynconv's own AVX-512 and AVX2 float kernels, or the build's generic code.
 enum class KernelIsa { Avx512, Avx2, Generic };
@@ -294,6 +302,7 @@ DYNCONV_TARGET_AVX2 inline void avx2_block(Index m, Index kcur, const float* a, 
 
 // ---- depthwise rows and kernel mixing (NHWC, vectorised across channels) -----------------------
 
+
 /// One output row r of a depthwise convolution, channels [c0, c1): out[c, ch] = bias[ch] +
 /// sum over the taps inside the image of x * kernel (kernel at tap 0, channel c0, tap stride
 /// ldk; bias null for none). Four vectors of channels per step, then one, then a masked tail.
@@ -302,12 +311,10 @@ DYNCONV_TARGET_AVX512 inline void avx512_depthwise_row(const ConvGeometry& g, co
                                                        const float* bias, float* y) {
   const Index ow = g.out_w(in_w), ch = g.out_channels;
   const Index ih0 = r * g.stride_h - g.pad_h;
-  const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
-  const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+  const auto [i_begin, i_end] = taps_inside(ih0, g.dilation_h, g.kernel_h, in_h);
   for (Index c = 0; c < ow; ++c) {
     const Index iw0 = c * g.stride_w - g.pad_w;
-    const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
-    const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+    const auto [j_begin, j_end] = taps_inside(iw0, g.dilation_w, g.kernel_w, in_w);
     float* out = y + (r * ow + c) * ch;
     Index cb = c0;
     for (; cb + 64 <= c1; cb += 64) {
@@ -348,13 +355,11 @@ DYNCONV_TARGET_AVX2 inline void avx2_depthwise_row(const ConvGeometry& g, const 
                                                    const float* bias, float* y) {
   const Index ow = g.out_w(in_w), ch = g.out_channels;
   const Index ih0 = r * g.stride_h - g.pad_h;
-  const Index i_begin = std::max<Index>(0, (-ih0 + g.dilation_h - 1) / g.dilation_h);
-  const Index i_end = std::min<Index>(g.kernel_h, (in_h - ih0 + g.dilation_h - 1) / g.dilation_h);
+  const auto [i_begin, i_end] = taps_inside(ih0, g.dilation_h, g.kernel_h, in_h);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (Index c = 0; c < ow; ++c) {
     const Index iw0 = c * g.stride_w - g.pad_w;
-    const Index j_begin = std::max<Index>(0, (-iw0 + g.dilation_w - 1) / g.dilation_w);
-    const Index j_end = std::min<Index>(g.kernel_w, (in_w - iw0 + g.dilation_w - 1) / g.dilation_w);
+    const auto [j_begin, j_end] = taps_inside(iw0, g.dilation_w, g.kernel_w, in_w);
     float* out = y + (r * ow + c) * ch;
     Index cb = c0;
     for (; cb + 32 <= c1; cb += 32) {
