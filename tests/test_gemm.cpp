@@ -1,5 +1,6 @@
 // The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt and mixed_gemm_batch
-// against a naive triple loop in double, over sizes that reach the micro-kernels' edges
+// (with float, BF16 and F16 experts), and the expert mix (detail/mix.hpp) of the kernel set in
+// use, against a naive loop in double, over sizes that reach the micro-kernels' edges
 // (1, odd, just above the register and cache blocks), with leading dimensions larger than the
 // rows, accumulating into non-zero outputs. An entry this CPU does not run is skipped, unless
 // DYNCONV_REQUIRE_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
@@ -98,8 +99,22 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
     }
 }
 
-/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for each sample b.
-template <typename T>
+/// Experts stored as S: n random values in [-1, 1] rounded to S.
+template <typename S>
+std::vector<S> random_experts(Index n, unsigned seed) {
+  std::vector<S> v;
+  for (const double x : random_values<double>(n, seed)) v.push_back(S(static_cast<float>(x)));
+  return v;
+}
+/// The value an expert stored as S stands for, independently of dynconv's widen().
+template <typename S>
+double expert_value(const S& s) {
+  return static_cast<double>(static_cast<float>(s));
+}
+
+/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for each sample b, the
+/// experts W_k stored as S (T, Eigen::bfloat16 or Eigen::half).
+template <typename T, typename S = T>
 void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
   if (!runs_here(kernels)) return;
   dynconv::Workspace<T> ws(1);
@@ -110,9 +125,10 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
                          {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13},
                          {4, 300, 70, 3, 67, 1, 13}, {4, 9, 40, 0, 40, 1, 49}};
   for (const Mixed& m : cases) {
-    SCOPED_TRACE(testing::Message() << kernels.name << " K=" << m.kernels << " depth=" << m.depth << " cols=" << m.cols
-                                    << " [" << m.c0 << ", " << m.c1 << ") n=" << m.n << " pixels=" << m.pixels);
-    const std::vector<T> src = random_values<T>(m.kernels * m.depth * m.cols, 4);
+    SCOPED_TRACE(testing::Message() << kernels.name << " experts of " << sizeof(S) << " bytes K=" << m.kernels
+                                    << " depth=" << m.depth << " cols=" << m.cols << " [" << m.c0 << ", " << m.c1
+                                    << ") n=" << m.n << " pixels=" << m.pixels);
+    const std::vector<S> src = random_experts<S>(m.kernels * m.depth * m.cols, 4);
     const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
     const Index a_stride = m.pixels * m.depth + 7, ldc = m.cols + 3, c_stride = m.pixels * ldc + 11;
     const std::vector<T> a = random_values<T>(m.n * a_stride, 6);
@@ -125,12 +141,12 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
           for (Index d = 0; d < m.depth; ++d) {
             double w = 0;
             for (Index k = 0; k < m.kernels; ++k)
-              w += static_cast<double>(pi[b * m.kernels + k]) * src[(k * m.depth + d) * m.cols + j];
+              w += static_cast<double>(pi[b * m.kernels + k]) * expert_value(src[(k * m.depth + d) * m.cols + j]);
             acc += static_cast<double>(a[b * a_stride + p * m.depth + d]) * w;
           }
           expected[b * c_stride + p * ldc + j] += acc;
         }
-    kernels.mixed_gemm_batch(src.data(), m.kernels, m.depth, m.cols, pi.data(), m.n, m.c0, m.c1, a.data(), a_stride,
+    dynconv::detail::mixed_gemm_batch_for<T, S>(kernels)(src.data(), m.kernels, m.depth, m.cols, pi.data(), m.n, m.c0, m.c1, a.data(), a_stride,
                              m.pixels, c.data(), c_stride, ldc, ws, 0);
     double worst = 0;
     for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
@@ -194,6 +210,70 @@ TEST(GemmKernelTable, EveryEntryMixesIntoPackingFloat) {
 }
 TEST(GemmKernelTable, EveryEntryMixesIntoPackingDouble) {
   for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_mixed(e);
+}
+
+TEST(GemmKernelTable, EveryEntryMixesBFloat16AndFloat16ExpertsIntoPacking) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) {
+    check_mixed<float, Eigen::bfloat16>(e);
+    check_mixed<float, Eigen::half>(e);
+  }
+  for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_mixed<double, Eigen::bfloat16>(e);
+}
+
+/// detail::mix (the kernel set in use): o[r, 0:len] = sum_k pi[k] s_k[r, 0:len] with row
+/// strides, experts stored as S; lengths around the vector widths (8, 16) and their tails, and
+/// the output beyond each row's len untouched.
+template <typename T, typename S>
+void check_mix() {
+  struct Case {
+    Index kernels, rows, len, ls, lo;
+  };
+  const Case cases[] = {{1, 1, 1, 1, 1}, {4, 3, 7, 9, 8}, {3, 2, 16, 20, 17}, {5, 4, 33, 40, 35}, {2, 1, 100, 100, 100},
+                        {4, 5, 15, 15, 16}, {6, 2, 9, 31, 12}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "experts of " << sizeof(S) << " bytes K=" << c.kernels << " rows=" << c.rows
+                                    << " len=" << c.len);
+    const Index stride = c.rows * c.ls + 3;
+    const std::vector<S> src = random_experts<S>(c.kernels * stride, 11);
+    const std::vector<T> pi = random_values<T>(c.kernels, 12);
+    std::vector<T> o(static_cast<std::size_t>(c.rows * c.lo), T(7));
+    dynconv::detail::mix(src.data(), stride, c.kernels, pi.data(), c.rows, c.len, c.ls, o.data(), c.lo);
+    for (Index r = 0; r < c.rows; ++r)
+      for (Index i = 0; i < c.lo; ++i) {
+        const T got = o[r * c.lo + i];
+        if (i >= c.len) {
+          EXPECT_EQ(got, T(7)) << "row " << r << " index " << i << " beyond len";
+          continue;
+        }
+        double want = 0;
+        for (Index k = 0; k < c.kernels; ++k) want += static_cast<double>(pi[k]) * expert_value(src[k * stride + r * c.ls + i]);
+        EXPECT_NEAR(got, want, tol<T>() * 4) << "row " << r << " index " << i;
+      }
+  }
+}
+TEST(ExpertMix, FloatBFloat16AndFloat16Experts) {
+  check_mix<float, float>();
+  check_mix<float, Eigen::bfloat16>();
+  check_mix<float, Eigen::half>();
+  check_mix<double, double>();
+  check_mix<double, Eigen::half>();
+}
+
+/// Rounding to the 16-bit storages is to nearest, ties to even (the math facts the widened
+/// experts rest on): BF16 keeps 8 significant bits, F16 11 and magnitudes up to 65504.
+TEST(ExpertMix, StoragesRoundToNearestEven) {
+  using dynconv::detail::widen;
+  const float ulp_bf16 = 1.f / 128, ulp_f16 = 1.f / 1024;  // spacing just above 1
+  EXPECT_EQ(widen<float>(Eigen::bfloat16(1.f + ulp_bf16 / 2)), 1.f);                  // tie: to even (1)
+  EXPECT_EQ(widen<float>(Eigen::bfloat16(1.f + 3 * ulp_bf16 / 2)), 1.f + 2 * ulp_bf16);  // tie: to even
+  EXPECT_EQ(widen<float>(Eigen::bfloat16(1.f + ulp_bf16 * 0.51f)), 1.f + ulp_bf16);
+  EXPECT_EQ(widen<float>(Eigen::half(1.f + ulp_f16 / 2)), 1.f);
+  EXPECT_EQ(widen<float>(Eigen::half(1.f + 3 * ulp_f16 / 2)), 1.f + 2 * ulp_f16);
+  EXPECT_EQ(widen<float>(Eigen::half(65504.f)), 65504.f);
+  EXPECT_EQ(widen<float>(Eigen::half(1.f / 3)), 0x1.554p-2f);  // 0x3555
+  EXPECT_EQ(widen<float>(Eigen::bfloat16(1.f / 3)), 0x1.56p-2f);  // 0x3EAB
+  EXPECT_EQ(widen<float>(Eigen::bfloat16(3e38f)), 0x1.c4p+127f);  // float's range kept
+  EXPECT_EQ(widen<double>(Eigen::half(-2.5f)), -2.5);
 }
 
 TEST(GemmKernelTable, AllocatesNothingOnceTheWorkspaceHasGrown) {

@@ -80,6 +80,25 @@ inline const char* mix_strategy_name(MixStrategy m) {
 }
 inline std::ostream& operator<<(std::ostream& os, MixStrategy m) { return os << mix_strategy_name(m); }
 
+/// How a dynamic convolution stores its K kernels (the experts). Float32 (the default) is exact;
+/// BFloat16 and Float16 are opt-in: every expert value rounded to nearest even once, the
+/// experts widened to T as they are mixed, so the mixed kernel, the convolution and everything
+/// else stay T. Half the bytes to read per mix: the mix of large kernels runs at memory speed.
+/// BFloat16 keeps float's range (8 significant bits); Float16 has 11 significant bits and
+/// holds magnitudes up to 65504 only.
+enum class ExpertPrecision { Float32, BFloat16, Float16 };
+
+/// "float32", "bfloat16" or "float16".
+inline const char* expert_precision_name(ExpertPrecision p) {
+  switch (p) {
+    case ExpertPrecision::Float32: return "float32";
+    case ExpertPrecision::BFloat16: return "bfloat16";
+    case ExpertPrecision::Float16: return "float16";
+  }
+  return "?";
+}
+inline std::ostream& operator<<(std::ostream& os, ExpertPrecision p) { return os << expert_precision_name(p); }
+
 /// Whether strategy `m` can compute a convolution of geometry `g` run by algorithm `algo`:
 /// channel tiles need groups == 1 or a depthwise convolution, the fused packing a GEMM and a
 /// kernel that no attention scales (`scaled`: ODConv).
@@ -333,19 +352,37 @@ class DynamicConv2d final : public Module<T> {
     routing().set_temperature(tau);
   }
 
-  /// [K, Cout, Cin/groups, kh, kw]
+  /// [K, Cout, Cin/groups, kh, kw] (BFloat16/Float16 experts widened: the values the layer
+  /// computes with).
   Tensor5<T> weight() const {
     Tensor5<T> w(weight_shape());
+    const std::vector<T> packed = packed_experts();
     const Index size = conv_.geometry.weight_size();
     for (Index k = 0; k < kernels(); ++k)
-      detail::unpack_weights(conv_.algorithm, conv_.geometry, packed_.data() + k * size, w.data() + k * size);
+      detail::unpack_weights(conv_.algorithm, conv_.geometry, packed.data() + k * size, w.data() + k * size);
     return w;
   }
+  /// Sets the K kernels, stored in the layer's expert precision (rounded for BFloat16/Float16;
+  /// OptionsError for a Float16 value beyond its range, see set_expert_precision).
   void set_weight(const Tensor5<T>& w) {
     detail::check_shape<T, 5>(layer_, "weight", w, weight_shape());
     const Index size = conv_.geometry.weight_size();
+    std::vector<T> packed(static_cast<std::size_t>(kernels() * size));
     for (Index k = 0; k < kernels(); ++k)
-      detail::pack_weights(conv_.algorithm, conv_.geometry, w.data() + k * size, packed_.data() + k * size);
+      detail::pack_weights(conv_.algorithm, conv_.geometry, w.data() + k * size, packed.data() + k * size);
+    store_experts(precision_, std::move(packed));
+  }
+
+  /// How the K kernels are stored (ExpertPrecision); Float32 unless set.
+  ExpertPrecision expert_precision() const { return precision_; }
+  /// Stores the K kernels as `p` from now on: BFloat16 and Float16 round each value to nearest
+  /// even (once: set_weight, load and fold_batchnorm round again what they write), Float32
+  /// widens them back (the rounding stays). Biases, attention and activations stay T. Fold
+  /// BatchNorms before (Graph::load does) so that the folded kernels are what is rounded.
+  /// OptionsError naming the layer, the kernel and the value for Float16 and a value beyond
+  /// +-65504 (Float16's largest); the layer is unchanged then.
+  void set_expert_precision(ExpertPrecision p) {
+    if (p != precision_) store_experts(p, packed_experts());
   }
   bool has_bias() const { return !bias_.empty(); }
   /// [K, Cout]; zeros when the layer has no bias.
@@ -371,7 +408,9 @@ class DynamicConv2d final : public Module<T> {
     detail::check_shape<T, 1>(layer_, "attention", pi, {kernels()});
     std::vector<T> mixed(static_cast<std::size_t>(conv_.geometry.weight_size()));
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, conv_.geometry);
-    detail::aggregate(packed_.data(), kernels(), m[0], m[1], pi.data(), 0, m[1], mixed.data());
+    with_experts([&](const auto* experts) {
+      detail::aggregate(experts, kernels(), m[0], m[1], pi.data(), 0, m[1], mixed.data());
+    });
     Tensor4<T> w(conv_.geometry.out_channels, conv_.geometry.in_per_group(), conv_.geometry.kernel_h,
                  conv_.geometry.kernel_w);
     detail::unpack_weights(conv_.algorithm, conv_.geometry, mixed.data(), w.data());
@@ -547,7 +586,7 @@ class DynamicConv2d final : public Module<T> {
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
-                                       static_cast<Index>(sizeof(T)), scaled(),
+                                       expert_bytes(), scaled(),
                                        detail::gemm_kernels<T>().mixes_while_packing});
     p.bias_values = has_bias() || !shift_.empty() ? n * cout : 0;
     p.scale_values = scaled() ? n * (scale_rows() + cout) : 0;
@@ -561,7 +600,7 @@ class DynamicConv2d final : public Module<T> {
         break;
       case MixStrategy::ChannelTiles:
       case MixStrategy::FusedPacking: {
-        const bool big_batch = n > 1 && kernels() * size * static_cast<Index>(sizeof(T)) > kMixTileSourceBytes;
+        const bool big_batch = n > 1 && kernels() * size * expert_bytes() > kMixTileSourceBytes;
         Index tiles = 1;
         if (big_batch && p.mix == MixStrategy::ChannelTiles) {
           const Index width = std::max<Index>(48, kMixedTileBytes / (n * m[0] * static_cast<Index>(sizeof(T))));
@@ -897,7 +936,7 @@ class DynamicConv2d final : public Module<T> {
     const Index size = g.weight_size(), k = kernels();
     ctx.pool().parallel_for(bt.x.n, [&](std::int64_t b, int worker) {
       T* kernel = ctx.workspace().scratch(worker, Scratch::Kernel, size);
-      detail::aggregate(packed_.data(), k, m[0], m[1], bt.pi + b * k, 0, m[1], kernel);
+      with_experts([&](const auto* experts) { detail::aggregate(experts, k, m[0], m[1], bt.pi + b * k, 0, m[1], kernel); });
       if (bt.scales)
         detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.row_scale(b), bt.col_scale(b), 0, size);
       detail::conv_slice(conv_.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
@@ -916,7 +955,9 @@ class DynamicConv2d final : public Module<T> {
     ctx.pool().parallel_for(bt.x.n * parts, [&](std::int64_t task, int) {
       const Index b = task / parts;
       const std::array<Index, 2> r = split_range(size, parts, task % parts);
-      detail::mix(packed_.data() + r[0], size, k, bt.pi + b * k, 1, r[1] - r[0], 0, mixed.data() + b * size + r[0], 0);
+      with_experts([&](const auto* experts) {
+        detail::mix(experts + r[0], size, k, bt.pi + b * k, 1, r[1] - r[0], 0, mixed.data() + b * size + r[0], 0);
+      });
       if (bt.scales)
         detail::scale_kernel(mixed.data() + b * size, scale_block_rows(), scale_block_cols(), bt.row_scale(b),
                              bt.col_scale(b), r[0], r[1]);
@@ -959,13 +1000,15 @@ class DynamicConv2d final : public Module<T> {
         for (Index b = 0; b < n; ++b) detail::epilogue_begin(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
         const T* a = p.shared_columns ? columns.data() : bt.x.data;
         const Index a_stride = p.shared_columns ? col_size : bt.x.sample_size();
-        detail::mixed_gemm_batch(packed_.data(), k, m[0], m[1], bt.pi, n, c[0], c[1], a, a_stride, pixels, bt.y.data,
-                                 bt.y.sample_size(), cout, ctx.workspace(), worker);
+        with_experts([&](const auto* experts) {
+          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, n, c[0], c[1], a, a_stride, pixels, bt.y.data,
+                                   bt.y.sample_size(), cout, ctx.workspace(), worker);
+        });
         for (Index b = 0; b < n; ++b) detail::epilogue_end(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
         return;
       }
       T* tile = ctx.workspace().scratch(worker, Scratch::Kernel, n * m[0] * width);
-      detail::aggregate_batch(packed_.data(), k, m[0], m[1], bt.pi, n, c[0], width, tile);
+      with_experts([&](const auto* experts) { detail::aggregate_batch(experts, k, m[0], m[1], bt.pi, n, c[0], width, tile); });
       if (bt.scales)
         for (Index b = 0; b < n; ++b)
           detail::scale_tile(tile + b * m[0] * width, m[0], width, bt.row_scale(b), bt.col_scale(b) + c[0]);
@@ -974,6 +1017,51 @@ class DynamicConv2d final : public Module<T> {
                            detail::Slice{0, bt.y.h, c[0], c[1]}, bt.epilogue(b, cout), bt.y.sample(b),
                            p.shared_columns ? columns.data() + b * col_size : nullptr, ctx.workspace(), worker);
     });
+  }
+
+  /// f(experts) with the K packed kernels as stored: const T*, const Eigen::bfloat16* or
+  /// const Eigen::half* (the mixing functions widen the last two).
+  template <typename F>
+  void with_experts(const F& f) const {
+    switch (precision_) {
+      case ExpertPrecision::Float32: return f(static_cast<const T*>(packed_.data()));
+      case ExpertPrecision::BFloat16: return f(static_cast<const Eigen::bfloat16*>(packed_bf16_.data()));
+      case ExpertPrecision::Float16: return f(static_cast<const Eigen::half*>(packed_f16_.data()));
+    }
+  }
+  /// Bytes of one stored expert value.
+  Index expert_bytes() const { return precision_ == ExpertPrecision::Float32 ? Index(sizeof(T)) : Index(2); }
+  /// The K packed kernels as T (widened from BFloat16/Float16).
+  std::vector<T> packed_experts() const {
+    if (precision_ == ExpertPrecision::Float32) return packed_;
+    std::vector<T> wide(static_cast<std::size_t>(kernels() * conv_.geometry.weight_size()));
+    with_experts([&](const auto* experts) {
+      for (std::size_t i = 0; i < wide.size(); ++i) wide[i] = detail::widen<T>(experts[i]);
+    });
+    return wide;
+  }
+  /// Stores the K packed kernels `packed` as `p` (the only writer of the experts): checks
+  /// Float16's range first, so a refused value leaves the layer as it was.
+  void store_experts(ExpertPrecision p, std::vector<T> packed) {
+    if (p == ExpertPrecision::Float16) {
+      constexpr double kHalfMax = 65504.0;
+      const Index size = conv_.geometry.weight_size();
+      for (std::size_t i = 0; i < packed.size(); ++i)
+        if (!(std::abs(static_cast<double>(packed[i])) <= kHalfMax))
+          fail<OptionsError>(layer_, ": expert precision float16: kernel ", static_cast<Index>(i) / size, " holds ",
+                             packed[i], ", beyond float16's range (|w| <= 65504); keep float32 or use bfloat16");
+    }
+    std::vector<Eigen::bfloat16> bf16;
+    std::vector<Eigen::half> f16;
+    if (p == ExpertPrecision::BFloat16)
+      for (const T v : packed) bf16.push_back(Eigen::bfloat16(static_cast<float>(v)));
+    if (p == ExpertPrecision::Float16)
+      for (const T v : packed) f16.push_back(Eigen::half(static_cast<float>(v)));
+    if (p != ExpertPrecision::Float32) packed = {};
+    packed_ = std::move(packed);
+    packed_bf16_ = std::move(bf16);
+    packed_f16_ = std::move(f16);
+    precision_ = p;
   }
 
   std::array<Index, 5> weight_shape() const {
@@ -987,7 +1075,12 @@ class DynamicConv2d final : public Module<T> {
   std::optional<KernelAttention<T>> attention_;  // DY-Conv
   std::optional<CondConvRouting<T>> routing_;    // CondConv with its own routing
   std::optional<OmniAttention<T>> omni_;         // ODConv
-  std::vector<T> packed_;  // K kernels, each in the packed_index() layout of conv_.algorithm
+  // The K kernels, each in the packed_index() layout of conv_.algorithm, stored in one of
+  // three vectors by precision_ (the other two empty).
+  std::vector<T> packed_;
+  std::vector<Eigen::bfloat16> packed_bf16_;
+  std::vector<Eigen::half> packed_f16_;
+  ExpertPrecision precision_ = ExpertPrecision::Float32;
   std::vector<T> bias_;    // [K, Cout] or empty
   std::vector<T> shift_;   // [Cout] left by a BatchNorm fold outside the experts, or empty
   bool bias_param_ = options_.bias();

@@ -257,6 +257,20 @@ class Graph {
     }
   }
 
+  /// Stores the experts of every DynamicConv2d node as `p` (DynamicConv2d::set_expert_precision:
+  /// BFloat16/Float16 opt-in, Float32 the default); returns how many layers that covers. Call it
+  /// after load() (the BatchNorms folded first). OptionsError naming the layer for a Float16
+  /// value beyond its range; layers before it keep the new precision then.
+  int set_expert_precision(ExpertPrecision p) {
+    int layers = 0;
+    for (Node& n : nodes_)
+      if (auto* d = dynamic_cast<DynamicConv2d<T>*>(n.module.get())) {
+        d->set_expert_precision(p);
+        ++layers;
+      }
+    return layers;
+  }
+
   /// The shapes of every value for these input shapes (NHWC, one per graph input in the order
   /// declared), and how the graph runs them. ShapeError or OptionsError naming the nodes, the
   /// modules and the shapes when something does not fit.

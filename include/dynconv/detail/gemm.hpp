@@ -6,7 +6,8 @@
 //   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions)
 //   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
-//                     the mix fused into the packing of W (see eigen_mixed_gemm_batch)
+//                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one
+//                     function per storage of the experts W_k: T, BF16, F16 (widened)
 // Each works on the calling thread with one worker's packing buffers from the workspace, so it
 // allocates nothing. gemm_kernel_table() lists the entries, best first; gemm_kernels() is the
 // one of the kernel set in use (kernel_isa(), gemm_x86.hpp: the best the CPU runs, or the one
@@ -63,9 +64,9 @@ void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, In
 /// packed block each sample's micro-kernel reads: the sources cross the memory bus once per
 /// batch and no mixed kernel is ever written out. Packing is a permutation, so mixing packed
 /// blocks is mixing kernels. Meant for few pixels (late layers): all samples' packed A panels
-/// of one depth block are kept.
-template <typename T>
-void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+/// of one depth block are kept. BF16/F16 sources (S) are widened block by block before packing.
+template <typename T, typename S>
+void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
                       Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
                       Workspace<T>& ws, int worker) {
   namespace ei = Eigen::internal;
@@ -84,6 +85,9 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
   const Index source_stride = (mc * kc + 15) / 16 * 16;
   T* sources = ws.scratch(worker, Scratch::Sources, kernels * source_stride);
   T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
+  // Low-precision sources: each [kcur, mcur] block widened here first (the fused path uses no
+  // kernel scratch otherwise).
+  T* wide = std::is_same<S, T>::value ? nullptr : ws.scratch(worker, Scratch::Kernel, mc * kc);
   ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
                     Eigen::ColMajor>
       pack_lhs;
@@ -96,8 +100,18 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
       pack_rhs(rhs + b * rhs_stride, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index mcur = std::min(mc, rows - i2);
-      for (Index k = 0; k < kernels; ++k)
-        pack_lhs(sources + k * source_stride, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur, mcur);
+      for (Index k = 0; k < kernels; ++k) {
+        if constexpr (std::is_same<S, T>::value) {
+          pack_lhs(sources + k * source_stride, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur,
+                   mcur);
+        } else {
+          for (Index p = 0; p < kcur; ++p) {
+            const S* row = src + k * depth * cols + (k2 + p) * cols + c0 + i2;
+            for (Index i = 0; i < mcur; ++i) wide[p * mcur + i] = widen<T>(row[i]);
+          }
+          pack_lhs(sources + k * source_stride, Mapper(wide, mcur), kcur, mcur);
+        }
+      }
       for (Index b = 0; b < n; ++b) {
         mix(sources, source_stride, kernels, pi + b * kernels, 1, mcur * kcur, 0, mixed, 0);
         gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * rhs_stride, mcur, kcur,
@@ -106,6 +120,12 @@ void eigen_mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols
     }
   }
 }
+
+/// The batched mixed-kernel GEMM for experts stored as S (T, Eigen::bfloat16 or Eigen::half).
+template <typename T, typename S>
+using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+                                Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                                Workspace<T>& ws, int worker);
 
 /// One entry of the GEMM kernel table (see the header comment).
 template <typename T>
@@ -117,9 +137,9 @@ struct GemmKernels {
                Workspace<T>& ws, int worker);
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                   Workspace<T>& ws, int worker);
-  void (*mixed_gemm_batch)(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
-                           Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
-                           Workspace<T>& ws, int worker);
+  MixedGemmBatch<T, T> mixed_gemm_batch;
+  MixedGemmBatch<T, Eigen::bfloat16> mixed_gemm_batch_bf16;
+  MixedGemmBatch<T, Eigen::half> mixed_gemm_batch_f16;
   /// Whether mixed_gemm_batch mixes one sample's kernel while packing it, in one pass over the
   /// sources (dynconv's x86 kernels; Eigen's packs the K sources first, slower than one mix).
   bool mixes_while_packing;
@@ -135,13 +155,16 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
 #if DYNCONV_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
-                   &x86_mixed_gemm_batch<X86Avx512>, true});
+                   &x86_mixed_gemm_batch<X86Avx512, float>, &x86_mixed_gemm_batch<X86Avx512, Eigen::bfloat16>,
+                   &x86_mixed_gemm_batch<X86Avx512, Eigen::half>, true});
       t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
-                   &x86_mixed_gemm_batch<X86Avx2>, true});
+                   &x86_mixed_gemm_batch<X86Avx2, float>, &x86_mixed_gemm_batch<X86Avx2, Eigen::bfloat16>,
+                   &x86_mixed_gemm_batch<X86Avx2, Eigen::half>, true});
     }
 #endif
     t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
-                 &eigen_mixed_gemm_batch<T>, false});
+                 &eigen_mixed_gemm_batch<T, T>, &eigen_mixed_gemm_batch<T, Eigen::bfloat16>,
+                 &eigen_mixed_gemm_batch<T, Eigen::half>, false});
     return t;
   }();
   return table;
@@ -168,13 +191,21 @@ void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ld
   (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
 }
 
+/// An entry's mixed-kernel GEMM for experts stored as S.
+template <typename T, typename S>
+MixedGemmBatch<T, S> mixed_gemm_batch_for(const GemmKernels<T>& e) {
+  if constexpr (std::is_same<S, Eigen::bfloat16>::value) return e.mixed_gemm_batch_bf16;
+  else if constexpr (std::is_same<S, Eigen::half>::value) return e.mixed_gemm_batch_f16;
+  else return e.mixed_gemm_batch;
+}
+
 /// The fused mix-and-GEMM of a batch through the table (see eigen_mixed_gemm_batch).
-template <typename T>
-void mixed_gemm_batch(const T* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
+template <typename T, typename S>
+void mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
                       Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
                       Workspace<T>& ws, int worker) {
-  gemm_kernels<T>().mixed_gemm_batch(src, kernels, depth, cols, pi, n, c0, c1, a, a_stride, pixels, c, c_stride,
-                                     ldc, ws, worker);
+  mixed_gemm_batch_for<T, S>(gemm_kernels<T>())(src, kernels, depth, cols, pi, n, c0, c1, a, a_stride, pixels, c,
+                                                c_stride, ldc, ws, worker);
 }
 
 }  // namespace detail

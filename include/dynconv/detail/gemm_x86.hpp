@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define DYNCONV_X86_KERNELS 1
@@ -48,6 +49,14 @@ inline std::array<Index, 2> taps_inside(Index start, Index dilation, Index kerne
           std::min<Index>(kernel, (in - start + dilation - 1) / dilation)};
 }
 
+/// An expert's value as T: float and double as they are, BF16/F16 experts (Eigen::bfloat16,
+/// Eigen::half) widened, exactly.
+template <typename T, typename S>
+inline T widen(S s) {
+  if constexpr (std::is_same<S, T>::value) return s;
+  else return static_cast<T>(static_cast<float>(s));
+}
+
 /// The kernel sets: dynconv's own AVX-512 and AVX2 float kernels, or the build's generic code.
 enum class KernelIsa { Avx512, Avx2, Generic };
 
@@ -57,22 +66,27 @@ inline const char* kernel_isa_name(KernelIsa isa) {
 
 #if DYNCONV_X86_KERNELS
 
-#define DYNCONV_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#define DYNCONV_TARGET_AVX2 __attribute__((target("avx2,fma")))
+// AVX512BW/VL give the masked 16-bit loads of BF16/F16 experts; F16C the AVX2 set's F16 loads
+// (every AVX-512 server CPU since Skylake has BW and VL, every AVX2 CPU F16C).
+#define DYNCONV_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define DYNCONV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-/// Whether the CPU (and the OS) run the AVX-512 kernels: AVX512F (with AVX2 and FMA).
+/// Whether the CPU (and the OS) run the AVX-512 kernels: AVX512F, BW and VL (with AVX2, FMA
+/// and F16C).
 inline bool cpu_has_avx512() {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
   }();
   return has;
 }
-/// Whether the CPU (and the OS) run the AVX2 kernels: AVX2 and FMA.
+/// Whether the CPU (and the OS) run the AVX2 kernels: AVX2, FMA and F16C.
 inline bool cpu_has_avx2() {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   }();
   return has;
 }
@@ -146,13 +160,14 @@ struct X86Blocking {
   static Index nc(Index kcur, Index nr) { return std::max<Index>(nr, block_floats / kcur / nr * nr); }
 };
 
-/// Packs B[p0 : p0+kcur, j0 : j0+cols] (row-major with ldb, or B^T: B stored [n, k]) into
+/// Packs B[p0 : p0+kcur, j0 : j0+cols] (row-major with ldb, or B^T: B stored [n, k]; float, or
+/// BF16/F16 experts widened) into
 /// panels of NR columns, panel q at out + q*kcur*NR, zero-padded to whole panels. Inlined into
 /// each instruction set's driver; `copy_row(to, from)` copies a whole row of a panel (NR
 /// floats) with that set's vector moves: a memcpy per 128 bytes (a call, or `rep movsq` under
 /// -march=native) cost a third of a small product's time.
-template <Index NR, bool TransposeB, typename CopyRow>
-inline __attribute__((always_inline)) void x86_pack_b(const float* b, Index ldb, Index p0, Index kcur, Index j0,
+template <Index NR, bool TransposeB, typename S, typename CopyRow>
+inline __attribute__((always_inline)) void x86_pack_b(const S* b, Index ldb, Index p0, Index kcur, Index j0,
                                                       Index cols, float* out, CopyRow copy_row) {
   for (Index q = 0; q * NR < cols; ++q) {
     const Index jq = j0 + q * NR, w = std::min(NR, cols - q * NR);
@@ -164,9 +179,9 @@ inline __attribute__((always_inline)) void x86_pack_b(const float* b, Index ldb,
     for (Index p = 0; p < kcur; ++p) {
       float* row = panel + p * NR;
       if (!TransposeB) {
-        for (Index j = 0; j < w; ++j) row[j] = b[(p0 + p) * ldb + jq + j];
+        for (Index j = 0; j < w; ++j) row[j] = widen<float>(b[(p0 + p) * ldb + jq + j]);
       } else {
-        for (Index j = 0; j < w; ++j) row[j] = b[(jq + j) * ldb + p0 + p];
+        for (Index j = 0; j < w; ++j) row[j] = widen<float>(b[(jq + j) * ldb + p0 + p]);
       }
       for (Index j = w; j < NR; ++j) row[j] = 0.f;
     }
@@ -394,43 +409,83 @@ DYNCONV_TARGET_AVX2 inline void avx2_depthwise_row(const ConvGeometry& g, const 
   }
 }
 
+// Source loads: float, or BF16/F16 experts widened to float in the register (BF16 is the
+// upper half of a float; F16 through the F16C/AVX-512 conversion).
+
+/// 16 values at p, the lanes outside m zero (masked: nothing outside m is read).
+DYNCONV_TARGET_AVX512 inline __m512 avx512_load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+DYNCONV_TARGET_AVX512 inline __m512 avx512_load(const Eigen::half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+DYNCONV_TARGET_AVX512 inline __m512 avx512_load(const Eigen::bfloat16* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+/// The mask of the first min(n, 16) lanes.
+inline __mmask16 lanes16(Index n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u); }
+
+/// 8 values at p (8 or more readable), and the first n < 8 of them, zeros after (avx2_load_tail
+/// reads nothing beyond p + n).
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load(const float* p) { return _mm256_loadu_ps(p); }
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load(const Eigen::half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load(const Eigen::bfloat16* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load_tail(const float* p, Index n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane));
+}
+template <typename S>
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load_tail(const S* p, Index n) {
+  S part[8] = {};
+  std::copy(p, p + n, part);
+  return avx2_load(part);
+}
+/// 8 values at p when n >= 8 are readable, else the first n.
+template <typename S>
+DYNCONV_TARGET_AVX2 inline __m256 avx2_load(const S* p, Index n) {
+  return n >= 8 ? avx2_load(p) : avx2_load_tail(p, n);
+}
+
 /// o[r, 0:len] = sum_k pi[k] * s_k[r, 0:len] (s_k = src + k*stride, row strides ls and lo),
-/// unaligned, any len: mix()'s float kernel.
-DYNCONV_TARGET_AVX512 inline void avx512_mix_rows(const float* src, Index stride, Index kernels, const float* pi,
+/// unaligned, any len, float or BF16/F16 sources: mix()'s float kernel.
+template <typename S>
+DYNCONV_TARGET_AVX512 inline void avx512_mix_rows(const S* src, Index stride, Index kernels, const float* pi,
                                                   Index rows, Index len, Index ls, float* o, Index lo) {
   for (Index r = 0; r < rows; ++r) {
-    const float* s = src + r * ls;
+    const S* s = src + r * ls;
     float* out = o + r * lo;
     for (Index i = 0; i < len; i += 16) {
-      const __mmask16 m = static_cast<__mmask16>(len - i >= 16 ? 0xFFFFu : (1u << (len - i)) - 1u);
-      __m512 acc = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m, s + i));
+      const __mmask16 m = lanes16(len - i);
+      __m512 acc = _mm512_mul_ps(_mm512_set1_ps(pi[0]), avx512_load(s + i, m));
       for (Index k = 1; k < kernels; ++k)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(pi[k]), _mm512_maskz_loadu_ps(m, s + k * stride + i), acc);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(pi[k]), avx512_load(s + k * stride + i, m), acc);
       _mm512_mask_storeu_ps(out + i, m, acc);
     }
   }
 }
 
 /// The AVX2 twin of avx512_mix_rows.
-DYNCONV_TARGET_AVX2 inline void avx2_mix_rows(const float* src, Index stride, Index kernels, const float* pi,
+template <typename S>
+DYNCONV_TARGET_AVX2 inline void avx2_mix_rows(const S* src, Index stride, Index kernels, const float* pi,
                                               Index rows, Index len, Index ls, float* o, Index lo) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (Index r = 0; r < rows; ++r) {
-    const float* s = src + r * ls;
+    const S* s = src + r * ls;
     float* out = o + r * lo;
     Index i = 0;
     for (; i + 8 <= len; i += 8) {
-      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_loadu_ps(s + i));
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load(s + i));
       for (Index k = 1; k < kernels; ++k)
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_loadu_ps(s + k * stride + i), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), avx2_load(s + k * stride + i), acc);
       _mm256_storeu_ps(out + i, acc);
     }
     if (i < len) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len - i)), lane);
-      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + i, m));
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load_tail(s + i, len - i));
       for (Index k = 1; k < kernels; ++k)
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), _mm256_maskload_ps(s + k * stride + i, m), acc);
-      _mm256_maskstore_ps(out + i, m, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi[k]), avx2_load_tail(s + k * stride + i, len - i), acc);
+      _mm256_maskstore_ps(out + i, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len - i)), lane), acc);
     }
   }
 }
@@ -497,15 +552,16 @@ DYNCONV_TARGET_AVX2 inline void avx2_gemv(Index rows, Index cols, const float* w
 
 struct X86Avx512 {
   static constexpr Index nr = 32;
-  template <bool TransposeB>
-  DYNCONV_TARGET_AVX512 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
+  template <bool TransposeB, typename S>
+  DYNCONV_TARGET_AVX512 static void pack(const S* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
                                          float* out) {
     x86_pack_b<32, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
   }
   struct CopyRow {  // a functor, not a lambda: a lambda has no target attribute
-    DYNCONV_TARGET_AVX512 void operator()(float* to, const float* from) const {
-      _mm512_store_ps(to, _mm512_loadu_ps(from));
-      _mm512_store_ps(to + 16, _mm512_loadu_ps(from + 16));
+    template <typename S>
+    DYNCONV_TARGET_AVX512 void operator()(float* to, const S* from) const {
+      _mm512_store_ps(to, avx512_load(from, 0xFFFF));
+      _mm512_store_ps(to + 16, avx512_load(from + 16, 0xFFFF));
     }
   };
   DYNCONV_TARGET_AVX512 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
@@ -514,21 +570,21 @@ struct X86Avx512 {
   }
   /// pack() of the mixed kernel sum_k pi[k] W_k (W_k = src + k*stride, row-major with ldb) in
   /// one pass over the K sources: each source value read once, each mixed value written once.
-  DYNCONV_TARGET_AVX512 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+  template <typename S>
+  DYNCONV_TARGET_AVX512 static void mix_pack(const S* src, Index stride, Index kernels, const float* pi,
                                              Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
     for (Index q = 0; q * 32 < cols; ++q) {
       const Index jq = j0 + q * 32, w = std::min<Index>(32, cols - q * 32);
-      const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFFu : (1u << w) - 1u);
-      const __mmask16 m1 = static_cast<__mmask16>(w <= 16 ? 0u : w >= 32 ? 0xFFFFu : (1u << (w - 16)) - 1u);
+      const __mmask16 m0 = lanes16(w), m1 = w <= 16 ? __mmask16(0) : lanes16(w - 16);
       float* panel = out + q * kcur * 32;
       for (Index p = 0; p < kcur; ++p) {
-        const float* s = src + (p0 + p) * ldb + jq;
-        __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m0, s));
-        __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), _mm512_maskz_loadu_ps(m1, s + 16));
+        const S* s = src + (p0 + p) * ldb + jq;
+        __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), avx512_load(s, m0));
+        __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), avx512_load(s + 16, m1));
         for (Index k = 1; k < kernels; ++k) {
           const __m512 wk = _mm512_set1_ps(pi[k]);
-          a0 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m0, s + k * stride), a0);
-          a1 = _mm512_fmadd_ps(wk, _mm512_maskz_loadu_ps(m1, s + k * stride + 16), a1);
+          a0 = _mm512_fmadd_ps(wk, avx512_load(s + k * stride, m0), a0);
+          a1 = _mm512_fmadd_ps(wk, avx512_load(s + k * stride + 16, m1), a1);
         }
         _mm512_store_ps(panel + p * 32, a0);
         _mm512_store_ps(panel + p * 32 + 16, a1);
@@ -542,15 +598,16 @@ struct X86Avx512 {
 };
 struct X86Avx2 {
   static constexpr Index nr = 16;
-  template <bool TransposeB>
-  DYNCONV_TARGET_AVX2 static void pack(const float* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
+  template <bool TransposeB, typename S>
+  DYNCONV_TARGET_AVX2 static void pack(const S* b, Index ldb, Index p0, Index kcur, Index j0, Index cols,
                                        float* out) {
     x86_pack_b<16, TransposeB>(b, ldb, p0, kcur, j0, cols, out, CopyRow());
   }
   struct CopyRow {
-    DYNCONV_TARGET_AVX2 void operator()(float* to, const float* from) const {
-      _mm256_store_ps(to, _mm256_loadu_ps(from));
-      _mm256_store_ps(to + 8, _mm256_loadu_ps(from + 8));
+    template <typename S>
+    DYNCONV_TARGET_AVX2 void operator()(float* to, const S* from) const {
+      _mm256_store_ps(to, avx2_load(from));
+      _mm256_store_ps(to + 8, avx2_load(from + 8));
     }
   };
   DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
@@ -558,22 +615,20 @@ struct X86Avx2 {
     avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
   }
   /// The AVX2 twin of X86Avx512::mix_pack.
-  DYNCONV_TARGET_AVX2 static void mix_pack(const float* src, Index stride, Index kernels, const float* pi,
+  template <typename S>
+  DYNCONV_TARGET_AVX2 static void mix_pack(const S* src, Index stride, Index kernels, const float* pi,
                                            Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (Index q = 0; q * 16 < cols; ++q) {
-      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16);
-      const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w)), lane);
-      const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(w) - 8), lane);
+      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16), w1 = std::max<Index>(0, w - 8);
       float* panel = out + q * kcur * 16;
       for (Index p = 0; p < kcur; ++p) {
-        const float* s = src + (p0 + p) * ldb + jq;
-        __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s, m0));
-        __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), _mm256_maskload_ps(s + 8, m1));
+        const S* s = src + (p0 + p) * ldb + jq;
+        __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load(s, w));
+        __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load(s + 8, w1));
         for (Index k = 1; k < kernels; ++k) {
           const __m256 wk = _mm256_set1_ps(pi[k]);
-          a0 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride, m0), a0);
-          a1 = _mm256_fmadd_ps(wk, _mm256_maskload_ps(s + k * stride + 8, m1), a1);
+          a0 = _mm256_fmadd_ps(wk, avx2_load(s + k * stride, w), a0);
+          a1 = _mm256_fmadd_ps(wk, avx2_load(s + k * stride + 8, w1), a1);
         }
         _mm256_store_ps(panel + p * 16, a0);
         _mm256_store_ps(panel + p * 16 + 8, a1);
@@ -609,9 +664,10 @@ void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float*
 /// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
 /// the whole batch and mixed into the packed block each sample's product reads; one sample
-/// mixes straight from the sources into the packed block (mix_pack).
-template <typename Isa>
-void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
+/// mixes straight from the sources into the packed block (mix_pack). Float or BF16/F16 sources
+/// (widened as they are mixed or packed).
+template <typename Isa, typename S>
+void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
                           Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
                           Index ldc, Workspace<float>& ws, int worker) {
   const Index width = c1 - c0;
@@ -640,7 +696,7 @@ void x86_mixed_gemm_batch(const float* src, Index kernels, Index depth, Index co
       const Index w = std::min(nc, width - j0);
       const Index len = kcur * ((w + nr - 1) / nr * nr);
       for (Index k = 0; k < kernels; ++k)
-        Isa::template pack<false>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
+        Isa::template pack<false, S>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
       for (Index b = 0; b < n; ++b) {
         Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
         Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);

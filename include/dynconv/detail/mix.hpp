@@ -1,5 +1,7 @@
 // Mixing K packed kernels with per-sample weights: out = sum_k pi[k] W_k, in one pass over the K
-// sources (four at a time), for whole kernels, channel slices or a whole batch at once.
+// sources (four at a time), for whole kernels, channel slices or a whole batch at once. The
+// sources are T, or BF16/F16 experts (Eigen::bfloat16, Eigen::half: the opt-in low-precision
+// storage) widened as they are read; the mixed kernel is always T.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
@@ -14,20 +16,20 @@ namespace detail {
 
 /// o[r, 0:len] (+)= sum_{g < G} w[g] * s[g][r, 0:len] for `rows` rows (source row stride ls,
 /// output row stride lo), in one pass: G loads and one store per element.
-template <int G, bool First, typename T>
-void mix_group(const T* const* s, const T* w, Index rows, Index len, Index ls, T* o, Index lo) {
+template <int G, bool First, typename S, typename T>
+void mix_group(const S* const* s, const T* w, Index rows, Index len, Index ls, T* o, Index lo) {
   const T w0 = w[0], w1 = G > 1 ? w[1] : T(0), w2 = G > 2 ? w[2] : T(0), w3 = G > 3 ? w[3] : T(0);
   for (Index r = 0; r < rows; ++r) {
-    const T* __restrict s0 = s[0] + r * ls;
-    const T* __restrict s1 = s[G > 1 ? 1 : 0] + r * ls;
-    const T* __restrict s2 = s[G > 2 ? 2 : 0] + r * ls;
-    const T* __restrict s3 = s[G > 3 ? 3 : 0] + r * ls;
+    const S* __restrict s0 = s[0] + r * ls;
+    const S* __restrict s1 = s[G > 1 ? 1 : 0] + r * ls;
+    const S* __restrict s2 = s[G > 2 ? 2 : 0] + r * ls;
+    const S* __restrict s3 = s[G > 3 ? 3 : 0] + r * ls;
     T* __restrict out = o + r * lo;
     for (Index i = 0; i < len; ++i) {
-      T v = First ? w0 * s0[i] : out[i] + w0 * s0[i];
-      if (G > 1) v += w1 * s1[i];
-      if (G > 2) v += w2 * s2[i];
-      if (G > 3) v += w3 * s3[i];
+      T v = First ? w0 * widen<T>(s0[i]) : out[i] + w0 * widen<T>(s0[i]);
+      if (G > 1) v += w1 * widen<T>(s1[i]);
+      if (G > 2) v += w2 * widen<T>(s2[i]);
+      if (G > 3) v += w3 * widen<T>(s3[i]);
       out[i] = v;
     }
   }
@@ -35,8 +37,8 @@ void mix_group(const T* const* s, const T* w, Index rows, Index len, Index ls, T
 
 /// o[r, 0:len] = sum_k pi[k] * (src + k*stride)[r, 0:len] for `rows` rows (source row stride
 /// ls, output row stride lo), the kernels taken four at a time.
-template <typename T>
-void mix(const T* src, Index stride, Index kernels, const T* pi, Index rows, Index len, Index ls, T* o,
+template <typename S, typename T>
+void mix(const S* src, Index stride, Index kernels, const T* pi, Index rows, Index len, Index ls, T* o,
          Index lo) {
 #if DYNCONV_X86_KERNELS
   if constexpr (std::is_same<T, float>::value) {  // the kernel set in use (gemm_x86.hpp)
@@ -46,7 +48,7 @@ void mix(const T* src, Index stride, Index kernels, const T* pi, Index rows, Ind
   }
 #endif
   for (Index k = 0; k < kernels; k += 4) {
-    const T* s[4] = {src + k * stride, src + std::min(k + 1, kernels - 1) * stride,
+    const S* s[4] = {src + k * stride, src + std::min(k + 1, kernels - 1) * stride,
                      src + std::min(k + 2, kernels - 1) * stride, src + std::min(k + 3, kernels - 1) * stride};
     const T* w = pi + k;
     const bool first = k == 0;
@@ -62,8 +64,8 @@ void mix(const T* src, Index stride, Index kernels, const T* pi, Index rows, Ind
 /// out[r, 0:width] = sum_k pi[k] * src_k[r, c0:c0+width] for the K row-major [rows, cols]
 /// matrices src_k = src + k*rows*cols: mixes K packed kernels (or a channel slice of them),
 /// reading each source once; whole kernels in blocks that keep the output in L1.
-template <typename T>
-void aggregate(const T* src, Index kernels, Index rows, Index cols, const T* pi, Index c0, Index width,
+template <typename S, typename T>
+void aggregate(const S* src, Index kernels, Index rows, Index cols, const T* pi, Index c0, Index width,
                T* out) {
   const Index size = rows * cols;
   if (c0 == 0 && width == cols) {
@@ -78,8 +80,8 @@ void aggregate(const T* src, Index kernels, Index rows, Index cols, const T* pi,
 /// The mixes of n samples at once: out[b][r, 0:width] = sum_k pi[b, k] * src_k[r, c0:c0+width].
 /// The K sources are read from memory once for all n samples (a block of rows at a time stays
 /// in L1 while the n mixes read it).
-template <typename T>
-void aggregate_batch(const T* src, Index kernels, Index rows, Index cols, const T* pi, Index n, Index c0,
+template <typename S, typename T>
+void aggregate_batch(const S* src, Index kernels, Index rows, Index cols, const T* pi, Index n, Index c0,
                      Index width, T* out) {
   const Index size = rows * cols;
   const Index block = std::max<Index>(1, 2048 / std::max<Index>(width, 1));
