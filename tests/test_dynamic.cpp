@@ -523,3 +523,103 @@ TEST(DynamicRowSplit, OneImageOnSeveralThreadsMatchesThePerSampleReference) {
     }
   }
 }
+
+// Opt-in BF16/F16 expert storage: every value rounded to nearest even once (checked against
+// Eigen's conversion of the float kernels, not through the layer), then every mixing strategy,
+// on 1 and 2 threads, computes the naive reference of the rounded kernels.
+namespace {
+
+template <typename S, typename T>
+Tensor5<T> rounded(const Tensor5<T>& w) {
+  Tensor5<T> r(w.dimensions());
+  for (Index i = 0; i < w.size(); ++i) r.data()[i] = static_cast<T>(static_cast<float>(S(static_cast<float>(w.data()[i]))));
+  return r;
+}
+
+template <typename T, typename S>
+void check_expert_precision(dynconv::ExpertPrecision precision) {
+  struct Geometry {
+    Index cin, cout, kernel, groups, n, side;
+  };
+  for (const Geometry& geo : {Geometry{16, 24, 3, 1, 1, 9}, Geometry{12, 20, 1, 1, 3, 6}, Geometry{16, 16, 3, 16, 2, 8}})
+    for (MixStrategy m : {MixStrategy::PerSample, MixStrategy::RowSplit, MixStrategy::ChannelTiles, MixStrategy::FusedPacking}) {
+      const auto opt = DynamicConv2dOptions(geo.cin, geo.cout, geo.kernel).padding(geo.kernel / 2).groups(geo.groups).bias(true);
+      const ConvAlgorithm algo = DynamicConv2d<T>(opt).algorithm();
+      if (!dynconv::mix_strategy_supports(m, algo, opt.geometry())) continue;
+      SCOPED_TRACE(testing::Message() << dynconv::expert_precision_name(precision) << " " << geo.cin << " -> " << geo.cout
+                                      << " " << geo.kernel << "x" << geo.kernel << " groups " << geo.groups << " "
+                                      << dynconv::mix_strategy_name(m));
+      DynamicConv2d<T> layer(DynamicConv2dOptions(opt).mix_strategy(m));
+      randomize(layer, 31);
+      const Tensor5<T> want = rounded<S>(layer.weight());
+      layer.set_expert_precision(precision);
+      EXPECT_EQ(layer.expert_precision(), precision);
+      const Tensor5<T> got = layer.weight();
+      Index differ = 0;
+      for (Index i = 0; i < got.size(); ++i) differ += got.data()[i] != want.data()[i];
+      EXPECT_EQ(differ, 0) << "stored kernels are not the float kernels rounded to nearest even";
+      Tensor4<T> x(geo.n, geo.cin, geo.side, geo.side);
+      ref::fill_random(x, 32);
+      for (Index b = 0; b < geo.n; ++b)
+        for (Index i = 0; i < geo.cin * geo.side * geo.side; ++i) x.data()[b * geo.cin * geo.side * geo.side + i] += T(0.7) * T(b);
+      const Tensor4<double> expected =
+          ref::dynamic_conv2d(layer, x, ref::Conv::symmetric(1, 1, geo.kernel / 2, geo.kernel / 2, 1, 1, geo.groups));
+      EXPECT_LE(ref::rel_error(layer.forward(x), expected), ref::tolerance<T>()) << "forward";
+      const dynconv::NhwcTensor<T> nhwc = dynconv::nchw_to_nhwc(x);
+      for (int threads : {1, 2}) {
+        dynconv::Context<T> ctx(threads);
+        ctx.min_parallel_madds(0);
+        dynconv::NhwcTensor<T> y(layer.output_shape({nhwc.shape()}));
+        y.set_constant(T(12345));
+        layer.run(dynconv::Inputs<T>(nhwc.view()), y.view(), ctx, dynconv::PostOps<T>{});
+        EXPECT_LE(ref::rel_error(dynconv::nhwc_to_nchw(y), expected), ref::tolerance<T>()) << threads << " threads";
+      }
+    }
+}
+
+}  // namespace
+
+TEST(DynamicExpertPrecision, BFloat16ExpertsComputeTheRoundedKernelsInEveryStrategy) {
+  check_expert_precision<float, Eigen::bfloat16>(dynconv::ExpertPrecision::BFloat16);
+  check_expert_precision<double, Eigen::bfloat16>(dynconv::ExpertPrecision::BFloat16);
+}
+TEST(DynamicExpertPrecision, Float16ExpertsComputeTheRoundedKernelsInEveryStrategy) {
+  check_expert_precision<float, Eigen::half>(dynconv::ExpertPrecision::Float16);
+}
+
+TEST(DynamicExpertPrecision, Float32IsTheDefaultAndWidensBackWithTheRoundingKept) {
+  DynamicConv2d<float> layer(DynamicConv2dOptions(8, 8, 3));
+  EXPECT_EQ(layer.expert_precision(), dynconv::ExpertPrecision::Float32);
+  randomize(layer, 3);
+  const Tensor5<float> want = rounded<Eigen::bfloat16>(layer.weight());
+  layer.set_expert_precision(dynconv::ExpertPrecision::BFloat16);
+  layer.set_expert_precision(dynconv::ExpertPrecision::Float32);
+  const Tensor5<float> back = layer.weight();
+  for (Index i = 0; i < back.size(); ++i) ASSERT_EQ(back.data()[i], want.data()[i]) << i;
+  // set_weight in a low precision rounds what it stores.
+  layer.set_expert_precision(dynconv::ExpertPrecision::Float16);
+  Tensor5<float> w = layer.weight();
+  w.data()[5] = 1.f + 1.f / 4096;
+  layer.set_weight(w);
+  EXPECT_EQ(layer.weight().data()[5], 1.f);
+}
+
+TEST(DynamicExpertPrecision, Float16RefusesAValueBeyondItsRangeAndKeepsTheLayer) {
+  DynamicConv2d<float> layer(DynamicConv2dOptions(4, 4, 1).kernels(3).name("blocks.2.conv"));
+  Tensor5<float> w = layer.weight();
+  w(2, 1, 3, 0, 0) = -70000.f;
+  layer.set_weight(w);
+  try {
+    layer.set_expert_precision(dynconv::ExpertPrecision::Float16);
+    ADD_FAILURE() << "no error";
+  } catch (const dynconv::OptionsError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("blocks.2.conv"), std::string::npos) << what;
+    EXPECT_NE(what.find("kernel 2 holds -70000"), std::string::npos) << what;
+    EXPECT_NE(what.find("|w| <= 65504"), std::string::npos) << what;
+  }
+  EXPECT_EQ(layer.expert_precision(), dynconv::ExpertPrecision::Float32);
+  EXPECT_EQ(layer.weight()(2, 1, 3, 0, 0), -70000.f);
+  layer.set_expert_precision(dynconv::ExpertPrecision::BFloat16);  // float's range: fine
+  EXPECT_EQ(layer.weight()(2, 1, 3, 0, 0), -70144.f);              // 0x1.12p16, rounded
+}
