@@ -80,6 +80,7 @@ struct Options {
   bool attention = false;  // --attention: the attention report
   std::string attention_svg;
   bool verify = false;  // --verify: a graph file's test vectors
+  std::string experts = "float32";  // --experts: how the dynamic layers store their kernels
 };
 
 const char* const kFooter = R"(Preprocessing of images (not of a safetensors input, used as it is):
@@ -114,14 +115,14 @@ error is one line on stderr, "dynconv-run: <what went wrong>".
 
 const char* const kSynopsis = R"(Usage:
   dynconv-run --weights GRAPH.safetensors --input X.safetensors [--output Y.safetensors]
-              [--threads T] [--verify]
-  dynconv-run --weights GRAPH.safetensors --verify [--threads T]
+              [--threads T] [--verify] [--experts P]
+  dynconv-run --weights GRAPH.safetensors --verify [--threads T] [--experts P]
   dynconv-run --model NAME --weights W.safetensors --input IN... [--output OUT.safetensors]
               [--threads T] [--top K] [--classes N] [--labels FILE] [--size S] [--no-normalize]
-              [--temperature TAU] [--attention] [--attention-svg MAP.svg]
+              [--temperature TAU] [--attention] [--attention-svg MAP.svg] [--experts P]
   dynconv-run --model NAME --weights W.safetensors --eval-fashion-mnist [DIR] [--limit N]
               [--predictions FILE] [--output OUT.safetensors] [--threads T] [--labels FILE]
-              [--temperature TAU] [--attention] [--attention-svg MAP.svg]
+              [--temperature TAU] [--attention] [--attention-svg MAP.svg] [--experts P]
 )";
 
 /// --help as the synopsis, then "--option ARG  description" per option: CLI11's default
@@ -213,6 +214,11 @@ std::optional<int> parse_command_line(int argc, char** argv, Options& opt) {
   app.add_option("--attention-svg", opt.attention_svg,
                  "also write the expert shares as an SVG heat map (layer x expert); implies --attention")
       ->type_name("MAP.svg");
+  app.add_option("--experts", opt.experts,
+                 "how the dynamic layers store their K kernels: float32 (default, exact), bfloat16 or "
+                 "float16 (opt-in: rounded once, widened as they are mixed; half the bytes to read)")
+      ->type_name("P")
+      ->check(quiet(CLI::IsMember({"float32", "bfloat16", "float16"})));
   app.add_flag("--verify", opt.verify,
                "a graph file: run its test vectors and fail unless every output is within 1e-4 "
                "(relative to max(1, max |PyTorch's output|))");
@@ -340,6 +346,17 @@ void print_cost(const Model<float>& model, Index h, Index w) {
 /// layers' attention kind ("temperature: 1.7 in all 16 dynamic layers (from the file);
 /// attention: DY-Conv"): a file without one runs at the default 1, which a user must be able to
 /// see.
+/// --experts: every dynamic layer's kernels stored as bfloat16 or float16 (after the load,
+/// which folded the BatchNorms).
+void apply_experts(dynconv::Graph<float>& model, const Options& opt) {
+  if (opt.experts == "float32") return;
+  const dynconv::ExpertPrecision p =
+      opt.experts == "bfloat16" ? dynconv::ExpertPrecision::BFloat16 : dynconv::ExpertPrecision::Float16;
+  const int layers = model.set_expert_precision(p);
+  if (layers == 0) throw UsageError("--experts " + opt.experts + ": the model has no dynamic convolution");
+  std::printf("experts: %s in %d dynamic layer%s\n", opt.experts.c_str(), layers, layers == 1 ? "" : "s");
+}
+
 void apply_temperature(dynconv::Graph<float>& model, const Options& opt, const SafeTensors& w) {
   std::vector<DynamicConv2d<float>*> layers;  // every dynamic layer, for the kind
   std::vector<std::function<double()>> get;   // every attention's temperature
@@ -760,6 +777,7 @@ int run_graph(const Options& opt, const SafeTensors& w) {
   for (const auto& v : g.inputs) std::printf(" %s %s", v.name.c_str(), dynconv::shape_str(v.shape).c_str());
   std::printf("\n");
   apply_temperature(g.graph, opt, w);
+  apply_experts(g.graph, opt);
   if (opt.verify) verify_graph(opt, g, w);
   if (opt.inputs.empty()) return 0;
   std::vector<Tensor4<float>> xs;
@@ -819,6 +837,7 @@ int run(int argc, char** argv) {
   const std::unique_ptr<Model<float>> model =
       load_model(model_name(opt, weights), model_options(opt, weights), weights);
   apply_temperature(*model, opt, weights);
+  apply_experts(*model, opt);
   const std::vector<std::string> names = class_names(opt, weights, model->num_classes());
   std::optional<examples::AttentionReport> report;
   if (opt.attention) report.emplace(*model);  // before any Session: it adds graph outputs
