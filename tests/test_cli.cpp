@@ -1000,6 +1000,19 @@ TEST_P(CliShipped, BundledImagesMatchPyTorch) {
 // --experts bfloat16 / float16 (issue 13): the dynamic layers' kernels rounded once, widened as
 // they are mixed. At least 99.9% of the test set's predictions equal the float32 run's; the
 // largest logit difference is reported. The static model has no experts: a clear usage error.
+// Under AddressSanitizer (ten times slower) the first 1000 images: the stage looks for memory
+// errors, the optimised build for the agreement.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr Index kAgreementImages = 1000;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr Index kAgreementImages = 1000;
+#else
+constexpr Index kAgreementImages = 10000;
+#endif
+#else
+constexpr Index kAgreementImages = 10000;
+#endif
 TEST_P(CliShipped, LowPrecisionExpertsAgreeWithFloat32) {
   const std::string weights = std::string(DYNCONV_SOURCE_DIR) + "/examples/fashion_mnist_weights/" +
                               GetParam() + ".safetensors";
@@ -1013,7 +1026,7 @@ TEST_P(CliShipped, LowPrecisionExpertsAgreeWithFloat32) {
   auto logits = [&](const std::string& experts) {
     const std::string out = scratch(std::string(GetParam()) + "." + experts + ".logits.safetensors");
     const Result r = run_argv({"--weights", weights, "--eval-fashion-mnist", fashion_mnist_dir(), "--experts", experts,
-                               "--output", out});
+                               "--limit", std::to_string(kAgreementImages), "--output", out});
     EXPECT_TRUE(r.exited && r.code == 0) << describe(r);
     if (experts != "float32") {
       EXPECT_THAT(r.out, HasSubstr("experts: " + experts + " in "));
@@ -1021,13 +1034,14 @@ TEST_P(CliShipped, LowPrecisionExpertsAgreeWithFloat32) {
     return SafeTensors::load(out).get<float, 2>("logits");
   };
   const auto reference = logits("float32");
-  ASSERT_EQ(reference.dimension(0), 10000);
+  const Index images = kAgreementImages;
+  ASSERT_EQ(reference.dimension(0), images);
   for (const char* experts : {"bfloat16", "float16"}) {
     const auto low = logits(experts);
-    ASSERT_EQ(low.dimension(0), 10000);
+    ASSERT_EQ(low.dimension(0), images);
     Index same = 0;
     double worst = 0;
-    for (Index i = 0; i < 10000; ++i) {
+    for (Index i = 0; i < images; ++i) {
       Index a = 0, b = 0;
       for (Index c = 0; c < 10; ++c) {
         if (reference(i, c) > reference(i, a)) a = c;
@@ -1036,9 +1050,9 @@ TEST_P(CliShipped, LowPrecisionExpertsAgreeWithFloat32) {
       }
       same += a == b;
     }
-    std::printf("[ measured ] %s, %s experts: %lld of 10000 predictions equal float32's, max |logit difference| %.4g\n",
-                GetParam(), experts, static_cast<long long>(same), worst);
-    EXPECT_GE(same, 9990) << experts;
+    std::printf("[ measured ] %s, %s experts: %lld of %lld predictions equal float32's, max |logit difference| %.4g\n",
+                GetParam(), experts, static_cast<long long>(same), static_cast<long long>(images), worst);
+    EXPECT_GE(same, images - images / 1000) << experts;
   }
 }
 
