@@ -17,6 +17,10 @@
 //   MAdds       the model's multiply-adds per sample
 //   params      the model's parameters (BatchNorm folded)
 //
+// Every model with dynamic convolutions also runs with its experts stored as BF16 and F16
+// (DynamicConv2d::set_expert_precision, the opt-in of issue 13) as Model/<zoo
+// name>:bfloat16/... and Model/<zoo name>:float16/...
+//
 // Each model is built once (on first use, cached by name; weights as freshly initialised,
 // which does not change the time), each (model, threads) gets one Session, reused by both
 // batch sizes; every case runs one untimed forward pass first (warm-up: workspaces, pages,
@@ -43,6 +47,7 @@
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace {
 
@@ -54,10 +59,18 @@ using dynconv::models::Model;
 constexpr Index kSize = 224;
 double g_peak_gflops = 0;  // one core, measured in main()
 
+/// The zoo model of `name`, or for "<zoo name>:bfloat16" / ":float16" that model with its
+/// experts stored so.
 const Model<float>& model(const std::string& name) {
   static std::map<std::string, std::unique_ptr<Model<float>>> cache;
   auto& slot = cache[name];
-  if (!slot) slot = dynconv::models::create<float>(name);
+  if (!slot) {
+    const std::size_t colon = name.find(':');
+    slot = dynconv::models::create<float>(name.substr(0, colon));
+    if (colon != std::string::npos)
+      slot->set_expert_precision(name.substr(colon + 1) == "bfloat16" ? dynconv::ExpertPrecision::BFloat16
+                                                                      : dynconv::ExpertPrecision::Float16);
+  }
   return *slot;
 }
 
@@ -135,7 +148,13 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("fma_peak_gflops", std::to_string(g_peak_gflops));
   benchmark::AddCustomContext("input", "random N(0,1), fixed seed, [B, 3, 224, 224] NCHW float");
   const char* graph_dir = std::getenv("DYNCONV_BENCH_GRAPH_DIR");
+  std::vector<std::string> names;
   for (const std::string& name : dynconv::models::all_zoo_names()) {
+    names.push_back(name);
+    if (name.rfind("dy_", 0) == 0 || name.rfind("od_", 0) == 0)  // the models with dynamic layers
+      for (const char* p : {":bfloat16", ":float16"}) names.push_back(name + p);
+  }
+  for (const std::string& name : names) {
     const bool has_file =
         graph_dir && std::ifstream(std::string(graph_dir) + "/" + name + ".safetensors").good();
     for (Index batch : {1, 8})

@@ -573,12 +573,14 @@ struct X86Avx512 {
   template <typename S>
   DYNCONV_TARGET_AVX512 static void mix_pack(const S* src, Index stride, Index kernels, const float* pi,
                                              Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
-    for (Index q = 0; q * 32 < cols; ++q) {
-      const Index jq = j0 + q * 32, w = std::min<Index>(32, cols - q * 32);
-      const __mmask16 m0 = lanes16(w), m1 = w <= 16 ? __mmask16(0) : lanes16(w - 16);
-      float* panel = out + q * kcur * 32;
-      for (Index p = 0; p < kcur; ++p) {
-        const S* s = src + (p0 + p) * ldb + jq;
+    // Row by row of the sources (each row's columns [j0, j0 + cols) read in order, which the
+    // hardware prefetchers follow), panel by panel within the row.
+    for (Index p = 0; p < kcur; ++p) {
+      const S* row = src + (p0 + p) * ldb + j0;
+      for (Index q = 0; q * 32 < cols; ++q) {
+        const Index w = std::min<Index>(32, cols - q * 32);
+        const __mmask16 m0 = lanes16(w), m1 = w <= 16 ? __mmask16(0) : lanes16(w - 16);
+        const S* s = row + q * 32;
         __m512 a0 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), avx512_load(s, m0));
         __m512 a1 = _mm512_mul_ps(_mm512_set1_ps(pi[0]), avx512_load(s + 16, m1));
         for (Index k = 1; k < kernels; ++k) {
@@ -586,8 +588,9 @@ struct X86Avx512 {
           a0 = _mm512_fmadd_ps(wk, avx512_load(s + k * stride, m0), a0);
           a1 = _mm512_fmadd_ps(wk, avx512_load(s + k * stride + 16, m1), a1);
         }
-        _mm512_store_ps(panel + p * 32, a0);
-        _mm512_store_ps(panel + p * 32 + 16, a1);
+        float* panel = out + q * kcur * 32 + p * 32;
+        _mm512_store_ps(panel, a0);
+        _mm512_store_ps(panel + 16, a1);
       }
     }
   }
@@ -618,11 +621,11 @@ struct X86Avx2 {
   template <typename S>
   DYNCONV_TARGET_AVX2 static void mix_pack(const S* src, Index stride, Index kernels, const float* pi,
                                            Index ldb, Index p0, Index kcur, Index j0, Index cols, float* out) {
-    for (Index q = 0; q * 16 < cols; ++q) {
-      const Index jq = j0 + q * 16, w = std::min<Index>(16, cols - q * 16), w1 = std::max<Index>(0, w - 8);
-      float* panel = out + q * kcur * 16;
-      for (Index p = 0; p < kcur; ++p) {
-        const S* s = src + (p0 + p) * ldb + jq;
+    for (Index p = 0; p < kcur; ++p) {  // row by row, as X86Avx512::mix_pack
+      const S* row = src + (p0 + p) * ldb + j0;
+      for (Index q = 0; q * 16 < cols; ++q) {
+        const Index w = std::min<Index>(16, cols - q * 16), w1 = std::max<Index>(0, w - 8);
+        const S* s = row + q * 16;
         __m256 a0 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load(s, w));
         __m256 a1 = _mm256_mul_ps(_mm256_set1_ps(pi[0]), avx2_load(s + 8, w1));
         for (Index k = 1; k < kernels; ++k) {
@@ -630,8 +633,9 @@ struct X86Avx2 {
           a0 = _mm256_fmadd_ps(wk, avx2_load(s + k * stride, w), a0);
           a1 = _mm256_fmadd_ps(wk, avx2_load(s + k * stride + 8, w1), a1);
         }
-        _mm256_store_ps(panel + p * 16, a0);
-        _mm256_store_ps(panel + p * 16 + 8, a1);
+        float* panel = out + q * kcur * 16 + p * 16;
+        _mm256_store_ps(panel, a0);
+        _mm256_store_ps(panel + 8, a1);
       }
     }
   }
