@@ -33,6 +33,8 @@ see the same machine state:
                    its training path (set_batched, --dynamic-path batched) is the grouped conv
                    with two shortcuts (bmm for dense 1x1 convs, output mixing for outputs of
                    <= 4 pixels).
+In the same bench_models step, dy_M with its experts stored as BF16 and F16 (Model/dy_M:bfloat16
+and :float16, the opt-in of target 7; batch 1 and 8, one thread).
 Then, per round, the ODConv models of target 4 (od_resnet18, od_mobilenet_v2_x1_0 at K = 4:
 bench_models Model/od_<name>, and PyTorch's eager look-alike of the official OSVAI model,
 dynconv_torch.build_od_model, one thread), unless --no-od. With --bench-models-plain (a
@@ -95,6 +97,8 @@ EXTRA_MODELS = ["mobilenet_v2_x0_75", "mobilenet_v2_x0_5", "mobilenet_v2_x0_35",
 BATCHES = (1, 8)
 THREADS = (1, 2)
 PT_VARIANTS = ("frozen_static", "eager_static", "eager_dynamic")
+# The opt-in expert storages of target 7 (bench_models: Model/dy_<M>:<precision>/...).
+LOW_PRECISIONS = ("bfloat16", "float16")
 SIZE = 224
 SEED = 20261125
 
@@ -360,9 +364,11 @@ def targets(models, dc, pt, peak_gflops, rss, plain, od_models):
         rows.append(dict(id="6", target="2 threads slower than 1", case="(no case)", a_ms=None,
                          ref="", ref_ms=None, ratio=None, limit=1.0, op="<=", result="PASS",
                          note=""))
-    rows.append(dict(id="7", target="BF16/F16 expert storage: dynamic / static at b1",
-                     case="(not implemented)", a_ms=None, ref="", ref_ms=None, ratio=None,
-                     limit=1.05, op="<=", result="n/a", note=""))
+    for base in models:
+        for p in LOW_PRECISIONS:
+            a, r = dms(f"dy_{base}:{p}", 1, 1), dms(base, 1, 1)
+            add("7", f"{p} experts: dynamic / static", f"{base} b1 t1", a, "dynconv static", r,
+                div(a, r), 1.05, "<=")
     if rss:
         mib = 2**20
         rows.append(dict(id="8", target="peak RSS <= 2 x float weights + 32 MiB",
@@ -415,6 +421,12 @@ def markdown(header, rows, models, dc, pt, times_table, plain=None, od_models=()
                     official = pt.get(("eager_official", od, b, t), [])
                     lines.append(f"| {od} (K = 4) | {b} | {t} | - | {fmt_ms(med(c['ms'])) if c else '-'} | - | - | "
                                  f"{fmt_ms(med(official)) if official else '-'} (official, eager) |")
+        for base in models:
+            for p in LOW_PRECISIONS:
+                for b in BATCHES:
+                    c = dc.get((f"dy_{base}:{p}", b, 1))
+                    lines.append(f"| {base}, {p} experts | {b} | 1 | - | {fmt_ms(med(c['ms'])) if c else '-'} "
+                                 "| - | - | - |")
         for (name, b, t), v in sorted((plain or {}).items()):
             lines.append(f"| {name[3:]}, no -march build | {b} | {t} | - | {fmt_ms(med(v['ms']))} | - | - | - |")
         lines.append("")
@@ -623,6 +635,9 @@ def main():
                 res, context = run_bench_models(exe, [base, "dy_" + base], BATCHES, THREADS,
                                                 dc_reps, dc_min_time)
                 peaks.append(float(context.get("fma_peak_gflops", "nan")))
+                low, _ = run_bench_models(exe, [f"dy_{base}:{p}" for p in LOW_PRECISIONS],
+                                          BATCHES, (1,), dc_reps, dc_min_time)
+                res.update(low)
                 for key, r in res.items():
                     slot = dc.setdefault(key, {"ms": [], "peak_frac": [], "gflops": [],
                                                "madds": r["madds"]})
