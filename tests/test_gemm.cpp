@@ -68,34 +68,66 @@ bool runs_here(const dynconv::detail::GemmKernels<T>& e) {
   return false;
 }
 
+/// The activations of the epilogue cases: in registers (piecewise linear) and not (SiLU, Tanh).
+double act_of(dynconv::Activation a, double v) {
+  return dynconv::activate(a, v);
+}
+
 template <typename T>
 void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
   if (!runs_here(kernels)) return;
   dynconv::Workspace<T> ws(1);
+  using dynconv::Activation;
+  // No epilogue (C += A B), then epilogues C = after(act(A B + bias) + residual).
+  const dynconv::detail::GemmEpilogue<T> none{};
+  const struct {
+    bool bias, residual;
+    Activation act, after;
+  } epilogues[] = {{false, false, Activation::Identity, Activation::Identity},
+                   {true, false, Activation::ReLU6, Activation::Identity},
+                   {true, true, Activation::Identity, Activation::ReLU},
+                   {false, true, Activation::HardSwish, Activation::Identity},
+                   {true, false, Activation::HardSigmoid, Activation::Identity},
+                   {true, true, Activation::SiLU, Activation::Tanh}};
   for (const Size& s : kSizes)
     for (bool transpose_b : {false, true}) {
-      SCOPED_TRACE(testing::Message() << kernels.name << " m=" << s.m << " n=" << s.n << " k=" << s.k
-                                      << (transpose_b ? " B^T" : ""));
-      const Index lda = s.k + 3, ldb = (transpose_b ? s.k : s.n) + 2, ldc = s.n + 5;
-      const std::vector<T> a = random_values<T>(s.m * lda, 1);
-      const std::vector<T> b = random_values<T>((transpose_b ? s.n : s.k) * ldb, 2);
-      std::vector<T> c = random_values<T>(s.m * ldc, 3);
-      std::vector<double> expected(c.begin(), c.end());
-      for (Index i = 0; i < s.m; ++i)
-        for (Index j = 0; j < s.n; ++j) {
-          double acc = 0;
-          for (Index p = 0; p < s.k; ++p)
-            acc += static_cast<double>(a[i * lda + p]) * (transpose_b ? b[j * ldb + p] : b[p * ldb + j]);
-          expected[i * ldc + j] += acc;
-        }
-      (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc, ws,
-                                                    0);
-      double worst = 0;
-      for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
-      EXPECT_LE(worst, tol<T>() * static_cast<double>(s.k + 1));
-      // Outside the n columns of each row the output is untouched.
-      for (Index i = 0; i < s.m; ++i)
-        for (Index j = s.n; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], static_cast<T>(expected[i * ldc + j]));
+      for (int ei = -1; ei < 6; ++ei) {
+        const bool epilogue = ei >= 0;
+        SCOPED_TRACE(testing::Message() << kernels.name << " m=" << s.m << " n=" << s.n << " k=" << s.k
+                                        << (transpose_b ? " B^T" : "") << " epilogue " << ei);
+        const Index lda = s.k + 3, ldb = (transpose_b ? s.k : s.n) + 2, ldc = s.n + 5;
+        const std::vector<T> a = random_values<T>(s.m * lda, 1);
+        const std::vector<T> b = random_values<T>((transpose_b ? s.n : s.k) * ldb, 2);
+        std::vector<T> c = random_values<T>(s.m * ldc, 3);
+        const std::vector<T> bias = random_values<T>(s.n, 4), residual = random_values<T>(s.m * ldc, 5);
+        std::vector<double> expected(c.begin(), c.end());
+        for (Index i = 0; i < s.m; ++i)
+          for (Index j = 0; j < s.n; ++j) {
+            double acc = 0;
+            for (Index p = 0; p < s.k; ++p)
+              acc += static_cast<double>(a[i * lda + p]) * (transpose_b ? b[j * ldb + p] : b[p * ldb + j]);
+            double& e = expected[i * ldc + j];
+            if (!epilogue) {
+              e += acc;
+              continue;
+            }
+            const auto& ep = epilogues[ei];
+            const double v = act_of(ep.act, acc + (ep.bias ? static_cast<double>(bias[j]) : 0.0)) +
+                             (ep.residual ? static_cast<double>(residual[i * ldc + j]) : 0.0);
+            e = act_of(ep.after, v);
+          }
+        dynconv::detail::GemmEpilogue<T> ge = none;
+        if (epilogue) ge = {epilogues[ei].bias ? bias.data() : nullptr, epilogues[ei].residual ? residual.data() : nullptr,
+                            epilogues[ei].act, epilogues[ei].after};
+        (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc, ws,
+                                                      0, epilogue ? &ge : nullptr);
+        double worst = 0;
+        for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
+        EXPECT_LE(worst, tol<T>() * static_cast<double>(s.k + 1));
+        // Outside the n columns of each row the output is untouched.
+        for (Index i = 0; i < s.m; ++i)
+          for (Index j = s.n; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], static_cast<T>(expected[i * ldc + j]));
+      }
     }
 }
 
@@ -281,9 +313,9 @@ TEST(GemmKernelTable, AllocatesNothingOnceTheWorkspaceHasGrown) {
   const auto& g = dynconv::detail::gemm_kernels<float>();
   const std::vector<float> a = random_values<float>(64 * 64, 1), b = random_values<float>(64 * 64, 2);
   std::vector<float> c(64 * 64, 0.f);
-  g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0);
+  g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0, nullptr);
   const Index grown = ws.allocations();
-  for (int i = 0; i < 3; ++i) g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0);
+  for (int i = 0; i < 3; ++i) g.gemm(64, 64, 64, a.data(), 64, b.data(), 64, c.data(), 64, ws, 0, nullptr);
   EXPECT_EQ(ws.allocations(), grown);
 }
 

@@ -28,7 +28,7 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   const Index p0 = s.r0 * ow, pixels = (s.r1 - s.r0) * ow;
   const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
   const Index depth = g.kernel_h * g.kernel_w * cin_g;
-  epilogue_begin(ep, pixels, cout, s.c0, s.c1, p0, y);
+  // The epilogue runs inside the GEMM (tile by tile, in registers, with dynconv's kernels).
   if (g.groups == 1) {
     const T* a;
     Index lda;
@@ -44,17 +44,18 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
       a = col;
       lda = depth;
     }
-    gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker);
+    const GemmEpilogue<T> e = gemm_epilogue(ep, cout, p0, s.c0);
+    gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker, &e);
   } else {
     eigen_assert(s.c0 == 0 && s.c1 == cout && !columns);
     T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);
     for (Index grp = 0; grp < g.groups; ++grp) {
       im2col(g, x, in_h, in_w, s.r0, s.r1, grp, col);
+      const GemmEpilogue<T> e = gemm_epilogue(ep, cout, p0, grp * cout_g);
       gemm(pixels, cout_g, depth, col, depth, kernel + grp * depth * cout_g, cout_g,
-           y + p0 * cout + grp * cout_g, cout, ws, worker);
+           y + p0 * cout + grp * cout_g, cout, ws, worker, &e);
     }
   }
-  epilogue_end(ep, pixels, cout, s.c0, s.c1, p0, y);
 }
 
 }  // namespace detail

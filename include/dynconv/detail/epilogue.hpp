@@ -71,5 +71,12 @@ void epilogue_end(const Epilogue<T>& ep, Index pixels, Index cout, Index c0, Ind
   });
 }
 
+/// A slice's epilogue for the GEMM that writes C = y + p0 * cout + c0 (leading dimension cout):
+/// the bias and residual pointers moved to C's origin.
+template <typename T>
+GemmEpilogue<T> gemm_epilogue(const Epilogue<T>& ep, Index cout, Index p0, Index c0) {
+  return {ep.bias ? ep.bias + c0 : nullptr, ep.residual ? ep.residual + p0 * cout + c0 : nullptr, ep.act, ep.after};
+}
+
 }  // namespace detail
 }  // namespace dynconv

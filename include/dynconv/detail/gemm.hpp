@@ -3,8 +3,10 @@
 //
 // An entry of the table (GemmKernels<T>) holds:
 //   supported         whether this CPU runs the entry
-//   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions)
-//   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T
+//   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions),
+//                     or with a GemmEpilogue (gemm_x86.hpp) C = after(act(A B + bias) + residual)
+//                     (dynconv's kernels: tile by tile, in registers; Eigen's: loops over C)
+//   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T (the same)
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one
 //                     function per storage of the experts W_k: T, BF16, F16 (widened)
@@ -34,10 +36,9 @@ namespace detail {
 /// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB), all row-major with
 /// leading dimensions lda, ldb, ldc, on the calling thread, with `worker`'s packing buffers from
 /// the workspace (so Eigen's GEMM allocates nothing). Eigen's internal GEMM driver of 3.4.
-template <typename T, bool TransposeB = false>
-void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
-          Workspace<T>& ws, int worker) {
-  if (m == 0 || n == 0 || k == 0) return;
+template <typename T, bool TransposeB>
+void eigen_product(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+                   Workspace<T>& ws, int worker) {
   // Eigen computes the row-major product as the column-major C^T [n, m] = B^T [n, k] A^T [k, m]:
   // B row-major [k, n] is B^T column-major; a transposed B [n, k] row-major is B^T row-major.
   struct Blocking : Eigen::internal::level3_blocking<T, T> {
@@ -54,6 +55,22 @@ void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, In
   Eigen::internal::general_matrix_matrix_product<Index, T, kLhsOrder, false, T, Eigen::ColMajor, false,
                                                  Eigen::ColMajor, 1>::run(n, m, k, b, ldb, a, lda, c, 1, ldc,
                                                                           T(1), blocking, nullptr);
+}
+
+/// The table's "eigen" entry: eigen_product, with an epilogue C = bias first, the product
+/// accumulated, then the activations and residual in loops over C.
+template <typename T, bool TransposeB = false>
+void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
+                Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep) {
+  if (m == 0 || n == 0) return;
+  if (!ep) {
+    if (k > 0) eigen_product<T, TransposeB>(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
+    return;
+  }
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < n; ++j) c[i * ldc + j] = ep->bias ? ep->bias[j] : T(0);
+  if (k > 0) eigen_product<T, TransposeB>(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
+  run_for_kernel_isa([&] { finish_rows(c, ldc, m, n, ep->act, ep->residual, ep->after); });
 }
 
 /// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
@@ -134,9 +151,9 @@ struct GemmKernels {
   KernelIsa isa;
   bool (*supported)();
   void (*gemm)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
-               Workspace<T>& ws, int worker);
+               Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
-                  Workspace<T>& ws, int worker);
+                  Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   MixedGemmBatch<T, T> mixed_gemm_batch;
   MixedGemmBatch<T, Eigen::bfloat16> mixed_gemm_batch_bf16;
   MixedGemmBatch<T, Eigen::half> mixed_gemm_batch_f16;
@@ -183,12 +200,13 @@ const GemmKernels<T>& gemm_kernels() {
   return in_use;
 }
 
-/// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB) through the table.
+/// C[m, n] += A[m, k] * B[k, n] (or * B^T for B [n, k] when TransposeB) through the table,
+/// with the tile epilogue `ep` around it if given.
 template <typename T, bool TransposeB = false>
 void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
-          Workspace<T>& ws, int worker) {
+          Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep = nullptr) {
   const GemmKernels<T>& g = gemm_kernels<T>();
-  (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
+  (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker, ep);
 }
 
 /// An entry's mixed-kernel GEMM for experts stored as S.

@@ -20,6 +20,7 @@
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
+#include <dynconv/activation.hpp>
 #include <dynconv/conv_geometry.hpp>
 #include <dynconv/runtime.hpp>
 
@@ -55,6 +56,40 @@ template <typename T, typename S>
 inline T widen(S s) {
   if constexpr (std::is_same<S, T>::value) return s;
   else return static_cast<T>(static_cast<float>(s));
+}
+
+/// A GEMM's epilogue (a convolution's bias, activation and residual), with pointers relative to
+/// the product's output C:  C = after(act(A * B + bias) + residual), C's former values not read.
+/// bias [n] at C's columns, or null; residual laid out as C (C's leading dimension), or null.
+/// dynconv's kernels apply it to each output tile in registers as the tile is stored; Eigen's
+/// entry in loops over C after the product.
+template <typename T>
+struct GemmEpilogue {
+  const T* bias = nullptr;
+  const T* residual = nullptr;
+  Activation act = Activation::Identity;
+  Activation after = Activation::Identity;
+};
+
+/// C[0:rows, 0:cols] = after(act(C) + residual) in plain loops (residual with leading dimension
+/// ldc, or null): the activations the kernels do not compute in registers, and Eigen's entry.
+template <typename T>
+void finish_rows(T* c, Index ldc, Index rows, Index cols, Activation act, const T* residual, Activation after) {
+  for (Index i = 0; i < rows; ++i) {
+    T* o = c + i * ldc;
+    with_activation<T>(act, [&](auto f) { map_inplace(o, cols, f); });
+    if (residual)
+      for (Index j = 0; j < cols; ++j) o[j] += residual[i * ldc + j];
+    with_activation<T>(after, [&](auto f) { map_inplace(o, cols, f); });
+  }
+}
+
+/// The epilogue C = after(act(bias) + residual) of a product with no depth (k = 0).
+template <typename T>
+void epilogue_only(T* c, Index ldc, Index m, Index n, const GemmEpilogue<T>& ep) {
+  for (Index i = 0; i < m; ++i)
+    for (Index j = 0; j < n; ++j) c[i * ldc + j] = ep.bias ? ep.bias[j] : T(0);
+  finish_rows(c, ldc, m, n, ep.act, ep.residual, ep.after);
 }
 
 /// The kernel sets: dynconv's own AVX-512 and AVX2 float kernels, or the build's generic code.
@@ -195,7 +230,93 @@ inline Index balanced_rows(Index m, Index mr) {
   return (m + tiles - 1) / tiles;
 }
 
+/// How a micro-kernel stores its tile: `overwrite` (the first depth block of a product with an
+/// epilogue) C = acc + bias, else C += acc; `finish` (the last depth block) then applies the
+/// epilogue's activation, residual (at the tile's origin, leading dimension ldc) and final
+/// activation: vectorised for the piecewise-linear activations, else finish_rows on the tile;
+/// either way on the tile just stored, in L1 (avx512_tile_ends).
+struct TileEnds {
+  bool overwrite = false, finish = false;
+  const float* bias = nullptr;      // at the tile's first column, or null
+  const float* residual = nullptr;  // at the tile's origin, or null
+  Activation act = Activation::Identity, after = Activation::Identity;
+};
+
+/// The ends of the tile at row i, column col of a product with epilogue ep (or none).
+inline TileEnds tile_ends(const GemmEpilogue<float>* ep, bool first, bool last, Index i, Index col, Index ldc) {
+  if (!ep) return {};
+  return {first, last, ep->bias ? ep->bias + col : nullptr, ep->residual ? ep->residual + i * ldc + col : nullptr,
+          ep->act, ep->after};
+}
+
+/// Whether the kernels apply activation a in registers (the piecewise-linear ones).
+inline bool activation_in_registers(Activation a) {
+  return a == Activation::Identity || a == Activation::ReLU || a == Activation::ReLU6 ||
+         a == Activation::HardSigmoid || a == Activation::HardSwish;
+}
+
 // ---- AVX-512: 12 x 32 --------------------------------------------------------------------------
+
+/// The mask of the first min(n, 16) lanes.
+inline __mmask16 lanes16(Index n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u); }
+
+/// activation a of v (one of activation_in_registers), as activation.hpp defines it; NaN stays
+/// NaN (max/min return their second operand for NaN).
+DYNCONV_TARGET_AVX512 inline __m512 avx512_activate(Activation a, __m512 v) {
+  const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.f), six = _mm512_set1_ps(6.f);
+  switch (a) {
+    case Activation::ReLU: return _mm512_max_ps(zero, v);
+    case Activation::ReLU6: return _mm512_min_ps(six, _mm512_max_ps(zero, v));
+    case Activation::HardSigmoid:
+      return _mm512_div_ps(_mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(v, three))), six);
+    case Activation::HardSwish:
+      return _mm512_div_ps(_mm512_mul_ps(v, _mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(v, three)))), six);
+    default: return v;
+  }
+}
+
+/// avx512_tile_ends with the activation a compile-time constant (no switch in the loop) and the
+/// final activation Identity or ReLU.
+template <Activation A>
+DYNCONV_TARGET_AVX512 inline void avx512_tile_ends_as(float* c, Index ldc, Index rows, Index cols, const TileEnds& e) {
+  const bool bias = e.overwrite && e.bias, finish = e.finish;
+  const float* residual = e.residual;
+  const bool relu_after = e.after == Activation::ReLU;
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; j += 16) {
+      const __mmask16 m = lanes16(cols - j);
+      float* o = c + i * ldc + j;
+      __m512 v = _mm512_maskz_loadu_ps(m, o);
+      if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, e.bias + j));
+      if (finish) {
+        v = avx512_activate(A, v);
+        if (residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual + i * ldc + j));
+        if (relu_after) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+      }
+      _mm512_mask_storeu_ps(o, m, v);
+    }
+}
+/// The rest of TileEnds on a stored tile C[0:rows, 0:cols] (in L1): + bias when overwriting,
+/// then when finishing act, + residual, after. A call of its own after the micro-kernel's
+/// stores: done inside it, the extra vectors made GCC spill accumulators in the depth loop
+/// (measured 10-20% slower models).
+DYNCONV_TARGET_AVX512 __attribute__((noinline)) inline void avx512_tile_ends(float* c, Index ldc, Index rows,
+                                                                             Index cols, const TileEnds& e) {
+  const bool vector = activation_in_registers(e.act) &&
+                      (e.after == Activation::Identity || e.after == Activation::ReLU);
+  if (!e.finish || !vector) {
+    if (e.overwrite && e.bias) avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
+    if (e.finish) finish_rows(c, ldc, rows, cols, e.act, e.residual, e.after);
+    return;
+  }
+  switch (e.act) {
+    case Activation::ReLU: return avx512_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e);
+    case Activation::ReLU6: return avx512_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e);
+    case Activation::HardSigmoid: return avx512_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e);
+    case Activation::HardSwish: return avx512_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e);
+    default: return avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e);
+  }
+}
 
 /// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 32), cols <= 32 (masked beyond).
 // The micro-kernels name each accumulator (DYNCONV_X86_ROWS expands a step once per row, the
@@ -207,7 +328,7 @@ inline Index balanced_rows(Index m, Index mr) {
 /// NV = 1 only the panel's first 16 columns are read (cols <= 16).
 template <int MR, int NV = 2>
 DYNCONV_TARGET_AVX512 inline void avx512_tile(Index kc, const float* a, Index lda, const float* panel, float* c,
-                                              Index ldc, Index cols) {
+                                              Index ldc, Index cols, const TileEnds& e) {
   static_assert(MR >= 1 && MR <= 12 && (NV == 1 || NV == 2), "avx512_tile: 1 to 12 rows, 1 or 2 vectors");
 #define DYNCONV_DECLARE(i) __m512 acc##i##_0 = _mm512_setzero_ps(), acc##i##_1 = acc##i##_0;
 #define DYNCONV_STEP(i)                                        \
@@ -216,12 +337,13 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile(Index kc, const float* a, Index ld
     acc##i##_0 = _mm512_fmadd_ps(ai, b0, acc##i##_0);          \
     if constexpr (NV == 2) acc##i##_1 = _mm512_fmadd_ps(ai, b1, acc##i##_1); \
   }
-#define DYNCONV_STORE(i)                                                                   \
-  if constexpr (MR > i) {                                                                  \
-    float* ci = c + i * ldc;                                                               \
-    _mm512_mask_storeu_ps(ci, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), acc##i##_0)); \
-    if constexpr (NV == 2)                                                                  \
-      _mm512_mask_storeu_ps(ci + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), acc##i##_1)); \
+#define DYNCONV_STORE(i)                                                                          \
+  if constexpr (MR > i) {                                                                         \
+    float* ci = c + i * ldc;                                                                      \
+    _mm512_mask_storeu_ps(ci, m0, e.overwrite ? acc##i##_0 : _mm512_add_ps(_mm512_maskz_loadu_ps(m0, ci), acc##i##_0)); \
+    if constexpr (NV == 2)                                                                        \
+      _mm512_mask_storeu_ps(ci + 16, m1,                                                          \
+                            e.overwrite ? acc##i##_1 : _mm512_add_ps(_mm512_maskz_loadu_ps(m1, ci + 16), acc##i##_1)); \
   }
   DYNCONV_X86_ROWS(DYNCONV_DECLARE)
   for (Index p = 0; p < kc; ++p) {
@@ -229,9 +351,9 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile(Index kc, const float* a, Index ld
     const __m512 b1 = NV == 2 ? _mm512_load_ps(panel + p * 32 + 16) : b0;
     DYNCONV_X86_ROWS(DYNCONV_STEP)
   }
-  const __mmask16 m0 = static_cast<__mmask16>(cols >= 16 ? 0xFFFFu : (1u << cols) - 1u);
-  const __mmask16 m1 = static_cast<__mmask16>(cols <= 16 ? 0u : cols >= 32 ? 0xFFFFu : (1u << (cols - 16)) - 1u);
+  const __mmask16 m0 = lanes16(cols), m1 = cols <= 16 ? __mmask16(0) : lanes16(cols - 16);
   DYNCONV_X86_ROWS(DYNCONV_STORE)
+  if ((e.overwrite && e.bias) || e.finish) avx512_tile_ends(c, ldc, MR, cols, e);
 #undef DYNCONV_DECLARE
 #undef DYNCONV_STEP
 #undef DYNCONV_STORE
@@ -239,31 +361,91 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile(Index kc, const float* a, Index ld
 
 /// avx512_tile for `rows` (1 to 12) rows, one vector when the panel is at most 16 wide.
 DYNCONV_TARGET_AVX512 inline void avx512_tile_rows(Index rows, Index kc, const float* a, Index lda,
-                                                   const float* panel, float* c, Index ldc, Index cols) {
+                                                   const float* panel, float* c, Index ldc, Index cols,
+                                                   const TileEnds& e) {
 #define DYNCONV_CASE(r)                                                                   \
   case r + 1:                                                                             \
-    return cols > 16 ? avx512_tile<r + 1, 2>(kc, a, lda, panel, c, ldc, cols)             \
-                     : avx512_tile<r + 1, 1>(kc, a, lda, panel, c, ldc, cols);
+    return cols > 16 ? avx512_tile<r + 1, 2>(kc, a, lda, panel, c, ldc, cols, e)          \
+                     : avx512_tile<r + 1, 1>(kc, a, lda, panel, c, ldc, cols, e);
   switch (rows) { DYNCONV_X86_ROWS(DYNCONV_CASE) }
 #undef DYNCONV_CASE
 }
 
-/// Every row of A (m rows) against every panel of a packed block of `cols` columns.
+/// Every row of A (m rows) against every panel of a packed block of `cols` columns; with an
+/// epilogue, the first depth block (`first`) overwrites C and the last (`last`) finishes it (the
+/// block's first column is column col0 of the product).
 DYNCONV_TARGET_AVX512 inline void avx512_block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                               Index cols, float* c, Index ldc) {
+                                               Index cols, float* c, Index ldc,
+                                               const GemmEpilogue<float>* ep = nullptr, bool first = false,
+                                               bool last = false, Index col0 = 0) {
   const Index mr = balanced_rows(m, 12);
   for (Index i = 0; i < m; i += mr)
     for (Index q = 0; q * 32 < cols; ++q)
       avx512_tile_rows(std::min(mr, m - i), kcur, a + i * lda, lda, packed + q * kcur * 32, c + i * ldc + q * 32, ldc,
-                       std::min<Index>(32, cols - q * 32));
+                       std::min<Index>(32, cols - q * 32), tile_ends(ep, first, last, i, col0 + q * 32, ldc));
 }
 
 // ---- AVX2: 6 x 16 ------------------------------------------------------------------------------
 
-/// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 16), cols <= 16 (masked beyond).
+/// The AVX2 twin of avx512_activate.
+DYNCONV_TARGET_AVX2 inline __m256 avx2_activate(Activation a, __m256 v) {
+  const __m256 zero = _mm256_setzero_ps(), three = _mm256_set1_ps(3.f), six = _mm256_set1_ps(6.f);
+  switch (a) {
+    case Activation::ReLU: return _mm256_max_ps(zero, v);
+    case Activation::ReLU6: return _mm256_min_ps(six, _mm256_max_ps(zero, v));
+    case Activation::HardSigmoid:
+      return _mm256_div_ps(_mm256_min_ps(six, _mm256_max_ps(zero, _mm256_add_ps(v, three))), six);
+    case Activation::HardSwish:
+      return _mm256_div_ps(_mm256_mul_ps(v, _mm256_min_ps(six, _mm256_max_ps(zero, _mm256_add_ps(v, three)))), six);
+    default: return v;
+  }
+}
+
+/// The AVX2 twin of avx512_tile_ends_as.
+template <Activation A>
+DYNCONV_TARGET_AVX2 inline void avx2_tile_ends_as(float* c, Index ldc, Index rows, Index cols, const TileEnds& e) {
+  const bool bias = e.overwrite && e.bias, finish = e.finish;
+  const float* residual = e.residual;
+  const bool relu_after = e.after == Activation::ReLU;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; j += 8) {
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - j)), lane);
+      float* o = c + i * ldc + j;
+      __m256 v = _mm256_maskload_ps(o, m);
+      if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(e.bias + j, m));
+      if (finish) {
+        v = avx2_activate(A, v);
+        if (residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + i * ldc + j, m));
+        if (relu_after) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+      }
+      _mm256_maskstore_ps(o, m, v);
+    }
+}
+/// The AVX2 twin of avx512_tile_ends.
+DYNCONV_TARGET_AVX2 __attribute__((noinline)) inline void avx2_tile_ends(float* c, Index ldc, Index rows, Index cols,
+                                                                         const TileEnds& e) {
+  const bool vector = activation_in_registers(e.act) &&
+                      (e.after == Activation::Identity || e.after == Activation::ReLU);
+  if (!e.finish || !vector) {
+    if (e.overwrite && e.bias) avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
+    if (e.finish) finish_rows(c, ldc, rows, cols, e.act, e.residual, e.after);
+    return;
+  }
+  switch (e.act) {
+    case Activation::ReLU: return avx2_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e);
+    case Activation::ReLU6: return avx2_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e);
+    case Activation::HardSigmoid: return avx2_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e);
+    case Activation::HardSwish: return avx2_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e);
+    default: return avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e);
+  }
+}
+
+/// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 16), cols <= 16 (masked beyond), stored as
+/// e says (TileEnds).
 template <int MR>
 DYNCONV_TARGET_AVX2 inline void avx2_tile(Index kc, const float* a, Index lda, const float* panel, float* c,
-                                          Index ldc, Index cols) {
+                                          Index ldc, Index cols, const TileEnds& e) {
   static_assert(MR >= 1 && MR <= 6, "avx2_tile: 1 to 6 rows");
 #define DYNCONV_DECLARE(i) __m256 acc##i##_0 = _mm256_setzero_ps(), acc##i##_1 = acc##i##_0;
 #define DYNCONV_STEP(i)                                        \
@@ -272,11 +454,12 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile(Index kc, const float* a, Index lda, c
     acc##i##_0 = _mm256_fmadd_ps(ai, b0, acc##i##_0);          \
     acc##i##_1 = _mm256_fmadd_ps(ai, b1, acc##i##_1);          \
   }
-#define DYNCONV_STORE(i)                                                                       \
-  if constexpr (MR > i) {                                                                      \
-    float* ci = c + i * ldc;                                                                   \
-    _mm256_maskstore_ps(ci, m0, _mm256_add_ps(_mm256_maskload_ps(ci, m0), acc##i##_0));         \
-    _mm256_maskstore_ps(ci + 8, m1, _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), acc##i##_1)); \
+#define DYNCONV_STORE(i)                                                                          \
+  if constexpr (MR > i) {                                                                         \
+    float* ci = c + i * ldc;                                                                      \
+    _mm256_maskstore_ps(ci, m0, e.overwrite ? acc##i##_0 : _mm256_add_ps(_mm256_maskload_ps(ci, m0), acc##i##_0)); \
+    _mm256_maskstore_ps(ci + 8, m1,                                                               \
+                        e.overwrite ? acc##i##_1 : _mm256_add_ps(_mm256_maskload_ps(ci + 8, m1), acc##i##_1)); \
   }
   DYNCONV_X86_ROWS(DYNCONV_DECLARE)
   for (Index p = 0; p < kc; ++p) {
@@ -287,6 +470,7 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile(Index kc, const float* a, Index lda, c
   const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)), lane);
   const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols) - 8), lane);
   DYNCONV_X86_ROWS(DYNCONV_STORE)
+  if ((e.overwrite && e.bias) || e.finish) avx2_tile_ends(c, ldc, MR, cols, e);
 #undef DYNCONV_DECLARE
 #undef DYNCONV_STEP
 #undef DYNCONV_STORE
@@ -294,25 +478,26 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile(Index kc, const float* a, Index lda, c
 
 /// avx2_tile for `rows` (1 to 6) rows.
 DYNCONV_TARGET_AVX2 inline void avx2_tile_rows(Index rows, Index kc, const float* a, Index lda, const float* panel,
-                                               float* c, Index ldc, Index cols) {
+                                               float* c, Index ldc, Index cols, const TileEnds& e) {
   switch (rows) {
-    case 1: return avx2_tile<1>(kc, a, lda, panel, c, ldc, cols);
-    case 2: return avx2_tile<2>(kc, a, lda, panel, c, ldc, cols);
-    case 3: return avx2_tile<3>(kc, a, lda, panel, c, ldc, cols);
-    case 4: return avx2_tile<4>(kc, a, lda, panel, c, ldc, cols);
-    case 5: return avx2_tile<5>(kc, a, lda, panel, c, ldc, cols);
-    default: return avx2_tile<6>(kc, a, lda, panel, c, ldc, cols);
+    case 1: return avx2_tile<1>(kc, a, lda, panel, c, ldc, cols, e);
+    case 2: return avx2_tile<2>(kc, a, lda, panel, c, ldc, cols, e);
+    case 3: return avx2_tile<3>(kc, a, lda, panel, c, ldc, cols, e);
+    case 4: return avx2_tile<4>(kc, a, lda, panel, c, ldc, cols, e);
+    case 5: return avx2_tile<5>(kc, a, lda, panel, c, ldc, cols, e);
+    default: return avx2_tile<6>(kc, a, lda, panel, c, ldc, cols, e);
   }
 }
 
 /// Every row of A (m rows) against every panel of a packed block of `cols` columns.
 DYNCONV_TARGET_AVX2 inline void avx2_block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                           Index cols, float* c, Index ldc) {
+                                           Index cols, float* c, Index ldc, const GemmEpilogue<float>* ep = nullptr,
+                                           bool first = false, bool last = false, Index col0 = 0) {
   const Index mr = balanced_rows(m, 6);
   for (Index i = 0; i < m; i += mr)
     for (Index q = 0; q * 16 < cols; ++q)
       avx2_tile_rows(std::min(mr, m - i), kcur, a + i * lda, lda, packed + q * kcur * 16, c + i * ldc + q * 16, ldc,
-                     std::min<Index>(16, cols - q * 16));
+                     std::min<Index>(16, cols - q * 16), tile_ends(ep, first, last, i, col0 + q * 16, ldc));
 }
 
 // ---- depthwise rows and kernel mixing (NHWC, vectorised across channels) -----------------------
@@ -420,8 +605,6 @@ DYNCONV_TARGET_AVX512 inline __m512 avx512_load(const Eigen::half* p, __mmask16 
 DYNCONV_TARGET_AVX512 inline __m512 avx512_load(const Eigen::bfloat16* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
-/// The mask of the first min(n, 16) lanes.
-inline __mmask16 lanes16(Index n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u); }
 
 /// 8 values at p (8 or more readable), and the first n < 8 of them, zeros after (avx2_load_tail
 /// reads nothing beyond p + n).
@@ -565,8 +748,9 @@ struct X86Avx512 {
     }
   };
   DYNCONV_TARGET_AVX512 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                          Index cols, float* c, Index ldc) {
-    avx512_block(m, kcur, a, lda, packed, cols, c, ldc);
+                                          Index cols, float* c, Index ldc, const GemmEpilogue<float>* ep = nullptr,
+                                          bool first = false, bool last = false, Index col0 = 0) {
+    avx512_block(m, kcur, a, lda, packed, cols, c, ldc, ep, first, last, col0);
   }
   /// pack() of the mixed kernel sum_k pi[k] W_k (W_k = src + k*stride, row-major with ldb) in
   /// one pass over the K sources: each source value read once, each mixed value written once.
@@ -614,8 +798,9 @@ struct X86Avx2 {
     }
   };
   DYNCONV_TARGET_AVX2 static void block(Index m, Index kcur, const float* a, Index lda, const float* packed,
-                                        Index cols, float* c, Index ldc) {
-    avx2_block(m, kcur, a, lda, packed, cols, c, ldc);
+                                        Index cols, float* c, Index ldc, const GemmEpilogue<float>* ep = nullptr,
+                                        bool first = false, bool last = false, Index col0 = 0) {
+    avx2_block(m, kcur, a, lda, packed, cols, c, ldc, ep, first, last, col0);
   }
   /// The AVX2 twin of X86Avx512::mix_pack.
   template <typename S>
@@ -646,11 +831,16 @@ struct X86Avx2 {
 };
 
 /// C[m, n] += A[m, k] * B[k, n] (B^T [n, k] when TransposeB), row-major, with `worker`'s
-/// packing buffer from the workspace.
+/// packing buffer from the workspace; with an epilogue, C = after(act(A B + bias) + residual)
+/// (GemmEpilogue), tile by tile.
 template <typename Isa, bool TransposeB>
 void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
-              Workspace<float>& ws, int worker) {
-  if (m == 0 || n == 0 || k == 0) return;
+              Workspace<float>& ws, int worker, const GemmEpilogue<float>* ep) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (ep) epilogue_only(c, ldc, m, n, *ep);
+    return;
+  }
   constexpr Index nr = Isa::nr;
   const Index kc = std::min(k, X86Blocking::kc);
   const Index nc = std::min((n + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
@@ -660,7 +850,7 @@ void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float*
     for (Index j0 = 0; j0 < n; j0 += nc) {
       const Index cols = std::min(nc, n - j0);
       Isa::template pack<TransposeB>(b, ldb, p0, kcur, j0, cols, packed);
-      Isa::block(m, kcur, a + p0, lda, packed, cols, c + j0, ldc);
+      Isa::block(m, kcur, a + p0, lda, packed, cols, c + j0, ldc, ep, p0 == 0, p0 + kcur == k, j0);
     }
   }
 }
