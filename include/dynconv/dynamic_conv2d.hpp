@@ -1049,7 +1049,7 @@ class DynamicConv2d final : public Module<T> {
       for (std::size_t i = 0; i < packed.size(); ++i)
         if (!(std::abs(static_cast<double>(packed[i])) <= kHalfMax))
           fail<OptionsError>(layer_, ": expert precision float16: kernel ", static_cast<Index>(i) / size, " holds ",
-                             packed[i], ", beyond float16's range (|w| <= 65504); keep float32 or use bfloat16");
+                             packed[i], ", beyond float16's range (magnitudes up to 65504); keep float32 or use bfloat16");
     }
     std::vector<Eigen::bfloat16> bf16;
     std::vector<Eigen::half> f16;
