@@ -28,7 +28,7 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   const Index p0 = s.r0 * ow, pixels = (s.r1 - s.r0) * ow;
   const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();
   const Index depth = g.kernel_h * g.kernel_w * cin_g;
-  // The epilogue runs inside the GEMM (tile by tile, in registers, with dynconv's kernels).
+  // The epilogue runs inside the GEMM (tile by tile while each is in L1, with dynconv's kernels).
   if (g.groups == 1) {
     const T* a;
     Index lda;

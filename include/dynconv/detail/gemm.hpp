@@ -5,7 +5,7 @@
 //   supported         whether this CPU runs the entry
 //   gemm              C[m, n] += A[m, k] * B[k, n]          (all row-major, leading dimensions),
 //                     or with a GemmEpilogue (gemm_x86.hpp) C = after(act(A B + bias) + residual)
-//                     (dynconv's kernels: tile by tile, in registers; Eigen's: loops over C)
+//                     (dynconv's kernels: tile by tile, each in L1; Eigen's: loops over C)
 //   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T (the same)
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one

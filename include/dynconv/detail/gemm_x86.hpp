@@ -15,8 +15,11 @@
 // from A's rows: MR rows of kc values stay in L1 across every panel of the block). The
 // micro-kernel keeps an MR x NR tile of C in registers: AVX-512 12 x 32 (24 zmm accumulators),
 // AVX2 6 x 16 (12 ymm accumulators); ragged edges run the same loop with fewer rows and masked
-// columns. The batched mixed-kernel product mixes the K packed sources into the packed panel
-// (packing is a permutation, so mixing packed blocks is mixing kernels).
+// columns. A convolution's epilogue (GemmEpilogue: bias, activation, residual) is applied to
+// each output tile right after its last depth block stores it. The batched mixed-kernel product
+// mixes the K packed sources into the packed panel (packing is a permutation, so mixing packed
+// blocks is mixing kernels); the sources are float, or BF16/F16 experts widened as they are
+// read.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
@@ -61,8 +64,8 @@ inline T widen(S s) {
 /// A GEMM's epilogue (a convolution's bias, activation and residual), with pointers relative to
 /// the product's output C:  C = after(act(A * B + bias) + residual), C's former values not read.
 /// bias [n] at C's columns, or null; residual laid out as C (C's leading dimension), or null.
-/// dynconv's kernels apply it to each output tile in registers as the tile is stored; Eigen's
-/// entry in loops over C after the product.
+/// dynconv's kernels apply it to each output tile right after storing it, while it is in L1;
+/// Eigen's entry in loops over C after the product.
 template <typename T>
 struct GemmEpilogue {
   const T* bias = nullptr;
@@ -72,7 +75,7 @@ struct GemmEpilogue {
 };
 
 /// C[0:rows, 0:cols] = after(act(C) + residual) in plain loops (residual with leading dimension
-/// ldc, or null): the activations the kernels do not compute in registers, and Eigen's entry.
+/// ldc, or null): the activations the kernels do not vectorise, and Eigen's entry.
 template <typename T>
 void finish_rows(T* c, Index ldc, Index rows, Index cols, Activation act, const T* residual, Activation after) {
   for (Index i = 0; i < rows; ++i) {
@@ -249,8 +252,8 @@ inline TileEnds tile_ends(const GemmEpilogue<float>* ep, bool first, bool last, 
           ep->act, ep->after};
 }
 
-/// Whether the kernels apply activation a in registers (the piecewise-linear ones).
-inline bool activation_in_registers(Activation a) {
+/// Whether the kernels' tile epilogue vectorises activation a (the piecewise-linear ones).
+inline bool activation_vectorised(Activation a) {
   return a == Activation::Identity || a == Activation::ReLU || a == Activation::ReLU6 ||
          a == Activation::HardSigmoid || a == Activation::HardSwish;
 }
@@ -260,7 +263,7 @@ inline bool activation_in_registers(Activation a) {
 /// The mask of the first min(n, 16) lanes.
 inline __mmask16 lanes16(Index n) { return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u); }
 
-/// activation a of v (one of activation_in_registers), as activation.hpp defines it; NaN stays
+/// activation a of v (one of activation_vectorised), as activation.hpp defines it; NaN stays
 /// NaN (max/min return their second operand for NaN).
 DYNCONV_TARGET_AVX512 inline __m512 avx512_activate(Activation a, __m512 v) {
   const __m512 zero = _mm512_setzero_ps(), three = _mm512_set1_ps(3.f), six = _mm512_set1_ps(6.f);
@@ -302,7 +305,7 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile_ends_as(float* c, Index ldc, Index
 /// (measured 10-20% slower models).
 DYNCONV_TARGET_AVX512 __attribute__((noinline)) inline void avx512_tile_ends(float* c, Index ldc, Index rows,
                                                                              Index cols, const TileEnds& e) {
-  const bool vector = activation_in_registers(e.act) &&
+  const bool vector = activation_vectorised(e.act) &&
                       (e.after == Activation::Identity || e.after == Activation::ReLU);
   if (!e.finish || !vector) {
     if (e.overwrite && e.bias) avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
@@ -425,7 +428,7 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile_ends_as(float* c, Index ldc, Index row
 /// The AVX2 twin of avx512_tile_ends.
 DYNCONV_TARGET_AVX2 __attribute__((noinline)) inline void avx2_tile_ends(float* c, Index ldc, Index rows, Index cols,
                                                                          const TileEnds& e) {
-  const bool vector = activation_in_registers(e.act) &&
+  const bool vector = activation_vectorised(e.act) &&
                       (e.after == Activation::Identity || e.after == Activation::ReLU);
   if (!e.finish || !vector) {
     if (e.overwrite && e.bias) avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
