@@ -38,6 +38,7 @@
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define DYNCONV_X86_KERNELS 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define DYNCONV_X86_KERNELS 0
@@ -109,6 +110,13 @@ inline const char* kernel_isa_name(KernelIsa isa) {
 #define DYNCONV_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define DYNCONV_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
+/// Whether the CPU has F16C (CPUID leaf 1, ECX bit 29); Clang 14's __builtin_cpu_supports
+/// does not know "f16c". Its registers are AVX's, which the callers check the OS saves.
+inline bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+}
+
 /// Whether the CPU (and the OS) run the AVX-512 kernels: AVX512F, BW and VL (with AVX2, FMA
 /// and F16C).
 inline bool cpu_has_avx512() {
@@ -116,7 +124,7 @@ inline bool cpu_has_avx512() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           cpu_has_f16c();
   }();
   return has;
 }
@@ -124,7 +132,7 @@ inline bool cpu_has_avx512() {
 inline bool cpu_has_avx2() {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   }();
   return has;
 }
