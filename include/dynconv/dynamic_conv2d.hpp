@@ -1053,10 +1053,14 @@ class DynamicConv2d final : public Module<T> {
     }
     std::vector<Eigen::bfloat16> bf16;
     std::vector<Eigen::half> f16;
-    if (p == ExpertPrecision::BFloat16)
+    if (p == ExpertPrecision::BFloat16) {
+      bf16.reserve(packed.size());
       for (const T v : packed) bf16.push_back(Eigen::bfloat16(static_cast<float>(v)));
-    if (p == ExpertPrecision::Float16)
+    }
+    if (p == ExpertPrecision::Float16) {
+      f16.reserve(packed.size());
       for (const T v : packed) f16.push_back(Eigen::half(static_cast<float>(v)));
+    }
     if (p != ExpertPrecision::Float32) packed = {};
     packed_ = std::move(packed);
     packed_bf16_ = std::move(bf16);
