@@ -81,6 +81,12 @@ const Case kCases[] = {
   {"mbv2_dw_stride2",         1, 96,  96, 14,  14,  3,  3,  2,  2,  1,  1,  1,  1,  1,  1,  96, false},
   {"resnet_3x3_64",           1, 64,  64,  8,   8,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, false},
   {"resnet_down_1x1_s2",      2, 32,  64,  8,   8,  1,  1,  2,  2,  0,  0,  0,  0,  1,  1,   1, false},
+  // Winograd F(4x4, 3x3) from 144 output pixels: partial tiles on both axes, channel counts off
+  // the 16-lane vectors (tails), 144 pixels exactly, a batch, ResNet's 64 channels.
+  {"wino_3x3_pad1_odd",       2, 20,  24, 13,  17,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
+  {"wino_3x3_pad0",           1, 16,  33, 16,  18,  3,  3,  1,  1,  0,  0,  0,  0,  1,  1,   1, false},
+  {"wino_3x3_144px_batch3",   3,  7,  17, 12,  12,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
+  {"wino_resnet_3x3_64",      1, 64,  64, 16,  16,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, false},
 };
 
 // Per-side padding and non-square kernels with dilation. These also run through DynamicConv2d
@@ -100,6 +106,8 @@ const Case kPerSideCases[] = {
   // A 1x1 kernel padded on the end sides: Im2colGemm only.
   {"c1x1_pad0102",                 2,  6,   4,  5,   6,  1,  1,  1,  1,  0,  1,  0,  2,  1,  1,   1, true},
   {"c3x3_groups2_pad1002",         2,  8,   6,  7,   7,  3,  3,  1,  1,  1,  0,  0,  2,  1,  1,   2, true},
+  // Winograd with padding on start and end sides (14x14 output, 4 tiles with a cropped last).
+  {"wino_3x3_pad2013",             2,  5,   7, 14,  12,  3,  3,  1,  1,  2,  0,  1,  3,  1,  1,   1, true},
   // 2x2 plus the end padding is exactly the kernel: one output pixel.
   {"c3x3_exact_fit_pad0101",       1,  3,   4,  2,   2,  3,  3,  1,  1,  0,  1,  0,  1,  1,  1,   1, true},
   {"dw3x3_pad2013",                2,  8,   8,  6,   7,  3,  3,  1,  1,  2,  0,  1,  3,  1,  1,   8, true},
@@ -160,7 +168,7 @@ std::vector<Param> params_of(const std::vector<Case>& cases, bool with_auto) {
   for (const Case& c : cases) {
     const dynconv::ConvGeometry g = geometry_of(c);
     for (ConvAlgorithm a : {ConvAlgorithm::Auto, ConvAlgorithm::Pointwise, ConvAlgorithm::Depthwise,
-                            ConvAlgorithm::Im2colGemm})
+                            ConvAlgorithm::Im2colGemm, ConvAlgorithm::Winograd})
       if ((with_auto || a != ConvAlgorithm::Auto) && dynconv::algorithm_supports(a, g)) out.push_back({c, a});
   }
   return out;
@@ -228,10 +236,17 @@ INSTANTIATE_TEST_SUITE_P(Table, ConvReference, ::testing::ValuesIn(all_params())
 TEST(ConvTable, CoversTheRequiredSpace) {
   // The table itself is part of the contract: at least 40 geometries, each algorithm used.
   EXPECT_GE(std::size(kCases), 40u);
-  int per_algo[4] = {0, 0, 0, 0};
-  for (const Param& p : all_params()) ++per_algo[static_cast<int>(p.algo)];
+  int per_algo[5] = {0, 0, 0, 0, 0};
+  int winograd_runs = 0;  // outputs of at least 144 pixels (smaller ones run Im2colGemm)
+  for (const Param& p : all_params()) {
+    ++per_algo[static_cast<int>(p.algo)];
+    const dynconv::ConvGeometry g = geometry_of(p.c);
+    winograd_runs += p.algo == ConvAlgorithm::Winograd &&
+                     dynconv::detail::run_algorithm(p.algo, g.out_h(p.c.h), g.out_w(p.c.w)) == ConvAlgorithm::Winograd;
+  }
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Pointwise)], 8);
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Depthwise)], 8);
+  EXPECT_GE(winograd_runs, 5);
   EXPECT_EQ(per_algo[static_cast<int>(ConvAlgorithm::Im2colGemm)], static_cast<int>(conv_cases().size()));
   // The per-side cases are asymmetric or dilated non-square, and reach the depthwise loop too.
   int per_side_depthwise = 0;

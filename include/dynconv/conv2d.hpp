@@ -134,7 +134,8 @@ class Conv2d final : public Module<T> {
 
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
-  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch.
+  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. Winograd transforms
+  /// the kernel once per pass (for outputs of at least 144 pixels; smaller ones run Im2colGemm).
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -158,14 +159,27 @@ class Conv2d final : public Module<T> {
       return;
     }
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
-    const bool by_channel = detail::channel_sliceable(conv_.algorithm, g);
+    const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
+    const bool by_channel = detail::channel_sliceable(algo, g);
+    const T* kernel = packed_.data();
+    typename Workspace<T>::Lease transformed;
+    if (algo == ConvAlgorithm::Winograd) {  // once per pass, channel parts over the pool
+      transformed = ctx.workspace().acquire(detail::winograd_kernel_size(g));
+      const int threads = ctx.threads();
+      ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
+        const std::array<Index, 2> c = detail::channel_part(g.out_channels, threads, part);
+        detail::winograd_kernel(g.in_channels, packed_.data() + c[0], g.out_channels, c[1] - c[0],
+                                transformed.data() + c[0], g.out_channels);
+      });
+      kernel = transformed.data();
+    }
     ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
-      const detail::Slice s = detail::slice_of(conv_.algorithm, g, y.h, parts, task % parts);
+      const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
       const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
                                    post.after};
-      detail::conv_slice(conv_.algorithm, g, x.sample(b), x.h, x.w, packed_.data() + (by_channel ? s.c0 : 0),
-                         g.out_channels, s, ep, y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker);
+      detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel + (by_channel ? s.c0 : 0), g.out_channels, s, ep,
+                         y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker);
     });
   }
 

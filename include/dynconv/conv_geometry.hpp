@@ -7,11 +7,15 @@
 // Output size (PyTorch's formula, per axis; symmetric padding p gives H + 2p):
 //   Hout = floor((H + pad_h + pad_h_end - dil_h*(kh - 1) - 1) / stride_h) + 1
 //
-// Three algorithms compute the same convolution; select_conv_algorithm() is the one predicate
+// Four algorithms compute the same convolution; select_conv_algorithm() is the one predicate
 // that picks between them, and options may force any algorithm that supports the geometry:
 //   Pointwise   1x1 kernel, no padding: a plain GEMM over the pixels, no im2col
 //               (a stride > 1 only subsamples the pixels first).
 //   Depthwise   groups == in_channels == out_channels: a direct loop vectorised across channels.
+//   Winograd    3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3), 36 GEMMs over 4x4
+//               output tiles with 4x fewer multiply-adds (detail/winograd.hpp); the kernel is
+//               packed as Im2colGemm's and transformed per call, and an output of fewer than
+//               144 pixels (12x12) runs as Im2colGemm.
 //   Im2colGemm  anything: im2col of each group's patches, then one GEMM per group and sample.
 #pragma once
 
@@ -26,15 +30,18 @@ namespace dynconv {
 /// - `Pointwise`: 1x1 kernel, no padding: one GEMM over the pixels, no im2col.
 /// - `Depthwise`: groups == in_channels == out_channels: a direct loop across channels.
 /// - `Im2colGemm`: any geometry: im2col of each group, then one GEMM per group and sample.
-enum class ConvAlgorithm { Auto, Pointwise, Depthwise, Im2colGemm };
+/// - `Winograd`: 3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3) over 4x4 output
+///   tiles (an output of fewer than 144 pixels runs as Im2colGemm, with the same packed kernel).
+enum class ConvAlgorithm { Auto, Pointwise, Depthwise, Im2colGemm, Winograd };
 
-/// "Auto", "Pointwise", "Depthwise" or "Im2colGemm".
+/// "Auto", "Pointwise", "Depthwise", "Im2colGemm" or "Winograd".
 inline const char* algorithm_name(ConvAlgorithm a) {
   switch (a) {
     case ConvAlgorithm::Auto: return "Auto";
     case ConvAlgorithm::Pointwise: return "Pointwise";
     case ConvAlgorithm::Depthwise: return "Depthwise";
     case ConvAlgorithm::Im2colGemm: return "Im2colGemm";
+    case ConvAlgorithm::Winograd: return "Winograd";
   }
   return "?";
 }
@@ -85,6 +92,9 @@ inline bool algorithm_supports(ConvAlgorithm a, const ConvGeometry& g) {
       return g.kernel_h == 1 && g.kernel_w == 1 && g.unpadded();
     case ConvAlgorithm::Depthwise:
       return g.groups == g.in_channels && g.out_channels == g.in_channels;
+    case ConvAlgorithm::Winograd:
+      return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+             g.dilation_w == 1 && g.groups == 1;
   }
   return false;
 }
@@ -94,6 +104,7 @@ inline const char* algorithm_requirement(ConvAlgorithm a) {
   switch (a) {
     case ConvAlgorithm::Pointwise: return "a 1x1 kernel with padding 0";
     case ConvAlgorithm::Depthwise: return "groups == in_channels == out_channels";
+    case ConvAlgorithm::Winograd: return "a 3x3 kernel with stride 1, dilation 1 and groups == 1";
     default: return "nothing";
   }
 }
@@ -102,6 +113,7 @@ inline const char* algorithm_requirement(ConvAlgorithm a) {
 inline ConvAlgorithm select_conv_algorithm(const ConvGeometry& g) {
   if (algorithm_supports(ConvAlgorithm::Depthwise, g)) return ConvAlgorithm::Depthwise;
   if (algorithm_supports(ConvAlgorithm::Pointwise, g)) return ConvAlgorithm::Pointwise;
+  if (algorithm_supports(ConvAlgorithm::Winograd, g)) return ConvAlgorithm::Winograd;
   return ConvAlgorithm::Im2colGemm;
 }
 

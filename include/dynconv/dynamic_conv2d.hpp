@@ -161,6 +161,8 @@ inline MixStrategy select_mix_strategy(const MixProblem& p) {
 
 /// The plan of one dynamic convolution for one input shape and thread count.
 struct DynamicConvPlan {
+  /// The algorithm the convolution runs (detail::run_algorithm(): a Winograd layer runs as
+  /// Im2colGemm below 144 output pixels, and with FusedPacking, which mixes into the im2col GEMM).
   ConvAlgorithm algorithm = ConvAlgorithm::Auto;
   MixStrategy mix = MixStrategy::Auto;
   /// RowSplit: the parts each sample's rows (and its kernel mix) split into.
@@ -177,6 +179,9 @@ struct DynamicConvPlan {
   /// Values of per-worker kernel scratch (PerSample: one kernel; ChannelTiles: a tile for all
   /// samples). The GEMM's packing buffers are sized by the GEMM kernel.
   Index kernel_scratch_values = 0;
+  /// Winograd: values of the transformed kernels (RowSplit: every sample's, from the pool;
+  /// PerSample and ChannelTiles: one sample's kernel or tile, per-worker scratch).
+  Index transformed_values = 0;
 };
 
 class DynamicConv2dOptions : public ConvOptionsBase<DynamicConv2dOptions> {
@@ -582,21 +587,28 @@ class DynamicConv2d final : public Module<T> {
     const Index oh = g.out_h(in.h), ow = g.out_w(in.w), n = in.n, cout = g.out_channels, size = g.weight_size();
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);
     DynamicConvPlan p;
-    p.algorithm = conv_.algorithm;
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
                                        expert_bytes(), scaled(),
                                        detail::gemm_kernels<T>().mixes_while_packing});
+    p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow);
+    if (p.algorithm == ConvAlgorithm::Winograd && p.mix == MixStrategy::FusedPacking) p.algorithm = ConvAlgorithm::Im2colGemm;
+    const bool winograd = p.algorithm == ConvAlgorithm::Winograd;
+    const Index transformed = detail::winograd_kernel_size(g);
     p.bias_values = has_bias() || !shift_.empty() ? n * cout : 0;
     p.scale_values = scaled() ? n * (scale_rows() + cout) : 0;
     const bool split = n < threads && oh * ow * size >= min_parallel_madds;
     switch (p.mix) {
       case MixStrategy::Auto:
-      case MixStrategy::PerSample: p.kernel_scratch_values = size; break;
+      case MixStrategy::PerSample:
+        p.kernel_scratch_values = size;
+        p.transformed_values = winograd ? transformed : 0;
+        break;
       case MixStrategy::RowSplit:
         p.row_parts = threads;
         p.mixed_kernel_values = n * size;
+        p.transformed_values = winograd ? n * transformed : 0;
         break;
       case MixStrategy::ChannelTiles:
       case MixStrategy::FusedPacking: {
@@ -609,7 +621,7 @@ class DynamicConv2d final : public Module<T> {
         tiles = std::min<Index>(std::max<Index>(tiles, threads), (cout + 15) / 16);
         if (tiles % threads) tiles += threads - tiles % threads;
         p.tiles = tiles;
-        p.shared_columns = detail::needs_columns(conv_.algorithm, g);
+        p.shared_columns = detail::needs_columns(p.algorithm, g);
         p.column_parts = split ? threads : 1;
         p.column_values = p.shared_columns ? n * oh * ow * m[0] : 0;
         Index widest = 0;
@@ -618,6 +630,7 @@ class DynamicConv2d final : public Module<T> {
           widest = std::max(widest, c[1] - c[0]);
         }
         p.kernel_scratch_values = p.mix == MixStrategy::ChannelTiles ? n * m[0] * widest : 0;
+        p.transformed_values = winograd ? detail::kWinogradPoints * g.in_channels * widest : 0;
         break;
       }
     }
@@ -922,15 +935,16 @@ class DynamicConv2d final : public Module<T> {
                       stride, scale_rows()};
     switch (p.mix) {
       case MixStrategy::Auto:
-      case MixStrategy::PerSample: return mix_per_sample(batch, ctx);
+      case MixStrategy::PerSample: return mix_per_sample(batch, p, ctx);
       case MixStrategy::RowSplit: return mix_row_split(batch, p, ctx);
       case MixStrategy::ChannelTiles:
       case MixStrategy::FusedPacking: return mix_channel_tiles(batch, p, ctx);
     }
   }
 
-  /// PerSample: one task per sample mixes the whole kernel, then convolves it.
-  void mix_per_sample(const Batch& bt, Context<T>& ctx) const {
+  /// PerSample: one task per sample mixes the whole kernel (Winograd: and transforms it), then
+  /// convolves it.
+  void mix_per_sample(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);
     const Index size = g.weight_size(), k = kernels();
@@ -939,14 +953,19 @@ class DynamicConv2d final : public Module<T> {
       with_experts([&](const auto* experts) { detail::aggregate(experts, k, m[0], m[1], bt.pi + b * k, 0, m[1], kernel); });
       if (bt.scales)
         detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.row_scale(b), bt.col_scale(b), 0, size);
-      detail::conv_slice(conv_.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
+      if (p.algorithm == ConvAlgorithm::Winograd) {
+        T* u = ctx.workspace().scratch(worker, Scratch::Transformed, p.transformed_values);
+        detail::winograd_kernel(g.in_channels, kernel, m[1], m[1], u, m[1]);
+        kernel = u;
+      }
+      detail::conv_slice(p.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
                          detail::Slice{0, bt.y.h, 0, g.out_channels}, bt.epilogue(b, g.out_channels), bt.y.sample(b),
                          static_cast<const T*>(nullptr), ctx.workspace(), worker);
     });
   }
 
-  /// RowSplit: each sample's kernel mixed once (split over the pool), then its output rows
-  /// split over the pool as the static convolution does.
+  /// RowSplit: each sample's kernel mixed once (split over the pool; Winograd: then transformed,
+  /// split by channels), then its output rows split over the pool as the static convolution does.
   void mix_row_split(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);
@@ -962,10 +981,24 @@ class DynamicConv2d final : public Module<T> {
         detail::scale_kernel(mixed.data() + b * size, scale_block_rows(), scale_block_cols(), bt.row_scale(b),
                              bt.col_scale(b), r[0], r[1]);
     });
+    const T* sample_kernels = mixed.data();
+    Index kernel_stride = size;
+    typename Workspace<T>::Lease transformed;
+    if (p.algorithm == ConvAlgorithm::Winograd) {
+      transformed = ctx.workspace().acquire(p.transformed_values);
+      kernel_stride = detail::winograd_kernel_size(g);
+      ctx.pool().parallel_for(bt.x.n * parts, [&](std::int64_t task, int) {
+        const Index b = task / parts;
+        const std::array<Index, 2> c = detail::channel_part(m[1], parts, task % parts);
+        detail::winograd_kernel(g.in_channels, mixed.data() + b * size + c[0], m[1], c[1] - c[0],
+                                transformed.data() + b * kernel_stride + c[0], m[1]);
+      });
+      sample_kernels = transformed.data();
+    }
     ctx.pool().parallel_for(bt.x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const std::array<Index, 2> r = split_range(bt.y.h, parts, task % parts);
-      detail::conv_slice(conv_.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, mixed.data() + b * size, m[1],
+      detail::conv_slice(p.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, sample_kernels + b * kernel_stride, m[1],
                          detail::Slice{r[0], r[1], 0, g.out_channels}, bt.epilogue(b, g.out_channels), bt.y.sample(b),
                          static_cast<const T*>(nullptr), ctx.workspace(), worker);
     });
@@ -973,10 +1006,11 @@ class DynamicConv2d final : public Module<T> {
 
   /// ChannelTiles / FusedPacking: tasks are output-channel tiles; every tile needs each
   /// sample's whole im2col matrix, built once first. FusedPacking mixes inside the GEMM's
-  /// packing; ChannelTiles mixes the tile for all samples, then convolves each.
+  /// packing; ChannelTiles mixes the tile for all samples, then convolves each (Winograd:
+  /// transforming each sample's tile first, with no im2col).
   void mix_channel_tiles(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
-    const ConvAlgorithm algo = conv_.algorithm;
+    const ConvAlgorithm algo = p.algorithm;
     const std::array<Index, 2> m = detail::kernel_matrix(algo, g);
     const Index n = bt.x.n, k = kernels(), cout = g.out_channels, pixels = bt.y.pixels();
     const Index col_size = pixels * m[0];
@@ -1012,10 +1046,18 @@ class DynamicConv2d final : public Module<T> {
       if (bt.scales)
         for (Index b = 0; b < n; ++b)
           detail::scale_tile(tile + b * m[0] * width, m[0], width, bt.row_scale(b), bt.col_scale(b) + c[0]);
-      for (Index b = 0; b < n; ++b)
-        detail::conv_slice(algo, g, bt.x.sample(b), bt.x.h, bt.x.w, tile + b * m[0] * width, width,
+      T* u = algo == ConvAlgorithm::Winograd ? ctx.workspace().scratch(worker, Scratch::Transformed, p.transformed_values)
+                                             : nullptr;
+      for (Index b = 0; b < n; ++b) {
+        const T* kernel = tile + b * m[0] * width;
+        if (u) {
+          detail::winograd_kernel(g.in_channels, kernel, width, width, u, width);
+          kernel = u;
+        }
+        detail::conv_slice(algo, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, width,
                            detail::Slice{0, bt.y.h, c[0], c[1]}, bt.epilogue(b, cout), bt.y.sample(b),
                            p.shared_columns ? columns.data() + b * col_size : nullptr, ctx.workspace(), worker);
+      }
     });
   }
 

@@ -150,8 +150,9 @@ struct PostOps {
   bool empty() const { return act == Activation::Identity && !residual && after == Activation::Identity; }
 };
 
-/// Scratch kinds of a worker; each is a separate grow-only buffer.
-enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Count };
+/// Scratch kinds of a worker; each is a separate grow-only buffer (Columns: im2col, or
+/// Winograd's input tiles; Tiles: Winograd's GEMM results; Transformed: a Winograd kernel).
+enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Tiles, Transformed, Count };
 
 namespace detail {
 /// 64-byte aligned, uninitialised storage that only grows; counts its allocations.

@@ -49,7 +49,7 @@ void im2col(const ConvGeometry& g, const T* x, Index in_h, Index in_w, Index r0,
 
 /// Whether the algorithm reads its GEMM operand from an im2col buffer (not x itself).
 inline bool needs_columns(ConvAlgorithm algo, const ConvGeometry& g) {
-  if (algo == ConvAlgorithm::Depthwise) return false;
+  if (algo == ConvAlgorithm::Depthwise || algo == ConvAlgorithm::Winograd) return false;
   if (algo == ConvAlgorithm::Pointwise) return g.stride_h != 1 || g.stride_w != 1;
   return true;
 }

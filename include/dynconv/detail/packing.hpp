@@ -1,8 +1,10 @@
 // Packed weight layouts and how a convolution's output is cut into slices.
 //
 // Packed layouts (produced by pack_weights from PyTorch's [Cout, Cin/g, kh, kw]):
-//   Pointwise, Im2colGemm  [g][kh][kw][Cin/g][Cout/g]: per group a row-major GEMM operand
-//                          B_g [kh*kw*Cin/g, Cout/g] whose row order matches the im2col columns.
+//   Pointwise, Im2colGemm, Winograd
+//                          [g][kh][kw][Cin/g][Cout/g]: per group a row-major GEMM operand
+//                          B_g [kh*kw*Cin/g, Cout/g] whose row order matches the im2col columns
+//                          (Winograd transforms it per call: winograd_kernel()).
 //   Depthwise              [kh][kw][C]: one contiguous channel vector per tap.
 // Both hold exactly weight_size() values, so K packed kernels can be mixed elementwise.
 #pragma once

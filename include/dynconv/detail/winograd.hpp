@@ -1,0 +1,254 @@
+// Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+// CVPR 2016) for 3x3 convolutions with stride 1, dilation 1 and one group, in NHWC.
+//
+// Each 4x4 tile of output pixels is computed from the 6x6 input patch under it:
+//   Y = A^T [ (G g G^T) (.) (B^T d B) ] A      (per input/output channel pair, (.) elementwise)
+// with the interpolation points 0, +-1, +-2 and infinity:
+//   B^T = [4  0 -5  0 1 0]   G = [ 1/4     0     0 ]   A^T = [1 1  1 1  1 0]
+//         [0 -4 -4  1 1 0]       [-1/6  -1/6  -1/6 ]         [0 1 -1 2 -2 0]
+//         [0  4 -4 -1 1 0]       [-1/6   1/6  -1/6 ]         [0 1  1 4  4 0]
+//         [0 -2 -1  2 1 0]       [1/24  1/12   1/6 ]         [0 1 -1 8 -8 1]
+//         [0  2 -1 -2 1 0]       [1/24 -1/12   1/6 ]
+//         [0  4  0 -5 0 1]       [ 0     0      1  ]
+// Summing over input channels turns the elementwise products into 36 GEMMs, one per point xi
+// of the 6x6 transform: M[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout], 36
+// multiply-adds per channel pair and tile where direct convolution spends 144 (4x fewer).
+//
+// Data: U = winograd_kernel() of the packed kernel ([kh][kw][Cin][Cout], Im2colGemm's layout),
+// [36][Cin][ldu]; V (input tiles) and M (GEMM results) are built per block of tile rows in the
+// worker's scratch, sized to stay in the L2 cache. All transforms are vectorised across
+// channels (NHWC keeps every pixel's channels contiguous) and compiled for the kernel set in use.
+#pragma once
+#include <dynconv/detail/internal_check.hpp>
+
+#include <dynconv/conv_geometry.hpp>
+#include <dynconv/detail/epilogue.hpp>
+#include <dynconv/detail/gemm.hpp>
+#include <dynconv/detail/packing.hpp>
+#include <dynconv/runtime.hpp>
+
+#include <algorithm>
+
+namespace dynconv {
+namespace detail {
+
+/// Points of the 6x6 transform: one GEMM each.
+constexpr Index kWinogradPoints = 36;
+/// Output tile side.
+constexpr Index kWinogradTile = 4;
+/// Below this many output pixels a Winograd layer runs as Im2colGemm (the same packed kernel):
+/// a 7x7 output has 4 tiles, too few rows for the 36 GEMMs to amortise the kernel transform.
+constexpr Index kWinogradMinPixels = 144;
+/// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
+constexpr Index kWinogradBlockBytes = Index(1) << 20;
+
+/// Values of the transformed kernel U of geometry g: 36 * Cin * Cout.
+inline Index winograd_kernel_size(const ConvGeometry& g) { return kWinogradPoints * g.in_channels * g.out_channels; }
+
+/// The algorithm a layer of algorithm `algo` runs for an output of out_h x out_w: Winograd
+/// layers with fewer than kWinogradMinPixels output pixels run as Im2colGemm.
+inline ConvAlgorithm run_algorithm(ConvAlgorithm algo, Index out_h, Index out_w) {
+  if (algo == ConvAlgorithm::Winograd && out_h * out_w < kWinogradMinPixels) return ConvAlgorithm::Im2colGemm;
+  return algo;
+}
+
+/// Vector lanes of the transforms' channel loops: 64 bytes (one AVX-512 register).
+template <typename T>
+constexpr Index winograd_lanes() {
+  return Index(64 / sizeof(T));
+}
+
+/// U[xi][ci][j] = (G g G^T)[xi] for ci < cin, j < cols, where g is the 3x3 kernel of input
+/// channel ci and output channel j of `kernel` (Im2colGemm's packing from the slice's first
+/// channel: row (i*3 + j')*cin + ci, leading dimension ldk). U has leading dimension ldu.
+template <typename T>
+void winograd_kernel_loops(Index cin, const T* __restrict kernel, Index ldk, Index cols, T* __restrict u, Index ldu) {
+  const T c4 = T(1) / T(4), c6 = T(1) / T(6), c12 = T(1) / T(12), c24 = T(1) / T(24);
+  for (Index ci = 0; ci < cin; ++ci) {
+    const T* k[9];
+    for (Index t = 0; t < 9; ++t) k[t] = kernel + (t * cin + ci) * ldk;
+    T* o = u + ci * ldu;
+    const Index point = cin * ldu;
+    for (Index j = 0; j < cols; ++j) {
+      // t = G g: six rows of three.
+      T t[6][3];
+      for (int c = 0; c < 3; ++c) {
+        const T g0 = k[c][j], g1 = k[3 + c][j], g2 = k[6 + c][j];
+        t[0][c] = c4 * g0;
+        t[1][c] = -c6 * (g0 + g1 + g2);
+        t[2][c] = -c6 * (g0 - g1 + g2);
+        t[3][c] = c24 * g0 + c12 * g1 + c6 * g2;
+        t[4][c] = c24 * g0 - c12 * g1 + c6 * g2;
+        t[5][c] = g2;
+      }
+      // U = t G^T: the same combinations along each row.
+      for (int r = 0; r < 6; ++r) {
+        const T g0 = t[r][0], g1 = t[r][1], g2 = t[r][2];
+        T* row = o + r * 6 * point + j;
+        row[0 * point] = c4 * g0;
+        row[1 * point] = -c6 * (g0 + g1 + g2);
+        row[2 * point] = -c6 * (g0 - g1 + g2);
+        row[3 * point] = c24 * g0 + c12 * g1 + c6 * g2;
+        row[4 * point] = c24 * g0 - c12 * g1 + c6 * g2;
+        row[5 * point] = g2;
+      }
+    }
+  }
+}
+
+/// winograd_kernel_loops compiled for the kernel set in use.
+template <typename T>
+void winograd_kernel(Index cin, const T* kernel, Index ldk, Index cols, T* u, Index ldu) {
+  run_for_kernel_isa([&] { winograd_kernel_loops(cin, kernel, ldk, cols, u, ldu); });
+}
+
+/// B^T z for six vectors of L lanes (z[a] at z + a * zs), into out[r] at out + r * os.
+template <typename T, Index L>
+inline void winograd_bt(const T* __restrict z, Index zs, T* __restrict out, Index os) {
+  for (Index l = 0; l < L; ++l) {
+    const T z0 = z[l], z1 = z[zs + l], z2 = z[2 * zs + l], z3 = z[3 * zs + l], z4 = z[4 * zs + l], z5 = z[5 * zs + l];
+    out[l] = T(4) * z0 - T(5) * z2 + z4;
+    out[os + l] = -T(4) * (z1 + z2) + z3 + z4;
+    out[2 * os + l] = T(4) * (z1 - z2) - z3 + z4;
+    out[3 * os + l] = T(2) * (z3 - z1) - z2 + z4;
+    out[4 * os + l] = T(2) * (z1 - z3) - z2 + z4;
+    out[5 * os + l] = T(4) * z1 - T(5) * z3 + z5;
+  }
+}
+
+/// A^T m for six vectors of L lanes (m[a] at m + a * ms), into out[r] (r < 4) at out + r * os.
+template <typename T, Index L>
+inline void winograd_at(const T* __restrict m, Index ms, T* __restrict out, Index os) {
+  for (Index l = 0; l < L; ++l) {
+    const T m0 = m[l], m1 = m[ms + l], m2 = m[2 * ms + l], m3 = m[3 * ms + l], m4 = m[4 * ms + l], m5 = m[5 * ms + l];
+    const T s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    out[l] = m0 + s12 + s34;
+    out[os + l] = d12 + T(2) * d34;
+    out[2 * os + l] = s12 + T(4) * s34;
+    out[3 * os + l] = d12 + T(8) * d34 + m5;
+  }
+}
+
+/// The geometry of one slice's tiles: output rows [r0, r1) in tile rows of 4 from r0, tile
+/// columns of 4 from 0.
+struct WinogradTiles {
+  Index r0, r1, out_w, tiles_w;
+};
+
+/// V[xi][t][c] (point stride vs, tile stride ldv) = (B^T d B)[xi] for the tiles of tile rows
+/// [tr0, tr1) of `wt` (t counted from the block's first tile), every input channel; lanes from
+/// cin up to a whole vector are written as zeros.
+template <typename T>
+void winograd_input_loops(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const WinogradTiles& wt, Index tr0,
+                          Index tr1, T* v, Index ldv, Index vs) {
+  constexpr Index L = winograd_lanes<T>();
+  const Index cin = g.in_channels;
+  alignas(64) T d[36 * L];
+  alignas(64) T w[36 * L];
+  Index t = 0;
+  for (Index tr = tr0; tr < tr1; ++tr)
+    for (Index tc = 0; tc < wt.tiles_w; ++tc, ++t) {
+      const Index ih0 = wt.r0 + tr * kWinogradTile - g.pad_h, iw0 = tc * kWinogradTile - g.pad_w;
+      const T* src[36];
+      for (Index a = 0; a < 6; ++a)
+        for (Index b = 0; b < 6; ++b) {
+          const Index ih = ih0 + a, iw = iw0 + b;
+          src[a * 6 + b] = ih >= 0 && ih < in_h && iw >= 0 && iw < in_w ? x + (ih * in_w + iw) * cin : nullptr;
+        }
+      for (Index c = 0; c < cin; c += L) {
+        const Index n = std::min(L, cin - c);
+        for (Index p = 0; p < 36; ++p) {
+          T* dp = d + p * L;
+          if (src[p] && n == L) {
+            for (Index l = 0; l < L; ++l) dp[l] = src[p][c + l];
+          } else {
+            for (Index l = 0; l < L; ++l) dp[l] = src[p] && l < n ? src[p][c + l] : T(0);
+          }
+        }
+        // Columns first (B^T d: along a), then rows (along b), straight into V.
+        for (Index b = 0; b < 6; ++b) winograd_bt<T, L>(d + b * L, 6 * L, w + b * L, 6 * L);
+        for (Index r = 0; r < 6; ++r) winograd_bt<T, L>(w + r * 6 * L, L, v + r * 6 * vs + t * ldv + c, vs);
+      }
+    }
+}
+
+/// Y = A^T M A (+ bias) for the tiles of tile rows [tr0, tr1) of `wt`, channels [0, cols) of M
+/// (point stride ms, tile stride ldm) into y (the sample's output, Cout channels, at the slice's
+/// first channel), cropped to rows < wt.r1 and columns < wt.out_w.
+template <typename T>
+void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const T* m, Index ldm, Index ms, Index cols,
+                           const T* bias, T* y, Index cout) {
+  constexpr Index L = winograd_lanes<T>();
+  alignas(64) T mm[36 * L];
+  alignas(64) T w[24 * L];
+  alignas(64) T o[16 * L];
+  Index t = 0;
+  for (Index tr = tr0; tr < tr1; ++tr)
+    for (Index tc = 0; tc < wt.tiles_w; ++tc, ++t) {
+      const Index oy0 = wt.r0 + tr * kWinogradTile, ox0 = tc * kWinogradTile;
+      const Index rows = std::min(kWinogradTile, wt.r1 - oy0), cols_px = std::min(kWinogradTile, wt.out_w - ox0);
+      for (Index c = 0; c < cols; c += L) {
+        const Index n = std::min(L, cols - c);
+        for (Index p = 0; p < 36; ++p) {
+          const T* src = m + p * ms + t * ldm + c;
+          T* dst = mm + p * L;
+          if (n == L) {
+            for (Index l = 0; l < L; ++l) dst[l] = src[l];
+          } else {
+            for (Index l = 0; l < L; ++l) dst[l] = l < n ? src[l] : T(0);
+          }
+        }
+        // A^T M along the point rows (6 -> 4), then along the columns.
+        for (Index b = 0; b < 6; ++b) winograd_at<T, L>(mm + b * L, 6 * L, w + b * L, 6 * L);
+        for (Index r = 0; r < 4; ++r) winograd_at<T, L>(w + r * 6 * L, L, o + r * 4 * L, L);
+        for (Index i = 0; i < rows; ++i)
+          for (Index j = 0; j < cols_px; ++j) {
+            const T* op = o + (i * 4 + j) * L;
+            T* yp = y + ((oy0 + i) * wt.out_w + ox0 + j) * cout + c;
+            if (bias) {
+              for (Index l = 0; l < n; ++l) yp[l] = op[l] + bias[c + l];
+            } else {
+              for (Index l = 0; l < n; ++l) yp[l] = op[l];
+            }
+          }
+      }
+    }
+}
+
+/// One slice of one sample's convolution by Winograd F(4x4, 3x3) with its epilogue.
+///   u, ldu: winograd_kernel()'s U from the slice's first channel s.c0: point xi, input channel
+///     ci at u + (xi * Cin + ci) * ldu.
+///   x: the sample [H, W, Cin]; y: the sample's output [Hout, Wout, Cout].
+template <typename T>
+void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* u, Index ldu, const Slice& s,
+                    const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker) {
+  constexpr Index L = winograd_lanes<T>();
+  const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels, cols = s.c1 - s.c0;
+  const WinogradTiles wt{s.r0, s.r1, ow, (ow + kWinogradTile - 1) / kWinogradTile};
+  const Index tile_rows = (s.r1 - s.r0 + kWinogradTile - 1) / kWinogradTile;
+  const Index ldv = (cin + L - 1) / L * L, ldm = (cols + L - 1) / L * L;
+  const Index row_bytes = kWinogradPoints * wt.tiles_w * (ldv + ldm) * Index(sizeof(T));
+  const Index block = std::min(tile_rows, std::max<Index>(1, kWinogradBlockBytes / row_bytes));
+  const Index max_tiles = block * wt.tiles_w;
+  T* v = ws.scratch(worker, Scratch::Columns, kWinogradPoints * max_tiles * ldv);
+  T* m = ws.scratch(worker, Scratch::Tiles, kWinogradPoints * max_tiles * ldm);
+  const GemmEpilogue<T> overwrite{};
+  const bool finish = ep.act != Activation::Identity || ep.residual || ep.after != Activation::Identity;
+  for (Index tr0 = 0; tr0 < tile_rows; tr0 += block) {
+    const Index tr1 = std::min(tile_rows, tr0 + block), tiles = (tr1 - tr0) * wt.tiles_w;
+    const Index vs = tiles * ldv, ms = tiles * ldm;
+    run_for_kernel_isa([&] { winograd_input_loops(g, x, in_h, in_w, wt, tr0, tr1, v, ldv, vs); });
+    for (Index xi = 0; xi < kWinogradPoints; ++xi)
+      gemm(tiles, cols, cin, v + xi * vs, ldv, u + xi * cin * ldu, ldu, m + xi * ms, ldm, ws, worker, &overwrite);
+    const Index y0 = s.r0 + tr0 * kWinogradTile, y1 = std::min(s.r1, s.r0 + tr1 * kWinogradTile);
+    run_for_kernel_isa([&] {
+      winograd_output_loops(wt, tr0, tr1, m, ldm, ms, cols, ep.bias ? ep.bias + s.c0 : nullptr, y + s.c0, cout);
+      if (finish)
+        finish_rows(y + y0 * ow * cout + s.c0, cout, (y1 - y0) * ow, cols, ep.act,
+                    ep.residual ? ep.residual + y0 * ow * cout + s.c0 : nullptr, ep.after);
+    });
+  }
+}
+
+}  // namespace detail
+}  // namespace dynconv
