@@ -1,7 +1,9 @@
 // Static vs dynamic convolution on real layer shapes of MobileNetV2, MobileNetV3-Small and
 // ResNet-18 (224x224 input), batch 1 and 8, float, one thread.
 //
-// Names: Conv/<layer>/<static|dynamic>/batch:<B>. Counters:
+// Names: Conv/<layer>/<static|dynamic>/batch:<B>, with the algorithm Auto picks as the label;
+// a layer that Auto runs by Winograd also runs as Conv/<layer>:im2col/... with Im2colGemm
+// forced, to compare the two in one run. Counters:
 //   GFLOPS      2 x all multiply-adds of the batch (conv + attention + aggregation) per second
 //   peak_frac   GFLOPS / the single-core FP32 FMA peak measured at start-up (fma_peak.hpp;
 //               printed in the context as fma_peak_gflops)
@@ -47,12 +49,13 @@ const Layer kLayers[] = {
 double g_peak_gflops = 0;  // measured in main()
 
 template <typename Options>
-Options shape_options(const Layer& l) {
+Options shape_options(const Layer& l, dynconv::ConvAlgorithm algo) {
   return Options(l.cin, l.cout, l.kernel)
       .stride(l.stride)
       .padding(l.kernel / 2)
       .groups(l.groups)
-      .bias(false);
+      .bias(false)
+      .algorithm(algo);
 }
 
 void set_counters(benchmark::State& state, const dynconv::LayerCost& cost, Index batch) {
@@ -65,8 +68,8 @@ void set_counters(benchmark::State& state, const dynconv::LayerCost& cost, Index
 
 
 template <typename Layer_t, typename Options>
-void run(benchmark::State& state, const Layer& l, Index batch) {
-  Layer_t layer(shape_options<Options>(l));
+void run(benchmark::State& state, const Layer& l, Index batch, dynconv::ConvAlgorithm algo) {
+  Layer_t layer(shape_options<Options>(l, algo));
   dynconv::NhwcTensor<float> x(batch, l.size, l.size, l.cin);
   x.tensor().setRandom();
   for (auto _ : state) {
@@ -80,7 +83,8 @@ void run(benchmark::State& state, const Layer& l, Index batch) {
   state.counters["peak_frac"] = benchmark::Counter(
       2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (g_peak_gflops * 1e9),
       benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(dynconv::algorithm_name(layer.algorithm()));
+  state.SetLabel(dynconv::algorithm_name(
+      dynconv::detail::run_algorithm(layer.algorithm(), layer.geometry().out_h(l.size), layer.geometry().out_w(l.size))));
 }
 
 }  // namespace
@@ -88,22 +92,32 @@ void run(benchmark::State& state, const Layer& l, Index batch) {
 int main(int argc, char** argv) {
   g_peak_gflops = bench::measure_fma_peak_gflops();
   benchmark::AddCustomContext("fma_peak_gflops", std::to_string(g_peak_gflops));
-  for (const Layer& l : kLayers)
-    for (Index batch : {1, 8}) {
-      const std::string suffix = "/batch:" + std::to_string(batch);
-      benchmark::RegisterBenchmark(
-          (std::string("Conv/") + l.name + "/static" + suffix).c_str(),
-          [l, batch](benchmark::State& s) { run<dynconv::Conv2d<float>, dynconv::Conv2dOptions>(s, l, batch); })
-          ->Unit(benchmark::kMicrosecond)
-          ->UseRealTime();
-      benchmark::RegisterBenchmark(
-          (std::string("Conv/") + l.name + "/dynamic" + suffix).c_str(),
-          [l, batch](benchmark::State& s) {
-            run<dynconv::DynamicConv2d<float>, dynconv::DynamicConv2dOptions>(s, l, batch);
-          })
-          ->Unit(benchmark::kMicrosecond)
-          ->UseRealTime();
+  using dynconv::ConvAlgorithm;
+  for (const Layer& l : kLayers) {
+    const dynconv::ConvGeometry g = shape_options<dynconv::Conv2dOptions>(l, ConvAlgorithm::Auto).geometry();
+    const bool winograd = dynconv::detail::run_algorithm(dynconv::select_conv_algorithm(g), g.out_h(l.size),
+                                                         g.out_w(l.size)) == ConvAlgorithm::Winograd;
+    for (ConvAlgorithm algo : {ConvAlgorithm::Auto, ConvAlgorithm::Im2colGemm}) {
+      if (algo == ConvAlgorithm::Im2colGemm && !winograd) continue;
+      const std::string name = std::string("Conv/") + l.name + (algo == ConvAlgorithm::Auto ? "" : ":im2col");
+      for (Index batch : {1, 8}) {
+        const std::string suffix = "/batch:" + std::to_string(batch);
+        benchmark::RegisterBenchmark((name + "/static" + suffix).c_str(),
+                                     [l, batch, algo](benchmark::State& s) {
+                                       run<dynconv::Conv2d<float>, dynconv::Conv2dOptions>(s, l, batch, algo);
+                                     })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark((name + "/dynamic" + suffix).c_str(),
+                                     [l, batch, algo](benchmark::State& s) {
+                                       run<dynconv::DynamicConv2d<float>, dynconv::DynamicConv2dOptions>(s, l, batch,
+                                                                                                         algo);
+                                     })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+      }
     }
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

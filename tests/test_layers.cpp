@@ -955,7 +955,9 @@ TEST(SelectConvAlgorithm, PicksByGeometry) {
       {"pointwise_stride2", 24, 48, 1, 1, 1, 0, 2, ConvAlgorithm::Pointwise},
       {"pointwise_grouped", 24, 48, 4, 1, 1, 0, 1, ConvAlgorithm::Pointwise},
       {"1x1_with_padding", 24, 48, 1, 1, 1, 1, 1, ConvAlgorithm::Im2colGemm},
-      {"dense_3x3", 32, 64, 1, 3, 3, 1, 1, ConvAlgorithm::Im2colGemm},
+      {"dense_3x3", 32, 64, 1, 3, 3, 1, 1, ConvAlgorithm::Winograd},
+      {"dense_3x3_no_pad", 16, 8, 1, 3, 3, 0, 1, ConvAlgorithm::Winograd},
+      {"dense_3x3_stride2", 32, 64, 1, 3, 3, 1, 2, ConvAlgorithm::Im2colGemm},
       {"grouped_3x3", 32, 64, 4, 3, 3, 1, 1, ConvAlgorithm::Im2colGemm},
       {"depth_multiplier_2", 8, 16, 8, 3, 3, 1, 1, ConvAlgorithm::Im2colGemm},
       {"groups_eq_cout_not_cin", 16, 8, 8, 3, 3, 1, 1, ConvAlgorithm::Im2colGemm},
@@ -1005,11 +1007,13 @@ std::vector<StorageCase> storage_cases() {
       {"grouped_3x2_8to6_g2", 8, 6, 3, 2, 2, 1, 1, {A::Im2colGemm}, A::Im2colGemm},
       {"dense_1x1_pad1", 3, 5, 1, 1, 1, 1, 1, {A::Im2colGemm}, A::Im2colGemm},
       {"multiplier_4to8_g4", 4, 8, 3, 3, 4, 1, 1, {A::Im2colGemm}, A::Im2colGemm},
+      {"dense_3x3_5to7", 5, 7, 3, 3, 1, 1, 1, {A::Im2colGemm, A::Winograd}, A::Winograd},
+      {"dense_3x3_s2_4to6", 4, 6, 3, 3, 1, 1, 2, {A::Im2colGemm}, A::Im2colGemm},
   };
 }
 
-const ConvAlgorithm kAllAlgorithms[] = {ConvAlgorithm::Auto, ConvAlgorithm::Pointwise,
-                                        ConvAlgorithm::Depthwise, ConvAlgorithm::Im2colGemm};
+const ConvAlgorithm kAllAlgorithms[] = {ConvAlgorithm::Auto, ConvAlgorithm::Pointwise, ConvAlgorithm::Depthwise,
+                                        ConvAlgorithm::Im2colGemm, ConvAlgorithm::Winograd};
 
 bool supports(const StorageCase& c, ConvAlgorithm a) {
   return a == ConvAlgorithm::Auto ||
@@ -1252,6 +1256,19 @@ void expect_conv_option_errors(const char* kind) {
                                     "in_channels == out_channels"),
                      HasSubstr("groups=1")),
                Layer<T> layer(Options(8, 8, 3).algorithm(ConvAlgorithm::Depthwise)));
+  // Winograd: the message gives stride and dilation, the rules a 3x3 kernel may break.
+  EXPECT_ERROR(OptionsError,
+               ::testing::Eq(k + "(8 -> 16, 3x3): algorithm=Winograd needs a 3x3 kernel with stride 1, dilation 1 "
+                                 "and groups == 1, got kernel 3x3, stride (2, 1), dilation (1, 1), padding (1, 1), "
+                                 "groups=1, in_channels=8, out_channels=16"),
+               Layer<T> layer(Options(8, 16, 3).stride(2, 1).padding(1).algorithm(ConvAlgorithm::Winograd)));
+  EXPECT_ERROR(OptionsError,
+               AllOf(HasSubstr("algorithm=Winograd needs"), HasSubstr("kernel 3x3, stride (1, 1), dilation (2, 2)")),
+               Layer<T> layer(Options(8, 8, 3).dilation(2).algorithm(ConvAlgorithm::Winograd)));
+  EXPECT_ERROR(OptionsError, AllOf(HasSubstr("algorithm=Winograd needs"), HasSubstr("kernel 5x5"), HasSubstr("groups=1")),
+               Layer<T> layer(Options(8, 8, 5).algorithm(ConvAlgorithm::Winograd)));
+  EXPECT_ERROR(OptionsError, AllOf(HasSubstr("algorithm=Winograd needs"), HasSubstr("groups=2")),
+               Layer<T> layer(Options(8, 8, 3).groups(2).algorithm(ConvAlgorithm::Winograd)));
 }
 
 TYPED_TEST(ErrorTest, Conv2dOptionChecks) {

@@ -135,7 +135,7 @@ class Conv2d final : public Module<T> {
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. Winograd transforms
-  /// the kernel once per pass (for outputs of at least 144 pixels; smaller ones run Im2colGemm).
+  /// the kernel once per pass (for outputs of at least 484 pixels; smaller ones run Im2colGemm).
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;

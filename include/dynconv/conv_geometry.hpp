@@ -15,7 +15,7 @@
 //   Winograd    3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3), 36 GEMMs over 4x4
 //               output tiles with 4x fewer multiply-adds (detail/winograd.hpp); the kernel is
 //               packed as Im2colGemm's and transformed per call, and an output of fewer than
-//               144 pixels (12x12) runs as Im2colGemm.
+//               484 pixels (22x22) runs as Im2colGemm.
 //   Im2colGemm  anything: im2col of each group's patches, then one GEMM per group and sample.
 #pragma once
 
@@ -31,7 +31,7 @@ namespace dynconv {
 /// - `Depthwise`: groups == in_channels == out_channels: a direct loop across channels.
 /// - `Im2colGemm`: any geometry: im2col of each group, then one GEMM per group and sample.
 /// - `Winograd`: 3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3) over 4x4 output
-///   tiles (an output of fewer than 144 pixels runs as Im2colGemm, with the same packed kernel).
+///   tiles (an output of fewer than 484 pixels runs as Im2colGemm, with the same packed kernel).
 enum class ConvAlgorithm { Auto, Pointwise, Depthwise, Im2colGemm, Winograd };
 
 /// "Auto", "Pointwise", "Depthwise", "Im2colGemm" or "Winograd".

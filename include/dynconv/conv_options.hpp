@@ -177,8 +177,12 @@ ResolvedConv validate_conv(const std::string& layer, const Options& o) {
   if (algo == ConvAlgorithm::Auto) {
     algo = select_conv_algorithm(g);
   } else if (!algorithm_supports(algo, g)) {
+    const std::string steps = algo == ConvAlgorithm::Winograd ? concat(", stride (", g.stride_h, ", ", g.stride_w,
+                                                                       "), dilation (", g.dilation_h, ", ",
+                                                                       g.dilation_w, ')')
+                                                                : std::string();
     fail<OptionsError>(layer, ": algorithm=", algorithm_name(algo), " needs ",
-                       algorithm_requirement(algo), ", got kernel ", g.kernel_h, 'x', g.kernel_w,
+                       algorithm_requirement(algo), ", got kernel ", g.kernel_h, 'x', g.kernel_w, steps,
                        ", padding ", padding_str(g), ", groups=", g.groups,
                        ", in_channels=", g.in_channels, ", out_channels=", g.out_channels);
   }

@@ -162,7 +162,7 @@ inline MixStrategy select_mix_strategy(const MixProblem& p) {
 /// The plan of one dynamic convolution for one input shape and thread count.
 struct DynamicConvPlan {
   /// The algorithm the convolution runs (detail::run_algorithm(): a Winograd layer runs as
-  /// Im2colGemm below 144 output pixels, and with FusedPacking, which mixes into the im2col GEMM).
+  /// Im2colGemm below 484 output pixels, and with FusedPacking, which mixes into the im2col GEMM).
   ConvAlgorithm algorithm = ConvAlgorithm::Auto;
   MixStrategy mix = MixStrategy::Auto;
   /// RowSplit: the parts each sample's rows (and its kernel mix) split into.

@@ -36,9 +36,12 @@ namespace detail {
 constexpr Index kWinogradPoints = 36;
 /// Output tile side.
 constexpr Index kWinogradTile = 4;
-/// Below this many output pixels a Winograd layer runs as Im2colGemm (the same packed kernel):
-/// a 7x7 output has 4 tiles, too few rows for the 36 GEMMs to amortise the kernel transform.
-constexpr Index kWinogradMinPixels = 144;
+/// Below this many output pixels (22x22) a Winograd layer runs as Im2colGemm (the same packed
+/// kernel): each GEMM then has too few tile rows to amortise the kernel transform and the
+/// packing of U, 4x the kernel's size. Measured (bench_conv, Intel Xeon, one thread, batch 1,
+/// static): ResNet-18's 3x3 at 56x56 (196 tiles) 1.8x and 28x28 (49 tiles) 1.5x faster than
+/// Im2colGemm, 14x14 (16 tiles) 1.7x slower.
+constexpr Index kWinogradMinPixels = 484;
 /// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
 
@@ -58,42 +61,56 @@ constexpr Index winograd_lanes() {
   return Index(64 / sizeof(T));
 }
 
+/// G z for three vectors of L lanes (z[i] at z + i * zs), into out[r] (r < 6) at out + r * os.
+template <typename T, Index L>
+inline void winograd_g(const T* __restrict z, Index zs, T* __restrict out, Index os) {
+  const T c4 = T(1) / T(4), c6 = T(1) / T(6), c12 = T(1) / T(12), c24 = T(1) / T(24);
+  for (Index l = 0; l < L; ++l) {
+    const T g0 = z[l], g1 = z[zs + l], g2 = z[2 * zs + l];
+    out[l] = c4 * g0;
+    out[os + l] = -c6 * (g0 + g1 + g2);
+    out[2 * os + l] = -c6 * (g0 - g1 + g2);
+    out[3 * os + l] = c24 * g0 + c12 * g1 + c6 * g2;
+    out[4 * os + l] = c24 * g0 - c12 * g1 + c6 * g2;
+    out[5 * os + l] = g2;
+  }
+}
+
 /// U[xi][ci][j] = (G g G^T)[xi] for ci < cin, j < cols, where g is the 3x3 kernel of input
 /// channel ci and output channel j of `kernel` (Im2colGemm's packing from the slice's first
 /// channel: row (i*3 + j')*cin + ci, leading dimension ldk). U has leading dimension ldu.
+/// Vectorised across output channels: each store is a whole vector of a U row.
 template <typename T>
 void winograd_kernel_loops(Index cin, const T* __restrict kernel, Index ldk, Index cols, T* __restrict u, Index ldu) {
-  const T c4 = T(1) / T(4), c6 = T(1) / T(6), c12 = T(1) / T(12), c24 = T(1) / T(24);
-  for (Index ci = 0; ci < cin; ++ci) {
-    const T* k[9];
-    for (Index t = 0; t < 9; ++t) k[t] = kernel + (t * cin + ci) * ldk;
-    T* o = u + ci * ldu;
-    const Index point = cin * ldu;
-    for (Index j = 0; j < cols; ++j) {
-      // t = G g: six rows of three.
-      T t[6][3];
-      for (int c = 0; c < 3; ++c) {
-        const T g0 = k[c][j], g1 = k[3 + c][j], g2 = k[6 + c][j];
-        t[0][c] = c4 * g0;
-        t[1][c] = -c6 * (g0 + g1 + g2);
-        t[2][c] = -c6 * (g0 - g1 + g2);
-        t[3][c] = c24 * g0 + c12 * g1 + c6 * g2;
-        t[4][c] = c24 * g0 - c12 * g1 + c6 * g2;
-        t[5][c] = g2;
+  constexpr Index L = winograd_lanes<T>();
+  alignas(64) T g[9 * L];
+  alignas(64) T t[18 * L];
+  alignas(64) T w[36 * L];
+  for (Index ci = 0; ci < cin; ++ci)
+    for (Index j = 0; j < cols; j += L) {
+      const Index n = std::min(L, cols - j);
+      for (Index tap = 0; tap < 9; ++tap) {
+        const T* src = kernel + (tap * cin + ci) * ldk + j;
+        T* dst = g + tap * L;
+        if (n == L) {
+          for (Index l = 0; l < L; ++l) dst[l] = src[l];
+        } else {
+          for (Index l = 0; l < L; ++l) dst[l] = l < n ? src[l] : T(0);
+        }
       }
-      // U = t G^T: the same combinations along each row.
-      for (int r = 0; r < 6; ++r) {
-        const T g0 = t[r][0], g1 = t[r][1], g2 = t[r][2];
-        T* row = o + r * 6 * point + j;
-        row[0 * point] = c4 * g0;
-        row[1 * point] = -c6 * (g0 + g1 + g2);
-        row[2 * point] = -c6 * (g0 - g1 + g2);
-        row[3 * point] = c24 * g0 + c12 * g1 + c6 * g2;
-        row[4 * point] = c24 * g0 - c12 * g1 + c6 * g2;
-        row[5 * point] = g2;
+      // t = G g along the kernel's rows (column c of g: taps c, 3 + c, 6 + c), then U = t G^T.
+      for (Index c = 0; c < 3; ++c) winograd_g<T, L>(g + c * L, 3 * L, t + c * L, 3 * L);
+      for (Index r = 0; r < 6; ++r) winograd_g<T, L>(t + r * 3 * L, L, w + r * 6 * L, L);
+      for (Index xi = 0; xi < kWinogradPoints; ++xi) {
+        T* dst = u + (xi * cin + ci) * ldu + j;
+        const T* src = w + xi * L;
+        if (n == L) {
+          for (Index l = 0; l < L; ++l) dst[l] = src[l];
+        } else {
+          for (Index l = 0; l < n; ++l) dst[l] = src[l];
+        }
       }
     }
-  }
 }
 
 /// winograd_kernel_loops compiled for the kernel set in use.
