@@ -61,6 +61,16 @@ constexpr Index winograd_lanes() {
   return Index(64 / sizeof(T));
 }
 
+/// dst[0:L] = src[0:n], then zeros (n <= L; a plain vector copy when n == L).
+template <typename T, Index L>
+inline void load_lanes(const T* __restrict src, Index n, T* __restrict dst) {
+  if (n == L) {
+    for (Index l = 0; l < L; ++l) dst[l] = src[l];
+  } else {
+    for (Index l = 0; l < L; ++l) dst[l] = l < n ? src[l] : T(0);
+  }
+}
+
 /// G z for three vectors of L lanes (z[i] at z + i * zs), into out[r] (r < 6) at out + r * os.
 template <typename T, Index L>
 inline void winograd_g(const T* __restrict z, Index zs, T* __restrict out, Index os) {
@@ -89,15 +99,7 @@ void winograd_kernel_loops(Index cin, const T* __restrict kernel, Index ldk, Ind
   for (Index ci = 0; ci < cin; ++ci)
     for (Index j = 0; j < cols; j += L) {
       const Index n = std::min(L, cols - j);
-      for (Index tap = 0; tap < 9; ++tap) {
-        const T* src = kernel + (tap * cin + ci) * ldk + j;
-        T* dst = g + tap * L;
-        if (n == L) {
-          for (Index l = 0; l < L; ++l) dst[l] = src[l];
-        } else {
-          for (Index l = 0; l < L; ++l) dst[l] = l < n ? src[l] : T(0);
-        }
-      }
+      for (Index tap = 0; tap < 9; ++tap) load_lanes<T, L>(kernel + (tap * cin + ci) * ldk + j, n, g + tap * L);
       // t = G g along the kernel's rows (column c of g: taps c, 3 + c, 6 + c), then U = t G^T.
       for (Index c = 0; c < 3; ++c) winograd_g<T, L>(g + c * L, 3 * L, t + c * L, 3 * L);
       for (Index r = 0; r < 6; ++r) winograd_g<T, L>(t + r * 3 * L, L, w + r * 6 * L, L);
@@ -175,12 +177,8 @@ void winograd_input_loops(const ConvGeometry& g, const T* x, Index in_h, Index i
       for (Index c = 0; c < cin; c += L) {
         const Index n = std::min(L, cin - c);
         for (Index p = 0; p < 36; ++p) {
-          T* dp = d + p * L;
-          if (src[p] && n == L) {
-            for (Index l = 0; l < L; ++l) dp[l] = src[p][c + l];
-          } else {
-            for (Index l = 0; l < L; ++l) dp[l] = src[p] && l < n ? src[p][c + l] : T(0);
-          }
+          if (src[p]) load_lanes<T, L>(src[p] + c, n, d + p * L);
+          else std::fill(d + p * L, d + (p + 1) * L, T(0));
         }
         // Columns first (B^T d: along a), then rows (along b), straight into V.
         for (Index b = 0; b < 6; ++b) winograd_bt<T, L>(d + b * L, 6 * L, w + b * L, 6 * L);
@@ -206,15 +204,7 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
       const Index rows = std::min(kWinogradTile, wt.r1 - oy0), cols_px = std::min(kWinogradTile, wt.out_w - ox0);
       for (Index c = 0; c < cols; c += L) {
         const Index n = std::min(L, cols - c);
-        for (Index p = 0; p < 36; ++p) {
-          const T* src = m + p * ms + t * ldm + c;
-          T* dst = mm + p * L;
-          if (n == L) {
-            for (Index l = 0; l < L; ++l) dst[l] = src[l];
-          } else {
-            for (Index l = 0; l < L; ++l) dst[l] = l < n ? src[l] : T(0);
-          }
-        }
+        for (Index p = 0; p < 36; ++p) load_lanes<T, L>(m + p * ms + t * ldm + c, n, mm + p * L);
         // A^T M along the point rows (6 -> 4), then along the columns.
         for (Index b = 0; b < 6; ++b) winograd_at<T, L>(mm + b * L, 6 * L, w + b * L, 6 * L);
         for (Index r = 0; r < 4; ++r) winograd_at<T, L>(w + r * 6 * L, L, o + r * 4 * L, L);
