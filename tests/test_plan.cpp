@@ -349,6 +349,39 @@ TEST(DynamicConvPlan, ReportsTheBuffersOfItsStrategy) {
   EXPECT_EQ(one.mix, MixStrategy::PerSample);
   EXPECT_EQ(one.kernel_scratch_values, 64 * 64 * 9);
   EXPECT_EQ(one.bias_values, 3 * 64);
+  // Both run Winograd at 56x56: the transformed kernels, 36 points of Cin x Cout.
+  EXPECT_EQ(rows.algorithm, dynconv::ConvAlgorithm::Winograd);
+  EXPECT_EQ(rows.transformed_values, 36 * 64 * 64);
+  EXPECT_EQ(one.algorithm, dynconv::ConvAlgorithm::Winograd);
+  EXPECT_EQ(one.transformed_values, 36 * 64 * 64);
+}
+
+TEST(DynamicConvPlan, WinogradFromTwentyTwoSquaredPixels) {
+  using dynconv::ConvAlgorithm;
+  const DynamicConv2d<float> layer(DynamicConv2dOptions(64, 64, 3).padding(1).kernels(4));
+  ASSERT_EQ(layer.algorithm(), ConvAlgorithm::Winograd);
+  // 22x22 = 484 output pixels run Winograd; 21x23 = 483 the layer's im2col GEMM, with nothing
+  // transformed.
+  EXPECT_EQ(layer.plan({1, 22, 22, 64}, 1).algorithm, ConvAlgorithm::Winograd);
+  const dynconv::DynamicConvPlan small = layer.plan({1, 21, 23, 64}, 1);
+  EXPECT_EQ(small.algorithm, ConvAlgorithm::Im2colGemm);
+  EXPECT_EQ(small.transformed_values, 0);
+  EXPECT_EQ(dynconv::detail::run_algorithm(ConvAlgorithm::Winograd, 21, 23), ConvAlgorithm::Im2colGemm);
+  EXPECT_EQ(dynconv::detail::run_algorithm(ConvAlgorithm::Im2colGemm, 56, 56), ConvAlgorithm::Im2colGemm);
+  // FusedPacking mixes into the im2col GEMM's packing: that layer runs Im2colGemm at any size.
+  const DynamicConv2d<float> fused(
+      DynamicConv2dOptions(64, 64, 3).padding(1).kernels(4).mix_strategy(MixStrategy::FusedPacking));
+  const dynconv::DynamicConvPlan f = fused.plan({2, 56, 56, 64}, 1);
+  EXPECT_EQ(f.mix, MixStrategy::FusedPacking);
+  EXPECT_EQ(f.algorithm, ConvAlgorithm::Im2colGemm);
+  EXPECT_TRUE(f.shared_columns);
+  // ChannelTiles transforms one sample's channel tile at a time.
+  const DynamicConv2d<float> tiles(
+      DynamicConv2dOptions(64, 64, 3).padding(1).kernels(4).mix_strategy(MixStrategy::ChannelTiles));
+  const dynconv::DynamicConvPlan t = tiles.plan({2, 56, 56, 64}, 2);
+  EXPECT_EQ(t.algorithm, ConvAlgorithm::Winograd);
+  EXPECT_FALSE(t.shared_columns);
+  EXPECT_EQ(t.transformed_values, 36 * 64 * 32);  // two tiles of 32 channels
 }
 
 }  // namespace
