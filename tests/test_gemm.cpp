@@ -1,4 +1,5 @@
-// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt and mixed_gemm_batch
+// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, gemm_packed (B packed
+// by pack_b in the entry's layout) and mixed_gemm_batch
 // (with float, BF16 and F16 experts), and the expert mix (detail/mix.hpp) of the kernel set in
 // use, against a naive loop in double, over sizes that reach the micro-kernels' edges
 // (1, odd, just above the register and cache blocks), with leading dimensions larger than the
@@ -89,12 +90,16 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
                    {false, true, Activation::HardSwish, Activation::Identity},
                    {true, false, Activation::HardSigmoid, Activation::Identity},
                    {true, true, Activation::SiLU, Activation::Tanh}};
+  dynconv::detail::GrowBuffer<T> packed_b;  // 64-byte aligned, as gemm_packed wants
+  Index allocations = 0;
   for (const Size& s : kSizes)
-    for (bool transpose_b : {false, true}) {
+    for (int mode = 0; mode < 3; ++mode) {
+      const bool transpose_b = mode == 1, packed = mode == 2;
       for (int ei = -1; ei < 6; ++ei) {
         const bool epilogue = ei >= 0;
         SCOPED_TRACE(testing::Message() << kernels.name << " m=" << s.m << " n=" << s.n << " k=" << s.k
-                                        << (transpose_b ? " B^T" : "") << " epilogue " << ei);
+                                        << (transpose_b ? " B^T" : "") << (packed ? " packed B" : "") << " epilogue "
+                                        << ei);
         const Index lda = s.k + 3, ldb = (transpose_b ? s.k : s.n) + 2, ldc = s.n + 5;
         const std::vector<T> a = random_values<T>(s.m * lda, 1);
         const std::vector<T> b = random_values<T>((transpose_b ? s.n : s.k) * ldb, 2);
@@ -119,8 +124,14 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
         dynconv::detail::GemmEpilogue<T> ge = none;
         if (epilogue) ge = {epilogues[ei].bias ? bias.data() : nullptr, epilogues[ei].residual ? residual.data() : nullptr,
                             epilogues[ei].act, epilogues[ei].after};
-        (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc, ws,
-                                                      0, epilogue ? &ge : nullptr);
+        if (packed) {
+          T* pb = packed_b.get(kernels.packed.size(s.k, s.n), allocations);
+          dynconv::detail::pack_b(kernels.packed, s.k, s.n, b.data(), ldb, pb);
+          kernels.gemm_packed(s.m, s.n, s.k, a.data(), lda, pb, c.data(), ldc, ws, 0, epilogue ? &ge : nullptr);
+        } else {
+          (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc,
+                                                        ws, 0, epilogue ? &ge : nullptr);
+        }
         double worst = 0;
         for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
         EXPECT_LE(worst, tol<T>() * static_cast<double>(s.k + 1));

@@ -21,7 +21,9 @@
 // (NhwcTensor, NhwcView); weights stay in PyTorch order in the API and are packed once.
 //
 // Thread safety: forward() and run() are const and may run concurrently on one object; the
-// setters, load() and fold_batchnorm() may not run concurrently with anything.
+// setters, load() and fold_batchnorm() may not run concurrently with anything. (A Winograd
+// layer's first pass at an output of at least 484 pixels transforms the kernel once and keeps
+// it, under a lock, until the weights change.)
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
@@ -34,7 +36,10 @@
 #include <dynconv/detail/matrix.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
+#include <atomic>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -89,6 +94,7 @@ class Conv2d final : public Module<T> {
   void set_weight(const Tensor4<T>& w) {
     detail::check_shape<T, 4>(layer_, "weight", w, weight_shape());
     detail::pack_weights(conv_.algorithm, conv_.geometry, w.data(), packed_.data());
+    winograd_ = std::make_shared<WinogradKernel>();  // the old transform no longer holds
   }
   bool has_bias() const { return !bias_.empty(); }
   /// [Cout]; zeros when the layer has no bias.
@@ -134,8 +140,8 @@ class Conv2d final : public Module<T> {
 
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
-  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. Winograd transforms
-  /// the kernel once per pass (for outputs of at least 484 pixels; smaller ones run Im2colGemm).
+  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. Winograd (for
+  /// outputs of at least 484 pixels; smaller ones run Im2colGemm) uses the kept transform.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -161,18 +167,7 @@ class Conv2d final : public Module<T> {
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
     const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
     const bool by_channel = detail::channel_sliceable(algo, g);
-    const T* kernel = packed_.data();
-    typename Workspace<T>::Lease transformed;
-    if (algo == ConvAlgorithm::Winograd) {  // once per pass, channel parts over the pool
-      transformed = ctx.workspace().acquire(detail::winograd_kernel_size(g));
-      const int threads = ctx.threads();
-      ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
-        const std::array<Index, 2> c = detail::channel_part(g.out_channels, threads, part);
-        detail::winograd_kernel(g.in_channels, packed_.data() + c[0], g.out_channels, c[1] - c[0],
-                                transformed.data() + c[0], g.out_channels);
-      });
-      kernel = transformed.data();
-    }
+    const T* kernel = algo == ConvAlgorithm::Winograd ? winograd_kernel(ctx) : packed_.data();
     ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
@@ -238,12 +233,43 @@ class Conv2d final : public Module<T> {
             conv_.geometry.kernel_w};
   }
 
+  /// Winograd's transform of the kernel (detail::winograd_kernel), made on first use.
+  struct WinogradKernel {
+    std::mutex mutex;
+    std::atomic<bool> ready{false};
+    detail::GrowBuffer<T> buffer;
+    const T* u = nullptr;
+  };
+
+  /// The kept transform, made by the first caller (split over ctx's pool by input channels).
+  const T* winograd_kernel(Context<T>& ctx) const {
+    WinogradKernel& w = *winograd_;
+    if (!w.ready.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(w.mutex);
+      if (!w.ready.load(std::memory_order_relaxed)) {
+        const ConvGeometry& g = conv_.geometry;
+        Index allocations = 0;
+        T* u = w.buffer.get(detail::winograd_kernel_size<T>(g.in_channels, g.out_channels), allocations);
+        const int threads = ctx.threads();
+        ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
+          const std::array<Index, 2> r = split_range(g.in_channels, threads, part);
+          detail::winograd_kernel(r[0], r[1], g.in_channels, packed_.data(), g.out_channels, g.out_channels, u);
+        });
+        w.u = u;
+        w.ready.store(true, std::memory_order_release);
+      }
+    }
+    return w.u;
+  }
+
   Conv2dOptions options_;
   std::string layer_;
   detail::ResolvedConv conv_;
   std::vector<T> packed_;  // packed_index() layout of conv_.algorithm
   std::vector<T> bias_;    // [Cout] or empty
   bool bias_param_ = options_.bias();
+  // Shared by copies until either sets its weights (set_weight makes a new one).
+  std::shared_ptr<WinogradKernel> winograd_ = std::make_shared<WinogradKernel>();
 };
 
 #ifdef DYNCONV_EXTERN_TEMPLATES

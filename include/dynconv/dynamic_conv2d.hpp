@@ -595,7 +595,7 @@ class DynamicConv2d final : public Module<T> {
     p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow);
     if (p.algorithm == ConvAlgorithm::Winograd && p.mix == MixStrategy::FusedPacking) p.algorithm = ConvAlgorithm::Im2colGemm;
     const bool winograd = p.algorithm == ConvAlgorithm::Winograd;
-    const Index transformed = detail::winograd_kernel_size(g);
+    const Index transformed = detail::winograd_kernel_size<T>(g.in_channels, cout);
     p.bias_values = has_bias() || !shift_.empty() ? n * cout : 0;
     p.scale_values = scaled() ? n * (scale_rows() + cout) : 0;
     const bool split = n < threads && oh * ow * size >= min_parallel_madds;
@@ -630,7 +630,7 @@ class DynamicConv2d final : public Module<T> {
           widest = std::max(widest, c[1] - c[0]);
         }
         p.kernel_scratch_values = p.mix == MixStrategy::ChannelTiles ? n * m[0] * widest : 0;
-        p.transformed_values = winograd ? detail::kWinogradPoints * g.in_channels * widest : 0;
+        p.transformed_values = winograd ? detail::winograd_kernel_size<T>(g.in_channels, widest) : 0;
         break;
       }
     }
@@ -955,7 +955,7 @@ class DynamicConv2d final : public Module<T> {
         detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.row_scale(b), bt.col_scale(b), 0, size);
       if (p.algorithm == ConvAlgorithm::Winograd) {
         T* u = ctx.workspace().scratch(worker, Scratch::Transformed, p.transformed_values);
-        detail::winograd_kernel(g.in_channels, kernel, m[1], m[1], u, m[1]);
+        detail::winograd_kernel(0, g.in_channels, g.in_channels, kernel, m[1], m[1], u);
         kernel = u;
       }
       detail::conv_slice(p.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
@@ -965,7 +965,7 @@ class DynamicConv2d final : public Module<T> {
   }
 
   /// RowSplit: each sample's kernel mixed once (split over the pool; Winograd: then transformed,
-  /// split by channels), then its output rows split over the pool as the static convolution does.
+  /// split by input channels), then its output rows split over the pool as the static convolution does.
   void mix_row_split(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);
@@ -986,12 +986,12 @@ class DynamicConv2d final : public Module<T> {
     typename Workspace<T>::Lease transformed;
     if (p.algorithm == ConvAlgorithm::Winograd) {
       transformed = ctx.workspace().acquire(p.transformed_values);
-      kernel_stride = detail::winograd_kernel_size(g);
+      kernel_stride = detail::winograd_kernel_size<T>(g.in_channels, m[1]);
       ctx.pool().parallel_for(bt.x.n * parts, [&](std::int64_t task, int) {
         const Index b = task / parts;
-        const std::array<Index, 2> c = detail::channel_part(m[1], parts, task % parts);
-        detail::winograd_kernel(g.in_channels, mixed.data() + b * size + c[0], m[1], c[1] - c[0],
-                                transformed.data() + b * kernel_stride + c[0], m[1]);
+        const std::array<Index, 2> r = split_range(g.in_channels, parts, task % parts);
+        detail::winograd_kernel(r[0], r[1], g.in_channels, mixed.data() + b * size, m[1], m[1],
+                                transformed.data() + b * kernel_stride);
       });
       sample_kernels = transformed.data();
     }
@@ -1051,7 +1051,7 @@ class DynamicConv2d final : public Module<T> {
       for (Index b = 0; b < n; ++b) {
         const T* kernel = tile + b * m[0] * width;
         if (u) {
-          detail::winograd_kernel(g.in_channels, kernel, width, width, u, width);
+          detail::winograd_kernel(0, g.in_channels, g.in_channels, kernel, width, width, u);
           kernel = u;
         }
         detail::conv_slice(algo, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, width,

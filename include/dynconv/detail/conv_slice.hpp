@@ -18,8 +18,8 @@ namespace detail {
 ///   algo: the algorithm run_algorithm() gives for this output size.
 ///   kernel, ldk: the packed kernel; for groups == 1 (and depthwise) it points at column
 ///     (channel) s.c0 and ldk is its row stride; for groups > 1 it is the whole packed kernel
-///     and the slice must span all channels. For Winograd it is winograd_kernel()'s transform
-///     (from channel s.c0, leading dimension ldk).
+///     and the slice must span all channels. For Winograd it is winograd_kernel()'s packed
+///     transform of the slice's channels [s.c0, s.c1) (ldk unused).
 ///   columns: this sample's whole im2col matrix when the caller built it already (a batch
 ///     shared across channel slices), else null and the slice builds its own rows.
 template <typename T>
@@ -27,7 +27,7 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
                 const T* kernel, Index ldk, const Slice& s, const Epilogue<T>& ep, T* y,
                 const T* columns, Workspace<T>& ws, int worker) {
   if (algo == ConvAlgorithm::Depthwise) return depthwise_slice(g, x, in_h, in_w, kernel, ldk, s, ep, y);
-  if (algo == ConvAlgorithm::Winograd) return winograd_slice(g, x, in_h, in_w, kernel, ldk, s, ep, y, ws, worker);
+  if (algo == ConvAlgorithm::Winograd) return winograd_slice(g, x, in_h, in_w, kernel, s, ep, y, ws, worker);
   const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels;
   const Index p0 = s.r0 * ow, pixels = (s.r1 - s.r0) * ow;
   const Index cin_g = g.in_per_group(), cout_g = g.out_per_group();

@@ -7,6 +7,9 @@
 //                     or with a GemmEpilogue (gemm_x86.hpp) C = after(act(A B + bias) + residual)
 //                     (dynconv's kernels: tile by tile, each in L1; Eigen's: loops over C)
 //   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T (the same)
+//   gemm_packed       the same product with B packed ahead of time in the entry's PackedLayout
+//                     (a kernel used by many products, e.g. Winograd's transformed U, is packed
+//                     once instead of by every call)
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one
 //                     function per storage of the experts W_k: T, BF16, F16 (widened)
@@ -71,6 +74,13 @@ void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, In
     for (Index j = 0; j < n; ++j) c[i * ldc + j] = ep->bias ? ep->bias[j] : T(0);
   if (k > 0) eigen_product<T, TransposeB>(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
   run_for_kernel_isa([&] { finish_rows(c, ldc, m, n, ep->act, ep->residual, ep->after); });
+}
+
+/// The table's "eigen" entry with B packed ahead of time: its PackedLayout is row-major.
+template <typename T>
+void eigen_gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
+                       Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep) {
+  eigen_gemm<T, false>(m, n, k, a, lda, packed_b, n, c, ldc, ws, worker, ep);
 }
 
 /// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
@@ -138,6 +148,25 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
   }
 }
 
+/// The layout in which an entry's gemm_packed takes B [k, n]: panels of nr columns (zero-padded
+/// to whole panels) within depth blocks of kc rows, block p0 at p0 * stride(n), the panel of
+/// column j at (j - j % nr) * kcur within it (kcur the block's rows), rows nr apart: exactly
+/// what x86_gemm packs per call. nr == 0 is plain row-major [k, n] (the "eigen" entry).
+struct PackedLayout {
+  Index nr = 0;
+  Index kc = 0;
+  /// Values per row of B, padding included.
+  Index stride(Index n) const { return nr ? (n + nr - 1) / nr * nr : n; }
+  /// Values of a packed B [k, n].
+  Index size(Index k, Index n) const { return k * stride(n); }
+  /// Where B[p, j] of a [k, n] matrix goes.
+  Index offset(Index k, Index n, Index p, Index j) const {
+    if (!nr) return p * n + j;
+    const Index p0 = p / kc * kc, kcur = std::min(kc, k - p0);
+    return p0 * stride(n) + (j - j % nr) * kcur + (p - p0) * nr + j % nr;
+  }
+};
+
 /// The batched mixed-kernel GEMM for experts stored as S (T, Eigen::bfloat16 or Eigen::half).
 template <typename T, typename S>
 using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
@@ -154,6 +183,10 @@ struct GemmKernels {
                Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                   Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
+  PackedLayout packed;
+  /// gemm with B packed in `packed`'s layout (64-byte aligned).
+  void (*gemm_packed)(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
+                      Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   MixedGemmBatch<T, T> mixed_gemm_batch;
   MixedGemmBatch<T, Eigen::bfloat16> mixed_gemm_batch_bf16;
   MixedGemmBatch<T, Eigen::half> mixed_gemm_batch_f16;
@@ -172,14 +205,17 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
 #if DYNCONV_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
+                   {X86Avx512::nr, X86Blocking::kc}, &x86_gemm_packed<X86Avx512>,
                    &x86_mixed_gemm_batch<X86Avx512, float>, &x86_mixed_gemm_batch<X86Avx512, Eigen::bfloat16>,
                    &x86_mixed_gemm_batch<X86Avx512, Eigen::half>, true});
       t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
+                   {X86Avx2::nr, X86Blocking::kc}, &x86_gemm_packed<X86Avx2>,
                    &x86_mixed_gemm_batch<X86Avx2, float>, &x86_mixed_gemm_batch<X86Avx2, Eigen::bfloat16>,
                    &x86_mixed_gemm_batch<X86Avx2, Eigen::half>, true});
     }
 #endif
     t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
+                 PackedLayout{}, &eigen_gemm_packed<T>,
                  &eigen_mixed_gemm_batch<T, T>, &eigen_mixed_gemm_batch<T, Eigen::bfloat16>,
                  &eigen_mixed_gemm_batch<T, Eigen::half>, false});
     return t;
@@ -207,6 +243,23 @@ void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ld
           Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep = nullptr) {
   const GemmKernels<T>& g = gemm_kernels<T>();
   (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker, ep);
+}
+
+/// C[m, n] += A[m, k] * B[k, n] through the table with B packed ahead of time in
+/// gemm_kernels<T>().packed's layout (pack_b()).
+template <typename T>
+void gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
+                 Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep = nullptr) {
+  gemm_kernels<T>().gemm_packed(m, n, k, a, lda, packed_b, c, ldc, ws, worker, ep);
+}
+
+/// Packs B [k, n] (row-major, leading dimension ldb) into `out` (layout.size(k, n) values,
+/// padding zeroed) in `layout`.
+template <typename T>
+void pack_b(const PackedLayout& layout, Index k, Index n, const T* b, Index ldb, T* out) {
+  const Index stride = layout.stride(n);
+  for (Index p = 0; p < k; ++p)
+    for (Index j = 0; j < stride; ++j) out[layout.offset(k, n, p, j)] = j < n ? b[p * ldb + j] : T(0);
 }
 
 /// An entry's mixed-kernel GEMM for experts stored as S.

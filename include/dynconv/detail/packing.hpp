@@ -64,8 +64,10 @@ inline std::array<Index, 2> kernel_matrix(ConvAlgorithm algo, const ConvGeometry
   return {g.weight_size() / g.out_channels, g.out_channels};
 }
 
-/// Whether slices of this convolution may split the output channels.
+/// Whether slices of this convolution may split the output channels (Winograd's are whole
+/// rows: one packed transform serves every slice of a sample).
 inline bool channel_sliceable(ConvAlgorithm algo, const ConvGeometry& g) {
+  if (algo == ConvAlgorithm::Winograd) return false;
   return algo == ConvAlgorithm::Depthwise || g.groups == 1;
 }
 

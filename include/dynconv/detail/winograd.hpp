@@ -14,8 +14,8 @@
 // of the 6x6 transform: M[xi] [tiles, Cout] = V[xi] [tiles, Cin] x U[xi] [Cin, Cout], 36
 // multiply-adds per channel pair and tile where direct convolution spends 144 (4x fewer).
 //
-// Data: U = winograd_kernel() of the packed kernel ([kh][kw][Cin][Cout], Im2colGemm's layout),
-// [36][Cin][ldu]; V (input tiles) and M (GEMM results) are built per block of tile rows in the
+// Data: U = winograd_kernel() of the packed kernel ([kh][kw][Cin][Cout], Im2colGemm's layout):
+// 36 matrices [Cin, Cout] already in the GEMM's packed layout (no GEMM packs them again); V (input tiles) and M (GEMM results) are built per block of tile rows in the
 // worker's scratch, sized to stay in the L2 cache. All transforms are vectorised across
 // channels (NHWC keeps every pixel's channels contiguous) and compiled for the kernel set in use.
 #pragma once
@@ -37,16 +37,20 @@ constexpr Index kWinogradPoints = 36;
 /// Output tile side.
 constexpr Index kWinogradTile = 4;
 /// Below this many output pixels (22x22) a Winograd layer runs as Im2colGemm (the same packed
-/// kernel): each GEMM then has too few tile rows to amortise the kernel transform and the
-/// packing of U, 4x the kernel's size. Measured (bench_conv, Intel Xeon, one thread, batch 1,
+/// kernel): each GEMM then has too few tile rows to amortise the kernel transform, 4x the
+/// kernel's size. Measured (bench_conv, Intel Xeon, one thread, batch 1,
 /// static): ResNet-18's 3x3 at 56x56 (196 tiles) 1.8x and 28x28 (49 tiles) 1.5x faster than
 /// Im2colGemm, 14x14 (16 tiles) 1.7x slower.
 constexpr Index kWinogradMinPixels = 484;
 /// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
 
-/// Values of the transformed kernel U of geometry g: 36 * Cin * Cout.
-inline Index winograd_kernel_size(const ConvGeometry& g) { return kWinogradPoints * g.in_channels * g.out_channels; }
+/// Values of the transformed kernel U of `cols` output channels: 36 packed [cin, cols]
+/// matrices (the GEMM kernels' PackedLayout, padding included).
+template <typename T>
+Index winograd_kernel_size(Index cin, Index cols) {
+  return kWinogradPoints * gemm_kernels<T>().packed.size(cin, cols);
+}
 
 /// The algorithm a layer of algorithm `algo` runs for an output of out_h x out_w: Winograd
 /// layers with fewer than kWinogradMinPixels output pixels run as Im2colGemm.
@@ -86,39 +90,47 @@ inline void winograd_g(const T* __restrict z, Index zs, T* __restrict out, Index
   }
 }
 
-/// U[xi][ci][j] = (G g G^T)[xi] for ci < cin, j < cols, where g is the 3x3 kernel of input
-/// channel ci and output channel j of `kernel` (Im2colGemm's packing from the slice's first
-/// channel: row (i*3 + j')*cin + ci, leading dimension ldk). U has leading dimension ldu.
-/// Vectorised across output channels: each store is a whole vector of a U row.
+/// U[xi][ci][j] = (G g G^T)[xi] for input channels ci in [ci0, ci1) and output channels
+/// j < cols, where g is the 3x3 kernel of ci and j in `kernel` (Im2colGemm's packing from the
+/// first channel: row (i*3 + j')*cin + ci, leading dimension ldk). U[xi] is a [cin, cols]
+/// matrix in `layout` at u + xi * layout.size(cin, cols), its padding columns zeroed, so each
+/// GEMM reads it as packed. Vectorised across output channels: a vector of L lanes starts at a
+/// multiple of L, inside one panel (the panels are multiples of 64 bytes).
 template <typename T>
-void winograd_kernel_loops(Index cin, const T* __restrict kernel, Index ldk, Index cols, T* __restrict u, Index ldu) {
+void winograd_kernel_loops(const PackedLayout& layout, Index ci0, Index ci1, Index cin, const T* __restrict kernel,
+                           Index ldk, Index cols, T* __restrict u) {
   constexpr Index L = winograd_lanes<T>();
+  const Index point = layout.size(cin, cols), width = layout.stride(cols);
   alignas(64) T g[9 * L];
   alignas(64) T t[18 * L];
   alignas(64) T w[36 * L];
-  for (Index ci = 0; ci < cin; ++ci)
-    for (Index j = 0; j < cols; j += L) {
-      const Index n = std::min(L, cols - j);
+  for (Index ci = ci0; ci < ci1; ++ci)
+    for (Index j = 0; j < width; j += L) {
+      const Index n = std::max<Index>(0, std::min(L, cols - j));
       for (Index tap = 0; tap < 9; ++tap) load_lanes<T, L>(kernel + (tap * cin + ci) * ldk + j, n, g + tap * L);
       // t = G g along the kernel's rows (column c of g: taps c, 3 + c, 6 + c), then U = t G^T.
       for (Index c = 0; c < 3; ++c) winograd_g<T, L>(g + c * L, 3 * L, t + c * L, 3 * L);
       for (Index r = 0; r < 6; ++r) winograd_g<T, L>(t + r * 3 * L, L, w + r * 6 * L, L);
+      // Padded layouts take whole vectors (zeros past cols); row-major takes the n lanes.
+      const Index stored = layout.nr ? L : n;
+      const Index at = layout.offset(cin, cols, ci, j);
       for (Index xi = 0; xi < kWinogradPoints; ++xi) {
-        T* dst = u + (xi * cin + ci) * ldu + j;
+        T* dst = u + xi * point + at;
         const T* src = w + xi * L;
-        if (n == L) {
+        if (stored == L) {
           for (Index l = 0; l < L; ++l) dst[l] = src[l];
         } else {
-          for (Index l = 0; l < n; ++l) dst[l] = src[l];
+          for (Index l = 0; l < stored; ++l) dst[l] = src[l];
         }
       }
     }
 }
 
-/// winograd_kernel_loops compiled for the kernel set in use.
+/// winograd_kernel_loops compiled for the kernel set in use, in its GEMM's PackedLayout.
 template <typename T>
-void winograd_kernel(Index cin, const T* kernel, Index ldk, Index cols, T* u, Index ldu) {
-  run_for_kernel_isa([&] { winograd_kernel_loops(cin, kernel, ldk, cols, u, ldu); });
+void winograd_kernel(Index ci0, Index ci1, Index cin, const T* kernel, Index ldk, Index cols, T* u) {
+  const PackedLayout layout = gemm_kernels<T>().packed;
+  run_for_kernel_isa([&] { winograd_kernel_loops(layout, ci0, ci1, cin, kernel, ldk, cols, u); });
 }
 
 /// B^T z for six vectors of L lanes (z[a] at z + a * zs), into out[r] at out + r * os.
@@ -223,11 +235,10 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
 }
 
 /// One slice of one sample's convolution by Winograd F(4x4, 3x3) with its epilogue.
-///   u, ldu: winograd_kernel()'s U from the slice's first channel s.c0: point xi, input channel
-///     ci at u + (xi * Cin + ci) * ldu.
+///   u: winograd_kernel()'s U of the slice's channels [s.c0, s.c1) (cols = s.c1 - s.c0).
 ///   x: the sample [H, W, Cin]; y: the sample's output [Hout, Wout, Cout].
 template <typename T>
-void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* u, Index ldu, const Slice& s,
+void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* u, const Slice& s,
                     const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker) {
   constexpr Index L = winograd_lanes<T>();
   const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels, cols = s.c1 - s.c0;
@@ -241,12 +252,13 @@ void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, c
   T* m = ws.scratch(worker, Scratch::Tiles, kWinogradPoints * max_tiles * ldm);
   const GemmEpilogue<T> overwrite{};
   const bool finish = ep.act != Activation::Identity || ep.residual || ep.after != Activation::Identity;
+  const Index point = gemm_kernels<T>().packed.size(cin, cols);
   for (Index tr0 = 0; tr0 < tile_rows; tr0 += block) {
     const Index tr1 = std::min(tile_rows, tr0 + block), tiles = (tr1 - tr0) * wt.tiles_w;
     const Index vs = tiles * ldv, ms = tiles * ldm;
     run_for_kernel_isa([&] { winograd_input_loops(g, x, in_h, in_w, wt, tr0, tr1, v, ldv, vs); });
     for (Index xi = 0; xi < kWinogradPoints; ++xi)
-      gemm(tiles, cols, cin, v + xi * vs, ldv, u + xi * cin * ldu, ldu, m + xi * ms, ldm, ws, worker, &overwrite);
+      gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, m + xi * ms, ldm, ws, worker, &overwrite);
     const Index y0 = s.r0 + tr0 * kWinogradTile, y1 = std::min(s.r1, s.r0 + tr1 * kWinogradTile);
     run_for_kernel_isa([&] {
       winograd_output_loops(wt, tr0, tr1, m, ldm, ms, cols, ep.bias ? ep.bias + s.c0 : nullptr, y + s.c0, cout);
