@@ -1,7 +1,7 @@
-// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, gemm_packed (B packed
-// by pack_b in the entry's layout) and mixed_gemm_batch
-// (with float, BF16 and F16 experts), and the expert mix (detail/mix.hpp) of the kernel set in
-// use, against a naive loop in double, over sizes that reach the micro-kernels' edges
+// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, gemm_packed (B: columns
+// from a panel boundary of a wider matrix packed by pack_b in the entry's layout) and
+// mixed_gemm_batch (with float, BF16 and F16 experts), and the expert mix (detail/mix.hpp) of
+// the kernel set in use, against a naive loop in double, over sizes that reach the kernels' edges
 // (1, odd, just above the register and cache blocks), with leading dimensions larger than the
 // rows, accumulating into non-zero outputs. An entry this CPU does not run is skipped, unless
 // DYNCONV_REQUIRE_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
@@ -125,9 +125,17 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
         if (epilogue) ge = {epilogues[ei].bias ? bias.data() : nullptr, epilogues[ei].residual ? residual.data() : nullptr,
                             epilogues[ei].act, epilogues[ei].after};
         if (packed) {
-          T* pb = packed_b.get(kernels.packed.size(s.k, s.n), allocations);
-          dynconv::detail::pack_b(kernels.packed, s.k, s.n, b.data(), ldb, pb);
-          kernels.gemm_packed(s.m, s.n, s.k, a.data(), lda, pb, c.data(), ldc, ws, 0, epilogue ? &ge : nullptr);
+          // B as columns [col0, col0 + n) of a wider matrix whose other columns hold 1e3: a
+          // product that reads them is far off.
+          const dynconv::detail::PackedLayout& layout = kernels.packed;
+          const Index col0 = layout.nr ? layout.nr : 3, width = col0 + s.n + 5;
+          std::vector<T> wide(static_cast<std::size_t>(s.k * width), T(1000));
+          for (Index p = 0; p < s.k; ++p)
+            for (Index j = 0; j < s.n; ++j) wide[p * width + col0 + j] = b[p * ldb + j];
+          T* pb = packed_b.get(layout.size(s.k, width), allocations);
+          dynconv::detail::pack_b(layout, s.k, width, wide.data(), width, pb);
+          kernels.gemm_packed(s.m, s.n, s.k, a.data(), lda, pb, layout.stride(width), col0, c.data(), ldc, ws, 0,
+                              epilogue ? &ge : nullptr);
         } else {
           (transpose_b ? kernels.gemm_bt : kernels.gemm)(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), ldc,
                                                         ws, 0, epilogue ? &ge : nullptr);

@@ -21,9 +21,9 @@
 // (NhwcTensor, NhwcView); weights stay in PyTorch order in the API and are packed once.
 //
 // Thread safety: forward() and run() are const and may run concurrently on one object; the
-// setters, load() and fold_batchnorm() may not run concurrently with anything. (A Winograd
-// layer's first pass at an output of at least 484 pixels transforms the kernel once and keeps
-// it, under a lock, until the weights change.)
+// setters, load() and fold_batchnorm() may not run concurrently with anything. (The first pass
+// packs the kernel for the GEMM, or transforms it for Winograd, under a lock, and keeps it until
+// the weights change: a GEMM layer holds its weights twice.)
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
@@ -94,7 +94,7 @@ class Conv2d final : public Module<T> {
   void set_weight(const Tensor4<T>& w) {
     detail::check_shape<T, 4>(layer_, "weight", w, weight_shape());
     detail::pack_weights(conv_.algorithm, conv_.geometry, w.data(), packed_.data());
-    winograd_ = std::make_shared<WinogradKernel>();  // the old transform no longer holds
+    kept_ = std::make_shared<KeptKernels>();  // the kept kernels no longer hold
   }
   bool has_bias() const { return !bias_.empty(); }
   /// [Cout]; zeros when the layer has no bias.
@@ -140,8 +140,9 @@ class Conv2d final : public Module<T> {
 
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
-  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. Winograd (for
-  /// outputs of at least 484 pixels; smaller ones run Im2colGemm) uses the kept transform.
+  /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
+  /// kept packed kernel; Winograd (for outputs of at least 484 pixels; smaller ones run
+  /// Im2colGemm) the kept transform.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -168,13 +169,16 @@ class Conv2d final : public Module<T> {
     const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
     const bool by_channel = detail::channel_sliceable(algo, g);
     const T* kernel = algo == ConvAlgorithm::Winograd ? winograd_kernel(ctx) : packed_.data();
+    const T* packed = (algo == ConvAlgorithm::Im2colGemm || algo == ConvAlgorithm::Pointwise) && g.groups == 1
+                          ? packed_gemm_kernel()
+                          : nullptr;
     ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
       const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
                                    post.after};
       detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel + (by_channel ? s.c0 : 0), g.out_channels, s, ep,
-                         y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker);
+                         y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker, packed);
     });
   }
 
@@ -233,33 +237,53 @@ class Conv2d final : public Module<T> {
             conv_.geometry.kernel_w};
   }
 
-  /// Winograd's transform of the kernel (detail::winograd_kernel), made on first use.
-  struct WinogradKernel {
-    std::mutex mutex;
+  /// Kernels made from the weights on first use and kept until set_weight: Winograd's
+  /// transform (detail::winograd_kernel) and the GEMM's packed kernel (detail::pack_b).
+  struct Kept {
     std::atomic<bool> ready{false};
     detail::GrowBuffer<T> buffer;
-    const T* u = nullptr;
+    const T* data = nullptr;
+  };
+  struct KeptKernels {
+    std::mutex mutex;
+    Kept winograd, packed;
   };
 
-  /// The kept transform, made by the first caller (split over ctx's pool by input channels).
-  const T* winograd_kernel(Context<T>& ctx) const {
-    WinogradKernel& w = *winograd_;
-    if (!w.ready.load(std::memory_order_acquire)) {
-      std::lock_guard<std::mutex> lock(w.mutex);
-      if (!w.ready.load(std::memory_order_relaxed)) {
-        const ConvGeometry& g = conv_.geometry;
+  /// k's data, made by the first caller: make(buffer) fills `size` values.
+  template <typename Make>
+  const T* kept(Kept& k, Index size, const Make& make) const {
+    if (!k.ready.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(kept_->mutex);
+      if (!k.ready.load(std::memory_order_relaxed)) {
         Index allocations = 0;
-        T* u = w.buffer.get(detail::winograd_kernel_size<T>(g.in_channels, g.out_channels), allocations);
-        const int threads = ctx.threads();
-        ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
-          const std::array<Index, 2> r = split_range(g.in_channels, threads, part);
-          detail::winograd_kernel(r[0], r[1], g.in_channels, packed_.data(), g.out_channels, g.out_channels, u);
-        });
-        w.u = u;
-        w.ready.store(true, std::memory_order_release);
+        T* data = k.buffer.get(size, allocations);
+        make(data);
+        k.data = data;
+        k.ready.store(true, std::memory_order_release);
       }
     }
-    return w.u;
+    return k.data;
+  }
+
+  /// The kept Winograd transform (made split over ctx's pool by input channels).
+  const T* winograd_kernel(Context<T>& ctx) const {
+    const ConvGeometry& g = conv_.geometry;
+    return kept(kept_->winograd, detail::winograd_kernel_size<T>(g.in_channels, g.out_channels), [&](T* u) {
+      const int threads = ctx.threads();
+      ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
+        const std::array<Index, 2> r = split_range(g.in_channels, threads, part);
+        detail::winograd_kernel(r[0], r[1], g.in_channels, packed_.data(), g.out_channels, g.out_channels, u);
+      });
+    });
+  }
+
+  /// The kept GEMM kernel [depth, Cout] in the GEMM's packed layout (one group only).
+  const T* packed_gemm_kernel() const {
+    const ConvGeometry& g = conv_.geometry;
+    const std::array<Index, 2> m = detail::kernel_matrix(ConvAlgorithm::Im2colGemm, g);
+    const detail::PackedLayout& layout = detail::gemm_kernels<T>().packed;
+    return kept(kept_->packed, layout.size(m[0], m[1]),
+                [&](T* out) { detail::pack_b(layout, m[0], m[1], packed_.data(), m[1], out); });
   }
 
   Conv2dOptions options_;
@@ -269,7 +293,7 @@ class Conv2d final : public Module<T> {
   std::vector<T> bias_;    // [Cout] or empty
   bool bias_param_ = options_.bias();
   // Shared by copies until either sets its weights (set_weight makes a new one).
-  std::shared_ptr<WinogradKernel> winograd_ = std::make_shared<WinogradKernel>();
+  std::shared_ptr<KeptKernels> kept_ = std::make_shared<KeptKernels>();
 };
 
 #ifdef DYNCONV_EXTERN_TEMPLATES

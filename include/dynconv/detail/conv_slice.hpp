@@ -22,10 +22,13 @@ namespace detail {
 ///     transform of the slice's channels [s.c0, s.c1) (ldk unused).
 ///   columns: this sample's whole im2col matrix when the caller built it already (a batch
 ///     shared across channel slices), else null and the slice builds its own rows.
+///   packed: null, or (groups == 1, Pointwise and Im2colGemm) the whole kernel [depth, Cout]
+///     packed ahead of time in the GEMM's PackedLayout (pack_b()): a slice that starts at one of
+///     its panels multiplies it without packing.
 template <typename T>
 void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w,
                 const T* kernel, Index ldk, const Slice& s, const Epilogue<T>& ep, T* y,
-                const T* columns, Workspace<T>& ws, int worker) {
+                const T* columns, Workspace<T>& ws, int worker, const T* packed = nullptr) {
   if (algo == ConvAlgorithm::Depthwise) return depthwise_slice(g, x, in_h, in_w, kernel, ldk, s, ep, y);
   if (algo == ConvAlgorithm::Winograd) return winograd_slice(g, x, in_h, in_w, kernel, s, ep, y, ws, worker);
   const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels;
@@ -49,7 +52,12 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
       lda = depth;
     }
     const GemmEpilogue<T> e = gemm_epilogue(ep, cout, p0, s.c0);
-    gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker, &e);
+    const PackedLayout& layout = gemm_kernels<T>().packed;
+    if (packed && layout.starts_panel(s.c0))
+      gemm_packed(pixels, s.c1 - s.c0, depth, a, lda, packed, layout.stride(cout), s.c0, y + p0 * cout + s.c0, cout, ws,
+                  worker, &e);
+    else
+      gemm(pixels, s.c1 - s.c0, depth, a, lda, kernel, ldk, y + p0 * cout + s.c0, cout, ws, worker, &e);
   } else {
     eigen_assert(s.c0 == 0 && s.c1 == cout && !columns);
     T* col = ws.scratch(worker, Scratch::Columns, pixels * depth);

@@ -78,9 +78,9 @@ void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, In
 
 /// The table's "eigen" entry with B packed ahead of time: its PackedLayout is row-major.
 template <typename T>
-void eigen_gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
-                       Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep) {
-  eigen_gemm<T, false>(m, n, k, a, lda, packed_b, n, c, ldc, ws, worker, ep);
+void eigen_gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, Index ldb, Index col0,
+                       T* c, Index ldc, Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep) {
+  eigen_gemm<T, false>(m, n, k, a, lda, packed_b + col0, ldb, c, ldc, ws, worker, ep);
 }
 
 /// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
@@ -159,6 +159,8 @@ struct PackedLayout {
   Index stride(Index n) const { return nr ? (n + nr - 1) / nr * nr : n; }
   /// Values of a packed B [k, n].
   Index size(Index k, Index n) const { return k * stride(n); }
+  /// Whether gemm_packed can start at column j (a panel's first).
+  bool starts_panel(Index j) const { return !nr || j % nr == 0; }
   /// Where B[p, j] of a [k, n] matrix goes.
   Index offset(Index k, Index n, Index p, Index j) const {
     if (!nr) return p * n + j;
@@ -184,9 +186,10 @@ struct GemmKernels {
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                   Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   PackedLayout packed;
-  /// gemm with B packed in `packed`'s layout (64-byte aligned).
-  void (*gemm_packed)(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
-                      Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
+  /// gemm with B = columns [col0, col0 + n) of a matrix [k, width] packed in `packed`'s layout
+  /// (64-byte aligned; ldb = packed.stride(width); col0 a multiple of packed.nr).
+  void (*gemm_packed)(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, Index ldb, Index col0,
+                      T* c, Index ldc, Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   MixedGemmBatch<T, T> mixed_gemm_batch;
   MixedGemmBatch<T, Eigen::bfloat16> mixed_gemm_batch_bf16;
   MixedGemmBatch<T, Eigen::half> mixed_gemm_batch_f16;
@@ -245,12 +248,12 @@ void gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ld
   (TransposeB ? g.gemm_bt : g.gemm)(m, n, k, a, lda, b, ldb, c, ldc, ws, worker, ep);
 }
 
-/// C[m, n] += A[m, k] * B[k, n] through the table with B packed ahead of time in
-/// gemm_kernels<T>().packed's layout (pack_b()).
+/// C[m, n] += A[m, k] * B[k, n] through the table, B = columns [col0, col0 + n) of a matrix
+/// packed ahead of time in gemm_kernels<T>().packed's layout (pack_b(); ldb its stride()).
 template <typename T>
-void gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, T* c, Index ldc,
-                 Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep = nullptr) {
-  gemm_kernels<T>().gemm_packed(m, n, k, a, lda, packed_b, c, ldc, ws, worker, ep);
+void gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, Index ldb, Index col0, T* c,
+                 Index ldc, Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep = nullptr) {
+  gemm_kernels<T>().gemm_packed(m, n, k, a, lda, packed_b, ldb, col0, c, ldc, ws, worker, ep);
 }
 
 /// Packs B [k, n] (row-major, leading dimension ldb) into `out` (layout.size(k, n) values,

@@ -842,11 +842,11 @@ struct X86Avx2 {
 };
 
 /// The driver of x86_gemm and x86_gemm_packed: B is packed block by block into `worker`'s
-/// buffer, or (Packed) read from B packed ahead of time (gemm.hpp's PackedLayout {nr, kc}: the
-/// block at (p0, j0) is at b + p0 * stride + j0 * kcur).
+/// buffer, or (Packed) read from B packed ahead of time (gemm.hpp's PackedLayout {nr, kc} with
+/// stride ldb: the block at (p0, j0) of columns from col0 is at b + p0 * ldb + (col0 + j0) * kcur).
 template <typename Isa, bool TransposeB, bool Packed>
-void x86_gemm_driver(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c,
-                     Index ldc, Workspace<float>& ws, int worker, const GemmEpilogue<float>* ep) {
+void x86_gemm_driver(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, Index col0,
+                     float* c, Index ldc, Workspace<float>& ws, int worker, const GemmEpilogue<float>* ep) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (ep) epilogue_only(c, ldc, m, n, *ep);
@@ -861,7 +861,7 @@ void x86_gemm_driver(Index m, Index n, Index k, const float* a, Index lda, const
     for (Index j0 = 0; j0 < n; j0 += nc) {
       const Index cols = std::min(nc, n - j0);
       const float* block = packed;
-      if constexpr (Packed) block = b + p0 * ldb + j0 * kcur;
+      if constexpr (Packed) block = b + p0 * ldb + (col0 + j0) * kcur;
       else Isa::template pack<TransposeB>(b, ldb, p0, kcur, j0, cols, packed);
       Isa::block(m, kcur, a + p0, lda, block, cols, c + j0, ldc, ep, p0 == 0, p0 + kcur == k, j0);
     }
@@ -874,16 +874,16 @@ void x86_gemm_driver(Index m, Index n, Index k, const float* a, Index lda, const
 template <typename Isa, bool TransposeB>
 void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, float* c, Index ldc,
               Workspace<float>& ws, int worker, const GemmEpilogue<float>* ep) {
-  x86_gemm_driver<Isa, TransposeB, false>(m, n, k, a, lda, b, ldb, c, ldc, ws, worker, ep);
+  x86_gemm_driver<Isa, TransposeB, false>(m, n, k, a, lda, b, ldb, 0, c, ldc, ws, worker, ep);
 }
 
-/// x86_gemm with B packed ahead of time in panels of Isa::nr columns, depth blocks of
-/// X86Blocking::kc rows (gemm.hpp's PackedLayout).
+/// x86_gemm with B = columns [col0, col0 + n) of a matrix packed ahead of time in panels of
+/// Isa::nr columns, depth blocks of X86Blocking::kc rows, stride ldb (gemm.hpp's PackedLayout).
 template <typename Isa>
-void x86_gemm_packed(Index m, Index n, Index k, const float* a, Index lda, const float* packed_b, float* c, Index ldc,
-                     Workspace<float>& ws, int worker, const GemmEpilogue<float>* ep) {
-  x86_gemm_driver<Isa, false, true>(m, n, k, a, lda, packed_b, (n + Isa::nr - 1) / Isa::nr * Isa::nr, c, ldc, ws,
-                                    worker, ep);
+void x86_gemm_packed(Index m, Index n, Index k, const float* a, Index lda, const float* packed_b, Index ldb,
+                     Index col0, float* c, Index ldc, Workspace<float>& ws, int worker,
+                     const GemmEpilogue<float>* ep) {
+  x86_gemm_driver<Isa, false, true>(m, n, k, a, lda, packed_b, ldb, col0, c, ldc, ws, worker, ep);
 }
 
 /// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see

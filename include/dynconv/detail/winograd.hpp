@@ -252,13 +252,15 @@ void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, c
   T* m = ws.scratch(worker, Scratch::Tiles, kWinogradPoints * max_tiles * ldm);
   const GemmEpilogue<T> overwrite{};
   const bool finish = ep.act != Activation::Identity || ep.residual || ep.after != Activation::Identity;
-  const Index point = gemm_kernels<T>().packed.size(cin, cols);
+  const PackedLayout& layout = gemm_kernels<T>().packed;
+  const Index point = layout.size(cin, cols), ldu = layout.stride(cols);
   for (Index tr0 = 0; tr0 < tile_rows; tr0 += block) {
     const Index tr1 = std::min(tile_rows, tr0 + block), tiles = (tr1 - tr0) * wt.tiles_w;
     const Index vs = tiles * ldv, ms = tiles * ldm;
     run_for_kernel_isa([&] { winograd_input_loops(g, x, in_h, in_w, wt, tr0, tr1, v, ldv, vs); });
     for (Index xi = 0; xi < kWinogradPoints; ++xi)
-      gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, m + xi * ms, ldm, ws, worker, &overwrite);
+      gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, ldu, 0, m + xi * ms, ldm, ws, worker,
+                  &overwrite);
     const Index y0 = s.r0 + tr0 * kWinogradTile, y1 = std::min(s.r1, s.r0 + tr1 * kWinogradTile);
     run_for_kernel_isa([&] {
       winograd_output_loops(wt, tr0, tr1, m, ldm, ms, cols, ep.bias ? ep.bias + s.c0 : nullptr, y + s.c0, cout);
