@@ -393,6 +393,50 @@ TEST(ConvGolden, HandComputedEvenKernelSamePadding) {
   }
 }
 
+// A static layer keeps its kernel packed for the GEMM (or Winograd's transform of it) from its
+// first pass: new weights after a pass must be used by the next one, and a copy that sets its
+// own weights must leave the original's alone. Winograd at 24x24 (>= 484 output pixels), the
+// GEMM at stride 2 and 1x1; 40 output channels (a padded panel).
+template <typename T>
+void check_kept_kernels() {
+  struct Geometry {
+    const char* name;
+    Index k, stride, pad;
+    ConvAlgorithm algo;
+  };
+  for (const Geometry& c : {Geometry{"winograd", 3, 1, 1, ConvAlgorithm::Winograd},
+                            Geometry{"im2col", 3, 2, 1, ConvAlgorithm::Im2colGemm},
+                            Geometry{"pointwise", 1, 1, 0, ConvAlgorithm::Pointwise}}) {
+    SCOPED_TRACE(c.name);
+    dynconv::Conv2d<T> conv(dynconv::Conv2dOptions(8, 40, c.k).stride(c.stride).padding(c.pad).bias(false).algorithm(c.algo));
+    const ref::Conv p{c.stride, c.stride, c.pad, c.pad, c.pad, c.pad, 1, 1, 1};
+    Tensor4<T> x(2, 8, 24, 24);
+    ref::fill_random(x, 3);
+    Tensor4<T> w(40, 8, c.k, c.k);
+    ref::fill_random(w, 1);
+    conv.set_weight(w);
+    EXPECT_LE(ref::rel_error(conv.forward(x), ref::conv2d(x, w, static_cast<const T*>(nullptr), p)),
+              ref::tolerance<T>());
+    ref::fill_random(w, 4);
+    conv.set_weight(w);
+    EXPECT_LE(ref::rel_error(conv.forward(x), ref::conv2d(x, w, static_cast<const T*>(nullptr), p)),
+              ref::tolerance<T>())
+        << "new weights after a pass";
+    dynconv::Conv2d<T> copy = conv;
+    Tensor4<T> w2(40, 8, c.k, c.k);
+    ref::fill_random(w2, 5);
+    copy.set_weight(w2);
+    EXPECT_LE(ref::rel_error(copy.forward(x), ref::conv2d(x, w2, static_cast<const T*>(nullptr), p)),
+              ref::tolerance<T>())
+        << "the copy's weights";
+    EXPECT_LE(ref::rel_error(conv.forward(x), ref::conv2d(x, w, static_cast<const T*>(nullptr), p)),
+              ref::tolerance<T>())
+        << "the original after its copy set weights";
+  }
+}
+TEST(ConvKeptKernels, FollowNewWeightsFloat) { check_kept_kernels<float>(); }
+TEST(ConvKeptKernels, FollowNewWeightsDouble) { check_kept_kernels<double>(); }
+
 TEST(ConvBatch, ZeroSamplesGiveAnEmptyBatch) {
   dynconv::Conv2d<float> conv(dynconv::Conv2dOptions(3, 4, 3).padding(1));
   Tensor4<float> x(0, 3, 5, 5);
