@@ -23,7 +23,7 @@
 // Thread safety: forward() and run() are const and may run concurrently on one object; the
 // setters, load() and fold_batchnorm() may not run concurrently with anything. (The first pass
 // packs the kernel for the GEMM, or transforms it for Winograd, under a lock, and keeps it until
-// the weights change: a GEMM layer holds its weights twice.)
+// the weights change: with dynconv's x86 kernels a GEMM layer holds its weights twice.)
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
@@ -169,9 +169,9 @@ class Conv2d final : public Module<T> {
     const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
     const bool by_channel = detail::channel_sliceable(algo, g);
     const T* kernel = algo == ConvAlgorithm::Winograd ? winograd_kernel(ctx) : packed_.data();
-    const T* packed = (algo == ConvAlgorithm::Im2colGemm || algo == ConvAlgorithm::Pointwise) && g.groups == 1
-                          ? packed_gemm_kernel()
-                          : nullptr;
+    // The GEMM's own packing, kept (a row-major layout, Eigen's, is the packed kernel itself).
+    const bool gemm = (algo == ConvAlgorithm::Im2colGemm || algo == ConvAlgorithm::Pointwise) && g.groups == 1;
+    const T* packed = gemm && detail::gemm_kernels<T>().packed.nr ? packed_gemm_kernel() : nullptr;
     ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
       const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
