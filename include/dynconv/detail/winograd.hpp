@@ -15,8 +15,9 @@
 // multiply-adds per channel pair and tile where direct convolution spends 144 (4x fewer).
 //
 // Data: U = winograd_kernel() of the packed kernel ([kh][kw][Cin][Cout], Im2colGemm's layout):
-// 36 matrices [Cin, Cout] already in the GEMM's packed layout (no GEMM packs them again); V (input tiles) and M (GEMM results) are built per block of tile rows in the
-// worker's scratch, sized to stay in the L2 cache. All transforms are vectorised across
+// 36 matrices [Cin, Cout] already in the GEMM's packed layout (no GEMM packs them again); V
+// (input tiles) and M (GEMM results) are built per block of tile rows in the worker's scratch,
+// sized to stay in the L2 cache. All transforms are vectorised across
 // channels (NHWC keeps every pixel's channels contiguous) and compiled for the kernel set in use.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
