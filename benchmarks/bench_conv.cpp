@@ -17,7 +17,6 @@
 #include "fma_peak.hpp"
 
 #include <string>
-#include <type_traits>
 
 namespace {
 
@@ -84,11 +83,8 @@ void run(benchmark::State& state, const Layer& l, Index batch, dynconv::ConvAlgo
   state.counters["peak_frac"] = benchmark::Counter(
       2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (g_peak_gflops * 1e9),
       benchmark::Counter::kIsIterationInvariantRate);
-  // A static layer keeps its Winograd transform (Winograd from 14x14), a dynamic one does not.
-  const auto kernel = std::is_same<Layer_t, dynconv::Conv2d<float>>::value ? dynconv::detail::WinogradKernel::Kept
-                                                                           : dynconv::detail::WinogradKernel::PerSample;
-  state.SetLabel(dynconv::algorithm_name(dynconv::detail::run_algorithm(
-      layer.algorithm(), layer.geometry().out_h(l.size), layer.geometry().out_w(l.size), kernel)));
+  state.SetLabel(dynconv::algorithm_name(
+      dynconv::detail::run_algorithm(layer.algorithm(), layer.geometry().out_h(l.size), layer.geometry().out_w(l.size))));
 }
 
 }  // namespace
@@ -99,10 +95,8 @@ int main(int argc, char** argv) {
   using dynconv::ConvAlgorithm;
   for (const Layer& l : kLayers) {
     const dynconv::ConvGeometry g = shape_options<dynconv::Conv2dOptions>(l, ConvAlgorithm::Auto).geometry();
-    // Im2colGemm twins of the layers a static Conv2d runs by Winograd.
     const bool winograd = dynconv::detail::run_algorithm(dynconv::select_conv_algorithm(g), g.out_h(l.size),
-                                                         g.out_w(l.size), dynconv::detail::WinogradKernel::Kept) ==
-                          ConvAlgorithm::Winograd;
+                                                         g.out_w(l.size)) == ConvAlgorithm::Winograd;
     for (ConvAlgorithm algo : {ConvAlgorithm::Auto, ConvAlgorithm::Im2colGemm}) {
       if (algo == ConvAlgorithm::Im2colGemm && !winograd) continue;
       const std::string name = std::string("Conv/") + l.name + (algo == ConvAlgorithm::Auto ? "" : ":im2col");

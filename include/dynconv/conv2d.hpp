@@ -141,7 +141,7 @@ class Conv2d final : public Module<T> {
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
-  /// kept packed kernel; Winograd (for outputs of at least 196 pixels; smaller ones run
+  /// kept packed kernel; Winograd (for outputs of at least 484 pixels; smaller ones run
   /// Im2colGemm) the kept transform.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
@@ -166,7 +166,7 @@ class Conv2d final : public Module<T> {
       return;
     }
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
-    const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w, detail::WinogradKernel::Kept);
+    const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
     const bool by_channel = detail::channel_sliceable(algo, g);
     const T* kernel = algo == ConvAlgorithm::Winograd ? winograd_kernel(ctx) : packed_.data();
     // The GEMM's own packing, kept (a row-major layout, Eigen's, is the packed kernel itself).

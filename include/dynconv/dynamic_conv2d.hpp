@@ -592,7 +592,7 @@ class DynamicConv2d final : public Module<T> {
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
                                        expert_bytes(), scaled(),
                                        detail::gemm_kernels<T>().mixes_while_packing});
-    p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow, detail::WinogradKernel::PerSample);
+    p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow);
     if (p.algorithm == ConvAlgorithm::Winograd && p.mix == MixStrategy::FusedPacking) p.algorithm = ConvAlgorithm::Im2colGemm;
     const bool winograd = p.algorithm == ConvAlgorithm::Winograd;
     const Index transformed = detail::winograd_kernel_size<T>(g.in_channels, cout);

@@ -37,17 +37,12 @@ namespace detail {
 constexpr Index kWinogradPoints = 36;
 /// Output tile side.
 constexpr Index kWinogradTile = 4;
-/// Below this many output pixels (22x22) a Winograd layer whose kernel changes per sample
-/// (dynamic) runs as Im2colGemm (the same packed kernel): each GEMM then has too few tile rows
-/// to amortise transforming the kernel, 4x its size. Measured (bench_conv, Intel Xeon, one
-/// thread, batch 1, static with the transform per pass): ResNet-18's 3x3 at 56x56 (196 tiles)
-/// 1.8x and 28x28 (49 tiles) 1.5x faster than Im2colGemm, 14x14 (16 tiles) 1.7x slower.
+/// Below this many output pixels (22x22) a Winograd layer runs as Im2colGemm (the same packed
+/// kernel): each GEMM then has too few tile rows to amortise the kernel transform, 4x the
+/// kernel's size. Measured (bench_conv, Intel Xeon, one thread, batch 1,
+/// static): ResNet-18's 3x3 at 56x56 (196 tiles) 1.8x and 28x28 (49 tiles) 1.5x faster than
+/// Im2colGemm, 14x14 (16 tiles) 1.7x slower.
 constexpr Index kWinogradMinPixels = 484;
-/// The same for a layer that keeps its transform (static): 14x14. With the transform made once,
-/// ResNet-18's 14x14x256 3x3 took 0.69-0.71x Im2colGemm's time (batch 1 and 8; Intel Xeon, one
-/// thread); at 7x7x512 0.87-0.89x, but the kept transform is 4x the kernel's bytes, which a
-/// batch-1 pass streams from memory on a machine whose L3 cache does not hold them.
-constexpr Index kWinogradMinPixelsKept = 196;
 /// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
 
@@ -58,16 +53,10 @@ Index winograd_kernel_size(Index cin, Index cols) {
   return kWinogradPoints * gemm_kernels<T>().packed.size(cin, cols);
 }
 
-/// Whether a layer keeps its Winograd transform from pass to pass (a static Conv2d) or makes
-/// it per sample (a DynamicConv2d).
-enum class WinogradKernel { PerSample, Kept };
-
 /// The algorithm a layer of algorithm `algo` runs for an output of out_h x out_w: Winograd
-/// layers with fewer than kWinogradMinPixels (kWinogradMinPixelsKept) output pixels run as
-/// Im2colGemm.
-inline ConvAlgorithm run_algorithm(ConvAlgorithm algo, Index out_h, Index out_w, WinogradKernel kernel) {
-  const Index min_pixels = kernel == WinogradKernel::Kept ? kWinogradMinPixelsKept : kWinogradMinPixels;
-  if (algo == ConvAlgorithm::Winograd && out_h * out_w < min_pixels) return ConvAlgorithm::Im2colGemm;
+/// layers with fewer than kWinogradMinPixels output pixels run as Im2colGemm.
+inline ConvAlgorithm run_algorithm(ConvAlgorithm algo, Index out_h, Index out_w) {
+  if (algo == ConvAlgorithm::Winograd && out_h * out_w < kWinogradMinPixels) return ConvAlgorithm::Im2colGemm;
   return algo;
 }
 
