@@ -1,10 +1,11 @@
-// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, gemm_packed (B: columns
-// from a panel boundary of a wider matrix packed by pack_b in the entry's layout) and
-// mixed_gemm_batch (with float, BF16 and F16 experts), and the expert mix (detail/mix.hpp) of
-// the kernel set in use, against a naive loop in double, over sizes that reach the kernels' edges
-// (1, odd, just above the register and cache blocks), with leading dimensions larger than the
-// rows, accumulating into non-zero outputs. An entry this CPU does not run is skipped, unless
-// DYNCONV_REQUIRE_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
+// The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, pack_b (against its
+// PackedLayout's offset()), gemm_packed (B: columns from a panel boundary of a wider matrix
+// packed by the entry's pack_b) and mixed_gemm_batch (with float, BF16 and F16 experts), and
+// the expert mix (detail/mix.hpp) of the kernel set in use, against a naive loop in double,
+// over sizes that reach the kernels' edges (1, odd, just above the register and cache blocks),
+// with leading dimensions larger than the rows, accumulating into non-zero outputs. An entry
+// this CPU does not run is skipped, unless DYNCONV_REQUIRE_KERNELS (comma-separated names; CI
+// sets it) lists it: then it fails.
 #define DYNCONV_DETAIL_ALLOWED  // the kernels are tested directly
 #include <dynconv/detail/gemm.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
@@ -133,7 +134,7 @@ void check_gemm(const dynconv::detail::GemmKernels<T>& kernels) {
           for (Index p = 0; p < s.k; ++p)
             for (Index j = 0; j < s.n; ++j) wide[p * width + col0 + j] = b[p * ldb + j];
           T* pb = packed_b.get(layout.size(s.k, width), allocations);
-          dynconv::detail::pack_b(layout, s.k, width, wide.data(), width, pb);
+          kernels.pack_b(s.k, width, wide.data(), width, pb);
           kernels.gemm_packed(s.m, s.n, s.k, a.data(), lda, pb, layout.stride(width), col0, c.data(), ldc, ws, 0,
                               epilogue ? &ge : nullptr);
         } else {
@@ -214,6 +215,8 @@ TEST(GemmKernelTable, InUseIsTheEntryOfTheKernelSetInUse) {
     EXPECT_NE(e.supported, nullptr);
     EXPECT_NE(e.gemm, nullptr);
     EXPECT_NE(e.gemm_bt, nullptr);
+    EXPECT_NE(e.pack_b, nullptr);
+    EXPECT_NE(e.gemm_packed, nullptr);
     EXPECT_NE(e.mixed_gemm_batch, nullptr);
   }
   using dynconv::detail::KernelIsa;
@@ -255,6 +258,42 @@ TEST(GemmKernelTable, EveryEntryMultipliesFloat) {
 }
 TEST(GemmKernelTable, EveryEntryMultipliesDouble) {
   for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_gemm(e);
+}
+/// Entry e's pack_b puts B[p, j] where its PackedLayout's offset() says (the layout's
+/// definition, which Winograd's transform writes by too) and zeroes the padding.
+template <typename T>
+void check_pack_b(const dynconv::detail::GemmKernels<T>& e) {
+  if (!runs_here(e)) return;
+  for (const Size& s : kSizes) {
+    SCOPED_TRACE(testing::Message() << e.name << " k=" << s.k << " n=" << s.n);
+    const Index ldb = s.n + 3;
+    const std::vector<T> b = random_values<T>(s.k * ldb, 8);
+    const dynconv::detail::PackedLayout& layout = e.packed;
+    const Index size = layout.size(s.k, s.n);
+    dynconv::detail::GrowBuffer<T> buffer;  // 64-byte aligned, as the x86 packing stores
+    Index allocations = 0;
+    T* out = buffer.get(size, allocations);
+    std::fill(out, out + size, T(7));
+    e.pack_b(s.k, s.n, b.data(), ldb, out);
+    std::vector<bool> seen(static_cast<std::size_t>(size), false);
+    Index wrong = 0;
+    for (Index p = 0; p < s.k; ++p)
+      for (Index j = 0; j < layout.stride(s.n); ++j) {
+        const Index o = layout.offset(s.k, s.n, p, j);
+        ASSERT_LT(o, size);
+        seen[o] = true;
+        if (out[o] != (j < s.n ? b[p * ldb + j] : T(0))) ++wrong;
+      }
+    EXPECT_EQ(wrong, 0);
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), false), 0);  // offset() covers the whole buffer
+  }
+}
+
+TEST(GemmKernelTable, EveryEntryPacksBInItsLayoutFloat) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) check_pack_b(e);
+}
+TEST(GemmKernelTable, EveryEntryPacksBInItsLayoutDouble) {
+  for (const auto& e : dynconv::detail::gemm_kernel_table<double>()) check_pack_b(e);
 }
 TEST(GemmKernelTable, EveryEntryMixesIntoPackingFloat) {
   for (const auto& e : dynconv::detail::gemm_kernel_table<float>()) check_mixed(e);

@@ -283,7 +283,7 @@ class Conv2d final : public Module<T> {
     const std::array<Index, 2> m = detail::kernel_matrix(ConvAlgorithm::Im2colGemm, g);
     const detail::PackedLayout& layout = detail::gemm_kernels<T>().packed;
     return kept(kept_->packed, layout.size(m[0], m[1]),
-                [&](T* out) { detail::pack_b(layout, m[0], m[1], packed_.data(), m[1], out); });
+                [&](T* out) { detail::pack_b(m[0], m[1], packed_.data(), m[1], out); });
   }
 
   Conv2dOptions options_;

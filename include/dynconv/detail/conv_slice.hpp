@@ -24,7 +24,10 @@ namespace detail {
 ///     shared across channel slices), else null and the slice builds its own rows.
 ///   packed: null, or (groups == 1, Pointwise and Im2colGemm) the whole kernel [depth, Cout]
 ///     packed ahead of time in the GEMM's PackedLayout (pack_b()): a slice that starts at one of
-///     its panels multiplies it without packing.
+///     its panels multiplies it without packing. Channel parts come in units of 16 channels
+///     (channel_part): a part that starts inside a 32-wide AVX-512 panel packs its columns per
+///     call. Parts of whole panels would skip that, but split 96 or 160 channels 2:1 or 3:2
+///     over two threads instead of evenly.
 template <typename T>
 void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w,
                 const T* kernel, Index ldk, const Slice& s, const Epilogue<T>& ep, T* y,

@@ -7,9 +7,11 @@
 //                     or with a GemmEpilogue (gemm_x86.hpp) C = after(act(A B + bias) + residual)
 //                     (dynconv's kernels: tile by tile, each in L1; Eigen's: loops over C)
 //   gemm_bt           C[m, n] += A[m, k] * B[n, k]^T (the same)
-//   gemm_packed       the same product with B packed ahead of time in the entry's PackedLayout
-//                     (a kernel used by many products, e.g. Winograd's transformed U, is packed
-//                     once instead of by every call)
+//   pack_b            packs B [k, n] into the entry's PackedLayout (x86: block by block, as
+//                     gemm packs per call; "eigen": row-major)
+//   gemm_packed       the same product with B packed ahead of time by pack_b (a kernel used by
+//                     many products, e.g. a static layer's, is packed once instead of by every
+//                     call; Winograd's transformed U is written in the layout directly)
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one
 //                     function per storage of the experts W_k: T, BF16, F16 (widened)
@@ -81,6 +83,12 @@ template <typename T>
 void eigen_gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, Index ldb, Index col0,
                        T* c, Index ldc, Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep) {
   eigen_gemm<T, false>(m, n, k, a, lda, packed_b + col0, ldb, c, ldc, ws, worker, ep);
+}
+
+/// The "eigen" entry's packing of B [k, n] (row-major, ldb) for eigen_gemm_packed: row-major.
+template <typename T>
+void eigen_pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
+  for (Index p = 0; p < k; ++p) std::copy(b + p * ldb, b + p * ldb + n, out + p * n);
 }
 
 /// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
@@ -186,6 +194,9 @@ struct GemmKernels {
   void (*gemm_bt)(Index m, Index n, Index k, const T* a, Index lda, const T* b, Index ldb, T* c, Index ldc,
                   Workspace<T>& ws, int worker, const GemmEpilogue<T>* ep);
   PackedLayout packed;
+  /// Packs B [k, n] (row-major, leading dimension ldb) into `packed`'s layout (packed.size(k, n)
+  /// values, padding zeroed) for gemm_packed.
+  void (*pack_b)(Index k, Index n, const T* b, Index ldb, T* out);
   /// gemm with B = columns [col0, col0 + n) of a matrix [k, width] packed in `packed`'s layout
   /// (64-byte aligned; ldb = packed.stride(width); col0 a multiple of packed.nr).
   void (*gemm_packed)(Index m, Index n, Index k, const T* a, Index lda, const T* packed_b, Index ldb, Index col0,
@@ -208,17 +219,17 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
 #if DYNCONV_X86_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
-                   {X86Avx512::nr, X86Blocking::kc}, &x86_gemm_packed<X86Avx512>,
+                   {X86Avx512::nr, X86Blocking::kc}, &x86_pack_whole_b<X86Avx512>, &x86_gemm_packed<X86Avx512>,
                    &x86_mixed_gemm_batch<X86Avx512, float>, &x86_mixed_gemm_batch<X86Avx512, Eigen::bfloat16>,
                    &x86_mixed_gemm_batch<X86Avx512, Eigen::half>, true});
       t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
-                   {X86Avx2::nr, X86Blocking::kc}, &x86_gemm_packed<X86Avx2>,
+                   {X86Avx2::nr, X86Blocking::kc}, &x86_pack_whole_b<X86Avx2>, &x86_gemm_packed<X86Avx2>,
                    &x86_mixed_gemm_batch<X86Avx2, float>, &x86_mixed_gemm_batch<X86Avx2, Eigen::bfloat16>,
                    &x86_mixed_gemm_batch<X86Avx2, Eigen::half>, true});
     }
 #endif
     t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
-                 PackedLayout{}, &eigen_gemm_packed<T>,
+                 PackedLayout{}, &eigen_pack_b<T>, &eigen_gemm_packed<T>,
                  &eigen_mixed_gemm_batch<T, T>, &eigen_mixed_gemm_batch<T, Eigen::bfloat16>,
                  &eigen_mixed_gemm_batch<T, Eigen::half>, false});
     return t;
@@ -256,13 +267,10 @@ void gemm_packed(Index m, Index n, Index k, const T* a, Index lda, const T* pack
   gemm_kernels<T>().gemm_packed(m, n, k, a, lda, packed_b, ldb, col0, c, ldc, ws, worker, ep);
 }
 
-/// Packs B [k, n] (row-major, leading dimension ldb) into `out` (layout.size(k, n) values,
-/// padding zeroed) in `layout`.
+/// Packs B [k, n] (row-major, leading dimension ldb) for gemm_packed through the table.
 template <typename T>
-void pack_b(const PackedLayout& layout, Index k, Index n, const T* b, Index ldb, T* out) {
-  const Index stride = layout.stride(n);
-  for (Index p = 0; p < k; ++p)
-    for (Index j = 0; j < stride; ++j) out[layout.offset(k, n, p, j)] = j < n ? b[p * ldb + j] : T(0);
+void pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
+  gemm_kernels<T>().pack_b(k, n, b, ldb, out);
 }
 
 /// An entry's mixed-kernel GEMM for experts stored as S.

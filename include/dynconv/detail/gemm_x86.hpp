@@ -886,6 +886,15 @@ void x86_gemm_packed(Index m, Index n, Index k, const float* a, Index lda, const
   x86_gemm_driver<Isa, false, true>(m, n, k, a, lda, packed_b, ldb, col0, c, ldc, ws, worker, ep);
 }
 
+/// Packs all of B [k, n] (row-major, ldb) into the layout x86_gemm_packed reads, block by block
+/// as x86_gemm packs per call: depth block p0 at out + p0 * (n rounded up to whole panels).
+template <typename Isa>
+void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
+  const Index stride = (n + Isa::nr - 1) / Isa::nr * Isa::nr;
+  for (Index p0 = 0; p0 < k; p0 += X86Blocking::kc)
+    Isa::template pack<false>(b, ldb, p0, std::min(X86Blocking::kc, k - p0), 0, n, out + p0 * stride);
+}
+
 /// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
 /// the whole batch and mixed into the packed block each sample's product reads; one sample

@@ -71,7 +71,8 @@ inline bool channel_sliceable(ConvAlgorithm algo, const ConvGeometry& g) {
   return algo == ConvAlgorithm::Depthwise || g.groups == 1;
 }
 
-/// Channels [c0, c1) of part `part` of `parts`, in whole units of 16 channels.
+/// Channels [c0, c1) of part `part` of `parts`, in whole units of 16 channels (the narrowest
+/// GEMM panel, AVX2's; conv_slice says why not AVX-512's 32).
 inline std::array<Index, 2> channel_part(Index channels, Index parts, Index part) {
   constexpr Index kUnit = 16;
   const std::array<Index, 2> u = split_range((channels + kUnit - 1) / kUnit, parts, part);

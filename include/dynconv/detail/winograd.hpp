@@ -38,10 +38,12 @@ constexpr Index kWinogradPoints = 36;
 /// Output tile side.
 constexpr Index kWinogradTile = 4;
 /// Below this many output pixels (22x22) a Winograd layer runs as Im2colGemm (the same packed
-/// kernel): each GEMM then has too few tile rows to amortise the kernel transform, 4x the
-/// kernel's size. Measured (bench_conv, Intel Xeon, one thread, batch 1,
-/// static): ResNet-18's 3x3 at 56x56 (196 tiles) 1.8x and 28x28 (49 tiles) 1.5x faster than
-/// Im2colGemm, 14x14 (16 tiles) 1.7x slower.
+/// kernel). The transform is 4x the kernel's size: a dynamic layer makes it per sample, and
+/// too few tile rows do not amortise that (bench_conv, Intel Xeon, one thread, batch 1:
+/// ResNet-18's 3x3 at 56x56, 196 tiles, 1.8x and 28x28, 49 tiles, 1.5x faster than
+/// Im2colGemm, 14x14, 16 tiles, 1.7x slower). A static layer keeps its transform, and alone
+/// runs 14x14 faster with it (0.7x), but a whole model pass then streams 4x the kernel's bytes
+/// from memory: static ResNet-18 measured 5-8% slower at batch 1 with 196 pixels as the bound.
 constexpr Index kWinogradMinPixels = 484;
 /// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
