@@ -358,6 +358,39 @@ TYPED_TEST(PoolingTest, NchwAndNhwcAgainstLoop) {
   EXPECT_TRUE(tensors_near(nhwc, to_double(nchw)));
 }
 
+TYPED_TEST(PoolingTest, NhwcOnThePoolAgainstLoop) {
+  // The network path's pooling (the attentions' and routings'): channel counts around its
+  // 64-wide register blocks, pixel counts around its 64-pixel partial sums, on one thread and
+  // on two with every sample split by pixels when the samples are fewer than the threads.
+  using T = TypeParam;
+  struct Case {
+    Index n, h, w, c;
+  };
+  const Case cases[] = {{1, 1, 1, 3}, {1, 8, 8, 64}, {3, 5, 13, 70}, {1, 9, 15, 130}, {2, 33, 31, 17}, {1, 64, 65, 200}};
+  for (const int threads : {1, 2}) {
+    dynconv::Context<T> ctx(threads);
+    ctx.min_parallel_madds(1);
+    for (const Case& k : cases) {
+      SCOPED_TRACE(testing::Message() << threads << " threads, NHWC [" << k.n << ", " << k.h << ", " << k.w << ", "
+                                      << k.c << "]");
+      Tensor4<T> x(k.n, k.h, k.w, k.c);  // NHWC data
+      fill_uniform(x, 12, -1, 3);
+      Tensor2<double> expected(k.n, k.c);
+      for (Index b = 0; b < k.n; ++b)
+        for (Index ch = 0; ch < k.c; ++ch) {
+          double sum = 0;
+          for (Index r = 0; r < k.h; ++r)
+            for (Index q = 0; q < k.w; ++q) sum += static_cast<double>(x(b, r, q, ch));
+          expected(b, ch) = sum / static_cast<double>(k.h * k.w);
+        }
+      Tensor2<T> pooled(k.n, k.c);
+      pooled.setConstant(T(-7));
+      dynconv::detail::gap_nhwc(dynconv::NhwcView<const T>(x.data(), k.n, k.h, k.w, k.c), pooled.data(), ctx);
+      EXPECT_TRUE(tensors_near(pooled, expected));
+    }
+  }
+}
+
 TYPED_TEST(PoolingTest, ZeroPixelInputIsRejected) {
   using T = TypeParam;
   // An input without pixels would average to 0/0 = NaN: global_avg_pool of an NCHW tensor

@@ -183,12 +183,10 @@ class KernelAttention {
   }
 
   /// The network path: pi [N, K] of NHWC x [N, H, W, Cin] into caller memory, unchecked,
-  /// buffers from the workspace, the pooling of the samples split over the pool.
+  /// buffers from the workspace, the pooling split over the pool (by samples, or by pixels).
   void run(const NhwcView<const T>& x, T* pi, Context<T>& ctx) const {
     typename Workspace<T>::Lease pooled = ctx.workspace().acquire(x.n * in_channels());
-    ctx.pool().parallel_for(x.n, [&](std::int64_t b, int) {
-      detail::gap_nhwc(x.sample(b), 1, x.pixels(), x.c, pooled.data() + b * x.c);
-    });
+    detail::gap_nhwc(x, pooled.data(), ctx);
     attend_into(pooled.data(), x.n, pi, ctx.workspace());
   }
 

@@ -93,9 +93,7 @@ class OmniAttention {
     T* spatial = filter + (o.has_filter() ? n * o.out_channels : 0);
     typename Workspace<T>::Lease pooled = ctx.workspace().acquire(n * cin);
     typename Workspace<T>::Lease z = ctx.workspace().acquire(n * hid);
-    ctx.pool().parallel_for(n, [&](std::int64_t b, int) {
-      detail::gap_nhwc(x.sample(b), 1, x.pixels(), x.c, pooled.data() + b * cin);
-    });
+    detail::gap_nhwc(x, pooled.data(), ctx);
     fc_.forward_into(pooled.data(), n, z.data(), ctx.workspace(), 0);
     const std::vector<T>& scale = bn_scale_;
     const std::vector<T>& shift = bn_shift_;

@@ -85,9 +85,7 @@ class CondConvRouting final : public Module<T> {
   /// The routing r [N, E] of NHWC x into caller memory (the network path, unchecked).
   void route(const NhwcView<const T>& x, T* r, Context<T>& ctx) const {
     typename Workspace<T>::Lease pooled = ctx.workspace().acquire(x.n * in_channels());
-    ctx.pool().parallel_for(x.n, [&](std::int64_t b, int) {
-      detail::gap_nhwc(x.sample(b), 1, x.pixels(), x.c, pooled.data() + b * x.c);
-    });
+    detail::gap_nhwc(x, pooled.data(), ctx);
     linear_.forward_into(pooled.data(), x.n, r, ctx.workspace(), 0);
     const T inv_tau = T(1) / temperature_;
     const detail::SigmoidOf<T> sigmoid;
