@@ -554,6 +554,11 @@ def main():
     ap.add_argument("--export-torchscript", metavar="DIR",
                     help="write TorchScript models for bench_libtorch into DIR and exit")
     args = ap.parse_args()
+    if args.plot:
+        try:  # before the run, not after ten minutes of it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("--plot needs matplotlib: install python3-matplotlib (Debian) or drop --plot")
 
     models = args.models or (MAIN_MODELS + (EXTRA_MODELS if args.all_models else []))
     for m in models:
