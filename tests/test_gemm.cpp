@@ -175,7 +175,10 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
   };
   const Mixed cases[] = {{1, 9, 16, 0, 16, 1, 7},      {4, 27, 40, 16, 40, 3, 25}, {3, 300, 64, 0, 64, 2, 49},
                          {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13},
-                         {4, 300, 70, 3, 67, 1, 13}, {4, 9, 40, 0, 40, 1, 49}};
+                         {4, 300, 70, 3, 67, 1, 13}, {4, 9, 40, 0, 40, 1, 49},
+                         // one sample wider than a block: blocks of all the columns, fewer rows
+                         // (ragged in both), and too wide for that (the usual blocks)
+                         {4, 300, 600, 5, 590, 1, 13}, {2, 20, 5000, 0, 5000, 1, 3}};
   for (const Mixed& m : cases) {
     SCOPED_TRACE(testing::Message() << kernels.name << " experts of " << sizeof(S) << " bytes K=" << m.kernels
                                     << " depth=" << m.depth << " cols=" << m.cols << " [" << m.c0 << ", " << m.c1

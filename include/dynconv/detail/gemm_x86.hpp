@@ -912,11 +912,19 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
   const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
   float* mixed = ws.scratch(worker, Scratch::PackB, block);
   if (n == 1) {
-    // One sample: mixing while packing reads each source once and writes no mixed kernel.
-    for (Index p0 = 0; p0 < depth; p0 += kc) {
-      const Index kcur = std::min(kc, depth - p0);
-      for (Index j0 = 0; j0 < width; j0 += nc) {
-        const Index w = std::min(nc, width - j0);
+    // One sample: mixing while packing reads each source once and writes no mixed kernel. The
+    // sources stream from memory here (a batch packs them once for all its samples), so a block
+    // spans all the columns [c0, c1) when 16 rows of them fit, with fewer rows: each source is
+    // then read in runs of whole rows (of the tile), which the hardware prefetchers stream at
+    // about twice the rate of half rows (Zen 4, four sources of 512 columns: 25 against 12 GB/s;
+    // ResNet-18's 512-channel 3x3 layer at batch 1: 4.0 against 5.9 ms).
+    const Index wide = (width + nr - 1) / nr * nr;
+    const Index kcb = wide * 16 <= block ? std::min(depth, block / wide) : kc;
+    const Index ncb = wide * 16 <= block ? wide : nc;
+    for (Index p0 = 0; p0 < depth; p0 += kcb) {
+      const Index kcur = std::min(kcb, depth - p0);
+      for (Index j0 = 0; j0 < width; j0 += ncb) {
+        const Index w = std::min(ncb, width - j0);
         Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
         Isa::block(pixels, kcur, a + p0, depth, mixed, w, c + c0 + j0, ldc);
       }
