@@ -27,6 +27,7 @@
 
 #include <dynconv/detail/gemm_x86.hpp>
 #include <dynconv/detail/mix.hpp>
+#include <dynconv/detail/packing.hpp>
 #include <dynconv/runtime.hpp>
 
 #include <Eigen/Core>
@@ -155,27 +156,6 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
     }
   }
 }
-
-/// The layout in which an entry's gemm_packed takes B [k, n]: panels of nr columns (zero-padded
-/// to whole panels) within depth blocks of kc rows, block p0 at p0 * stride(n), the panel of
-/// column j at (j - j % nr) * kcur within it (kcur the block's rows), rows nr apart: exactly
-/// what x86_gemm packs per call. nr == 0 is plain row-major [k, n] (the "eigen" entry).
-struct PackedLayout {
-  Index nr = 0;
-  Index kc = 0;
-  /// Values per row of B, padding included.
-  Index stride(Index n) const { return nr ? (n + nr - 1) / nr * nr : n; }
-  /// Values of a packed B [k, n].
-  Index size(Index k, Index n) const { return k * stride(n); }
-  /// Whether gemm_packed can start at column j (a panel's first).
-  bool starts_panel(Index j) const { return !nr || j % nr == 0; }
-  /// Where B[p, j] of a [k, n] matrix goes.
-  Index offset(Index k, Index n, Index p, Index j) const {
-    if (!nr) return p * n + j;
-    const Index p0 = p / kc * kc, kcur = std::min(kc, k - p0);
-    return p0 * stride(n) + (j - j % nr) * kcur + (p - p0) * nr + j % nr;
-  }
-};
 
 /// The batched mixed-kernel GEMM for experts stored as S (T, Eigen::bfloat16 or Eigen::half).
 template <typename T, typename S>

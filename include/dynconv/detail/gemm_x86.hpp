@@ -22,6 +22,7 @@
 // read.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
+#include <dynconv/detail/packing.hpp>
 
 #include <dynconv/activation.hpp>
 #include <dynconv/conv_geometry.hpp>
@@ -842,7 +843,7 @@ struct X86Avx2 {
 };
 
 /// The driver of x86_gemm and x86_gemm_packed: B is packed block by block into `worker`'s
-/// buffer, or (Packed) read from B packed ahead of time (gemm.hpp's PackedLayout {nr, kc} with
+/// buffer, or (Packed) read from B packed ahead of time (packing.hpp's PackedLayout {nr, kc} with
 /// stride ldb: the block at (p0, j0) of columns from col0 is at b + p0 * ldb + (col0 + j0) * kcur).
 template <typename Isa, bool TransposeB, bool Packed>
 void x86_gemm_driver(Index m, Index n, Index k, const float* a, Index lda, const float* b, Index ldb, Index col0,
@@ -878,7 +879,7 @@ void x86_gemm(Index m, Index n, Index k, const float* a, Index lda, const float*
 }
 
 /// x86_gemm with B = columns [col0, col0 + n) of a matrix packed ahead of time in panels of
-/// Isa::nr columns, depth blocks of X86Blocking::kc rows, stride ldb (gemm.hpp's PackedLayout).
+/// Isa::nr columns, depth blocks of X86Blocking::kc rows, stride ldb (packing.hpp's PackedLayout).
 template <typename Isa>
 void x86_gemm_packed(Index m, Index n, Index k, const float* a, Index lda, const float* packed_b, Index ldb,
                      Index col0, float* c, Index ldc, Workspace<float>& ws, int worker,
@@ -890,7 +891,7 @@ void x86_gemm_packed(Index m, Index n, Index k, const float* a, Index lda, const
 /// as x86_gemm packs per call: depth block p0 at out + p0 * (n rounded up to whole panels).
 template <typename Isa>
 void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
-  const Index stride = (n + Isa::nr - 1) / Isa::nr * Isa::nr;
+  const Index stride = PackedLayout{Isa::nr, X86Blocking::kc}.stride(n);
   for (Index p0 = 0; p0 < k; p0 += X86Blocking::kc)
     Isa::template pack<false>(b, ldb, p0, std::min(X86Blocking::kc, k - p0), 0, n, out + p0 * stride);
 }

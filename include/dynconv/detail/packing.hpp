@@ -7,6 +7,8 @@
 //                          (Winograd transforms it per call: winograd_kernel()).
 //   Depthwise              [kh][kw][C]: one contiguous channel vector per tap.
 // Both hold exactly weight_size() values, so K packed kernels can be mixed elementwise.
+// A GEMM operand packed ahead of time for a kernel entry (the kept kernels of static layers, the
+// Winograd transforms) is in that entry's PackedLayout.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
@@ -18,6 +20,28 @@
 
 namespace dynconv {
 namespace detail {
+
+/// The layout in which a GEMM kernel entry's gemm_packed (gemm.hpp) takes B [k, n]: panels of
+/// nr columns (zero-padded to whole panels) within depth blocks of kc rows, block p0 at
+/// p0 * stride(n), the panel of column j at (j - j % nr) * kcur within it (kcur the block's
+/// rows), rows nr apart: exactly what x86_gemm packs per call. nr == 0 is plain row-major
+/// [k, n] (the "eigen" entry).
+struct PackedLayout {
+  Index nr = 0;
+  Index kc = 0;
+  /// Values per row of B, padding included.
+  Index stride(Index n) const { return nr ? (n + nr - 1) / nr * nr : n; }
+  /// Values of a packed B [k, n].
+  Index size(Index k, Index n) const { return k * stride(n); }
+  /// Whether gemm_packed can start at column j (a panel's first).
+  bool starts_panel(Index j) const { return !nr || j % nr == 0; }
+  /// Where B[p, j] of a [k, n] matrix goes.
+  Index offset(Index k, Index n, Index p, Index j) const {
+    if (!nr) return p * n + j;
+    const Index p0 = p / kc * kc, kcur = std::min(kc, k - p0);
+    return p0 * stride(n) + (j - j % nr) * kcur + (p - p0) * nr + j % nr;
+  }
+};
 
 /// Index of PyTorch weight element (co, ci, i, j) in the packed layout of `algo`.
 inline Index packed_index(ConvAlgorithm algo, const ConvGeometry& g, Index co, Index ci, Index i,
