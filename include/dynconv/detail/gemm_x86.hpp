@@ -45,6 +45,16 @@
 #define DYNCONV_X86_KERNELS 0
 #endif
 
+// GCC 12.0-12.2 warns "'__Y' may be used uninitialized" inside its own avx512fintrin.h
+// (_mm512_undefined_*) wherever an AVX-512 intrinsic is inlined: false positives, fixed in GCC
+// 12.3, that a project compiling with -Wall would otherwise get by the dozen from these kernels.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#define DYNCONV_GCC12_DIAGNOSTICS 1
+#endif
+
 namespace dynconv {
 namespace detail {
 
@@ -955,3 +965,8 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
 
 }  // namespace detail
 }  // namespace dynconv
+
+#ifdef DYNCONV_GCC12_DIAGNOSTICS
+#pragma GCC diagnostic pop
+#undef DYNCONV_GCC12_DIAGNOSTICS
+#endif
