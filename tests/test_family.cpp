@@ -263,9 +263,14 @@ TEST(FamilyRules, SharedRoutingIsCondconvOnly) {
   EXPECT_THAT([] { DynamicConv2d<float>(DynamicConv2dOptions(8, 8, 3).shared_routing(true)); },
               ThrowsMessage<dynconv::OptionsError>(AllOf(HasSubstr("shared_routing"), HasSubstr("DY-Conv"))));
 }
-TEST(FamilyRules, OdconvCannotFuseItsScaledKernelIntoPacking) {
-  EXPECT_THAT([] { DynamicConv2d<float>(DynamicConv2dOptions::odconv(8, 8, 3).mix_strategy(dynconv::MixStrategy::FusedPacking)); },
-              ThrowsMessage<dynconv::OptionsError>(AllOf(HasSubstr("FusedPacking"), HasSubstr("not ODConv"), HasSubstr("ODConv"))));
+TEST(FamilyRules, ForcedFusedPackingNeedsAGemmWithOneGroup) {
+  // ODConv's scaled kernels fuse as the others do (StrategyTable checks their numbers); a
+  // depthwise layer of any kind cannot.
+  EXPECT_NO_THROW(DynamicConv2d<float>(DynamicConv2dOptions::odconv(8, 8, 3).mix_strategy(dynconv::MixStrategy::FusedPacking)));
+  EXPECT_THAT([] { DynamicConv2d<float>(DynamicConv2dOptions(16, 16, 3).groups(16).mix_strategy(dynconv::MixStrategy::FusedPacking)); },
+              ThrowsMessage<dynconv::OptionsError>(testing::StrEq(
+                  "DynamicConv2d(16 -> 16, 3x3): mix_strategy=FusedPacking needs a GEMM algorithm (not Depthwise) and "
+                  "groups == 1, got algorithm Depthwise, groups=16")));
 }
 TEST(FamilyRules, AccessorsOfAnotherKindAreCleanErrors) {
   DynamicConv2d<float> od(DynamicConv2dOptions::odconv(8, 8, 3).name("od"));

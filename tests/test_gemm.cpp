@@ -1,11 +1,11 @@
 // The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, pack_b (against its
 // PackedLayout's offset()), gemm_packed (B: columns from a panel boundary of a wider matrix
-// packed by the entry's pack_b) and mixed_gemm_batch (with float, BF16 and F16 experts), and
-// the expert mix (detail/mix.hpp) of the kernel set in use, against a naive loop in double,
-// over sizes that reach the kernels' edges (1, odd, just above the register and cache blocks),
-// with leading dimensions larger than the rows, accumulating into non-zero outputs. An entry
-// this CPU does not run is skipped, unless DYNCONV_REQUIRE_KERNELS (comma-separated names; CI
-// sets it) lists it: then it fails.
+// packed by the entry's pack_b) and mixed_gemm_batch (with float, BF16 and F16 experts, with and
+// without ODConv's kernel scales), and the expert mix (detail/mix.hpp) of the kernel set in use,
+// against a naive loop in double, over sizes that reach the kernels' edges (1, odd, just above
+// the register and cache blocks), with leading dimensions larger than the rows, accumulating
+// into non-zero outputs. An entry this CPU does not run is skipped, unless
+// DYNCONV_REQUIRE_KERNELS (comma-separated names; CI sets it) lists it: then it fails.
 #define DYNCONV_DETAIL_ALLOWED  // the kernels are tested directly
 #include <dynconv/detail/gemm.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
@@ -179,34 +179,44 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
                          // one sample wider than a block: blocks of all the columns, fewer rows
                          // (ragged in both), and too wide for that (the usual blocks)
                          {4, 300, 600, 5, 590, 1, 13}, {2, 20, 5000, 0, 5000, 1, 3}};
-  for (const Mixed& m : cases) {
-    SCOPED_TRACE(testing::Message() << kernels.name << " experts of " << sizeof(S) << " bytes K=" << m.kernels
-                                    << " depth=" << m.depth << " cols=" << m.cols << " [" << m.c0 << ", " << m.c1
-                                    << ") n=" << m.n << " pixels=" << m.pixels);
-    const std::vector<S> src = random_experts<S>(m.kernels * m.depth * m.cols, 4);
-    const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
-    const Index a_stride = m.pixels * m.depth + 7, ldc = m.cols + 3, c_stride = m.pixels * ldc + 11;
-    const std::vector<T> a = random_values<T>(m.n * a_stride, 6);
-    std::vector<T> c = random_values<T>(m.n * c_stride, 7);
-    std::vector<double> expected(c.begin(), c.end());
-    for (Index b = 0; b < m.n; ++b)
-      for (Index p = 0; p < m.pixels; ++p)
-        for (Index j = m.c0; j < m.c1; ++j) {
-          double acc = 0;
-          for (Index d = 0; d < m.depth; ++d) {
-            double w = 0;
-            for (Index k = 0; k < m.kernels; ++k)
-              w += static_cast<double>(pi[b * m.kernels + k]) * expert_value(src[(k * m.depth + d) * m.cols + j]);
-            acc += static_cast<double>(a[b * a_stride + p * m.depth + d]) * w;
+  for (const Mixed& m : cases)
+    for (bool scaled : {false, true}) {
+      SCOPED_TRACE(testing::Message() << kernels.name << " experts of " << sizeof(S) << " bytes K=" << m.kernels
+                                      << " depth=" << m.depth << " cols=" << m.cols << " [" << m.c0 << ", " << m.c1
+                                      << ") n=" << m.n << " pixels=" << m.pixels << (scaled ? " scaled" : ""));
+      const std::vector<S> src = random_experts<S>(m.kernels * m.depth * m.cols, 4);
+      const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
+      // ODConv's scales: per sample depth row scales, then cols column scales (a stride apart).
+      const Index scale_stride = m.depth + m.cols + 2;
+      const std::vector<T> scale = random_values<T>(m.n * scale_stride, 8);
+      const dynconv::detail::KernelScales<T> scales{scaled ? scale.data() : nullptr, scale.data() + m.depth, scale_stride};
+      auto row_scale = [&](Index b, Index d) { return scaled ? static_cast<double>(scale[b * scale_stride + d]) : 1.0; };
+      auto col_scale = [&](Index b, Index j) {
+        return scaled ? static_cast<double>(scale[b * scale_stride + m.depth + j]) : 1.0;
+      };
+      const Index a_stride = m.pixels * m.depth + 7, ldc = m.cols + 3, c_stride = m.pixels * ldc + 11;
+      const std::vector<T> a = random_values<T>(m.n * a_stride, 6);
+      std::vector<T> c = random_values<T>(m.n * c_stride, 7);
+      std::vector<double> expected(c.begin(), c.end());
+      for (Index b = 0; b < m.n; ++b)
+        for (Index p = 0; p < m.pixels; ++p)
+          for (Index j = m.c0; j < m.c1; ++j) {
+            double acc = 0;
+            for (Index d = 0; d < m.depth; ++d) {
+              double w = 0;
+              for (Index k = 0; k < m.kernels; ++k)
+                w += static_cast<double>(pi[b * m.kernels + k]) * expert_value(src[(k * m.depth + d) * m.cols + j]);
+              acc += static_cast<double>(a[b * a_stride + p * m.depth + d]) * w * row_scale(b, d);
+            }
+            expected[b * c_stride + p * ldc + j] += acc * col_scale(b, j);
           }
-          expected[b * c_stride + p * ldc + j] += acc;
-        }
-    dynconv::detail::mixed_gemm_batch_for<T, S>(kernels)(src.data(), m.kernels, m.depth, m.cols, pi.data(), m.n, m.c0, m.c1, a.data(), a_stride,
-                             m.pixels, c.data(), c_stride, ldc, ws, 0);
-    double worst = 0;
-    for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
-    EXPECT_LE(worst, tol<T>() * static_cast<double>(m.depth * m.kernels + 1));
-  }
+      dynconv::detail::mixed_gemm_batch_for<T, S>(kernels)(src.data(), m.kernels, m.depth, m.cols, pi.data(), scales, m.n,
+                                                           m.c0, m.c1, a.data(), a_stride, m.pixels, c.data(), c_stride,
+                                                           ldc, ws, 0);
+      double worst = 0;
+      for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
+      EXPECT_LE(worst, tol<T>() * static_cast<double>(m.depth * m.kernels + 1));
+    }
 }
 
 TEST(GemmKernelTable, InUseIsTheEntryOfTheKernelSetInUse) {

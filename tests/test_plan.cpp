@@ -220,8 +220,7 @@ void check_case(const Case& c) {
   const Geometry& g = c.geometry;
   const dynconv::ConvGeometry geometry = options_of(g, c.kind).geometry();
   const bool supported = c.strategy == MixStrategy::Auto ||
-                         dynconv::mix_strategy_supports(c.strategy, dynconv::select_conv_algorithm(geometry), geometry,
-                                                        c.kind == AttentionKind::ODConv);
+                         dynconv::mix_strategy_supports(c.strategy, dynconv::select_conv_algorithm(geometry), geometry);
   if (!supported) {
     // A strategy that cannot run the geometry is refused when the layer is built.
     EXPECT_THAT([&] { make_layer<T>(g, c.strategy, c.kind); },
@@ -321,10 +320,6 @@ TEST(SelectMixStrategy, OneImageFusesLargeKernelsWhenTheKernelsMixWhilePacking) 
   dynconv::MixProblem early = problem(256, 256, 3, 1, 28, 28, 1);
   early.mixes_while_packing = true;
   EXPECT_EQ(dynconv::select_mix_strategy(early), MixStrategy::PerSample);
-  // ODConv's scaled kernels never fuse.
-  late.threads = 1;
-  late.scaled = true;
-  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::PerSample);
 }
 TEST(SelectMixStrategy, SmallLayersAreNotSplit) {
   // 16 -> 16 1x1 at 4x4: far below 2^18 multiply-adds.

@@ -100,12 +100,12 @@ inline const char* expert_precision_name(ExpertPrecision p) {
 inline std::ostream& operator<<(std::ostream& os, ExpertPrecision p) { return os << expert_precision_name(p); }
 
 /// Whether strategy `m` can compute a convolution of geometry `g` run by algorithm `algo`:
-/// channel tiles need groups == 1 or a depthwise convolution, the fused packing a GEMM and a
-/// kernel that no attention scales (`scaled`: ODConv).
-inline bool mix_strategy_supports(MixStrategy m, ConvAlgorithm algo, const ConvGeometry& g, bool scaled = false) {
+/// channel tiles need groups == 1 or a depthwise convolution, the fused packing a GEMM with
+/// groups == 1.
+inline bool mix_strategy_supports(MixStrategy m, ConvAlgorithm algo, const ConvGeometry& g) {
   switch (m) {
     case MixStrategy::ChannelTiles: return algo == ConvAlgorithm::Depthwise || g.groups == 1;
-    case MixStrategy::FusedPacking: return algo != ConvAlgorithm::Depthwise && g.groups == 1 && !scaled;
+    case MixStrategy::FusedPacking: return algo != ConvAlgorithm::Depthwise && g.groups == 1;
     default: return true;
   }
 }
@@ -118,8 +118,6 @@ struct MixProblem {
   int threads;
   Index min_parallel_madds;
   Index scalar_bytes;
-  /// Whether an attention scales the mixed kernel (ODConv): no fused packing then.
-  bool scaled = false;
   /// Whether the GEMM kernels in use mix one sample's kernel while packing it (dynconv's x86
   /// kernels): FusedPacking then pays at batch 1 too, for kernels that leave the L2 cache.
   bool mixes_while_packing = false;
@@ -148,8 +146,7 @@ inline MixStrategy select_mix_strategy(const MixProblem& p) {
   const bool split = p.batch < p.threads && pixels * g.weight_size() >= p.min_parallel_madds;
   const Index source_bytes = p.kernels * g.weight_size() * p.scalar_bytes;
   const bool big_batch = p.batch > 1 && source_bytes > kMixTileSourceBytes;
-  const bool can_fuse = mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g, p.scaled) &&
-                        pixels <= kMixFusedMaxPixels;
+  const bool can_fuse = mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g) && pixels <= kMixFusedMaxPixels;
   const bool fuse_one = p.batch == 1 && p.mixes_while_packing && can_fuse && source_bytes > kMixFusedSingleBytes;
   if (split && !big_batch && !fuse_one && p.out_h >= 8 * p.threads) return MixStrategy::RowSplit;
   if (mix_strategy_supports(MixStrategy::ChannelTiles, p.algorithm, g) && (big_batch || split || fuse_one)) {
@@ -310,12 +307,11 @@ class DynamicConv2d final : public Module<T> {
       detail::init_uniform(bias_.data(), k * conv_.geometry.out_channels, bound, 9);
     }
     const MixStrategy m = options.mix_strategy();
-    if (m != MixStrategy::Auto && !mix_strategy_supports(m, conv_.algorithm, conv_.geometry, scaled()))
+    if (m != MixStrategy::Auto && !mix_strategy_supports(m, conv_.algorithm, conv_.geometry))
       fail<OptionsError>(layer_, ": mix_strategy=", mix_strategy_name(m), " needs ",
-                         m == MixStrategy::FusedPacking ? "a GEMM algorithm (not Depthwise), groups == 1 and no kernel scaling (not ODConv)"
+                         m == MixStrategy::FusedPacking ? "a GEMM algorithm (not Depthwise) and groups == 1"
                                                         : "groups == 1 or a depthwise convolution",
-                         ", got algorithm ", algorithm_name(conv_.algorithm), ", groups=", conv_.geometry.groups,
-                         ", attention ", attention_kind_name(kind()));
+                         ", got algorithm ", algorithm_name(conv_.algorithm), ", groups=", conv_.geometry.groups);
   }
 
   /// The options the layer was built with (set_bias and fold_batchnorm may add biases:
@@ -590,8 +586,7 @@ class DynamicConv2d final : public Module<T> {
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
-                                       expert_bytes(), scaled(),
-                                       detail::gemm_kernels<T>().mixes_while_packing});
+                                       expert_bytes(), detail::gemm_kernels<T>().mixes_while_packing});
     p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow);
     if (p.algorithm == ConvAlgorithm::Winograd && p.mix == MixStrategy::FusedPacking) p.algorithm = ConvAlgorithm::Im2colGemm;
     const bool winograd = p.algorithm == ConvAlgorithm::Winograd;
@@ -924,8 +919,6 @@ class DynamicConv2d final : public Module<T> {
       }
     }
     const Index stride = scale_rows() + cout;
-    if (p.scale_values && p.mix == MixStrategy::FusedPacking)  // mix_strategy_supports refuses it
-      fail<OptionsError>(layer_, ": internal error: FusedPacking cannot apply ODConv's kernel scales");
     if (p.scale_values) {
       scales = ctx.workspace().acquire(p.scale_values);
       for (Index b = 0; b < n; ++b)
@@ -1026,6 +1019,7 @@ class DynamicConv2d final : public Module<T> {
       });
     }
     const bool fused = p.mix == MixStrategy::FusedPacking;
+    const detail::KernelScales<T> scales{bt.scales, bt.scales ? bt.scales + bt.scale_rows : nullptr, bt.scale_stride};
     ctx.pool().parallel_for(p.tiles, [&](std::int64_t t, int worker) {
       const std::array<Index, 2> c = detail::channel_part(cout, p.tiles, t);
       if (c[0] >= c[1]) return;
@@ -1035,8 +1029,8 @@ class DynamicConv2d final : public Module<T> {
         const T* a = p.shared_columns ? columns.data() : bt.x.data;
         const Index a_stride = p.shared_columns ? col_size : bt.x.sample_size();
         with_experts([&](const auto* experts) {
-          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, n, c[0], c[1], a, a_stride, pixels, bt.y.data,
-                                   bt.y.sample_size(), cout, ctx.workspace(), worker);
+          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, scales, n, c[0], c[1], a, a_stride, pixels,
+                                   bt.y.data, bt.y.sample_size(), cout, ctx.workspace(), worker);
         });
         for (Index b = 0; b < n; ++b) detail::epilogue_end(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
         return;

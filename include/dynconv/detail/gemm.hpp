@@ -13,8 +13,9 @@
 //                     many products, e.g. a static layer's, is packed once instead of by every
 //                     call; Winograd's transformed U is written in the layout directly)
 //   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
-//                     the mix fused into the packing of W (see eigen_mixed_gemm_batch); one
-//                     function per storage of the experts W_k: T, BF16, F16 (widened)
+//                     the mix fused into the packing of W (see eigen_mixed_gemm_batch), the
+//                     mixed kernel optionally scaled by rows and columns (KernelScales: ODConv);
+//                     one function per storage of the experts W_k: T, BF16, F16 (widened)
 // Each works on the calling thread with one worker's packing buffers from the workspace, so it
 // allocates nothing. gemm_kernel_table() lists the entries, best first; gemm_kernels() is the
 // one of the kernel set in use (kernel_isa(), gemm_x86.hpp: the best the CPU runs, or the one
@@ -101,10 +102,12 @@ void eigen_pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
 /// batch and no mixed kernel is ever written out. Packing is a permutation, so mixing packed
 /// blocks is mixing kernels. Meant for few pixels (late layers): all samples' packed A panels
 /// of one depth block are kept. BF16/F16 sources (S) are widened block by block before packing.
+/// With `scales` (ODConv), each sample mixes, scales and packs its own block from the sources
+/// instead: Eigen's packed layout has no simple place for a row and a column.
 template <typename T, typename S>
-void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
-                      Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
-                      Workspace<T>& ws, int worker) {
+void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi,
+                            const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a, Index a_stride,
+                            Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws, int worker) {
   namespace ei = Eigen::internal;
   using Traits = ei::gebp_traits<T, T>;
   using Mapper = ei::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
@@ -119,11 +122,12 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
   T* rhs = ws.scratch(worker, Scratch::PackB, n * rhs_stride);
   // Each packed block starts 64-byte aligned too (the packing stores with aligned packets).
   const Index source_stride = (mc * kc + 15) / 16 * 16;
-  T* sources = ws.scratch(worker, Scratch::Sources, kernels * source_stride);
+  T* sources = scales ? nullptr : ws.scratch(worker, Scratch::Sources, kernels * source_stride);
   T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
   // Low-precision sources: each [kcur, mcur] block widened here first (the fused path uses no
   // kernel scratch otherwise).
-  T* wide = std::is_same<S, T>::value ? nullptr : ws.scratch(worker, Scratch::Kernel, mc * kc);
+  // Scaled: each sample's [kcur, mcur] block mixed and scaled here.
+  T* wide = std::is_same<S, T>::value && !scales ? nullptr : ws.scratch(worker, Scratch::Kernel, mc * kc);
   ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
                     Eigen::ColMajor>
       pack_lhs;
@@ -136,6 +140,26 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
       pack_rhs(rhs + b * rhs_stride, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
     for (Index i2 = 0; i2 < rows; i2 += mc) {
       const Index mcur = std::min(mc, rows - i2);
+      if (scales) {
+        for (Index b = 0; b < n; ++b) {
+          const T* rs = scales.row(b) + k2;
+          const T* cs = scales.col(b) + c0 + i2;
+          for (Index p = 0; p < kcur; ++p) {
+            T* o = wide + p * mcur;
+            std::fill(o, o + mcur, T(0));
+            for (Index k = 0; k < kernels; ++k) {
+              const T w = pi[b * kernels + k] * rs[p];
+              const S* row = src + k * depth * cols + (k2 + p) * cols + c0 + i2;
+              for (Index i = 0; i < mcur; ++i) o[i] += w * widen<T>(row[i]);
+            }
+            for (Index i = 0; i < mcur; ++i) o[i] *= cs[i];
+          }
+          pack_lhs(mixed, Mapper(wide, mcur), kcur, mcur);
+          gebp(ResMapper(c + b * c_stride + c0, ldc).getSubMapper(i2, 0), mixed, rhs + b * rhs_stride, mcur, kcur,
+               pixels, T(1));
+        }
+        continue;
+      }
       for (Index k = 0; k < kernels; ++k) {
         if constexpr (std::is_same<S, T>::value) {
           pack_lhs(sources + k * source_stride, Mapper(src + k * depth * cols + c0, cols).getSubMapper(i2, k2), kcur,
@@ -159,9 +183,9 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
 
 /// The batched mixed-kernel GEMM for experts stored as S (T, Eigen::bfloat16 or Eigen::half).
 template <typename T, typename S>
-using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
-                                Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
-                                Workspace<T>& ws, int worker);
+using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index cols, const T* pi,
+                                const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a, Index a_stride,
+                                Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws, int worker);
 
 /// One entry of the GEMM kernel table (see the header comment).
 template <typename T>
@@ -263,11 +287,11 @@ MixedGemmBatch<T, S> mixed_gemm_batch_for(const GemmKernels<T>& e) {
 
 /// The fused mix-and-GEMM of a batch through the table (see eigen_mixed_gemm_batch).
 template <typename T, typename S>
-void mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, Index n, Index c0,
-                      Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
-                      Workspace<T>& ws, int worker) {
-  mixed_gemm_batch_for<T, S>(gemm_kernels<T>())(src, kernels, depth, cols, pi, n, c0, c1, a, a_stride, pixels, c,
-                                                c_stride, ldc, ws, worker);
+void mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, const KernelScales<T>& scales,
+                      Index n, Index c0, Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride,
+                      Index ldc, Workspace<T>& ws, int worker) {
+  mixed_gemm_batch_for<T, S>(gemm_kernels<T>())(src, kernels, depth, cols, pi, scales, n, c0, c1, a, a_stride, pixels,
+                                                c, c_stride, ldc, ws, worker);
 }
 
 }  // namespace detail

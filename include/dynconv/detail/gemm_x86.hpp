@@ -86,6 +86,19 @@ struct GemmEpilogue {
   Activation after = Activation::Identity;
 };
 
+/// ODConv's kernel scales for a mixed-kernel GEMM (mixed_gemm_batch): sample b's mixed kernel
+/// [depth, cols] is multiplied at (r, c) by row(b)[r] * col(b)[c] (its spatial and input-channel
+/// attentions by row, its filter attention by column). `rows` null: no scaling (DY-Conv, CondConv).
+template <typename T>
+struct KernelScales {
+  const T* rows = nullptr;
+  const T* cols = nullptr;
+  Index stride = 0;  // from one sample's scales to the next, in both arrays
+  explicit operator bool() const { return rows != nullptr; }
+  const T* row(Index b) const { return rows + b * stride; }
+  const T* col(Index b) const { return cols + b * stride; }
+};
+
 /// C[0:rows, 0:cols] = after(act(C) + residual) in plain loops (residual with leading dimension
 /// ldc, or null): the activations the kernels do not vectorise, and Eigen's entry.
 template <typename T>
@@ -804,6 +817,22 @@ struct X86Avx512 {
                                         float* o) {
     avx512_mix_rows(src, stride, kernels, pi, 1, len, 0, o, 0);
   }
+  /// Multiplies a packed block of kcur rows by cols columns (panels of 32 columns, each [kcur,
+  /// 32]) at (p, j) by row[p] * col[j]: ODConv's scales, applied while the block is in L2.
+  DYNCONV_TARGET_AVX512 static void scale_packed(float* block, Index kcur, Index cols, const float* row,
+                                                 const float* col) {
+    for (Index q = 0; q * 32 < cols; ++q) {
+      const Index w = std::min<Index>(32, cols - q * 32);
+      const __m512 s0 = avx512_load(col + q * 32, lanes16(w));
+      const __m512 s1 = avx512_load(col + q * 32 + 16, w <= 16 ? __mmask16(0) : lanes16(w - 16));
+      float* panel = block + q * kcur * 32;
+      for (Index p = 0; p < kcur; ++p) {
+        const __m512 r = _mm512_set1_ps(row[p]);
+        _mm512_store_ps(panel + p * 32, _mm512_mul_ps(_mm512_load_ps(panel + p * 32), _mm512_mul_ps(r, s0)));
+        _mm512_store_ps(panel + p * 32 + 16, _mm512_mul_ps(_mm512_load_ps(panel + p * 32 + 16), _mm512_mul_ps(r, s1)));
+      }
+    }
+  }
 };
 struct X86Avx2 {
   static constexpr Index nr = 16;
@@ -849,6 +878,20 @@ struct X86Avx2 {
   DYNCONV_TARGET_AVX2 static void mix(const float* src, Index stride, Index kernels, const float* pi, Index len,
                                       float* o) {
     avx2_mix_rows(src, stride, kernels, pi, 1, len, 0, o, 0);
+  }
+  /// The AVX2 twin of X86Avx512::scale_packed (panels of 16 columns).
+  DYNCONV_TARGET_AVX2 static void scale_packed(float* block, Index kcur, Index cols, const float* row,
+                                               const float* col) {
+    for (Index q = 0; q * 16 < cols; ++q) {
+      const Index w = std::min<Index>(16, cols - q * 16);
+      const __m256 s0 = avx2_load(col + q * 16, w), s1 = avx2_load(col + q * 16 + 8, std::max<Index>(0, w - 8));
+      float* panel = block + q * kcur * 16;
+      for (Index p = 0; p < kcur; ++p) {
+        const __m256 r = _mm256_set1_ps(row[p]);
+        _mm256_store_ps(panel + p * 16, _mm256_mul_ps(_mm256_load_ps(panel + p * 16), _mm256_mul_ps(r, s0)));
+        _mm256_store_ps(panel + p * 16 + 8, _mm256_mul_ps(_mm256_load_ps(panel + p * 16 + 8), _mm256_mul_ps(r, s1)));
+      }
+    }
   }
 };
 
@@ -910,11 +953,13 @@ void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
 /// the whole batch and mixed into the packed block each sample's product reads; one sample
 /// mixes straight from the sources into the packed block (mix_pack). Float or BF16/F16 sources
-/// (widened as they are mixed or packed).
+/// (widened as they are mixed or packed). With `scales`, each sample's mixed block is scaled in
+/// place (scale_packed) before its product reads it.
 template <typename Isa, typename S>
-void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const float* pi, Index n,
-                          Index c0, Index c1, const float* a, Index a_stride, Index pixels, float* c, Index c_stride,
-                          Index ldc, Workspace<float>& ws, int worker) {
+void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const float* pi,
+                          const KernelScales<float>& scales, Index n, Index c0, Index c1, const float* a,
+                          Index a_stride, Index pixels, float* c, Index c_stride, Index ldc, Workspace<float>& ws,
+                          int worker) {
   const Index width = c1 - c0;
   if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
   constexpr Index nr = Isa::nr;
@@ -937,6 +982,7 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
       for (Index j0 = 0; j0 < width; j0 += ncb) {
         const Index w = std::min(ncb, width - j0);
         Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
+        if (scales) Isa::scale_packed(mixed, kcur, w, scales.row(0) + p0, scales.col(0) + c0 + j0);
         Isa::block(pixels, kcur, a + p0, depth, mixed, w, c + c0 + j0, ldc);
       }
     }
@@ -952,6 +998,7 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
         Isa::template pack<false, S>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
       for (Index b = 0; b < n; ++b) {
         Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
+        if (scales) Isa::scale_packed(mixed, kcur, w, scales.row(b) + p0, scales.col(b) + c0 + j0);
         Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
       }
     }
