@@ -1,7 +1,7 @@
 // The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, pack_b (against its
 // PackedLayout's offset()), gemm_packed (B: columns from a panel boundary of a wider matrix
 // packed by the entry's pack_b) and mixed_gemm_batch (with float, BF16 and F16 experts, with and
-// without ODConv's kernel scales), and the expert mix (detail/mix.hpp) of the kernel set in use,
+// without ODConv's kernel scales, over all or part of the depth), and the expert mix (detail/mix.hpp) of the kernel set in use,
 // against a naive loop in double, over sizes that reach the kernels' edges (1, odd, just above
 // the register and cache blocks), with leading dimensions larger than the rows, accumulating
 // into non-zero outputs. An entry this CPU does not run is skipped, unless
@@ -172,18 +172,24 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
   dynconv::Workspace<T> ws(1);
   struct Mixed {
     Index kernels, depth, cols, c0, c1, n, pixels;
+    Index d0 = 0, d1 = -1;  // the range of the depth multiplied (-1: to depth)
   };
   const Mixed cases[] = {{1, 9, 16, 0, 16, 1, 7},      {4, 27, 40, 16, 40, 3, 25}, {3, 300, 64, 0, 64, 2, 49},
                          {4, 576, 96, 32, 80, 4, 16}, {2, 5, 3, 1, 2, 5, 1},      {3, 260, 600, 5, 590, 2, 13},
                          {4, 300, 70, 3, 67, 1, 13}, {4, 9, 40, 0, 40, 1, 49},
                          // one sample wider than a block: blocks of all the columns, fewer rows
                          // (ragged in both), and too wide for that (the usual blocks)
-                         {4, 300, 600, 5, 590, 1, 13}, {2, 20, 5000, 0, 5000, 1, 3}};
+                         {4, 300, 600, 5, 590, 1, 13}, {2, 20, 5000, 0, 5000, 1, 3},
+                         // a range of the depth (one image's depth split over threads; a batch's)
+                         {4, 300, 600, 5, 590, 1, 13, 107, 250}, {4, 576, 96, 0, 96, 1, 16, 288, 576},
+                         {3, 260, 600, 5, 590, 2, 13, 64, 200}};
   for (const Mixed& m : cases)
     for (bool scaled : {false, true}) {
+      const Index d1 = m.d1 < 0 ? m.depth : m.d1;
       SCOPED_TRACE(testing::Message() << kernels.name << " experts of " << sizeof(S) << " bytes K=" << m.kernels
                                       << " depth=" << m.depth << " cols=" << m.cols << " [" << m.c0 << ", " << m.c1
-                                      << ") n=" << m.n << " pixels=" << m.pixels << (scaled ? " scaled" : ""));
+                                      << ") n=" << m.n << " pixels=" << m.pixels << " depth [" << m.d0 << ", " << d1
+                                      << ")" << (scaled ? " scaled" : ""));
       const std::vector<S> src = random_experts<S>(m.kernels * m.depth * m.cols, 4);
       const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
       // ODConv's scales: per sample depth row scales, then cols column scales (a stride apart).
@@ -202,7 +208,7 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
         for (Index p = 0; p < m.pixels; ++p)
           for (Index j = m.c0; j < m.c1; ++j) {
             double acc = 0;
-            for (Index d = 0; d < m.depth; ++d) {
+            for (Index d = m.d0; d < d1; ++d) {
               double w = 0;
               for (Index k = 0; k < m.kernels; ++k)
                 w += static_cast<double>(pi[b * m.kernels + k]) * expert_value(src[(k * m.depth + d) * m.cols + j]);
@@ -211,7 +217,7 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
             expected[b * c_stride + p * ldc + j] += acc * col_scale(b, j);
           }
       dynconv::detail::mixed_gemm_batch_for<T, S>(kernels)(src.data(), m.kernels, m.depth, m.cols, pi.data(), scales, m.n,
-                                                           m.c0, m.c1, a.data(), a_stride, m.pixels, c.data(), c_stride,
+                                                           m.c0, m.c1, m.d0, d1, a.data(), a_stride, m.pixels, c.data(), c_stride,
                                                            ldc, ws, 0);
       double worst = 0;
       for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));

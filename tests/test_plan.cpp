@@ -349,6 +349,19 @@ TEST(DynamicConvPlan, ReportsTheBuffersOfItsStrategy) {
   EXPECT_EQ(rows.transformed_values, 36 * 64 * 64);
   EXPECT_EQ(one.algorithm, dynconv::ConvAlgorithm::Winograd);
   EXPECT_EQ(one.transformed_values, 36 * 64 * 64);
+  // One image fused into the packing on two threads: its depth (9 x 512 rows) in two parts,
+  // one partial output [49, 512] besides the layer's; a batch: channel tiles.
+  const DynamicConv2d<float> late(
+      DynamicConv2dOptions(512, 512, 3).padding(1).kernels(4).mix_strategy(MixStrategy::FusedPacking));
+  const dynconv::DynamicConvPlan image = late.plan({1, 7, 7, 512}, 2);
+  EXPECT_EQ(image.depth_parts, 2);
+  EXPECT_EQ(image.tiles, 1);
+  EXPECT_EQ(image.partial_values, 49 * 512);
+  const dynconv::DynamicConvPlan batch = late.plan({2, 7, 7, 512}, 2);
+  EXPECT_EQ(batch.depth_parts, 1);
+  EXPECT_EQ(batch.tiles, 2);
+  EXPECT_EQ(batch.partial_values, 0);
+  EXPECT_EQ(late.plan({1, 7, 7, 512}, 1).depth_parts, 1);
 }
 
 TEST(DynamicConvPlan, WinogradFromTwentyTwoSquaredPixels) {

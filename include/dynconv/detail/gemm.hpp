@@ -12,7 +12,8 @@
 //   gemm_packed       the same product with B packed ahead of time by pack_b (a kernel used by
 //                     many products, e.g. a static layer's, is packed once instead of by every
 //                     call; Winograd's transformed U is written in the layout directly)
-//   mixed_gemm_batch  C_b += A_b * (sum_k pi[b, k] W_k)[:, c0:c1] for every sample b of a batch,
+//   mixed_gemm_batch  C_b += A_b[:, d0:d1] * (sum_k pi[b, k] W_k)[d0:d1, c0:c1] for every sample b
+//                     of a batch (a range of the depth: one image split over threads),
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch), the
 //                     mixed kernel optionally scaled by rows and columns (KernelScales: ODConv);
 //                     one function per storage of the experts W_k: T, BF16, F16 (widened)
@@ -94,7 +95,7 @@ void eigen_pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
 }
 
 /// The mixed-kernel GEMM of a batch, with the mix fused into Eigen's packing:
-///   C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1]   for b in [0, n)
+///   C_b[P, c0:c1] += A_b[P, d0:d1] * (sum_k pi[b, k] W_k)[d0:d1, c0:c1]   for b in [0, n)
 /// W_k = src + k*depth*cols (row-major [depth, cols]), A_b = a + b*a_stride (row-major
 /// [P, depth]), C_b = c + b*c_stride (row-major, leading dimension ldc). For every cache block
 /// of the kernels, the K source blocks are packed once for the whole batch and mixed into the
@@ -106,15 +107,16 @@ void eigen_pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
 /// instead: Eigen's packed layout has no simple place for a row and a column.
 template <typename T, typename S>
 void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi,
-                            const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a, Index a_stride,
-                            Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws, int worker) {
+                            const KernelScales<T>& scales, Index n, Index c0, Index c1, Index d0, Index d1,
+                            const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                            Workspace<T>& ws, int worker) {
   namespace ei = Eigen::internal;
   using Traits = ei::gebp_traits<T, T>;
   using Mapper = ei::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
   using ResMapper = ei::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
   const Index rows = c1 - c0;
-  if (rows <= 0 || pixels <= 0 || depth <= 0) return;
-  Index kc = depth, mc = rows, nc = pixels;
+  if (rows <= 0 || pixels <= 0 || d1 <= d0) return;
+  Index kc = d1 - d0, mc = rows, nc = pixels;
   ei::computeProductBlockingSizes<T, T, 1, Index>(kc, mc, nc, Index(1));
   // Each sample's packed A panel starts 64-byte aligned: the micro-kernel loads it with aligned
   // packets (kc * pixels need not be a multiple of the packet size, 16 floats with AVX-512).
@@ -134,8 +136,8 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
   ei::gemm_pack_rhs<T, Index, Mapper, Traits::nr, Eigen::ColMajor> pack_rhs;
   ei::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false> gebp;
   // In Eigen's column-major terms: C_b^T [c1-c0, P] += W^T [c1-c0, depth] * A_b^T [depth, P].
-  for (Index k2 = 0; k2 < depth; k2 += kc) {
-    const Index kcur = std::min(kc, depth - k2);
+  for (Index k2 = d0; k2 < d1; k2 += kc) {
+    const Index kcur = std::min(kc, d1 - k2);
     for (Index b = 0; b < n; ++b)
       pack_rhs(rhs + b * rhs_stride, Mapper(a + b * a_stride, depth).getSubMapper(k2, 0), kcur, pixels);
     for (Index i2 = 0; i2 < rows; i2 += mc) {
@@ -184,8 +186,9 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
 /// The batched mixed-kernel GEMM for experts stored as S (T, Eigen::bfloat16 or Eigen::half).
 template <typename T, typename S>
 using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index cols, const T* pi,
-                                const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a, Index a_stride,
-                                Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws, int worker);
+                                const KernelScales<T>& scales, Index n, Index c0, Index c1, Index d0, Index d1,
+                                const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
+                                Workspace<T>& ws, int worker);
 
 /// One entry of the GEMM kernel table (see the header comment).
 template <typename T>
@@ -288,10 +291,10 @@ MixedGemmBatch<T, S> mixed_gemm_batch_for(const GemmKernels<T>& e) {
 /// The fused mix-and-GEMM of a batch through the table (see eigen_mixed_gemm_batch).
 template <typename T, typename S>
 void mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const T* pi, const KernelScales<T>& scales,
-                      Index n, Index c0, Index c1, const T* a, Index a_stride, Index pixels, T* c, Index c_stride,
-                      Index ldc, Workspace<T>& ws, int worker) {
-  mixed_gemm_batch_for<T, S>(gemm_kernels<T>())(src, kernels, depth, cols, pi, scales, n, c0, c1, a, a_stride, pixels,
-                                                c, c_stride, ldc, ws, worker);
+                      Index n, Index c0, Index c1, Index d0, Index d1, const T* a, Index a_stride, Index pixels, T* c,
+                      Index c_stride, Index ldc, Workspace<T>& ws, int worker) {
+  mixed_gemm_batch_for<T, S>(gemm_kernels<T>())(src, kernels, depth, cols, pi, scales, n, c0, c1, d0, d1, a, a_stride,
+                                                pixels, c, c_stride, ldc, ws, worker);
 }
 
 }  // namespace detail

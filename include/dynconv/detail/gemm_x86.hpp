@@ -949,7 +949,7 @@ void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
     Isa::template pack<false>(b, ldb, p0, std::min(X86Blocking::kc, k - p0), 0, n, out + p0 * stride);
 }
 
-/// C_b[P, c0:c1] += A_b[P, depth] * (sum_k pi[b, k] W_k)[depth, c0:c1] for b in [0, n) (see
+/// C_b[P, c0:c1] += A_b[P, d0:d1] * (sum_k pi[b, k] W_k)[d0:d1, c0:c1] for b in [0, n) (see
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
 /// the whole batch and mixed into the packed block each sample's product reads; one sample
 /// mixes straight from the sources into the packed block (mix_pack). Float or BF16/F16 sources
@@ -957,13 +957,13 @@ void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
 /// place (scale_packed) before its product reads it.
 template <typename Isa, typename S>
 void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, const float* pi,
-                          const KernelScales<float>& scales, Index n, Index c0, Index c1, const float* a,
-                          Index a_stride, Index pixels, float* c, Index c_stride, Index ldc, Workspace<float>& ws,
-                          int worker) {
-  const Index width = c1 - c0;
-  if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
+                          const KernelScales<float>& scales, Index n, Index c0, Index c1, Index d0, Index d1,
+                          const float* a, Index a_stride, Index pixels, float* c, Index c_stride, Index ldc,
+                          Workspace<float>& ws, int worker) {
+  const Index width = c1 - c0, rows = d1 - d0;
+  if (width <= 0 || pixels <= 0 || rows <= 0 || n <= 0) return;
   constexpr Index nr = Isa::nr;
-  const Index kc = std::min(depth, X86Blocking::kc);
+  const Index kc = std::min(rows, X86Blocking::kc);
   const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
   const Index block = kc * nc;  // a multiple of nr, so of 16: every packed source stays aligned
   float* mixed = ws.scratch(worker, Scratch::PackB, block);
@@ -975,10 +975,10 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
     // about twice the rate of half rows (Zen 4, four sources of 512 columns: 25 against 12 GB/s;
     // ResNet-18's 512-channel 3x3 layer at batch 1: 4.0 against 5.9 ms).
     const Index wide = (width + nr - 1) / nr * nr;
-    const Index kcb = wide * 16 <= block ? std::min(depth, block / wide) : kc;
+    const Index kcb = wide * 16 <= block ? std::min(rows, block / wide) : kc;
     const Index ncb = wide * 16 <= block ? wide : nc;
-    for (Index p0 = 0; p0 < depth; p0 += kcb) {
-      const Index kcur = std::min(kcb, depth - p0);
+    for (Index p0 = d0; p0 < d1; p0 += kcb) {
+      const Index kcur = std::min(kcb, d1 - p0);
       for (Index j0 = 0; j0 < width; j0 += ncb) {
         const Index w = std::min(ncb, width - j0);
         Isa::mix_pack(src, depth * cols, kernels, pi, cols, p0, kcur, c0 + j0, w, mixed);
@@ -989,8 +989,8 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
     return;
   }
   float* sources = ws.scratch(worker, Scratch::Sources, kernels * block);
-  for (Index p0 = 0; p0 < depth; p0 += kc) {
-    const Index kcur = std::min(kc, depth - p0);
+  for (Index p0 = d0; p0 < d1; p0 += kc) {
+    const Index kcur = std::min(kc, d1 - p0);
     for (Index j0 = 0; j0 < width; j0 += nc) {
       const Index w = std::min(nc, width - j0);
       const Index len = kcur * ((w + nr - 1) / nr * nr);
