@@ -311,7 +311,7 @@ TEST(SelectMixStrategy, OneImageFusesLargeKernelsWhenTheKernelsMixWhilePacking) 
   EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::PerSample);
   late.mixes_while_packing = true;
   EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::FusedPacking);
-  late.threads = 2;  // and on two threads: channel tiles of it
+  late.threads = 2;  // and on two threads (in depth parts: DynamicConvPlan)
   EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::FusedPacking);
   // Kernels that stay in L2 (4 x 64 x 64 x 9 floats = 0.6 MB), or many pixels: no.
   dynconv::MixProblem small = problem(64, 64, 3, 1, 7, 7, 1);
