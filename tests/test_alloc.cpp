@@ -131,6 +131,8 @@ TEST(SteadyState, ForwardAllocatesNothing) {
 
 // ---- A custom graph -----------------------------------------------------------------------------
 
+#ifdef DYNCONV_COUNT_MALLOC  // (only the counting tests build it)
+
 /// [N, 1, 28, 28] ->
 ///   stem: Conv2d 1 -> 16 3x3 -> BatchNorm2d -> ReLU                     (r1)
 ///   body: DynamicConv2d 16 -> 16 3x3 -> BatchNorm2d -> ReLU, + r1       (residual Add)
@@ -199,6 +201,7 @@ void set_parameters(dynconv::Graph<float>& g, const std::map<std::string, std::v
     for (const dynconv::ParameterInfo& p : g.module(node).parameters())
       g.module(node).set_parameter(p.name, values.at(node + "." + p.name));
 }
+#endif
 
 TEST(SteadyState, CustomGraphAllocatesNothing) {
 #ifndef DYNCONV_COUNT_MALLOC
