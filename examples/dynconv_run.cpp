@@ -409,7 +409,7 @@ void apply_temperature(dynconv::Graph<float>& model, const Options& opt, const S
 // ---- Forward ------------------------------------------------------------------------------
 
 /// logits [N, classes] of x [N, 3, H, W] through the session, whose threads split each layer
-/// (samples of the batch, or rows / channel tiles of one sample).
+/// (samples of the batch, or rows, channel tiles or depth parts of one sample).
 Tensor2<float> forward(dynconv::Session<float>& session, const Tensor4<float>& x) {
   return session.forward(x);
 }

@@ -501,6 +501,29 @@ TEST(DynamicLargeKernels, BatchTilesMatchThePerSampleReference) {
   }
 }
 
+// One image whose large kernels are mixed inside the GEMM's packing, on 2 and 3 threads: the
+// depth splits into parts (each a run of whole-row blocks), their partial outputs summed before
+// the epilogue; here with a residual and no activation, which the epilogue adds first.
+TEST(DynamicLargeKernels, OneImageInDepthPartsMatchesTheReference) {
+  DynamicConv2d<float> layer(DynamicConv2dOptions(512, 512, 3).padding(1).bias(true).mix_strategy(MixStrategy::FusedPacking));
+  Tensor4<float> x(1, 512, 7, 7);
+  ref::fill_random(x, 8);
+  Tensor4<float> residual(1, 512, 7, 7);
+  ref::fill_random(residual, 9);
+  Tensor4<double> expected = ref::dynamic_conv2d(layer, x, ref::Conv::symmetric(1, 1, 1, 1, 1, 1, 1));
+  for (Index i = 0; i < expected.size(); ++i) expected.data()[i] += static_cast<double>(residual.data()[i]);
+  const dynconv::NhwcTensor<float> nhwc = dynconv::nchw_to_nhwc(x), res = dynconv::nchw_to_nhwc(residual);
+  for (int threads : {2, 3}) {
+    dynconv::Context<float> ctx(threads);
+    EXPECT_EQ(layer.plan(nhwc.shape(), threads, ctx.min_parallel_madds()).depth_parts, threads);
+    dynconv::NhwcTensor<float> y(1, 7, 7, 512);
+    y.set_constant(12345.0f);
+    layer.run(dynconv::Inputs<float>(nhwc.view()), y.view(), ctx,
+              dynconv::PostOps<float>{dynconv::Activation::Identity, res.data(), dynconv::Activation::Identity});
+    EXPECT_LE(ref::rel_error(dynconv::nhwc_to_nchw(y), expected), ref::tolerance<float>()) << threads << " threads";
+  }
+}
+
 // One image on a pool, many output rows (early layers): the kernel is mixed once and the rows
 // are split over the threads, for any groups; each must equal the naive per-sample reference.
 TEST(DynamicRowSplit, OneImageOnSeveralThreadsMatchesThePerSampleReference) {

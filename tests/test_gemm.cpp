@@ -194,7 +194,7 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
       const std::vector<T> pi = random_values<T>(m.n * m.kernels, 5);
       // ODConv's scales: per sample depth row scales, then cols column scales (a stride apart).
       const Index scale_stride = m.depth + m.cols + 2;
-      const std::vector<T> scale = random_values<T>(m.n * scale_stride, 8);
+      const std::vector<T> scale = random_values<T>((m.n - 1) * scale_stride + m.depth + m.cols, 8);  // no slack
       const dynconv::detail::KernelScales<T> scales{scaled ? scale.data() : nullptr, scale.data() + m.depth, scale_stride};
       auto row_scale = [&](Index b, Index d) { return scaled ? static_cast<double>(scale[b * scale_stride + d]) : 1.0; };
       auto col_scale = [&](Index b, Index j) {

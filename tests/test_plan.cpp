@@ -320,6 +320,16 @@ TEST(SelectMixStrategy, OneImageFusesLargeKernelsWhenTheKernelsMixWhilePacking) 
   dynconv::MixProblem early = problem(256, 256, 3, 1, 28, 28, 1);
   early.mixes_while_packing = true;
   EXPECT_EQ(dynconv::select_mix_strategy(early), MixStrategy::PerSample);
+  // ODConv's scaled kernels fuse where the kernels mix while packing; Eigen's fused path mixes
+  // each sample's scaled block on its own, so a batch keeps ChannelTiles there.
+  late.threads = 1;
+  late.scaled = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(late), MixStrategy::FusedPacking);
+  dynconv::MixProblem batch = problem(512, 512, 3, 8, 7, 7, 1);
+  batch.scaled = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(batch), MixStrategy::ChannelTiles);
+  batch.mixes_while_packing = true;
+  EXPECT_EQ(dynconv::select_mix_strategy(batch), MixStrategy::FusedPacking);
 }
 TEST(SelectMixStrategy, SmallLayersAreNotSplit) {
   // 16 -> 16 1x1 at 4x4: far below 2^18 multiply-adds.

@@ -34,7 +34,8 @@
 //                 kernels in a batch, or one sample split by channels)
 //   FusedPacking  as ChannelTiles, with the mix fused into the GEMM's packing: each cache block
 //                 of the K sources is packed once per batch and mixed into the packed block
-//                 every sample's micro-kernel reads (few pixels: late layers)
+//                 every sample's micro-kernel reads (few pixels: late layers); one image on
+//                 several threads splits the GEMM's depth instead of the channels
 //
 // The attention's scales are folded into the mixed kernel as it is synthesised (row scales
 // s[p] c[i], column scales f[o], applied to each block right after the mix), so the
@@ -118,6 +119,10 @@ struct MixProblem {
   int threads;
   Index min_parallel_madds;
   Index scalar_bytes;
+  /// Whether an attention scales the mixed kernel (ODConv): it fuses into the packing only with
+  /// kernels that mix while packing (Eigen's fused path mixes each sample's scaled block on
+  /// its own, giving up the batch's shared packing).
+  bool scaled = false;
   /// Whether the GEMM kernels in use mix one sample's kernel while packing it (dynconv's x86
   /// kernels): FusedPacking then pays at batch 1 too, for kernels that leave the L2 cache.
   bool mixes_while_packing = false;
@@ -138,7 +143,8 @@ constexpr Index kMixFusedSingleBytes = Index(2) << 20;
 ///  - a batch smaller than the pool with many output rows: RowSplit;
 ///  - large kernels in a batch, or a batch smaller than the pool, or one sample whose kernels
 ///    leave L2 and that the kernels in use mix while packing: channel tiles, FusedPacking when
-///    there are few pixels per sample (and a batch, or mixing while packing), else ChannelTiles;
+///    there are few pixels per sample (and a batch, or mixing while packing; scaled kernels:
+///    mixing while packing), else ChannelTiles;
 ///  - otherwise PerSample.
 inline MixStrategy select_mix_strategy(const MixProblem& p) {
   const ConvGeometry& g = p.geometry;
@@ -146,7 +152,8 @@ inline MixStrategy select_mix_strategy(const MixProblem& p) {
   const bool split = p.batch < p.threads && pixels * g.weight_size() >= p.min_parallel_madds;
   const Index source_bytes = p.kernels * g.weight_size() * p.scalar_bytes;
   const bool big_batch = p.batch > 1 && source_bytes > kMixTileSourceBytes;
-  const bool can_fuse = mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g) && pixels <= kMixFusedMaxPixels;
+  const bool can_fuse = mix_strategy_supports(MixStrategy::FusedPacking, p.algorithm, g) &&
+                        pixels <= kMixFusedMaxPixels && (!p.scaled || p.mixes_while_packing);
   const bool fuse_one = p.batch == 1 && p.mixes_while_packing && can_fuse && source_bytes > kMixFusedSingleBytes;
   if (split && !big_batch && !fuse_one && p.out_h >= 8 * p.threads) return MixStrategy::RowSplit;
   if (mix_strategy_supports(MixStrategy::ChannelTiles, p.algorithm, g) && (big_batch || split || fuse_one)) {
@@ -164,8 +171,9 @@ struct DynamicConvPlan {
   MixStrategy mix = MixStrategy::Auto;
   /// RowSplit: the parts each sample's rows (and its kernel mix) split into.
   Index row_parts = 1;
-  /// ChannelTiles / FusedPacking: the output-channel tiles (tasks), and whether each sample's
-  /// im2col is built once before them (split into column_parts row ranges).
+  /// ChannelTiles / FusedPacking: the output-channel tiles (tasks; 1 with depth_parts), and
+  /// whether each sample's im2col is built once before them (split into column_parts row
+  /// ranges).
   Index tiles = 0;
   bool shared_columns = false;
   Index column_parts = 1;
@@ -178,7 +186,8 @@ struct DynamicConvPlan {
   /// mixed kernels, the shared im2col columns, the depth parts' partial outputs.
   Index bias_values = 0, scale_values = 0, mixed_kernel_values = 0, column_values = 0, partial_values = 0;
   /// Values of per-worker kernel scratch (PerSample: one kernel; ChannelTiles: a tile for all
-  /// samples). The GEMM's packing buffers are sized by the GEMM kernel.
+  /// samples). The GEMM's own buffers (packing; Eigen's fused path: a widened or scaled block)
+  /// are sized by the GEMM kernel.
   Index kernel_scratch_values = 0;
   /// Winograd: values of the transformed kernels (RowSplit: every sample's, from the pool;
   /// PerSample and ChannelTiles: one sample's kernel or tile, per-worker scratch).
@@ -590,7 +599,7 @@ class DynamicConv2d final : public Module<T> {
     p.mix = options_.mix_strategy() != MixStrategy::Auto
                 ? options_.mix_strategy()
                 : select_mix_strategy({g, conv_.algorithm, kernels(), n, oh, ow, threads, min_parallel_madds,
-                                       expert_bytes(), detail::gemm_kernels<T>().mixes_while_packing});
+                                       expert_bytes(), scaled(), detail::gemm_kernels<T>().mixes_while_packing});
     p.algorithm = detail::run_algorithm(conv_.algorithm, oh, ow);
     if (p.algorithm == ConvAlgorithm::Winograd && p.mix == MixStrategy::FusedPacking) p.algorithm = ConvAlgorithm::Im2colGemm;
     const bool winograd = p.algorithm == ConvAlgorithm::Winograd;
@@ -619,7 +628,7 @@ class DynamicConv2d final : public Module<T> {
         }
         tiles = std::min<Index>(std::max<Index>(tiles, threads), (cout + 15) / 16);
         if (tiles % threads) tiles += threads - tiles % threads;
-        if (p.mix == MixStrategy::FusedPacking && n == 1 && threads > 1) {
+        if (p.mix == MixStrategy::FusedPacking && n == 1 && std::min<Index>(threads, m[0]) > 1) {
           // Channel tiles would give each thread part of every row of the K kernels, which
           // stream from memory here; depth parts read whole rows (on the Zen 4 machine, one
           // 512-channel 3x3 layer at 7x7: 2.0 against 3.1 ms on two threads).
@@ -1009,10 +1018,11 @@ class DynamicConv2d final : public Module<T> {
     });
   }
 
-  /// ChannelTiles / FusedPacking: tasks are output-channel tiles; every tile needs each
-  /// sample's whole im2col matrix, built once first. FusedPacking mixes inside the GEMM's
-  /// packing; ChannelTiles mixes the tile for all samples, then convolves each (Winograd:
-  /// transforming each sample's tile first, with no im2col).
+  /// ChannelTiles / FusedPacking: tasks are output-channel tiles (FusedPacking of one image on
+  /// several threads: ranges of the depth, p.depth_parts); every task needs each sample's whole
+  /// im2col matrix, built once first. FusedPacking mixes inside the GEMM's packing;
+  /// ChannelTiles mixes the tile for all samples, then convolves each (Winograd: transforming
+  /// each sample's tile first, with no im2col).
   void mix_channel_tiles(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const ConvAlgorithm algo = p.algorithm;
