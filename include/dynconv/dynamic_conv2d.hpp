@@ -911,15 +911,11 @@ class DynamicConv2d final : public Module<T> {
     const NhwcView<T>& y;
     const PostOps<T>& post;
     const T* biases;  // [n, Cout] or null
-    const T* scales;  // [n, scale_rows() + Cout] or null
-    Index scale_stride;
-    Index scale_rows;
+    detail::KernelScales<T> scales;  // rows and columns of each sample, [n, scale_rows() + Cout]; or none
     detail::Epilogue<T> epilogue(Index b, Index cout) const {
       return {biases ? biases + b * cout : nullptr, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
               post.after};
     }
-    const T* row_scale(Index b) const { return scales + b * scale_stride; }
-    const T* col_scale(Index b) const { return scales + b * scale_stride + scale_rows; }
   };
 
   /// The convolution of every sample with its own kernel synthesised from the heads, by the plan.
@@ -945,8 +941,9 @@ class DynamicConv2d final : public Module<T> {
       for (Index b = 0; b < n; ++b)
         kernel_scales(heads, b, scales.data() + b * stride, scales.data() + b * stride + scale_rows());
     }
-    const Batch batch{x,      pi,    y, post, p.bias_values ? biases.data() : nullptr, p.scale_values ? scales.data() : nullptr,
-                      stride, scale_rows()};
+    detail::KernelScales<T> kernel_scale;
+    if (p.scale_values) kernel_scale = {scales.data(), scales.data() + scale_rows(), stride};
+    const Batch batch{x, pi, y, post, p.bias_values ? biases.data() : nullptr, kernel_scale};
     switch (p.mix) {
       case MixStrategy::Auto:
       case MixStrategy::PerSample: return mix_per_sample(batch, p, ctx);
@@ -966,7 +963,7 @@ class DynamicConv2d final : public Module<T> {
       T* kernel = ctx.workspace().scratch(worker, Scratch::Kernel, size);
       with_experts([&](const auto* experts) { detail::aggregate(experts, k, m[0], m[1], bt.pi + b * k, 0, m[1], kernel); });
       if (bt.scales)
-        detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.row_scale(b), bt.col_scale(b), 0, size);
+        detail::scale_kernel(kernel, scale_block_rows(), scale_block_cols(), bt.scales.row(b), bt.scales.col(b), 0, size);
       if (p.algorithm == ConvAlgorithm::Winograd) {
         T* u = ctx.workspace().scratch(worker, Scratch::Transformed, p.transformed_values);
         detail::winograd_kernel(0, g.in_channels, g.in_channels, kernel, m[1], m[1], u);
@@ -992,8 +989,8 @@ class DynamicConv2d final : public Module<T> {
         detail::mix(experts + r[0], size, k, bt.pi + b * k, 1, r[1] - r[0], 0, mixed.data() + b * size + r[0], 0);
       });
       if (bt.scales)
-        detail::scale_kernel(mixed.data() + b * size, scale_block_rows(), scale_block_cols(), bt.row_scale(b),
-                             bt.col_scale(b), r[0], r[1]);
+        detail::scale_kernel(mixed.data() + b * size, scale_block_rows(), scale_block_cols(), bt.scales.row(b),
+                             bt.scales.col(b), r[0], r[1]);
     });
     const T* sample_kernels = mixed.data();
     Index kernel_stride = size;
@@ -1019,8 +1016,8 @@ class DynamicConv2d final : public Module<T> {
   }
 
   /// ChannelTiles / FusedPacking: tasks are output-channel tiles (FusedPacking of one image on
-  /// several threads: ranges of the depth, p.depth_parts); every task needs each sample's whole
-  /// im2col matrix, built once first. FusedPacking mixes inside the GEMM's packing;
+  /// several threads: ranges of the depth, mix_depth_parts); every task needs each sample's
+  /// whole im2col matrix, built once first. FusedPacking mixes inside the GEMM's packing;
   /// ChannelTiles mixes the tile for all samples, then convolves each (Winograd: transforming
   /// each sample's tile first, with no im2col).
   void mix_channel_tiles(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
@@ -1040,44 +1037,18 @@ class DynamicConv2d final : public Module<T> {
                        columns.data() + b * col_size + r[0] * bt.y.w * m[0]);
       });
     }
+    const T* a = p.shared_columns ? columns.data() : bt.x.data;
+    if (p.depth_parts > 1) return mix_depth_parts(bt, p, ctx, a);
     const bool fused = p.mix == MixStrategy::FusedPacking;
-    const detail::KernelScales<T> scales{bt.scales, bt.scales ? bt.scales + bt.scale_rows : nullptr, bt.scale_stride};
-    if (p.depth_parts > 1) {
-      // One image: each part mixes and multiplies its range of the depth for all channels.
-      typename Workspace<T>::Lease partial = ctx.workspace().acquire(p.partial_values);
-      const detail::Epilogue<T> ep = bt.epilogue(0, cout);
-      const T* a = p.shared_columns ? columns.data() : bt.x.data;
-      ctx.pool().parallel_for(p.depth_parts, [&](std::int64_t t, int worker) {
-        const std::array<Index, 2> d = split_range(m[0], p.depth_parts, t);
-        T* out = t == 0 ? bt.y.data : partial.data() + (t - 1) * pixels * cout;
-        if (t == 0) detail::epilogue_begin(ep, pixels, cout, 0, cout, 0, out);
-        else std::fill(out, out + pixels * cout, T(0));
-        with_experts([&](const auto* experts) {
-          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, scales, 1, 0, cout, d[0], d[1], a, 0, pixels, out,
-                                   0, cout, ctx.workspace(), worker);
-        });
-      });
-      ctx.pool().parallel_for(p.depth_parts, [&](std::int64_t t, int) {
-        const std::array<Index, 2> r = split_range(pixels, p.depth_parts, t);
-        T* y = bt.y.data + r[0] * cout;
-        for (Index part = 1; part < p.depth_parts; ++part) {
-          const T* from = partial.data() + (part - 1) * pixels * cout + r[0] * cout;
-          for (Index i = 0; i < (r[1] - r[0]) * cout; ++i) y[i] += from[i];
-        }
-        detail::epilogue_end(ep, r[1] - r[0], cout, 0, cout, r[0], bt.y.data);
-      });
-      return;
-    }
     ctx.pool().parallel_for(p.tiles, [&](std::int64_t t, int worker) {
       const std::array<Index, 2> c = detail::channel_part(cout, p.tiles, t);
       if (c[0] >= c[1]) return;
       const Index width = c[1] - c[0];
       if (fused) {
         for (Index b = 0; b < n; ++b) detail::epilogue_begin(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
-        const T* a = p.shared_columns ? columns.data() : bt.x.data;
         const Index a_stride = p.shared_columns ? col_size : bt.x.sample_size();
         with_experts([&](const auto* experts) {
-          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, scales, n, c[0], c[1], Index(0), m[0], a, a_stride,
+          detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, bt.scales, n, c[0], c[1], Index(0), m[0], a, a_stride,
                                    pixels, bt.y.data, bt.y.sample_size(), cout, ctx.workspace(), worker);
         });
         for (Index b = 0; b < n; ++b) detail::epilogue_end(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
@@ -1087,7 +1058,7 @@ class DynamicConv2d final : public Module<T> {
       with_experts([&](const auto* experts) { detail::aggregate_batch(experts, k, m[0], m[1], bt.pi, n, c[0], width, tile); });
       if (bt.scales)
         for (Index b = 0; b < n; ++b)
-          detail::scale_tile(tile + b * m[0] * width, m[0], width, bt.row_scale(b), bt.col_scale(b) + c[0]);
+          detail::scale_tile(tile + b * m[0] * width, m[0], width, bt.scales.row(b), bt.scales.col(b) + c[0]);
       T* u = algo == ConvAlgorithm::Winograd ? ctx.workspace().scratch(worker, Scratch::Transformed, p.transformed_values)
                                              : nullptr;
       for (Index b = 0; b < n; ++b) {
@@ -1100,6 +1071,36 @@ class DynamicConv2d final : public Module<T> {
                            detail::Slice{0, bt.y.h, c[0], c[1]}, bt.epilogue(b, cout), bt.y.sample(b),
                            p.shared_columns ? columns.data() + b * col_size : nullptr, ctx.workspace(), worker);
       }
+    });
+  }
+
+  /// FusedPacking of one image (x.n == 1) in p.depth_parts tasks, `a` its im2col matrix (or its
+  /// input): each part mixes and multiplies its range of the depth for all channels, part 0
+  /// into the output, the others into their partial outputs from the pool, which a second
+  /// pass over pixel ranges adds into the output before the epilogue's end.
+  void mix_depth_parts(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx, const T* a) const {
+    const std::array<Index, 2> m = detail::kernel_matrix(p.algorithm, conv_.geometry);
+    const Index cout = conv_.geometry.out_channels, pixels = bt.y.pixels(), parts = p.depth_parts;
+    typename Workspace<T>::Lease partial = ctx.workspace().acquire(p.partial_values);
+    const detail::Epilogue<T> ep = bt.epilogue(0, cout);
+    ctx.pool().parallel_for(parts, [&](std::int64_t t, int worker) {
+      const std::array<Index, 2> d = split_range(m[0], parts, t);
+      T* out = t == 0 ? bt.y.data : partial.data() + (t - 1) * pixels * cout;
+      if (t == 0) detail::epilogue_begin(ep, pixels, cout, 0, cout, 0, out);
+      else std::fill(out, out + pixels * cout, T(0));
+      with_experts([&](const auto* experts) {
+        detail::mixed_gemm_batch(experts, kernels(), m[0], m[1], bt.pi, bt.scales, 1, 0, cout, d[0], d[1], a, 0, pixels,
+                                 out, 0, cout, ctx.workspace(), worker);
+      });
+    });
+    ctx.pool().parallel_for(parts, [&](std::int64_t t, int) {
+      const std::array<Index, 2> r = split_range(pixels, parts, t);
+      T* y = bt.y.data + r[0] * cout;
+      for (Index part = 1; part < parts; ++part) {
+        const T* from = partial.data() + (part - 1) * pixels * cout + r[0] * cout;
+        for (Index i = 0; i < (r[1] - r[0]) * cout; ++i) y[i] += from[i];
+      }
+      detail::epilogue_end(ep, r[1] - r[0], cout, 0, cout, r[0], bt.y.data);
     });
   }
 

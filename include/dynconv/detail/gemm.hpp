@@ -126,9 +126,8 @@ void eigen_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols
   const Index source_stride = (mc * kc + 15) / 16 * 16;
   T* sources = scales ? nullptr : ws.scratch(worker, Scratch::Sources, kernels * source_stride);
   T* mixed = ws.scratch(worker, Scratch::PackA, mc * kc);
-  // Low-precision sources: each [kcur, mcur] block widened here first (the fused path uses no
-  // kernel scratch otherwise).
-  // Scaled: each sample's [kcur, mcur] block mixed and scaled here.
+  // Low-precision sources: each [kcur, mcur] block widened here first; scaled: each sample's
+  // block mixed and scaled here (the fused path uses no kernel scratch otherwise).
   T* wide = std::is_same<S, T>::value && !scales ? nullptr : ws.scratch(worker, Scratch::Kernel, mc * kc);
   ei::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress, typename Traits::LhsPacket4Packing,
                     Eigen::ColMajor>
