@@ -137,6 +137,20 @@ TEST(GraphPlan, FusesBatchNormActivationAndResidualIntoTheConvolution) {
   EXPECT_EQ(p.steps.size(), 14u);
 }
 
+TEST(GraphPlan, APooledValueGetsItsChannelMeansFromTheConvolutionThatWritesIt) {
+  Graph<float> net = custom_network<float>();
+  net.fold_batchnorms();
+  const GraphPlan p = net.plan({NhwcShape{2, 28, 28, 1}});
+  const std::vector<std::string> names = net.node_names();
+  std::vector<std::string> with_means;
+  for (std::size_t v = 0; v < p.means.size(); ++v)
+    if (p.means[v]) with_means.push_back(v == 0 ? "input" : names[v - 1]);
+  // Read by a dynamic convolution's attention (stem, block_relu1) or a global pool
+  // (block_relu2: the squeeze-excite; head_act: the classifier's), each written by a
+  // convolution's step. Not "down" (a max pool writes it) nor the input.
+  EXPECT_THAT(with_means, testing::ElementsAre("stem.2", "block_relu1", "block_relu2", "head_act"));
+}
+
 template <typename T>
 void check_against_unfused(Graph<T>& net, const std::vector<std::string>& extra_outputs) {
   for (const std::string& o : extra_outputs) net.output(o, Value(o));

@@ -148,10 +148,10 @@ Heads reference_heads(const DynamicConv2d<T>& layer, const Geometry& g, const st
 
 /// The naive reference: for each sample its heads (reference_heads), W = f c s sum_k a_k W_k,
 /// b = sum_k a_k b_k, y = conv2d(x, W, b), then y = relu(hardswish(y) + r). x and r NHWC;
-/// returns NHWC, in double.
+/// returns NHWC, in double. The attention sees x's channel means plus `pooled_shift`.
 template <typename T>
 std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, const NhwcTensor<T>& x,
-                              const std::vector<T>& residual) {
+                              const std::vector<T>& residual, double pooled_shift = 0) {
   const NhwcShape s = x.shape();
   const std::vector<T> w = layer.parameter("weight");
   const std::vector<T> b = layer.has_bias() ? layer.parameter("bias") : std::vector<T>(kKernels * g.cout, T(0));
@@ -165,7 +165,7 @@ std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, 
     for (Index c = 0; c < g.cin; ++c) {
       for (Index i = 0; i < s.h; ++i)
         for (Index j = 0; j < s.w; ++j) pooled[c] += in(n, i, j, c);
-      pooled[c] /= static_cast<double>(s.h * s.w);
+      pooled[c] = pooled[c] / static_cast<double>(s.h * s.w) + pooled_shift;
     }
     const Heads hd = reference_heads(layer, g, pooled);
     const std::vector<double>& z = hd.a;
@@ -242,6 +242,12 @@ void check_case(const Case& c) {
     std::vector<T> residual(static_cast<std::size_t>(ys.size()));
     fill(residual, 11);
     const std::vector<double> expected = reference(layer, g, x, residual);
+    // The attention given other channel means (Inputs::means, as a graph passes a producer's):
+    // those of x + 0.5.
+    const std::vector<double> shifted = reference(layer, g, x, residual, 0.5);
+    std::vector<T> given(static_cast<std::size_t>(batch * g.cin), T(0));
+    for (Index i = 0; i < x.size(); ++i) given[static_cast<std::size_t>(i / (g.h * g.w * g.cin) * g.cin + i % g.cin)] += xs[i];
+    for (T& m : given) m = static_cast<T>(static_cast<double>(m) / static_cast<double>(g.h * g.w) + 0.5);
     double scale = 0;
     for (double e : expected) scale = std::max(scale, std::abs(e));
     for (int threads : {1, 2, 3}) {
@@ -255,17 +261,33 @@ void check_case(const Case& c) {
       NhwcTensor<T> y(ys);
       y.set_constant(T(12345));  // every element must be written
       const dynconv::NhwcView<const T> in = x.view();
-      layer.run(dynconv::Inputs<T>(in), y.view(), ctx,
-                dynconv::PostOps<T>{Activation::HardSwish, residual.data(), Activation::ReLU});
+      // Every run also writes y's channel means (PostOps::means); on 3 threads the attention
+      // reads given means instead of pooling x.
+      const bool give = threads == 3;
+      std::vector<T> means(static_cast<std::size_t>(batch * g.cout + 1), T(12345));  // + 1: no write past
+      dynconv::Inputs<T> inputs(in);
+      if (give) inputs.means = given.data();
+      dynconv::PostOps<T> post{Activation::HardSwish, residual.data(), Activation::ReLU};
+      post.means = means.data();
+      layer.run(inputs, y.view(), ctx, post);
+      const std::vector<double>& want = give ? shifted : expected;
       double worst = 0;
       Index at = -1;
       for (Index i = 0; i < y.size(); ++i) {
-        const double e = std::abs(static_cast<double>(y.data()[i]) - expected[static_cast<std::size_t>(i)]);
+        const double e = std::abs(static_cast<double>(y.data()[i]) - want[static_cast<std::size_t>(i)]);
         if (!(e <= worst)) worst = e, at = i;
       }
       const double tol = sizeof(T) == 4 ? 2e-5 : 1e-12;
       EXPECT_LE(worst / scale, tol) << "plan " << dynconv::mix_strategy_name(p.mix) << ", worst at element " << at
-                                    << " (sample " << at / ys.sample_size() << ")";
+                                    << " (sample " << at / ys.sample_size() << ")" << (give ? ", means given" : "");
+      std::vector<double> mean(static_cast<std::size_t>(batch * g.cout), 0.0);
+      for (Index i = 0; i < y.size(); ++i)
+        mean[static_cast<std::size_t>(i / ys.sample_size() * g.cout + i % g.cout)] += static_cast<double>(y.data()[i]);
+      double worst_mean = 0;
+      for (std::size_t i = 0; i < mean.size(); ++i)
+        worst_mean = std::max(worst_mean, std::abs(mean[i] / static_cast<double>(ys.pixels()) - static_cast<double>(means[i])));
+      EXPECT_LE(worst_mean / scale, tol) << "plan " << dynconv::mix_strategy_name(p.mix) << ": PostOps::means";
+      EXPECT_EQ(means.back(), T(12345)) << "PostOps::means written past [n, Cout]";
     }
   }
 }

@@ -183,11 +183,11 @@ class KernelAttention {
   }
 
   /// The network path: pi [N, K] of NHWC x [N, H, W, Cin] into caller memory, unchecked,
-  /// buffers from the workspace, the pooling split over the pool (by samples, or by pixels).
-  void run(const NhwcView<const T>& x, T* pi, Context<T>& ctx) const {
-    typename Workspace<T>::Lease pooled = ctx.workspace().acquire(x.n * in_channels());
-    detail::gap_nhwc(x, pooled.data(), ctx);
-    attend_into(pooled.data(), x.n, pi, ctx.workspace());
+  /// buffers from the workspace, the pooling split over the pool (by samples, or by pixels),
+  /// or x's channel means [N, Cin] when its producer wrote them (Inputs::means).
+  void run(const NhwcView<const T>& x, T* pi, Context<T>& ctx, const T* means = nullptr) const {
+    typename Workspace<T>::Lease pooled;
+    attend_into(detail::channel_means(x, means, ctx, pooled), x.n, pi, ctx.workspace());
   }
 
  private:

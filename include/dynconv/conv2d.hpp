@@ -137,12 +137,14 @@ class Conv2d final : public Module<T> {
     return {in[0].n, conv_.geometry.out_h(in[0].h), conv_.geometry.out_w(in[0].w), conv_.geometry.out_channels};
   }
   bool fuses_post_ops() const override { return true; }
+  bool writes_means() const override { return true; }
 
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
   /// kept packed kernel; Winograd (for outputs of at least 484 pixels; smaller ones run
-  /// Im2colGemm) the kept transform.
+  /// Im2colGemm) the kept transform. PostOps::means: a sample that is one task sums its rows
+  /// while they are in the cache (conv_sample); samples split over the pool are pooled after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -163,6 +165,7 @@ class Conv2d final : public Module<T> {
         detail::gemm(x.n, cout, cin, x.data, cin, packed_.data(), cout, y.data, cout, ctx.workspace(), 0);
       }
       detail::epilogue_end(ep, x.n, cout, 0, cout, 0, y.data);
+      if (post.means) std::copy(y.data, y.data + y.size(), post.means);  // one pixel: its own mean
       return;
     }
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
@@ -174,12 +177,16 @@ class Conv2d final : public Module<T> {
     const T* packed = gemm && detail::gemm_kernels<T>().packed.nr ? packed_gemm_kernel() : nullptr;
     ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int worker) {
       const Index b = task / parts;
-      const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
       const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + b * y.sample_size() : nullptr,
                                    post.after};
+      if (parts == 1)
+        return detail::conv_sample(algo, g, x.sample(b), x.h, x.w, kernel, g.out_channels, ep, y.sample(b),
+                                   ctx.workspace(), worker, packed, post.means ? post.means + b * y.c : nullptr);
+      const detail::Slice s = detail::slice_of(algo, g, y.h, parts, task % parts);
       detail::conv_slice(algo, g, x.sample(b), x.h, x.w, kernel + (by_channel ? s.c0 : 0), g.out_channels, s, ep,
                          y.sample(b), static_cast<const T*>(nullptr), ctx.workspace(), worker, packed);
     });
+    if (parts > 1 && post.means) detail::gap_nhwc(NhwcView<const T>(y), post.means, ctx);
   }
 
   /// "weight" [Cout, Cin/groups, kh, kw] and, when the bias is a parameter, "bias" [Cout].

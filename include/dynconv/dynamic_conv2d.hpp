@@ -578,14 +578,19 @@ class DynamicConv2d final : public Module<T> {
     return {in[0].n, conv_.geometry.out_h(in[0].h), conv_.geometry.out_w(in[0].w), conv_.geometry.out_channels};
   }
   bool fuses_post_ops() const override { return true; }
+  bool writes_means() const override { return true; }
+  /// The layer's own attention pools its input; a shared routing is a second input.
+  bool pools_input() const override { return !shared_routing(); }
 
   /// y = post(conv(x, synthesised kernel) + mixed bias): the attention, then the plan's
-  /// strategy, split over ctx's threads, no allocation in a steady state.
+  /// strategy, split over ctx's threads, no allocation in a steady state. PostOps::means:
+  /// PerSample sums each sample's rows while they are in the cache (conv_sample); the other
+  /// strategies pool y after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     typename Workspace<T>::Lease values;
     AttentionHeads<T> heads;
     if (shared_routing()) heads.kernel = in[1].data;
-    else heads = attend(in[0], ctx, values);
+    else heads = attend(in[0], ctx, values, in.means);
     convolve_run(in[0], heads, y, ctx, post);
   }
 
@@ -889,16 +894,18 @@ class DynamicConv2d final : public Module<T> {
     for (Index o = 0; o < cout; ++o) col[o] = f ? f[o] : T(1);
   }
 
-  /// The heads of the layer's own attention for x, their values leased from ctx's workspace.
-  AttentionHeads<T> attend(const NhwcView<const T>& x, Context<T>& ctx, typename Workspace<T>::Lease& values) const {
+  /// The heads of the layer's own attention for x (its channel means: `means` when given, see
+  /// Inputs::means), their values leased from ctx's workspace.
+  AttentionHeads<T> attend(const NhwcView<const T>& x, Context<T>& ctx, typename Workspace<T>::Lease& values,
+                           const T* means = nullptr) const {
     AttentionHeads<T> heads;
     if (omni_) {
       values = ctx.workspace().acquire(omni_->head_values(x.n));
-      return omni_->run(x, values.data(), ctx);
+      return omni_->run(x, values.data(), ctx, means);
     }
     values = ctx.workspace().acquire(x.n * kernels());
-    if (attention_) attention_->run(x, values.data(), ctx);
-    else routing().route(x, values.data(), ctx);
+    if (attention_) attention_->run(x, values.data(), ctx, means);
+    else routing().route(x, values.data(), ctx, means);
     heads.kernel = values.data();
     return heads;
   }
@@ -947,14 +954,15 @@ class DynamicConv2d final : public Module<T> {
     switch (p.mix) {
       case MixStrategy::Auto:
       case MixStrategy::PerSample: return mix_per_sample(batch, p, ctx);
-      case MixStrategy::RowSplit: return mix_row_split(batch, p, ctx);
+      case MixStrategy::RowSplit: mix_row_split(batch, p, ctx); break;
       case MixStrategy::ChannelTiles:
-      case MixStrategy::FusedPacking: return mix_channel_tiles(batch, p, ctx);
+      case MixStrategy::FusedPacking: mix_channel_tiles(batch, p, ctx); break;
     }
+    if (post.means) detail::gap_nhwc(NhwcView<const T>(y), post.means, ctx);
   }
 
   /// PerSample: one task per sample mixes the whole kernel (Winograd: and transforms it), then
-  /// convolves it.
+  /// convolves it (summing its rows for PostOps::means as they are written).
   void mix_per_sample(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);
@@ -969,9 +977,9 @@ class DynamicConv2d final : public Module<T> {
         detail::winograd_kernel(0, g.in_channels, g.in_channels, kernel, m[1], m[1], u);
         kernel = u;
       }
-      detail::conv_slice(p.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1],
-                         detail::Slice{0, bt.y.h, 0, g.out_channels}, bt.epilogue(b, g.out_channels), bt.y.sample(b),
-                         static_cast<const T*>(nullptr), ctx.workspace(), worker);
+      detail::conv_sample(p.algorithm, g, bt.x.sample(b), bt.x.h, bt.x.w, kernel, m[1], bt.epilogue(b, g.out_channels),
+                          bt.y.sample(b), ctx.workspace(), worker, static_cast<const T*>(nullptr),
+                          bt.post.means ? bt.post.means + b * g.out_channels : nullptr);
     });
   }
 

@@ -84,6 +84,9 @@ struct GraphPlan {
   std::vector<int> alias;          // per value id: the value whose buffer holds it
   std::vector<Step> steps;
   std::vector<int> outputs;        // value ids of the graph outputs (after aliasing)
+  /// Per value id: 1 when its step also writes its channel means [n, c] (PostOps::means) for a
+  /// module that pools it (Module::pools_input), in its buffer right after its values.
+  std::vector<char> means;
 };
 
 template <typename T>
@@ -408,6 +411,16 @@ class Graph {
       p.steps.push_back(std::move(s));
     }
     for (const auto& o : outputs_) p.outputs.push_back(canon(t.value_id.at(o.second)));
+    // A value pooled by a reader (an attention, a global pool) gets its channel means from the
+    // step that writes it, summed while its rows are in the cache, where that module can.
+    p.means.assign(values, 0);
+    std::vector<const Module<T>*> writer(values, nullptr);
+    for (const GraphPlan::Step& s : p.steps) writer[static_cast<std::size_t>(s.output)] = nodes_[static_cast<std::size_t>(s.node)].module.get();
+    for (const GraphPlan::Step& s : p.steps) {
+      const int v = s.inputs.empty() ? -1 : s.inputs[0];
+      const Module<T>* w = v >= 0 ? writer[static_cast<std::size_t>(v)] : nullptr;
+      if (w && w->writes_means() && nodes_[static_cast<std::size_t>(s.node)].module->pools_input()) p.means[static_cast<std::size_t>(v)] = 1;
+    }
     // Buffers: released after their last reader, graph outputs and inputs never.
     std::vector<int> last_use(values, -1);
     for (std::size_t i = 0; i < p.steps.size(); ++i) {
@@ -578,7 +591,8 @@ class Graph {
                std::vector<const T*>& data, std::vector<NhwcView<const T>>& views, Context<T>& ctx) const {
     for (const GraphPlan::Step& s : p.steps) {
       const NhwcShape& os = p.shapes[static_cast<std::size_t>(s.output)];
-      buffers[static_cast<std::size_t>(s.output)] = ctx.workspace().acquire(os.size());
+      const bool means = p.means[static_cast<std::size_t>(s.output)];
+      buffers[static_cast<std::size_t>(s.output)] = ctx.workspace().acquire(os.size() + (means ? os.n * os.c : 0));
       T* out = buffers[static_cast<std::size_t>(s.output)].data();
       data[static_cast<std::size_t>(s.output)] = out;
       for (std::size_t i = 0; i < s.inputs.size(); ++i)
@@ -587,8 +601,10 @@ class Graph {
       post.act = s.act;
       post.after = s.after;
       post.residual = s.residual >= 0 ? data[static_cast<std::size_t>(s.residual)] : nullptr;
-      nodes_[static_cast<std::size_t>(s.node)].module->run(Inputs<T>(views.data(), static_cast<int>(s.inputs.size())),
-                                                           NhwcView<T>(out, os), ctx, post);
+      post.means = means ? out + os.size() : nullptr;
+      Inputs<T> in(views.data(), static_cast<int>(s.inputs.size()));
+      if (!s.inputs.empty() && p.means[static_cast<std::size_t>(s.inputs[0])]) in.means = views[0].data + views[0].size();
+      nodes_[static_cast<std::size_t>(s.node)].module->run(in, NhwcView<T>(out, os), ctx, post);
       for (int v : s.release) buffers[static_cast<std::size_t>(v)].release();
     }
   }

@@ -62,6 +62,12 @@ class Module {
   /// Whether run() applies PostOps inside its own epilogue (convolutions, Linear), so that a
   /// graph gains by fusing a following activation and residual add into it.
   virtual bool fuses_post_ops() const { return false; }
+  /// Whether run() honours PostOps::means (writes the channel means of y when asked), so that a
+  /// graph asks it to where a module that pools_input() reads y.
+  virtual bool writes_means() const { return false; }
+  /// Whether run() pools input 0 over its pixels (an attention, a routing, a global average
+  /// pool) and so reads Inputs::means when they are given instead.
+  virtual bool pools_input() const { return false; }
 
   /// The parameters, in a fixed order, with their PyTorch shapes.
   virtual std::vector<ParameterInfo> parameters() const { return {}; }

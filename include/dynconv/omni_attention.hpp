@@ -82,8 +82,9 @@ class OmniAttention {
                 (o.has_spatial() ? o.kernel_h * o.kernel_w : 0));
   }
 
-  /// The heads of NHWC x into `out` (head_values(x.n) values; the network path, unchecked).
-  AttentionHeads<T> run(const NhwcView<const T>& x, T* out, Context<T>& ctx) const {
+  /// The heads of NHWC x into `out` (head_values(x.n) values; the network path, unchecked);
+  /// x's channel means when its producer wrote them (Inputs::means).
+  AttentionHeads<T> run(const NhwcView<const T>& x, T* out, Context<T>& ctx, const T* means = nullptr) const {
     const OmniAttentionOptions& o = options_;
     const Index n = x.n, cin = o.in_channels, hid = o.hidden;
     AttentionHeads<T> heads;
@@ -91,10 +92,10 @@ class OmniAttention {
     T* channel = kernel + n * o.kernels;
     T* filter = channel + n * cin;
     T* spatial = filter + (o.has_filter() ? n * o.out_channels : 0);
-    typename Workspace<T>::Lease pooled = ctx.workspace().acquire(n * cin);
+    typename Workspace<T>::Lease pooled;
+    const T* mean = detail::channel_means(x, means, ctx, pooled);
     typename Workspace<T>::Lease z = ctx.workspace().acquire(n * hid);
-    detail::gap_nhwc(x, pooled.data(), ctx);
-    fc_.forward_into(pooled.data(), n, z.data(), ctx.workspace(), 0);
+    fc_.forward_into(mean, n, z.data(), ctx.workspace(), 0);
     const std::vector<T>& scale = bn_scale_;
     const std::vector<T>& shift = bn_shift_;
     for (Index b = 0; b < n; ++b)

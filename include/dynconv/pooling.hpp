@@ -33,6 +33,7 @@
 #include <dynconv/tensor.hpp>
 
 #define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/epilogue.hpp>
 #include <dynconv/detail/gemm_x86.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
@@ -63,76 +64,6 @@ Tensor2<T> global_avg_pool(const Tensor4<T>& x) {
   }
   return y;
 }
-
-namespace detail {
-
-/// out[ch] = scale * the sum over `pixels` of x[k * stride + ch] for ch < len <= W: blocks of
-/// kBlock pixels summed in T (W a compile-time width: the block's sums stay in registers), the
-/// blocks' sums in double. Float sums of 64 values lose about 1e-7 of their size; the double sum
-/// of thousands of pixels keeps that. 1.7-1.9x the speed of summing every value in double from
-/// L2 (28x28x192 to 7x7x960, AMD EPYC Zen 4); larger activations stream from L3 either way.
-template <Index W, typename T>
-inline void gap_channels(const T* x, Index pixels, Index stride, Index len, double scale, T* out) {
-  constexpr Index kBlock = 64;
-  double sum[W];
-  std::fill(sum, sum + len, 0.0);
-  for (Index k0 = 0; k0 < pixels; k0 += kBlock) {
-    const Index k1 = std::min(pixels, k0 + kBlock);
-    T block[W] = {};
-    const T* p = x + k0 * stride;
-    if (len == W) {
-      for (Index k = k0; k < k1; ++k, p += stride)
-        for (Index ch = 0; ch < W; ++ch) block[ch] += p[ch];
-    } else {
-      for (Index k = k0; k < k1; ++k, p += stride)
-        for (Index ch = 0; ch < len; ++ch) block[ch] += p[ch];
-    }
-    for (Index ch = 0; ch < len; ++ch) sum[ch] += static_cast<double>(block[ch]);
-  }
-  for (Index ch = 0; ch < len; ++ch) out[ch] = static_cast<T>(sum[ch] * scale);
-}
-
-/// out [c] = scale * the sum over `pixels` of one sample's NHWC x [pixels, c] (no allocation).
-template <typename T>
-void gap_sum(const T* x, Index pixels, Index c, double scale, T* out) {
-  run_for_kernel_isa([&] {  // the sums vectorise for the kernel set in use
-    constexpr Index kWidth = 64;
-    for (Index c0 = 0; c0 < c; c0 += kWidth)
-      gap_channels<kWidth>(x + c0, pixels, c, std::min(kWidth, c - c0), scale, out + c0);
-  });
-}
-
-/// out [n, c] = the mean over `pixels` of NHWC x [n, pixels, c] (no allocation).
-template <typename T>
-void gap_nhwc(const T* x, Index n, Index pixels, Index c, T* out) {
-  for (Index b = 0; b < n; ++b) gap_sum(x + b * pixels * c, pixels, c, 1.0 / static_cast<double>(pixels), out + b * c);
-}
-
-/// pooled [x.n, x.c] = the mean over the pixels of each sample of x, on ctx's pool: a task per
-/// sample, or, for fewer samples than threads (Context::sample_parts), a task per range of
-/// pixels of a sample, whose partial means (from the workspace) are added in double.
-template <typename T>
-void gap_nhwc(const NhwcView<const T>& x, T* pooled, Context<T>& ctx) {
-  const Index pixels = x.pixels(), c = x.c, parts = ctx.sample_parts(x.n, pixels * c);
-  const double scale = 1.0 / static_cast<double>(pixels);
-  if (parts == 1) {
-    ctx.pool().parallel_for(x.n, [&](std::int64_t b, int) { gap_sum(x.sample(b), pixels, c, scale, pooled + b * c); });
-    return;
-  }
-  typename Workspace<T>::Lease partial = ctx.workspace().acquire(x.n * parts * c);
-  ctx.pool().parallel_for(x.n * parts, [&](std::int64_t task, int) {
-    const std::array<Index, 2> r = split_range(pixels, parts, task % parts);
-    gap_sum(x.sample(task / parts) + r[0] * c, r[1] - r[0], c, scale, partial.data() + task * c);
-  });
-  for (Index b = 0; b < x.n; ++b)
-    for (Index ch = 0; ch < c; ++ch) {
-      double sum = 0;
-      for (Index part = 0; part < parts; ++part) sum += static_cast<double>(partial.data()[(b * parts + part) * c + ch]);
-      pooled[b * c + ch] = static_cast<T>(sum);
-    }
-}
-
-}  // namespace detail
 
 /// NHWC activations [N, H, W, C] -> [N, C]: the mean over H x W of every channel (the same
 /// values as global_avg_pool of the NCHW tensor).
@@ -419,9 +350,15 @@ class AdaptiveAvgPool2d final : public Module<T> {
     detail::check_range<ShapeError>(layer_, "input width", in[0].w);
     return {in[0].n, out_h_, out_w_, in[0].c};
   }
+  /// A global pool (1x1) reads its input's means when the producer wrote them.
+  bool pools_input() const override { return out_h_ == 1 && out_w_ == 1; }
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const Index c = x.c, oh = out_h_, ow = out_w_;
+    if (in.means && pools_input()) {
+      std::copy(in.means, in.means + x.n * c, y.data);
+      return detail::apply_post_ops(post, y, ctx);
+    }
     // Every input pixel is read about max(1, out/in) times per axis.
     const Index work = std::max(x.h, oh) * std::max(x.w, ow) * c;
     detail::for_sample_parts(ctx, x.n, oh, work, [&](Index b, Index r0, Index r1) {

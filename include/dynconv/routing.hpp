@@ -78,15 +78,16 @@ class CondConvRouting final : public Module<T> {
     return {in[0].n, 1, 1, experts()};
   }
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
-    route(in[0], y.data, ctx);
+    route(in[0], y.data, ctx, in.means);
     detail::apply_post_ops(post, y, ctx);
   }
+  bool pools_input() const override { return true; }
 
-  /// The routing r [N, E] of NHWC x into caller memory (the network path, unchecked).
-  void route(const NhwcView<const T>& x, T* r, Context<T>& ctx) const {
-    typename Workspace<T>::Lease pooled = ctx.workspace().acquire(x.n * in_channels());
-    detail::gap_nhwc(x, pooled.data(), ctx);
-    linear_.forward_into(pooled.data(), x.n, r, ctx.workspace(), 0);
+  /// The routing r [N, E] of NHWC x into caller memory (the network path, unchecked); x's
+  /// channel means when its producer wrote them (Inputs::means).
+  void route(const NhwcView<const T>& x, T* r, Context<T>& ctx, const T* means = nullptr) const {
+    typename Workspace<T>::Lease pooled;
+    linear_.forward_into(detail::channel_means(x, means, ctx, pooled), x.n, r, ctx.workspace(), 0);
     const T inv_tau = T(1) / temperature_;
     const detail::SigmoidOf<T> sigmoid;
     for (Index i = 0; i < x.n * experts(); ++i) r[i] = sigmoid(r[i] * inv_tau);

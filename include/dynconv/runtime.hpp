@@ -128,6 +128,10 @@ template <typename T>
 struct Inputs {
   const NhwcView<const T>* views = nullptr;
   int size = 0;
+  /// [n, C]: the mean over the pixels of each channel of input 0, when the module that produced
+  /// it wrote them (PostOps::means; a Graph asks for them where a module pools its input, see
+  /// Module::pools_input), else null: the module pools the input itself.
+  const T* means = nullptr;
   Inputs() = default;
   Inputs(const NhwcView<const T>* v, int n) : views(v), size(n) {}
   /// One input.
@@ -147,6 +151,10 @@ struct PostOps {
   Activation act = Activation::Identity;
   const T* residual = nullptr;
   Activation after = Activation::Identity;
+  /// [n, C] or null: where a module whose writes_means() is true also writes the mean over the
+  /// pixels of each channel of the final y (what an attention's pooling of y would compute),
+  /// summed right after each sample is written. Not a change of y: empty() ignores it.
+  T* means = nullptr;
   bool empty() const { return act == Activation::Identity && !residual && after == Activation::Identity; }
 };
 

@@ -73,5 +73,21 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   }
 }
 
+/// conv_slice of one whole sample (every output row and channel; the arguments as there). With
+/// `means` (the sample's PostOps::means, [Cout]) it then sums the sample's output, which the
+/// same task just wrote (partly still in L2, the rest in L3), into the mean of each channel.
+/// A separate pooling pass over a batch finds the first samples gone to memory: on the AMD
+/// EPYC Zen 4 machine, DY-MobileNetV2 at batch 8 ran 2.5-3% faster on one thread and 7% on two
+/// (summing chunks of 128 KiB of rows as they are written was no faster: the smaller GEMMs
+/// cost what the cache saved).
+template <typename T>
+void conv_sample(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel,
+                 Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means) {
+  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), cout = g.out_channels;
+  conv_slice(algo, g, x, in_h, in_w, kernel, ldk, Slice{0, oh, 0, cout}, ep, y, static_cast<const T*>(nullptr), ws,
+             worker, packed);
+  if (means) gap_sum(y, oh * ow, cout, 1.0 / static_cast<double>(oh * ow), means);
+}
+
 }  // namespace detail
 }  // namespace dynconv
