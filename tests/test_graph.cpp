@@ -175,6 +175,20 @@ TEST(GraphPlan, FusedRunEqualsNodeByNodeEvaluation) {
   check_against_unfused(net, {});
 }
 
+TEST(GraphPlan, AOnePixelConvolutionGivesAGlobalPoolItsOwnValues) {
+  // A 1x1 convolution of one pixel per sample (a squeeze-excite's FC) runs as one GEMM over the
+  // batch; the global pool that reads it takes the means the convolution wrote.
+  Graph<double> g("one_pixel");
+  const Value x = g.input("x", 1);
+  Value v = g.add("squeeze", AdaptiveAvgPool2d<double>(1), {x});
+  v = g.add("fc", Conv2d<double>(Conv2dOptions(1, 6, 1).name("fc")), {v});
+  g.output("y", g.add("pool", AdaptiveAvgPool2d<double>(1), {v}));
+  randomise(g, 8);
+  const GraphPlan p = g.plan({NhwcShape{3, 28, 28, 1}});
+  EXPECT_EQ(p.means[2], 1);  // the value of "fc" (the input is value 0, "squeeze" value 1)
+  check_against_unfused(g, {});
+}
+
 TEST(GraphPlan, AnIntermediateOutputStopsFusionThereAndIsCorrect) {
   Graph<float> net = custom_network<float>();
   randomise(net, 6);
