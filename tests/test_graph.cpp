@@ -143,8 +143,8 @@ TEST(GraphPlan, APooledValueGetsItsChannelMeansFromTheConvolutionThatWritesIt) {
   const GraphPlan p = net.plan({NhwcShape{2, 28, 28, 1}});
   const std::vector<std::string> names = net.node_names();
   std::vector<std::string> with_means;
-  for (std::size_t v = 0; v < p.means.size(); ++v)
-    if (p.means[v]) with_means.push_back(v == 0 ? "input" : names[v - 1]);
+  for (std::size_t v = 0; v < p.has_means.size(); ++v)
+    if (p.has_means[v]) with_means.push_back(v == 0 ? "input" : names[v - 1]);
   // Read by a dynamic convolution's attention (stem, block_relu1) or a global pool
   // (block_relu2: the squeeze-excite; head_act: the classifier's), each written by a
   // convolution's step. Not "down" (a max pool writes it) nor the input.
@@ -185,7 +185,7 @@ TEST(GraphPlan, AOnePixelConvolutionGivesAGlobalPoolItsOwnValues) {
   g.output("y", g.add("pool", AdaptiveAvgPool2d<double>(1), {v}));
   randomise(g, 8);
   const GraphPlan p = g.plan({NhwcShape{3, 28, 28, 1}});
-  EXPECT_EQ(p.means[2], 1);  // the value of "fc" (the input is value 0, "squeeze" value 1)
+  EXPECT_EQ(p.has_means[2], 1);  // the value of "fc" (the input is value 0, "squeeze" value 1)
   check_against_unfused(g, {});
 }
 

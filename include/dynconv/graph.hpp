@@ -18,8 +18,10 @@
 // Execution (plan()): nodes run in a topological order; a BatchNorm folded into the
 // convolution before it and an Identity cost nothing; an activation, a residual Add and a
 // second activation that follow a convolution or Linear (each the only consumer of the one
-// before) run fused in its epilogue (conv + BatchNorm + ReLU + add + ReLU is one pass). Each
-// value's buffer returns to the workspace as soon as its last reader has run.
+// before) run fused in its epilogue (conv + BatchNorm + ReLU + add + ReLU is one pass). A value
+// that an attention or a global pool reads gets its channel means from the convolution that
+// writes it (GraphPlan::has_means). Each value's buffer returns to the workspace as soon as its
+// last reader has run.
 //
 // Thread safety: the const members may run concurrently (any number of Sessions may run one
 // graph); add(), load(), fold_batchnorms() and module() (non-const) may not.
@@ -86,7 +88,7 @@ struct GraphPlan {
   std::vector<int> outputs;        // value ids of the graph outputs (after aliasing)
   /// Per value id: 1 when its step also writes its channel means [n, c] (PostOps::means) for a
   /// module that pools it (Module::pools_input), in its buffer right after its values.
-  std::vector<char> means;
+  std::vector<char> has_means;
 };
 
 template <typename T>
@@ -413,13 +415,13 @@ class Graph {
     for (const auto& o : outputs_) p.outputs.push_back(canon(t.value_id.at(o.second)));
     // A value pooled by a reader (an attention, a global pool) gets its channel means from the
     // step that writes it, summed while its rows are in the cache, where that module can.
-    p.means.assign(values, 0);
+    p.has_means.assign(values, 0);
     std::vector<const Module<T>*> writer(values, nullptr);
     for (const GraphPlan::Step& s : p.steps) writer[static_cast<std::size_t>(s.output)] = nodes_[static_cast<std::size_t>(s.node)].module.get();
     for (const GraphPlan::Step& s : p.steps) {
       const int v = s.inputs.empty() ? -1 : s.inputs[0];
       const Module<T>* w = v >= 0 ? writer[static_cast<std::size_t>(v)] : nullptr;
-      if (w && w->writes_means() && nodes_[static_cast<std::size_t>(s.node)].module->pools_input()) p.means[static_cast<std::size_t>(v)] = 1;
+      if (w && w->writes_means() && nodes_[static_cast<std::size_t>(s.node)].module->pools_input()) p.has_means[static_cast<std::size_t>(v)] = 1;
     }
     // Buffers: released after their last reader, graph outputs and inputs never.
     std::vector<int> last_use(values, -1);
@@ -591,7 +593,7 @@ class Graph {
                std::vector<const T*>& data, std::vector<NhwcView<const T>>& views, Context<T>& ctx) const {
     for (const GraphPlan::Step& s : p.steps) {
       const NhwcShape& os = p.shapes[static_cast<std::size_t>(s.output)];
-      const bool means = p.means[static_cast<std::size_t>(s.output)];
+      const bool means = p.has_means[static_cast<std::size_t>(s.output)];
       buffers[static_cast<std::size_t>(s.output)] = ctx.workspace().acquire(os.size() + (means ? os.n * os.c : 0));
       T* out = buffers[static_cast<std::size_t>(s.output)].data();
       data[static_cast<std::size_t>(s.output)] = out;
@@ -603,7 +605,7 @@ class Graph {
       post.residual = s.residual >= 0 ? data[static_cast<std::size_t>(s.residual)] : nullptr;
       post.means = means ? out + os.size() : nullptr;
       Inputs<T> in(views.data(), static_cast<int>(s.inputs.size()));
-      if (!s.inputs.empty() && p.means[static_cast<std::size_t>(s.inputs[0])]) in.means = views[0].data + views[0].size();
+      if (!s.inputs.empty() && p.has_means[static_cast<std::size_t>(s.inputs[0])]) in.means = views[0].data + views[0].size();
       nodes_[static_cast<std::size_t>(s.node)].module->run(in, NhwcView<T>(out, os), ctx, post);
       for (int v : s.release) buffers[static_cast<std::size_t>(v)].release();
     }

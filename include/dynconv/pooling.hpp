@@ -323,7 +323,10 @@ class AvgPool2d final : public Module<T> {
 
 /// PyTorch's AdaptiveAvgPool2d: [N, C, H, W] -> [N, C, out_h, out_w], output (i, j) the mean
 /// over rows [floor(i*H/out_h), ceil((i+1)*H/out_h)) and likewise columns. Any input of at
-/// least one pixel fits (out_h may exceed H: windows then repeat). Sums accumulate in double.
+/// least one pixel fits (out_h may exceed H: windows then repeat). Sums accumulate in double,
+/// the same on any number of threads. A global pool (1x1) whose input's producer wrote the
+/// channel means (Inputs::means, in a graph) takes those: the attentions' pooling, 64 pixels
+/// summed in float and those sums in double, which can differ in the last bit.
 template <typename T>
 class AdaptiveAvgPool2d final : public Module<T> {
   static_assert(std::is_floating_point<T>::value,
@@ -350,7 +353,6 @@ class AdaptiveAvgPool2d final : public Module<T> {
     detail::check_range<ShapeError>(layer_, "input width", in[0].w);
     return {in[0].n, out_h_, out_w_, in[0].c};
   }
-  /// A global pool (1x1) reads its input's means when the producer wrote them.
   bool pools_input() const override { return out_h_ == 1 && out_w_ == 1; }
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];

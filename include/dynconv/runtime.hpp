@@ -11,7 +11,8 @@
 //   Context<T>     what a pass runs with: a ThreadPool and a Workspace. Users create one
 //                  (Session owns one); each layer splits its work over the context's threads
 //   PostOps<T>     what a module applies to its output before it returns: y = after(act(y) +
-//                  residual); convolutions fuse it into their epilogue
+//                  residual); convolutions fuse it into their epilogue, and write y's channel
+//                  means when asked (for an attention that reads y)
 //   Inputs<T>      the inputs of a module's run: a small array of NhwcView<const T>
 //
 // Every module has one run signature (module.hpp):
@@ -130,7 +131,8 @@ struct Inputs {
   int size = 0;
   /// [n, C]: the mean over the pixels of each channel of input 0, when the module that produced
   /// it wrote them (PostOps::means; a Graph asks for them where a module pools its input, see
-  /// Module::pools_input), else null: the module pools the input itself.
+  /// Module::pools_input), else null: the module pools the input itself. A module that does
+  /// not pool input 0 ignores them (a graph passes them to every reader of that value).
   const T* means = nullptr;
   Inputs() = default;
   Inputs(const NhwcView<const T>* v, int n) : views(v), size(n) {}
@@ -152,8 +154,9 @@ struct PostOps {
   const T* residual = nullptr;
   Activation after = Activation::Identity;
   /// [n, C] or null: where a module whose writes_means() is true also writes the mean over the
-  /// pixels of each channel of the final y (what an attention's pooling of y would compute),
-  /// summed right after each sample is written. Not a change of y: empty() ignores it.
+  /// pixels of each channel of the final y (what an attention's pooling of y would compute):
+  /// a convolution sums each sample right after its task wrote it, or, when the samples are
+  /// split over the pool, pools y after the layer. Not a change of y: empty() ignores it.
   T* means = nullptr;
   bool empty() const { return act == Activation::Identity && !residual && after == Activation::Identity; }
 };
