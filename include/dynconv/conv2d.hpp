@@ -143,8 +143,8 @@ class Conv2d final : public Module<T> {
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
   /// kept packed kernel; Winograd (for outputs of at least 484 pixels; smaller ones run
-  /// Im2colGemm) the kept transform. PostOps::means: a sample that is one task sums its output
-  /// right after writing it (conv_sample); samples split over the pool are pooled after.
+  /// Im2colGemm) the kept transform. PostOps::means: a sample that is one task sums its channels
+  /// as it finishes them (conv_sample); samples split over the pool are pooled after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;

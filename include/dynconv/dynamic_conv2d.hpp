@@ -584,7 +584,7 @@ class DynamicConv2d final : public Module<T> {
 
   /// y = post(conv(x, synthesised kernel) + mixed bias): the attention, then the plan's
   /// strategy, split over ctx's threads, no allocation in a steady state. PostOps::means:
-  /// PerSample sums each sample's output right after writing it (conv_sample); the other
+  /// PerSample sums each sample's channels as it finishes them (conv_sample); the other
   /// strategies pool y after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     typename Workspace<T>::Lease values;
@@ -962,7 +962,7 @@ class DynamicConv2d final : public Module<T> {
   }
 
   /// PerSample: one task per sample mixes the whole kernel (Winograd: and transforms it), then
-  /// convolves it (and sums its output for PostOps::means right after).
+  /// convolves it (summing its channels for PostOps::means as it finishes them).
   void mix_per_sample(const Batch& bt, const DynamicConvPlan& p, Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(conv_.algorithm, g);

@@ -414,7 +414,7 @@ class Graph {
     }
     for (const auto& o : outputs_) p.outputs.push_back(canon(t.value_id.at(o.second)));
     // A value pooled by a reader (an attention, a global pool) gets its channel means from the
-    // step that writes it, each sample summed right after it is written, where that module can.
+    // step that writes it, each sample summed as it is written, where that module can.
     p.has_means.assign(values, 0);
     std::vector<const Module<T>*> writer(values, nullptr);
     for (const GraphPlan::Step& s : p.steps) writer[static_cast<std::size_t>(s.output)] = nodes_[static_cast<std::size_t>(s.node)].module.get();

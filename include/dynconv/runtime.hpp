@@ -155,15 +155,17 @@ struct PostOps {
   Activation after = Activation::Identity;
   /// [n, C] or null: where a module whose writes_means() is true also writes the mean over the
   /// pixels of each channel of the final y (what an attention's pooling of y would compute):
-  /// a convolution sums each sample right after its task wrote it, or, when the samples are
-  /// split over the pool, pools y after the layer. Not a change of y: empty() ignores it.
+  /// a convolution sums each channel of a sample that is one task as it finishes it (tile by
+  /// tile, in double), or, when the samples are split over the pool, pools y after the layer.
+  /// Not a change of y: empty() ignores it.
   T* means = nullptr;
   bool empty() const { return act == Activation::Identity && !residual && after == Activation::Identity; }
 };
 
 /// Scratch kinds of a worker; each is a separate grow-only buffer (Columns: im2col, or
-/// Winograd's input tiles; Tiles: Winograd's GEMM results; Transformed: a Winograd kernel).
-enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Tiles, Transformed, Count };
+/// Winograd's input tiles; Tiles: Winograd's GEMM results; Transformed: a Winograd kernel;
+/// Sums: a sample's channel sums in double, conv_sample).
+enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Tiles, Transformed, Sums, Count };
 
 namespace detail {
 /// 64-byte aligned, uninitialised storage that only grows; counts its allocations.

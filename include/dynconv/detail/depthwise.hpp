@@ -15,7 +15,8 @@
 namespace dynconv {
 namespace detail {
 
-/// The epilogue of output row r after the bias was added: activation, residual, final activation.
+/// The epilogue of output row r after the bias was added: activation, residual, final
+/// activation, then the row's channel sums (Epilogue::sums) while it is in L1.
 template <typename T>
 void depthwise_row_epilogue(const Epilogue<T>& ep, Index ow, Index ch, Index c0, Index c1, Index r, T* y) {
   Epilogue<T> tail = ep;
@@ -26,7 +27,23 @@ void depthwise_row_epilogue(const Epilogue<T>& ep, Index ow, Index ch, Index c0,
     tail.residual = nullptr;
   }
   epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
+  if (ep.sums) run_for_kernel_isa([&] { add_column_sums(y + r * ow * ch + c0, ch, ow, c1 - c0, ep.sums + c0); });
 }
+
+#if DYNCONV_X86_KERNELS
+/// depthwise_row_epilogue on the kernel set's tile ends (the row's ow pixels as the rows of a
+/// tile with leading dimension ch): activation, residual, final activation and the sums in one
+/// pass over the row while it is in L1.
+inline void x86_depthwise_row_ends(KernelIsa isa, const Epilogue<float>& ep, Index ow, Index ch, Index c0, Index c1,
+                                   Index r, float* y) {
+  if (ep.act == Activation::Identity && !ep.residual && ep.after == Activation::Identity && !ep.sums) return;
+  const Index origin = r * ow * ch + c0;
+  const TileEnds e{false, true, nullptr, ep.residual ? ep.residual + origin : nullptr, ep.act, ep.after,
+                   ep.sums ? ep.sums + c0 : nullptr};
+  if (isa == KernelIsa::Avx512) avx512_tile_ends(y + origin, ch, ow, c1 - c0, e);
+  else avx2_tile_ends(y + origin, ch, ow, c1 - c0, e);
+}
+#endif
 
 /// Depthwise slice, vectorised across channels with Eigen's packets: for one output pixel,
 /// kBlock packets of channels accumulate in registers over all taps (independent FMA chains),
@@ -49,7 +66,7 @@ void depthwise_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, 
       else if (isa == KernelIsa::Avx2)
         avx2_depthwise_row(g, x, in_h, in_w, kernel, ldk, r, c0, c1, ep.bias, y);
       if (isa != KernelIsa::Generic) {
-        depthwise_row_epilogue(ep, ow, ch, c0, c1, r, y);
+        x86_depthwise_row_ends(isa, ep, ow, ch, c0, c1, r, y);
         continue;
       }
     }

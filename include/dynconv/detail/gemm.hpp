@@ -78,7 +78,10 @@ void eigen_gemm(Index m, Index n, Index k, const T* a, Index lda, const T* b, In
   for (Index i = 0; i < m; ++i)
     for (Index j = 0; j < n; ++j) c[i * ldc + j] = ep->bias ? ep->bias[j] : T(0);
   if (k > 0) eigen_product<T, TransposeB>(m, n, k, a, lda, b, ldb, c, ldc, ws, worker);
-  run_for_kernel_isa([&] { finish_rows(c, ldc, m, n, ep->act, ep->residual, ep->after); });
+  run_for_kernel_isa([&] {
+    finish_rows(c, ldc, m, n, ep->act, ep->residual, ep->after);
+    if (ep->sums) add_column_sums(c, ldc, m, n, ep->sums);
+  });
 }
 
 /// The table's "eigen" entry with B packed ahead of time: its PackedLayout is row-major.

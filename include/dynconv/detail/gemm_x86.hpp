@@ -76,6 +76,8 @@ inline T widen(S s) {
 /// A GEMM's epilogue (a convolution's bias, activation and residual), with pointers relative to
 /// the product's output C:  C = after(act(A * B + bias) + residual), C's former values not read.
 /// bias [n] at C's columns, or null; residual laid out as C (C's leading dimension), or null.
+/// sums [n] at C's columns, or null: the column sums of the finished C are added to it (the
+/// pooling of a convolution's output into its channel means, PostOps::means).
 /// dynconv's kernels apply it to each output tile right after storing it, while it is in L1;
 /// Eigen's entry in loops over C after the product.
 template <typename T>
@@ -84,6 +86,7 @@ struct GemmEpilogue {
   const T* residual = nullptr;
   Activation act = Activation::Identity;
   Activation after = Activation::Identity;
+  double* sums = nullptr;
 };
 
 /// ODConv's kernel scales for a mixed-kernel GEMM (mixed_gemm_batch): sample b's mixed kernel
@@ -112,12 +115,45 @@ void finish_rows(T* c, Index ldc, Index rows, Index cols, Activation act, const 
   }
 }
 
+/// sums[j] += the sum of column j of C[0:rows, 0:cols] (leading dimension ldc), j < cols <= W:
+/// blocks of 64 rows summed in T (W a compile-time width: the block's sums stay in registers),
+/// the blocks' sums added in double. Float sums of 64 values lose about 1e-7 of their size; the
+/// double sum of thousands of rows keeps that.
+template <Index W, typename T>
+inline void add_column_sums_of(const T* c, Index ldc, Index rows, Index cols, double* sums) {
+  constexpr Index kBlock = 64;
+  for (Index i0 = 0; i0 < rows; i0 += kBlock) {
+    const Index i1 = std::min(rows, i0 + kBlock);
+    T block[W] = {};
+    const T* p = c + i0 * ldc;
+    if (cols == W) {
+      for (Index i = i0; i < i1; ++i, p += ldc)
+        for (Index j = 0; j < W; ++j) block[j] += p[j];
+    } else {
+      for (Index i = i0; i < i1; ++i, p += ldc)
+        for (Index j = 0; j < cols; ++j) block[j] += p[j];
+    }
+    for (Index j = 0; j < cols; ++j) sums[j] += static_cast<double>(block[j]);
+  }
+}
+
+/// sums[0:cols] += the column sums of C[0:rows, 0:cols] (leading dimension ldc), 64 columns at a
+/// time (add_column_sums_of). Vectorised for the kernel set in use when run inside
+/// run_for_kernel_isa.
+template <typename T>
+void add_column_sums(const T* c, Index ldc, Index rows, Index cols, double* sums) {
+  constexpr Index kWidth = 64;
+  for (Index j = 0; j < cols; j += kWidth)
+    add_column_sums_of<kWidth>(c + j, ldc, rows, std::min(kWidth, cols - j), sums + j);
+}
+
 /// The epilogue C = after(act(bias) + residual) of a product with no depth (k = 0).
 template <typename T>
 void epilogue_only(T* c, Index ldc, Index m, Index n, const GemmEpilogue<T>& ep) {
   for (Index i = 0; i < m; ++i)
     for (Index j = 0; j < n; ++j) c[i * ldc + j] = ep.bias ? ep.bias[j] : T(0);
   finish_rows(c, ldc, m, n, ep.act, ep.residual, ep.after);
+  if (ep.sums) add_column_sums(c, ldc, m, n, ep.sums);
 }
 
 /// The kernel sets: dynconv's own AVX-512 and AVX2 float kernels, or the build's generic code.
@@ -275,13 +311,14 @@ struct TileEnds {
   const float* bias = nullptr;      // at the tile's first column, or null
   const float* residual = nullptr;  // at the tile's origin, or null
   Activation act = Activation::Identity, after = Activation::Identity;
+  double* sums = nullptr;  // at the tile's first column, or null: finishing adds the tile's column sums
 };
 
 /// The ends of the tile at row i, column col of a product with epilogue ep (or none).
 inline TileEnds tile_ends(const GemmEpilogue<float>* ep, bool first, bool last, Index i, Index col, Index ldc) {
   if (!ep) return {};
   return {first, last, ep->bias ? ep->bias + col : nullptr, ep->residual ? ep->residual + i * ldc + col : nullptr,
-          ep->act, ep->after};
+          ep->act, ep->after, ep->sums ? ep->sums + col : nullptr};
 }
 
 /// Whether the kernels' tile epilogue vectorises activation a (the piecewise-linear ones).
@@ -310,31 +347,56 @@ DYNCONV_TARGET_AVX512 inline __m512 avx512_activate(Activation a, __m512 v) {
   }
 }
 
+/// sums[l] += v[l] in double for the lanes of m.
+DYNCONV_TARGET_AVX512 inline void avx512_add_sums(__m512 v, __mmask16 m, double* sums) {
+  const __mmask8 lo = static_cast<__mmask8>(m & 0xFFu), hi = static_cast<__mmask8>(m >> 8);
+  const __m512d a0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d a1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  _mm512_mask_storeu_pd(sums, lo, _mm512_add_pd(_mm512_maskz_loadu_pd(lo, sums), a0));
+  _mm512_mask_storeu_pd(sums + 8, hi, _mm512_add_pd(_mm512_maskz_loadu_pd(hi, sums + 8), a1));
+}
+
+/// sums[0:cols] += the column sums of finished rows C[0:rows, 0:cols] (a tile, or a depthwise
+/// row of pixels; in L1): the rows added in float, in two chains, then widened and added in double.
+DYNCONV_TARGET_AVX512 inline void avx512_tile_sums(const float* c, Index ldc, Index rows, Index cols, double* sums) {
+  for (Index j = 0; j < cols; j += 16) {
+    const __mmask16 m = lanes16(cols - j);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    for (Index i = 0; i < rows; ++i) (i & 1 ? s1 : s0) = _mm512_add_ps(i & 1 ? s1 : s0, _mm512_maskz_loadu_ps(m, c + i * ldc + j));
+    avx512_add_sums(_mm512_add_ps(s0, s1), m, sums + j);
+  }
+}
+
 /// avx512_tile_ends with the activation a compile-time constant (no switch in the loop) and the
 /// final activation Identity or ReLU.
 template <Activation A>
 DYNCONV_TARGET_AVX512 inline void avx512_tile_ends_as(float* c, Index ldc, Index rows, Index cols, const TileEnds& e) {
-  const bool bias = e.overwrite && e.bias, finish = e.finish;
+  const bool bias = e.overwrite && e.bias, finish = e.finish, sums = finish && e.sums;
   const float* residual = e.residual;
   const bool relu_after = e.after == Activation::ReLU;
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < cols; j += 16) {
-      const __mmask16 m = lanes16(cols - j);
+  for (Index j = 0; j < cols; j += 16) {
+    const __mmask16 m = lanes16(cols - j);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(m, e.bias + j) : _mm512_setzero_ps();
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;  // two chains of the column sums
+    for (Index i = 0; i < rows; ++i) {
       float* o = c + i * ldc + j;
       __m512 v = _mm512_maskz_loadu_ps(m, o);
-      if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, e.bias + j));
+      if (bias) v = _mm512_add_ps(v, b);
       if (finish) {
         v = avx512_activate(A, v);
         if (residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, residual + i * ldc + j));
         if (relu_after) v = _mm512_max_ps(_mm512_setzero_ps(), v);
       }
       _mm512_mask_storeu_ps(o, m, v);
+      if (sums) (i & 1 ? s1 : s0) = _mm512_add_ps(i & 1 ? s1 : s0, v);
     }
+    if (sums) avx512_add_sums(_mm512_add_ps(s0, s1), m, e.sums + j);
+  }
 }
 /// The rest of TileEnds on a stored tile C[0:rows, 0:cols] (in L1): + bias when overwriting,
-/// then when finishing act, + residual, after. A call of its own after the micro-kernel's
-/// stores: done inside it, the extra vectors made GCC spill accumulators in the depth loop
-/// (measured 10-20% slower models).
+/// then when finishing act, + residual, after, and the column sums. A call of its own after the
+/// micro-kernel's stores: done inside it, the extra vectors made GCC spill accumulators in the
+/// depth loop (measured 10-20% slower models).
 DYNCONV_TARGET_AVX512 __attribute__((noinline)) inline void avx512_tile_ends(float* c, Index ldc, Index rows,
                                                                              Index cols, const TileEnds& e) {
   const bool vector = activation_vectorised(e.act) &&
@@ -342,15 +404,16 @@ DYNCONV_TARGET_AVX512 __attribute__((noinline)) inline void avx512_tile_ends(flo
   if (!e.finish || !vector) {
     if (e.overwrite && e.bias) avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
     if (e.finish) finish_rows(c, ldc, rows, cols, e.act, e.residual, e.after);
-    return;
+  } else {
+    switch (e.act) {
+      case Activation::ReLU: avx512_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e); break;
+      case Activation::ReLU6: avx512_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e); break;
+      case Activation::HardSigmoid: avx512_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e); break;
+      case Activation::HardSwish: avx512_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e); break;
+      default: avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e); break;
+    }
   }
-  switch (e.act) {
-    case Activation::ReLU: return avx512_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e);
-    case Activation::ReLU6: return avx512_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e);
-    case Activation::HardSigmoid: return avx512_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e);
-    case Activation::HardSwish: return avx512_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e);
-    default: return avx512_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e);
-  }
+  if (e.finish && e.sums && !vector) avx512_tile_sums(c, ldc, rows, cols, e.sums);  // else summed as finished
 }
 
 /// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 32), cols <= 32 (masked beyond).
@@ -436,26 +499,52 @@ DYNCONV_TARGET_AVX2 inline __m256 avx2_activate(Activation a, __m256 v) {
   }
 }
 
+/// The AVX2 twin of avx512_add_sums: the first `lanes` (1 to 8) lanes.
+DYNCONV_TARGET_AVX2 inline void avx2_add_sums(__m256 v, Index lanes, double* sums) {
+  if (lanes == 8) {
+    _mm256_storeu_pd(sums, _mm256_add_pd(_mm256_loadu_pd(sums), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(sums + 4, _mm256_add_pd(_mm256_loadu_pd(sums + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+    return;
+  }
+  alignas(32) float each[8];
+  _mm256_store_ps(each, v);
+  for (Index l = 0; l < lanes; ++l) sums[l] += static_cast<double>(each[l]);
+}
+/// The AVX2 twin of avx512_tile_sums.
+DYNCONV_TARGET_AVX2 inline void avx2_tile_sums(const float* c, Index ldc, Index rows, Index cols, double* sums) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (Index j = 0; j < cols; j += 8) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - j)), lane);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    for (Index i = 0; i < rows; ++i) (i & 1 ? s1 : s0) = _mm256_add_ps(i & 1 ? s1 : s0, _mm256_maskload_ps(c + i * ldc + j, m));
+    avx2_add_sums(_mm256_add_ps(s0, s1), std::min<Index>(8, cols - j), sums + j);
+  }
+}
 /// The AVX2 twin of avx512_tile_ends_as.
 template <Activation A>
 DYNCONV_TARGET_AVX2 inline void avx2_tile_ends_as(float* c, Index ldc, Index rows, Index cols, const TileEnds& e) {
-  const bool bias = e.overwrite && e.bias, finish = e.finish;
+  const bool bias = e.overwrite && e.bias, finish = e.finish, sums = finish && e.sums;
   const float* residual = e.residual;
   const bool relu_after = e.after == Activation::ReLU;
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (Index i = 0; i < rows; ++i)
-    for (Index j = 0; j < cols; j += 8) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - j)), lane);
+  for (Index j = 0; j < cols; j += 8) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - j)), lane);
+    const __m256 b = bias ? _mm256_maskload_ps(e.bias + j, m) : _mm256_setzero_ps();
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    for (Index i = 0; i < rows; ++i) {
       float* o = c + i * ldc + j;
       __m256 v = _mm256_maskload_ps(o, m);
-      if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(e.bias + j, m));
+      if (bias) v = _mm256_add_ps(v, b);
       if (finish) {
         v = avx2_activate(A, v);
         if (residual) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + i * ldc + j, m));
         if (relu_after) v = _mm256_max_ps(_mm256_setzero_ps(), v);
       }
       _mm256_maskstore_ps(o, m, v);
+      if (sums) (i & 1 ? s1 : s0) = _mm256_add_ps(i & 1 ? s1 : s0, v);
     }
+    if (sums) avx2_add_sums(_mm256_add_ps(s0, s1), std::min<Index>(8, cols - j), e.sums + j);
+  }
 }
 /// The AVX2 twin of avx512_tile_ends.
 DYNCONV_TARGET_AVX2 __attribute__((noinline)) inline void avx2_tile_ends(float* c, Index ldc, Index rows, Index cols,
@@ -465,15 +554,16 @@ DYNCONV_TARGET_AVX2 __attribute__((noinline)) inline void avx2_tile_ends(float* 
   if (!e.finish || !vector) {
     if (e.overwrite && e.bias) avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, TileEnds{true, false, e.bias});
     if (e.finish) finish_rows(c, ldc, rows, cols, e.act, e.residual, e.after);
-    return;
+  } else {
+    switch (e.act) {
+      case Activation::ReLU: avx2_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e); break;
+      case Activation::ReLU6: avx2_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e); break;
+      case Activation::HardSigmoid: avx2_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e); break;
+      case Activation::HardSwish: avx2_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e); break;
+      default: avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e); break;
+    }
   }
-  switch (e.act) {
-    case Activation::ReLU: return avx2_tile_ends_as<Activation::ReLU>(c, ldc, rows, cols, e);
-    case Activation::ReLU6: return avx2_tile_ends_as<Activation::ReLU6>(c, ldc, rows, cols, e);
-    case Activation::HardSigmoid: return avx2_tile_ends_as<Activation::HardSigmoid>(c, ldc, rows, cols, e);
-    case Activation::HardSwish: return avx2_tile_ends_as<Activation::HardSwish>(c, ldc, rows, cols, e);
-    default: return avx2_tile_ends_as<Activation::Identity>(c, ldc, rows, cols, e);
-  }
+  if (e.finish && e.sums && !vector) avx2_tile_sums(c, ldc, rows, cols, e.sums);  // else summed as finished
 }
 
 /// C[0:MR, 0:cols] += A[0:MR, 0:kc] * panel (kc x 16), cols <= 16 (masked beyond), stored as

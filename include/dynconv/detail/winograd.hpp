@@ -270,6 +270,7 @@ void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, c
       if (finish)
         finish_rows(y + y0 * ow * cout + s.c0, cout, (y1 - y0) * ow, cols, ep.act,
                     ep.residual ? ep.residual + y0 * ow * cout + s.c0 : nullptr, ep.after);
+      if (ep.sums) add_column_sums(y + y0 * ow * cout + s.c0, cout, (y1 - y0) * ow, cols, ep.sums + s.c0);
     });
   }
 }
