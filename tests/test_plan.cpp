@@ -32,13 +32,13 @@ struct Geometry {
 };
 
 // Shapes that reach every edge of the strategies: a 1x1 GEMM (no im2col), a 3x3 with im2col,
-// a strided one, a strided 1x1 (gathered pixels), depthwise, grouped, and one wide enough for
-// several channel tiles.
+// a strided one, a strided 1x1 (gathered pixels), depthwise, grouped, one wide enough for
+// several channel tiles, and one with enough output pixels (22x23 >= 484) for Winograd.
 const Geometry kGeometries[] = {
     {"pointwise", 16, 48, 1, 1, 0, 1, 9, 9},       {"conv3x3", 8, 40, 3, 1, 1, 1, 12, 10},
     {"strided3x3", 8, 32, 3, 2, 1, 1, 11, 13},     {"strided1x1", 16, 32, 1, 2, 0, 1, 9, 9},
     {"depthwise", 24, 24, 3, 1, 1, 24, 10, 10},    {"grouped", 12, 24, 3, 1, 1, 3, 9, 9},
-    {"wide_tiles", 24, 80, 1, 1, 0, 1, 5, 5},
+    {"wide_tiles", 24, 80, 1, 1, 0, 1, 5, 5},      {"winograd", 8, 20, 3, 1, 1, 1, 22, 23},
 };
 const MixStrategy kStrategies[] = {MixStrategy::PerSample, MixStrategy::RowSplit, MixStrategy::ChannelTiles,
                                    MixStrategy::FusedPacking, MixStrategy::Auto};
@@ -257,6 +257,9 @@ void check_case(const Case& c) {
       const dynconv::DynamicConvPlan p = layer.plan(x.shape(), threads, 0);
       if (c.strategy != MixStrategy::Auto) {
         EXPECT_EQ(p.mix, c.strategy);
+      }
+      if (std::string(g.name) == "winograd" && p.mix == MixStrategy::PerSample) {
+        EXPECT_EQ(p.algorithm, dynconv::ConvAlgorithm::Winograd);
       }
       NhwcTensor<T> y(ys);
       y.set_constant(T(12345));  // every element must be written
