@@ -507,6 +507,38 @@ TYPED_TEST(LinearTest, ForwardMatchesHandLoop) {
   EXPECT_TRUE(near(tiny.forward(tx)(0, 0), 1.5));
 }
 
+// Every batch size around the kernels' switches (a GEMV per sample up to 4 with Eigen's and 16
+// with dynconv's x86 kernels, a GEMM beyond), rows of W not a multiple of four, features not a
+// multiple of a vector; and a range of output features (as threads split them) written at
+// the right place in each sample's row, nothing outside it.
+TYPED_TEST(LinearTest, EveryBatchSizeMatchesHandLoop) {
+  using T = TypeParam;
+  Linear<T> fc(LinearOptions(37, 11));
+  Tensor2<T> w(11, 37);
+  Tensor1<T> b(11);
+  fill_uniform(w, 21);
+  fill_uniform(b, 22);
+  fc.set_weight(w);
+  fc.set_bias(b);
+  for (Index n = 1; n <= 20; ++n) {
+    SCOPED_TRACE(testing::Message() << "batch " << n);
+    Tensor2<T> x(n, 37);
+    fill_uniform(x, 30 + static_cast<unsigned>(n));
+    const Tensor2<double> want = linear_by_hand(x, w, &b);
+    EXPECT_TRUE(tensors_near(fc.forward(x), want));
+    // Output features [3, 10) only, in rows of 11.
+    std::vector<T> y(static_cast<std::size_t>(n * 11), T(99));
+    dynconv::Workspace<T> ws(1);
+    fc.forward_into(x.data(), n, y.data(), 3, 10, ws, 0);
+    for (Index i = 0; i < n; ++i)
+      for (Index o = 0; o < 11; ++o) {
+        const double got = static_cast<double>(y[static_cast<std::size_t>(i * 11 + o)]);
+        if (o < 3 || o >= 10) EXPECT_EQ(got, 99.0) << "sample " << i << ", feature " << o << " is outside [3, 10)";
+        else EXPECT_NEAR(got, want(i, o), 1e-5) << "sample " << i << ", feature " << o;
+      }
+  }
+}
+
 TYPED_TEST(LinearTest, WithoutBias) {
   using T = TypeParam;
   Linear<T> fc(LinearOptions(6, 2).bias(false));

@@ -798,35 +798,43 @@ DYNCONV_TARGET_AVX2 inline void avx2_mix_rows(const S* src, Index stride, Index 
   }
 }
 
-/// y[o] = bias[o] + W[o, :] . x for o in [0, rows) (W row-major with ldw; bias may be null):
-/// the attention's small matrix-vector products, four rows at a time.
+/// y[b * ldy + o] = bias[o] + W[o, :] . x[b * ldx + :] for o in [0, rows), b in [0, n) (W
+/// row-major with ldw; bias may be null): the dense layers' and attentions' products for a few
+/// samples, four rows of W at a time against each sample in turn, so that W crosses the memory
+/// bus once for the batch (its four rows are in L1 for the samples after the first). A GEMM
+/// would pack W^T per call: a gather of every value.
 DYNCONV_TARGET_AVX512 inline void avx512_gemv(Index rows, Index cols, const float* w, Index ldw, const float* x,
-                                              const float* bias, float* y) {
+                                              Index ldx, Index n, const float* bias, float* y, Index ldy) {
   Index o = 0;
   for (; o + 4 <= rows; o += 4) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const float* w0 = w + o * ldw;
-    for (Index i = 0; i < cols; i += 16) {
-      const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
-      const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-      a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), xv, a0);
-      a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + ldw + i), xv, a1);
-      a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 2 * ldw + i), xv, a2);
-      a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 3 * ldw + i), xv, a3);
+    for (Index b = 0; b < n; ++b) {
+      const float* xb = x + b * ldx;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (Index i = 0; i < cols; i += 16) {
+        const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xb + i);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + i), xv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + ldw + i), xv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 2 * ldw + i), xv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + 3 * ldw + i), xv, a3);
+      }
+      float* yb = y + b * ldy;
+      yb[o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a0);
+      yb[o + 1] = (bias ? bias[o + 1] : 0.f) + _mm512_reduce_add_ps(a1);
+      yb[o + 2] = (bias ? bias[o + 2] : 0.f) + _mm512_reduce_add_ps(a2);
+      yb[o + 3] = (bias ? bias[o + 3] : 0.f) + _mm512_reduce_add_ps(a3);
     }
-    y[o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a0);
-    y[o + 1] = (bias ? bias[o + 1] : 0.f) + _mm512_reduce_add_ps(a1);
-    y[o + 2] = (bias ? bias[o + 2] : 0.f) + _mm512_reduce_add_ps(a2);
-    y[o + 3] = (bias ? bias[o + 3] : 0.f) + _mm512_reduce_add_ps(a3);
   }
-  for (; o < rows; ++o) {
-    __m512 a = _mm512_setzero_ps();
-    for (Index i = 0; i < cols; i += 16) {
-      const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
-      a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + o * ldw + i), _mm512_maskz_loadu_ps(m, x + i), a);
+  for (; o < rows; ++o)
+    for (Index b = 0; b < n; ++b) {
+      __m512 a = _mm512_setzero_ps();
+      for (Index i = 0; i < cols; i += 16) {
+        const __mmask16 m = static_cast<__mmask16>(cols - i >= 16 ? 0xFFFFu : (1u << (cols - i)) - 1u);
+        a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + o * ldw + i), _mm512_maskz_loadu_ps(m, x + b * ldx + i), a);
+      }
+      y[b * ldy + o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a);
     }
-    y[o] = (bias ? bias[o] : 0.f) + _mm512_reduce_add_ps(a);
-  }
 }
 
 /// Horizontal sum of 8 floats.
@@ -836,23 +844,26 @@ DYNCONV_TARGET_AVX2 inline float avx2_sum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
-/// The AVX2 twin of avx512_gemv.
+/// The AVX2 twin of avx512_gemv (one row of W at a time against each sample in turn).
 DYNCONV_TARGET_AVX2 inline void avx2_gemv(Index rows, Index cols, const float* w, Index ldw, const float* x,
-                                          const float* bias, float* y) {
+                                          Index ldx, Index n, const float* bias, float* y, Index ldy) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (Index o = 0; o < rows; ++o) {
     const float* wo = w + o * ldw;
-    __m256 a = _mm256_setzero_ps(), b = a;
-    Index i = 0;
-    for (; i + 16 <= cols; i += 16) {
-      a = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i), _mm256_loadu_ps(x + i), a);
-      b = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i + 8), _mm256_loadu_ps(x + i + 8), b);
+    for (Index b = 0; b < n; ++b) {
+      const float* xb = x + b * ldx;
+      __m256 a = _mm256_setzero_ps(), c = a;
+      Index i = 0;
+      for (; i + 16 <= cols; i += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i), _mm256_loadu_ps(xb + i), a);
+        c = _mm256_fmadd_ps(_mm256_loadu_ps(wo + i + 8), _mm256_loadu_ps(xb + i + 8), c);
+      }
+      for (; i < cols; i += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - i)), lane);
+        a = _mm256_fmadd_ps(_mm256_maskload_ps(wo + i, m), _mm256_maskload_ps(xb + i, m), a);
+      }
+      y[b * ldy + o] = (bias ? bias[o] : 0.f) + avx2_sum(_mm256_add_ps(a, c));
     }
-    for (; i < cols; i += 8) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - i)), lane);
-      a = _mm256_fmadd_ps(_mm256_maskload_ps(wo + i, m), _mm256_maskload_ps(x + i, m), a);
-    }
-    y[o] = (bias ? bias[o] : 0.f) + avx2_sum(_mm256_add_ps(a, b));
   }
 }
 
