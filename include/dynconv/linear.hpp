@@ -162,9 +162,9 @@ class Linear final : public Module<T> {
   }
 
   /// Up to this many samples, dynconv's x86 kernels multiply W by each sample in turn, four rows
-  /// of W at a time (detail::avx512_gemv): W is read once, and a GEMM would gather W^T into its
-  /// packed panels on every call (on the AMD EPYC Zen 4 machine that gather was 11% of
-  /// MobileNetV3-Small's time at batch 8).
+  /// of W (AVX2: one) at a time (detail::avx512_gemv): W is read once, and a GEMM would gather
+  /// W^T into its packed panels on every call (on the AMD EPYC Zen 4 machine that gather was 11%
+  /// of MobileNetV3-Small's time at batch 8).
   static constexpr Index kGemvSamples = 16;
 
   /// The network path: y [n, out_features] = x [n, in_features] W^T + b in caller memory,

@@ -33,7 +33,8 @@ void depthwise_row_epilogue(const Epilogue<T>& ep, Index ow, Index ch, Index c0,
 #if DYNCONV_X86_KERNELS
 /// depthwise_row_epilogue on the kernel set's tile ends (the row's ow pixels as the rows of a
 /// tile with leading dimension ch): activation, residual, final activation and the sums in one
-/// pass over the row while it is in L1.
+/// pass over the row while it is in L1 (for the activations the tile ends vectorise; else
+/// finish_rows, then the sums).
 inline void x86_depthwise_row_ends(KernelIsa isa, const Epilogue<float>& ep, Index ow, Index ch, Index c0, Index c1,
                                    Index r, float* y) {
   if (ep.act == Activation::Identity && !ep.residual && ep.after == Activation::Identity && !ep.sums) return;

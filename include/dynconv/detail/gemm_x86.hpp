@@ -362,7 +362,12 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile_sums(const float* c, Index ldc, In
   for (Index j = 0; j < cols; j += 16) {
     const __mmask16 m = lanes16(cols - j);
     __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-    for (Index i = 0; i < rows; ++i) (i & 1 ? s1 : s0) = _mm512_add_ps(i & 1 ? s1 : s0, _mm512_maskz_loadu_ps(m, c + i * ldc + j));
+    Index i = 0;
+    for (; i + 2 <= rows; i += 2) {
+      s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m, c + i * ldc + j));
+      s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m, c + (i + 1) * ldc + j));
+    }
+    if (i < rows) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m, c + i * ldc + j));
     avx512_add_sums(_mm512_add_ps(s0, s1), m, sums + j);
   }
 }
@@ -388,7 +393,10 @@ DYNCONV_TARGET_AVX512 inline void avx512_tile_ends_as(float* c, Index ldc, Index
         if (relu_after) v = _mm512_max_ps(_mm512_setzero_ps(), v);
       }
       _mm512_mask_storeu_ps(o, m, v);
-      if (sums) (i & 1 ? s1 : s0) = _mm512_add_ps(i & 1 ? s1 : s0, v);
+      if (sums) {
+        if (i & 1) s1 = _mm512_add_ps(s1, v);
+        else s0 = _mm512_add_ps(s0, v);
+      }
     }
     if (sums) avx512_add_sums(_mm512_add_ps(s0, s1), m, e.sums + j);
   }
@@ -516,7 +524,12 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile_sums(const float* c, Index ldc, Index 
   for (Index j = 0; j < cols; j += 8) {
     const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols - j)), lane);
     __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-    for (Index i = 0; i < rows; ++i) (i & 1 ? s1 : s0) = _mm256_add_ps(i & 1 ? s1 : s0, _mm256_maskload_ps(c + i * ldc + j, m));
+    Index i = 0;
+    for (; i + 2 <= rows; i += 2) {
+      s0 = _mm256_add_ps(s0, _mm256_maskload_ps(c + i * ldc + j, m));
+      s1 = _mm256_add_ps(s1, _mm256_maskload_ps(c + (i + 1) * ldc + j, m));
+    }
+    if (i < rows) s0 = _mm256_add_ps(s0, _mm256_maskload_ps(c + i * ldc + j, m));
     avx2_add_sums(_mm256_add_ps(s0, s1), std::min<Index>(8, cols - j), sums + j);
   }
 }
@@ -541,7 +554,10 @@ DYNCONV_TARGET_AVX2 inline void avx2_tile_ends_as(float* c, Index ldc, Index row
         if (relu_after) v = _mm256_max_ps(_mm256_setzero_ps(), v);
       }
       _mm256_maskstore_ps(o, m, v);
-      if (sums) (i & 1 ? s1 : s0) = _mm256_add_ps(i & 1 ? s1 : s0, v);
+      if (sums) {
+        if (i & 1) s1 = _mm256_add_ps(s1, v);
+        else s0 = _mm256_add_ps(s0, v);
+      }
     }
     if (sums) avx2_add_sums(_mm256_add_ps(s0, s1), std::min<Index>(8, cols - j), e.sums + j);
   }
