@@ -77,9 +77,10 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
 /// `means` (the sample's PostOps::means, [Cout]) the slice also sums each output channel as it
 /// finishes it (Epilogue::sums, in double in the worker's scratch): with dynconv's x86 kernels
 /// tile by tile and row by row while the values are in L1 (Winograd: a block of rows, in L2;
-/// Eigen's entry: after its product), and the sums become the means. A separate pooling pass over a batch finds
-/// the first samples gone to memory; summing each sample after writing it still re-read it from
-/// L2 and L3 (4% of DY-MobileNetV2's batch-8 profile on the AMD EPYC Zen 4 machine).
+/// Eigen's entry: after its product), and the sums become the means. A separate pooling pass
+/// over a batch finds the first samples gone to memory; summing each sample after writing it
+/// still re-read it from L2 and L3 (4% of DY-MobileNetV2's batch-8 profile on the AMD EPYC Zen
+/// 4 machine).
 template <typename T>
 void conv_sample(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel,
                  Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means) {
