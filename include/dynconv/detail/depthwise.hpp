@@ -16,18 +16,15 @@ namespace dynconv {
 namespace detail {
 
 /// The epilogue of output row r after the bias was added: activation, residual, final
-/// activation, then the row's channel sums (Epilogue::sums) while it is in L1.
+/// activation (finish_rows, the row's ow pixels as rows of leading dimension ch), then the row's
+/// channel sums (Epilogue::sums) while it is in L1.
 template <typename T>
 void depthwise_row_epilogue(const Epilogue<T>& ep, Index ow, Index ch, Index c0, Index c1, Index r, T* y) {
-  Epilogue<T> tail = ep;
-  if (ep.act == Activation::Identity && ep.residual) {
-    // No activation: the residual still has to be added.
-    for (Index p = r * ow; p < (r + 1) * ow; ++p)
-      for (Index k = c0; k < c1; ++k) y[p * ch + k] += ep.residual[p * ch + k];
-    tail.residual = nullptr;
-  }
-  epilogue_end(tail, ow, ch, c0, c1, r * ow, y);
-  if (ep.sums) run_for_kernel_isa([&] { add_column_sums(y + r * ow * ch + c0, ch, ow, c1 - c0, ep.sums + c0); });
+  const Index origin = r * ow * ch + c0;
+  run_for_kernel_isa([&] {
+    finish_rows(y + origin, ch, ow, c1 - c0, ep.act, ep.residual ? ep.residual + origin : nullptr, ep.after);
+    if (ep.sums) add_column_sums(y + origin, ch, ow, c1 - c0, ep.sums + c0);
+  });
 }
 
 #if DYNCONV_X86_KERNELS
