@@ -1,7 +1,8 @@
 // The GEMM kernel table (detail/gemm.hpp): every entry's gemm, gemm_bt, pack_b (against its
 // PackedLayout's offset()), gemm_packed (B: columns from a panel boundary of a wider matrix
-// packed by the entry's pack_b) and mixed_gemm_batch (with float, BF16 and F16 experts, with and
-// without ODConv's kernel scales, over all or part of the depth), and the expert mix (detail/mix.hpp) of the kernel set in use,
+// packed by the entry's pack_b), mixed_gemm_batch (with float, BF16 and F16 experts, with and
+// without ODConv's kernel scales, over all or part of the depth) and mixed_gemm_packed (float
+// experts packed by pack_b), and the expert mix (detail/mix.hpp) of the kernel set in use,
 // against a naive loop in double, over sizes that reach the kernels' edges (1, odd, just above
 // the register and cache blocks), with leading dimensions larger than the rows, accumulating
 // into non-zero outputs. An entry this CPU does not run is skipped, unless
@@ -18,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -182,7 +184,10 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
                          {4, 300, 600, 5, 590, 1, 13}, {2, 20, 5000, 0, 5000, 1, 3},
                          // a range of the depth (one image's depth split over threads; a batch's)
                          {4, 300, 600, 5, 590, 1, 13, 107, 250}, {4, 576, 96, 0, 96, 1, 16, 288, 576},
-                         {3, 260, 600, 5, 590, 2, 13, 64, 200}};
+                         {3, 260, 600, 5, 590, 2, 13, 64, 200},
+                         // a batch over three depth blocks (the last ragged) and three column
+                         // blocks from a panel's start (experts packed ahead of time too)
+                         {4, 600, 700, 64, 700, 3, 13}};
   for (const Mixed& m : cases)
     for (bool scaled : {false, true}) {
       const Index d1 = m.d1 < 0 ? m.depth : m.d1;
@@ -216,12 +221,31 @@ void check_mixed(const dynconv::detail::GemmKernels<T>& kernels) {
             }
             expected[b * c_stride + p * ldc + j] += acc * col_scale(b, j);
           }
+      auto check = [&](const std::vector<T>& out, const char* path) {
+        double worst = 0;
+        for (std::size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::abs(out[i] - expected[i]));
+        EXPECT_LE(worst, tol<T>() * static_cast<double>(m.depth * m.kernels + 1)) << path;
+      };
+      std::vector<T> c_batch = c;
       dynconv::detail::mixed_gemm_batch_for<T, S>(kernels)(src.data(), m.kernels, m.depth, m.cols, pi.data(), scales, m.n,
-                                                           m.c0, m.c1, m.d0, d1, a.data(), a_stride, m.pixels, c.data(), c_stride,
-                                                           ldc, ws, 0);
-      double worst = 0;
-      for (std::size_t i = 0; i < c.size(); ++i) worst = std::max(worst, std::abs(c[i] - expected[i]));
-      EXPECT_LE(worst, tol<T>() * static_cast<double>(m.depth * m.kernels + 1));
+                                                           m.c0, m.c1, m.d0, d1, a.data(), a_stride, m.pixels,
+                                                           c_batch.data(), c_stride, ldc, ws, 0);
+      check(c_batch, "mixed_gemm_batch");
+      // mixed_gemm_packed: float experts packed by the entry's pack_b, the whole depth, c0 at a
+      // panel's start.
+      if constexpr (std::is_same<S, T>::value) {
+        if (!kernels.mixed_gemm_packed || m.d0 != 0 || d1 != m.depth || !kernels.packed.starts_panel(m.c0)) continue;
+        const Index size = kernels.packed.size(m.depth, m.cols);
+        dynconv::detail::GrowBuffer<T> packed;  // 64-byte aligned, as pack_b's stores need
+        Index allocations = 0;
+        T* experts = packed.get(m.kernels * size, allocations);
+        for (Index k = 0; k < m.kernels; ++k)
+          kernels.pack_b(m.depth, m.cols, src.data() + k * m.depth * m.cols, m.cols, experts + k * size);
+        std::vector<T> c_packed = c;
+        kernels.mixed_gemm_packed(experts, m.kernels, m.depth, m.cols, pi.data(), scales, m.n, m.c0, m.c1, a.data(),
+                                  a_stride, m.pixels, c_packed.data(), c_stride, ldc, ws, 0);
+        check(c_packed, "mixed_gemm_packed");
+      }
     }
 }
 

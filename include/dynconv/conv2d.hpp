@@ -36,10 +36,8 @@
 #include <dynconv/detail/matrix.hpp>
 #undef DYNCONV_DETAIL_ALLOWED
 
-#include <atomic>
 #include <cmath>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -246,36 +244,14 @@ class Conv2d final : public Module<T> {
 
   /// Kernels made from the weights on first use and kept until set_weight: Winograd's
   /// transform (detail::winograd_kernel) and the GEMM's packed kernel (detail::pack_b).
-  struct Kept {
-    std::atomic<bool> ready{false};
-    detail::GrowBuffer<T> buffer;
-    const T* data = nullptr;
-  };
   struct KeptKernels {
-    std::mutex mutex;
-    Kept winograd, packed;
+    detail::Kept<T> winograd, packed;
   };
-
-  /// k's data, made by the first caller: make(buffer) fills `size` values.
-  template <typename Make>
-  const T* kept(Kept& k, Index size, const Make& make) const {
-    if (!k.ready.load(std::memory_order_acquire)) {
-      std::lock_guard<std::mutex> lock(kept_->mutex);
-      if (!k.ready.load(std::memory_order_relaxed)) {
-        Index allocations = 0;
-        T* data = k.buffer.get(size, allocations);
-        make(data);
-        k.data = data;
-        k.ready.store(true, std::memory_order_release);
-      }
-    }
-    return k.data;
-  }
 
   /// The kept Winograd transform (made split over ctx's pool by input channels).
   const T* winograd_kernel(Context<T>& ctx) const {
     const ConvGeometry& g = conv_.geometry;
-    return kept(kept_->winograd, detail::winograd_kernel_size<T>(g.in_channels, g.out_channels), [&](T* u) {
+    return kept_->winograd.get(detail::winograd_kernel_size<T>(g.in_channels, g.out_channels), [&](T* u) {
       const int threads = ctx.threads();
       ctx.pool().parallel_for(threads, [&](std::int64_t part, int) {
         const std::array<Index, 2> r = split_range(g.in_channels, threads, part);
@@ -289,8 +265,8 @@ class Conv2d final : public Module<T> {
     const ConvGeometry& g = conv_.geometry;
     const std::array<Index, 2> m = detail::kernel_matrix(ConvAlgorithm::Im2colGemm, g);
     const detail::PackedLayout& layout = detail::gemm_kernels<T>().packed;
-    return kept(kept_->packed, layout.size(m[0], m[1]),
-                [&](T* out) { detail::pack_b(m[0], m[1], packed_.data(), m[1], out); });
+    return kept_->packed.get(layout.size(m[0], m[1]),
+                            [&](T* out) { detail::pack_b(m[0], m[1], packed_.data(), m[1], out); });
   }
 
   Conv2dOptions options_;

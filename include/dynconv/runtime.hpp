@@ -36,6 +36,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -191,6 +192,36 @@ class GrowBuffer {
   };
   std::unique_ptr<T, Free> data_;
   Index capacity_ = 0;
+};
+
+/// Values made from a layer's weights on first use and kept while the weights stay (a static
+/// layer's packed kernel and Winograd transform, a dynamic layer's packed experts): the first
+/// caller makes them under the lock, later callers read them without it. A layer holds its
+/// Kept in a shared_ptr and replaces it when its weights change.
+template <typename T>
+class Kept {
+ public:
+  /// The kept values, `make(out)` filling `size` of them on the first call.
+  template <typename Make>
+  const T* get(Index size, const Make& make) {
+    if (!ready_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!ready_.load(std::memory_order_relaxed)) {
+        Index allocations = 0;
+        T* data = buffer_.get(size, allocations);
+        make(data);
+        data_ = data;
+        ready_.store(true, std::memory_order_release);
+      }
+    }
+    return data_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::atomic<bool> ready_{false};
+  GrowBuffer<T> buffer_;
+  const T* data_ = nullptr;
 };
 }  // namespace detail
 

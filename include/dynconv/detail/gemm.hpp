@@ -17,6 +17,8 @@
 //                     the mix fused into the packing of W (see eigen_mixed_gemm_batch), the
 //                     mixed kernel optionally scaled by rows and columns (KernelScales: ODConv);
 //                     one function per storage of the experts W_k: T, BF16, F16 (widened)
+//   mixed_gemm_packed the same over the whole depth with the float experts packed ahead of time
+//                     by pack_b (a batch mixes their blocks where they lie); null for "eigen"
 // Each works on the calling thread with one worker's packing buffers from the workspace, so it
 // allocates nothing. gemm_kernel_table() lists the entries, best first; gemm_kernels() is the
 // one of the kernel set in use (kernel_isa(), gemm_x86.hpp: the best the CPU runs, or the one
@@ -192,6 +194,15 @@ using MixedGemmBatch = void (*)(const S* src, Index kernels, Index depth, Index 
                                 const T* a, Index a_stride, Index pixels, T* c, Index c_stride, Index ldc,
                                 Workspace<T>& ws, int worker);
 
+/// x86_mixed_gemm_packed's form: the batch's mixed-kernel GEMM over the whole depth, the K float
+/// experts packed ahead of time in the entry's PackedLayout (expert k at packed + k *
+/// packed.size(depth, cols)), c0 a multiple of packed.nr.
+template <typename T>
+using MixedGemmPacked = void (*)(const T* packed, Index kernels, Index depth, Index cols, const T* pi,
+                                 const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a,
+                                 Index a_stride, Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws,
+                                 int worker);
+
 /// One entry of the GEMM kernel table (see the header comment).
 template <typename T>
 struct GemmKernels {
@@ -213,6 +224,8 @@ struct GemmKernels {
   MixedGemmBatch<T, T> mixed_gemm_batch;
   MixedGemmBatch<T, Eigen::bfloat16> mixed_gemm_batch_bf16;
   MixedGemmBatch<T, Eigen::half> mixed_gemm_batch_f16;
+  /// Null for an entry whose packed layout is the experts' own (Eigen's).
+  MixedGemmPacked<T> mixed_gemm_packed;
   /// Whether mixed_gemm_batch mixes one sample's kernel while packing it, in one pass over the
   /// sources (dynconv's x86 kernels; Eigen's packs the K sources first, slower than one mix).
   bool mixes_while_packing;
@@ -230,17 +243,17 @@ const std::vector<GemmKernels<T>>& gemm_kernel_table() {
       t.push_back({"avx512", KernelIsa::Avx512, &cpu_has_avx512, &x86_gemm<X86Avx512, false>, &x86_gemm<X86Avx512, true>,
                    {X86Avx512::nr, X86Blocking::kc}, &x86_pack_whole_b<X86Avx512>, &x86_gemm_packed<X86Avx512>,
                    &x86_mixed_gemm_batch<X86Avx512, float>, &x86_mixed_gemm_batch<X86Avx512, Eigen::bfloat16>,
-                   &x86_mixed_gemm_batch<X86Avx512, Eigen::half>, true});
+                   &x86_mixed_gemm_batch<X86Avx512, Eigen::half>, &x86_mixed_gemm_packed<X86Avx512>, true});
       t.push_back({"avx2", KernelIsa::Avx2, &cpu_has_avx2, &x86_gemm<X86Avx2, false>, &x86_gemm<X86Avx2, true>,
                    {X86Avx2::nr, X86Blocking::kc}, &x86_pack_whole_b<X86Avx2>, &x86_gemm_packed<X86Avx2>,
                    &x86_mixed_gemm_batch<X86Avx2, float>, &x86_mixed_gemm_batch<X86Avx2, Eigen::bfloat16>,
-                   &x86_mixed_gemm_batch<X86Avx2, Eigen::half>, true});
+                   &x86_mixed_gemm_batch<X86Avx2, Eigen::half>, &x86_mixed_gemm_packed<X86Avx2>, true});
     }
 #endif
     t.push_back({"eigen", KernelIsa::Generic, &always_supported, &eigen_gemm<T, false>, &eigen_gemm<T, true>,
                  PackedLayout{}, &eigen_pack_b<T>, &eigen_gemm_packed<T>,
                  &eigen_mixed_gemm_batch<T, T>, &eigen_mixed_gemm_batch<T, Eigen::bfloat16>,
-                 &eigen_mixed_gemm_batch<T, Eigen::half>, false});
+                 &eigen_mixed_gemm_batch<T, Eigen::half>, nullptr, false});
     return t;
   }();
   return table;

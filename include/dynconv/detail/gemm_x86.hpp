@@ -1066,6 +1066,23 @@ void x86_pack_whole_b(Index k, Index n, const float* b, Index ldb, float* out) {
     Isa::template pack<false>(b, ldb, p0, std::min(X86Blocking::kc, k - p0), 0, n, out + p0 * stride);
 }
 
+/// For each sample b in [0, n): mixes the K packed source blocks (source k at sources + k *
+/// stride: the rows [p0, p0 + kcur) and columns [col, col + w) of each kernel, in panels) with
+/// pi[b, :] into `mixed`, scales it (ODConv), and adds A_b's columns [p0, p0 + kcur) times it to
+/// C_b's columns [col, col + w): the part of a mixed-kernel GEMM that follows a block's sources.
+template <typename Isa>
+inline void x86_mix_samples(const float* sources, Index stride, Index kernels, const float* pi,
+                            const KernelScales<float>& scales, Index n, Index p0, Index kcur, Index col, Index w,
+                            const float* a, Index a_stride, Index depth, Index pixels, float* c, Index c_stride,
+                            Index ldc, float* mixed) {
+  const Index len = kcur * ((w + Isa::nr - 1) / Isa::nr * Isa::nr);
+  for (Index b = 0; b < n; ++b) {
+    Isa::mix(sources, stride, kernels, pi + b * kernels, len, mixed);
+    if (scales) Isa::scale_packed(mixed, kcur, w, scales.row(b) + p0, scales.col(b) + col);
+    Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + col, ldc);
+  }
+}
+
 /// C_b[P, c0:c1] += A_b[P, d0:d1] * (sum_k pi[b, k] W_k)[d0:d1, c0:c1] for b in [0, n) (see
 /// eigen_mixed_gemm_batch): for every block of the kernels the K sources are packed once for
 /// the whole batch and mixed into the packed block each sample's product reads; one sample
@@ -1110,15 +1127,36 @@ void x86_mixed_gemm_batch(const S* src, Index kernels, Index depth, Index cols, 
     const Index kcur = std::min(kc, d1 - p0);
     for (Index j0 = 0; j0 < width; j0 += nc) {
       const Index w = std::min(nc, width - j0);
-      const Index len = kcur * ((w + nr - 1) / nr * nr);
       for (Index k = 0; k < kernels; ++k)
         Isa::template pack<false, S>(src + k * depth * cols, cols, p0, kcur, c0 + j0, w, sources + k * block);
-      for (Index b = 0; b < n; ++b) {
-        Isa::mix(sources, block, kernels, pi + b * kernels, len, mixed);
-        if (scales) Isa::scale_packed(mixed, kcur, w, scales.row(b) + p0, scales.col(b) + c0 + j0);
-        Isa::block(pixels, kcur, a + b * a_stride + p0, depth, mixed, w, c + b * c_stride + c0 + j0, ldc);
-      }
+      x86_mix_samples<Isa>(sources, block, kernels, pi, scales, n, p0, kcur, c0 + j0, w, a, a_stride, depth, pixels,
+                           c, c_stride, ldc, mixed);
     }
+  }
+}
+
+/// x86_mixed_gemm_batch over the whole depth with float experts packed ahead of time: expert k
+/// at packed + k * PackedLayout{Isa::nr, X86Blocking::kc}.size(depth, cols), each [depth, cols]
+/// in that layout (the layout x86_gemm_packed reads), c0 a multiple of Isa::nr. Each block of
+/// the sources is mixed where it is kept: no packing per call.
+template <typename Isa>
+void x86_mixed_gemm_packed(const float* packed, Index kernels, Index depth, Index cols, const float* pi,
+                           const KernelScales<float>& scales, Index n, Index c0, Index c1, const float* a,
+                           Index a_stride, Index pixels, float* c, Index c_stride, Index ldc, Workspace<float>& ws,
+                           int worker) {
+  const Index width = c1 - c0;
+  if (width <= 0 || pixels <= 0 || depth <= 0 || n <= 0) return;
+  constexpr Index nr = Isa::nr;
+  const PackedLayout layout{nr, X86Blocking::kc};
+  const Index kc = std::min(depth, X86Blocking::kc);
+  const Index nc = std::min((width + nr - 1) / nr * nr, X86Blocking::nc(kc, nr));
+  float* mixed = ws.scratch(worker, Scratch::PackB, kc * nc);
+  for (Index p0 = 0; p0 < depth; p0 += kc) {
+    const Index kcur = std::min(kc, depth - p0);
+    for (Index j0 = 0; j0 < width; j0 += nc)
+      x86_mix_samples<Isa>(packed + p0 * layout.stride(cols) + (c0 + j0) * kcur, layout.size(depth, cols), kernels,
+                           pi, scales, n, p0, kcur, c0 + j0, std::min(nc, width - j0), a, a_stride, depth, pixels, c,
+                           c_stride, ldc, mixed);
   }
 }
 
