@@ -501,6 +501,45 @@ TEST(DynamicLargeKernels, BatchTilesMatchThePerSampleReference) {
   }
 }
 
+// A batch mixes the float experts from a packed copy each layer keeps from its first batch
+// (packed_gemm_experts): new experts after a pass must be used by the next one, a copy that
+// sets its own must leave the original's alone, and a round trip through BF16 storage must
+// mix the rounded experts. 80 channels: a padded panel; 1 and 2 threads (channel tiles).
+TEST(DynamicKeptExperts, FollowNewExperts) {
+  DynamicConv2d<float> layer(DynamicConv2dOptions(40, 80, 3).padding(1).bias(true).mix_strategy(MixStrategy::FusedPacking));
+  randomize(layer, 31);
+  Tensor4<float> x(3, 40, 7, 7);
+  ref::fill_random(x, 32);
+  for (Index b = 0; b < 3; ++b)  // distinct attention per sample
+    for (Index i = 0; i < 40 * 7 * 7; ++i) x.data()[b * 40 * 7 * 7 + i] += 0.5f * float(b);
+  const dynconv::NhwcTensor<float> nhwc = dynconv::nchw_to_nhwc(x);
+  const ref::Conv p = ref::Conv::symmetric(1, 1, 1, 1, 1, 1, 1);
+  auto check = [&](const DynamicConv2d<float>& l, const char* what) {
+    const Tensor4<double> expected = ref::dynamic_conv2d(l, x, p);
+    for (int threads : {1, 2}) {
+      dynconv::Context<float> ctx(threads);
+      dynconv::NhwcTensor<float> y(3, 7, 7, 80);
+      l.run(dynconv::Inputs<float>(nhwc.view()), y.view(), ctx, dynconv::PostOps<float>{});
+      EXPECT_LE(ref::rel_error(dynconv::nhwc_to_nchw(y), expected), ref::tolerance<float>())
+          << what << ", " << threads << " threads";
+    }
+  };
+  check(layer, "first experts");
+  Tensor5<float> w = layer.weight();
+  ref::fill_random(w, 33);
+  layer.set_weight(w);
+  check(layer, "new experts after a pass");
+  DynamicConv2d<float> copy = layer;
+  ref::fill_random(w, 34);
+  copy.set_weight(w);
+  check(copy, "the copy's experts");
+  check(layer, "the original after its copy set experts");
+  layer.set_expert_precision(dynconv::ExpertPrecision::BFloat16);
+  check(layer, "BF16 experts");
+  layer.set_expert_precision(dynconv::ExpertPrecision::Float32);
+  check(layer, "float experts rounded through BF16");
+}
+
 // One image whose large kernels are mixed inside the GEMM's packing, on 2 and 3 threads: the
 // depth splits into parts (each a run of whole-row blocks), their partial outputs summed before
 // the epilogue; here with a residual and no activation, which the epilogue adds first.

@@ -26,19 +26,37 @@ using dynconv::MixStrategy;
 using dynconv::NhwcShape;
 using dynconv::NhwcTensor;
 
+/// The epilogue a case runs: y = after(act(conv) + residual), each with PostOps::means.
+enum class Post {
+  HardSwishResidualReLU,  // vectorised activations, a residual, a final activation
+  SiLU,                   // an activation the x86 tile ends do not vectorise, no residual
+  IdentityResidual,       // no activation, a residual
+};
+
 struct Geometry {
   const char* name;
   Index cin, cout, k, stride, pad, groups, h, w;
+  Post post = Post::HardSwishResidualReLU;
 };
 
 // Shapes that reach every edge of the strategies: a 1x1 GEMM (no im2col), a 3x3 with im2col,
 // a strided one, a strided 1x1 (gathered pixels), depthwise, grouped, one wide enough for
-// several channel tiles, and one with enough output pixels (22x23 >= 484) for Winograd.
+// several channel tiles, one with enough output pixels (22x23 >= 484) for Winograd, and one
+// whose GEMM is deeper and wider than a cache block of the x86 kernels (depth 360 > 256, 300
+// channels > 256: tiles finished over two depth blocks, two column blocks). A GEMM and a
+// depthwise layer end in SiLU (finished and summed apart from the vectorised tile ends), one
+// layer in a residual alone.
 const Geometry kGeometries[] = {
-    {"pointwise", 16, 48, 1, 1, 0, 1, 9, 9},       {"conv3x3", 8, 40, 3, 1, 1, 1, 12, 10},
-    {"strided3x3", 8, 32, 3, 2, 1, 1, 11, 13},     {"strided1x1", 16, 32, 1, 2, 0, 1, 9, 9},
-    {"depthwise", 24, 24, 3, 1, 1, 24, 10, 10},    {"grouped", 12, 24, 3, 1, 1, 3, 9, 9},
-    {"wide_tiles", 24, 80, 1, 1, 0, 1, 5, 5},      {"winograd", 8, 20, 3, 1, 1, 1, 22, 23},
+    {"pointwise", 16, 48, 1, 1, 0, 1, 9, 9},
+    {"conv3x3_silu", 8, 40, 3, 1, 1, 1, 12, 10, Post::SiLU},
+    {"strided3x3", 8, 32, 3, 2, 1, 1, 11, 13},
+    {"strided1x1", 16, 32, 1, 2, 0, 1, 9, 9},
+    {"depthwise", 24, 24, 3, 1, 1, 24, 10, 10},
+    {"depthwise_silu", 20, 20, 5, 1, 2, 20, 7, 9, Post::SiLU},
+    {"grouped", 12, 24, 3, 1, 1, 3, 9, 9},
+    {"wide_tiles", 24, 80, 1, 1, 0, 1, 5, 5, Post::IdentityResidual},
+    {"winograd", 8, 20, 3, 1, 1, 1, 22, 23},
+    {"deep", 40, 300, 3, 1, 1, 1, 5, 6},
 };
 const MixStrategy kStrategies[] = {MixStrategy::PerSample, MixStrategy::RowSplit, MixStrategy::ChannelTiles,
                                    MixStrategy::FusedPacking, MixStrategy::Auto};
@@ -147,7 +165,8 @@ Heads reference_heads(const DynamicConv2d<T>& layer, const Geometry& g, const st
 }
 
 /// The naive reference: for each sample its heads (reference_heads), W = f c s sum_k a_k W_k,
-/// b = sum_k a_k b_k, y = conv2d(x, W, b), then y = relu(hardswish(y) + r). x and r NHWC;
+/// b = sum_k a_k b_k, y = conv2d(x, W, b), then g.post: y = relu(hardswish(y) + r), silu(y) or
+/// y + r. x and r NHWC;
 /// returns NHWC, in double. The attention sees x's channel means plus `pooled_shift`.
 template <typename T>
 std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, const NhwcTensor<T>& x,
@@ -188,8 +207,14 @@ std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, 
                 acc += wk * in(n, ih, iw, grp * cin_g + ci);
               }
           const std::size_t at = static_cast<std::size_t>(((n * oh + r) * ow + c) * g.cout + co);
-          const double hs = acc * std::min(std::max(acc + 3.0, 0.0), 6.0) / 6.0;
-          y[at] = std::max(hs + static_cast<double>(residual[at]), 0.0);
+          const double r = static_cast<double>(residual[at]);
+          switch (g.post) {
+            case Post::HardSwishResidualReLU:
+              y[at] = std::max(acc * std::min(std::max(acc + 3.0, 0.0), 6.0) / 6.0 + r, 0.0);
+              break;
+            case Post::SiLU: y[at] = acc / (1.0 + std::exp(-acc)); break;
+            case Post::IdentityResidual: y[at] = acc + r; break;
+          }
         }
     }
   }
@@ -270,7 +295,9 @@ void check_case(const Case& c) {
       std::vector<T> means(static_cast<std::size_t>(batch * g.cout + 1), T(12345));  // + 1: no write past
       dynconv::Inputs<T> inputs(in);
       if (give) inputs.means = given.data();
-      dynconv::PostOps<T> post{Activation::HardSwish, residual.data(), Activation::ReLU};
+      dynconv::PostOps<T> post = g.post == Post::HardSwishResidualReLU ? dynconv::PostOps<T>{Activation::HardSwish, residual.data(), Activation::ReLU}
+                                 : g.post == Post::SiLU                ? dynconv::PostOps<T>{Activation::SiLU}
+                                                                       : dynconv::PostOps<T>{Activation::Identity, residual.data()};
       post.means = means.data();
       layer.run(inputs, y.view(), ctx, post);
       const std::vector<double>& want = give ? shifted : expected;
