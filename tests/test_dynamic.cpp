@@ -518,6 +518,7 @@ TEST(DynamicKeptExperts, FollowNewExperts) {
     const Tensor4<double> expected = ref::dynamic_conv2d(l, x, p);
     for (int threads : {1, 2}) {
       dynconv::Context<float> ctx(threads);
+      EXPECT_EQ(l.plan(nhwc.shape(), threads, ctx.min_parallel_madds()).mix, MixStrategy::FusedPacking);
       dynconv::NhwcTensor<float> y(3, 7, 7, 80);
       l.run(dynconv::Inputs<float>(nhwc.view()), y.view(), ctx, dynconv::PostOps<float>{});
       EXPECT_LE(ref::rel_error(dynconv::nhwc_to_nchw(y), expected), ref::tolerance<float>())

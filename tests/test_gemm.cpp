@@ -261,6 +261,8 @@ TEST(GemmKernelTable, InUseIsTheEntryOfTheKernelSetInUse) {
     EXPECT_NE(e.pack_b, nullptr);
     EXPECT_NE(e.gemm_packed, nullptr);
     EXPECT_NE(e.mixed_gemm_batch, nullptr);
+    // Experts packed ahead of time wherever the packed layout is not the experts' own.
+    EXPECT_EQ(e.mixed_gemm_packed != nullptr, e.packed.nr != 0) << e.name;
   }
   using dynconv::detail::KernelIsa;
   const KernelIsa isa = dynconv::detail::kernel_isa();

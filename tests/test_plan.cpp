@@ -207,13 +207,13 @@ std::vector<double> reference(const DynamicConv2d<T>& layer, const Geometry& g, 
                 acc += wk * in(n, ih, iw, grp * cin_g + ci);
               }
           const std::size_t at = static_cast<std::size_t>(((n * oh + r) * ow + c) * g.cout + co);
-          const double r = static_cast<double>(residual[at]);
+          const double res = static_cast<double>(residual[at]);
           switch (g.post) {
             case Post::HardSwishResidualReLU:
-              y[at] = std::max(acc * std::min(std::max(acc + 3.0, 0.0), 6.0) / 6.0 + r, 0.0);
+              y[at] = std::max(acc * std::min(std::max(acc + 3.0, 0.0), 6.0) / 6.0 + res, 0.0);
               break;
             case Post::SiLU: y[at] = acc / (1.0 + std::exp(-acc)); break;
-            case Post::IdentityResidual: y[at] = acc + r; break;
+            case Post::IdentityResidual: y[at] = acc + res; break;
           }
         }
     }

@@ -33,9 +33,10 @@
 //                 whole batch and mixed for all samples, then each sample convolves (large
 //                 kernels in a batch, or one sample split by channels)
 //   FusedPacking  as ChannelTiles, with the mix fused into the GEMM's packing: each cache block
-//                 of the K sources is packed once per batch and mixed into the packed block
-//                 every sample's micro-kernel reads (few pixels: late layers); one image on
-//                 several threads splits the GEMM's depth instead of the channels
+//                 of the K sources is packed once per batch (x86 and float experts: read from
+//                 the packed copy the layer keeps, packed_gemm_experts) and mixed into the
+//                 packed block every sample's micro-kernel reads (few pixels: late layers);
+//                 one image on several threads splits the GEMM's depth instead of the channels
 //
 // The attention's scales are folded into the mixed kernel as it is synthesised (row scales
 // s[p] c[i], column scales f[o], applied to each block right after the mix), so the
@@ -1049,6 +1050,9 @@ class DynamicConv2d final : public Module<T> {
     const T* a = p.shared_columns ? columns.data() : bt.x.data;
     if (p.depth_parts > 1) return mix_depth_parts(bt, p, ctx, a);
     const bool fused = p.mix == MixStrategy::FusedPacking;
+    // A batch's experts packed once, before the tasks that read them (null: packed per call).
+    const T* packed = fused && n > 1 ? packed_gemm_experts() : nullptr;
+    const detail::PackedLayout& layout = detail::gemm_kernels<T>().packed;
     ctx.pool().parallel_for(p.tiles, [&](std::int64_t t, int worker) {
       const std::array<Index, 2> c = detail::channel_part(cout, p.tiles, t);
       if (c[0] >= c[1]) return;
@@ -1056,10 +1060,9 @@ class DynamicConv2d final : public Module<T> {
       if (fused) {
         for (Index b = 0; b < n; ++b) detail::epilogue_begin(bt.epilogue(b, cout), pixels, cout, c[0], c[1], 0, bt.y.sample(b));
         const Index a_stride = p.shared_columns ? col_size : bt.x.sample_size();
-        const detail::GemmKernels<T>& kernels_in_use = detail::gemm_kernels<T>();
-        if (const T* packed = n > 1 && kernels_in_use.packed.starts_panel(c[0]) ? packed_gemm_experts() : nullptr)
-          kernels_in_use.mixed_gemm_packed(packed, k, m[0], m[1], bt.pi, bt.scales, n, c[0], c[1], a, a_stride, pixels,
-                                           bt.y.data, bt.y.sample_size(), cout, ctx.workspace(), worker);
+        if (packed && layout.starts_panel(c[0]))  // (a tile from an AVX-512 half panel packs per call)
+          detail::mixed_gemm_packed(packed, k, m[0], m[1], bt.pi, bt.scales, n, c[0], c[1], a, a_stride, pixels,
+                                    bt.y.data, bt.y.sample_size(), cout, ctx.workspace(), worker);
         else
           with_experts([&](const auto* experts) {
             detail::mixed_gemm_batch(experts, k, m[0], m[1], bt.pi, bt.scales, n, c[0], c[1], Index(0), m[0], a,
@@ -1130,7 +1133,7 @@ class DynamicConv2d final : public Module<T> {
   }
   /// The K float experts, each [depth, Cout] in the GEMM's packed layout, made on first use and
   /// kept until the experts change: a batch's fused mixed GEMM mixes their blocks where they lie
-  /// instead of packing the K sources per call (about 3 ms of ResNet-18's 512-channel layer at
+  /// instead of packing the K sources per call (about 4 ms of ResNet-18's 512-channel layer at
   /// batch 8). Batches only: one image mixes while packing, in one pass over the experts as
   /// stored, and a model run on single images keeps one copy of its experts. Null when the
   /// kernel set has no such path (Eigen's), the experts are BF16/F16, or groups > 1.

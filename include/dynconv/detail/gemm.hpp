@@ -295,6 +295,16 @@ void pack_b(Index k, Index n, const T* b, Index ldb, T* out) {
   gemm_kernels<T>().pack_b(k, n, b, ldb, out);
 }
 
+/// The batch's mixed-kernel GEMM with experts packed ahead of time, through the table (see
+/// MixedGemmPacked; only for an entry that has one: gemm_kernels<T>().mixed_gemm_packed).
+template <typename T>
+void mixed_gemm_packed(const T* packed, Index kernels, Index depth, Index cols, const T* pi,
+                       const KernelScales<T>& scales, Index n, Index c0, Index c1, const T* a, Index a_stride,
+                       Index pixels, T* c, Index c_stride, Index ldc, Workspace<T>& ws, int worker) {
+  gemm_kernels<T>().mixed_gemm_packed(packed, kernels, depth, cols, pi, scales, n, c0, c1, a, a_stride, pixels, c,
+                                      c_stride, ldc, ws, worker);
+}
+
 /// An entry's mixed-kernel GEMM for experts stored as S.
 template <typename T, typename S>
 MixedGemmBatch<T, S> mixed_gemm_batch_for(const GemmKernels<T>& e) {
