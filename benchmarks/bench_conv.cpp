@@ -2,7 +2,7 @@
 // ResNet-18 (224x224 input), batch 1 and 8, float, one thread.
 //
 // Names: Conv/<layer>/<static|dynamic>/batch:<B>, with the algorithm Auto picks as the label;
-// a layer that Auto runs by Winograd also runs as Conv/<layer>:im2col/... with Im2colGemm
+// a layer that Auto runs by Winograd (at batch 1 or only at 8) also runs as Conv/<layer>:im2col/... with Im2colGemm
 // forced, to compare the two in one run. Counters:
 //   GFLOPS      2 x all multiply-adds of the batch (conv + attention + aggregation) per second
 //   peak_frac   GFLOPS / the single-core FP32 FMA peak measured at start-up (fma_peak.hpp;
@@ -17,6 +17,7 @@
 #include "fma_peak.hpp"
 
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -83,8 +84,11 @@ void run(benchmark::State& state, const Layer& l, Index batch, dynconv::ConvAlgo
   state.counters["peak_frac"] = benchmark::Counter(
       2.0 * static_cast<double>(cost.madds()) * static_cast<double>(batch) / (g_peak_gflops * 1e9),
       benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(dynconv::algorithm_name(
-      dynconv::detail::run_algorithm(layer.algorithm(), layer.geometry().out_h(l.size), layer.geometry().out_w(l.size))));
+  // A static layer's batch shares its kernel (Winograd over the batch's tiles); a dynamic
+  // layer's samples do not.
+  const Index samples = std::is_same<Layer_t, dynconv::Conv2d<float>>::value ? batch : 1;
+  state.SetLabel(dynconv::algorithm_name(dynconv::detail::run_algorithm(
+      layer.algorithm(), layer.geometry().out_h(l.size), layer.geometry().out_w(l.size), samples)));
 }
 
 }  // namespace
@@ -95,8 +99,9 @@ int main(int argc, char** argv) {
   using dynconv::ConvAlgorithm;
   for (const Layer& l : kLayers) {
     const dynconv::ConvGeometry g = shape_options<dynconv::Conv2dOptions>(l, ConvAlgorithm::Auto).geometry();
+    // Winograd for some batch (a static batch of 8 small images runs it over the batch's tiles).
     const bool winograd = dynconv::detail::run_algorithm(dynconv::select_conv_algorithm(g), g.out_h(l.size),
-                                                         g.out_w(l.size)) == ConvAlgorithm::Winograd;
+                                                         g.out_w(l.size), 8) == ConvAlgorithm::Winograd;
     for (ConvAlgorithm algo : {ConvAlgorithm::Auto, ConvAlgorithm::Im2colGemm}) {
       if (algo == ConvAlgorithm::Im2colGemm && !winograd) continue;
       const std::string name = std::string("Conv/") + l.name + (algo == ConvAlgorithm::Auto ? "" : ":im2col");

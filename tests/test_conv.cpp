@@ -87,6 +87,10 @@ const Case kCases[] = {
   {"wino_3x3_pad0",           1, 16,  33, 24,  26,  3,  3,  1,  1,  0,  0,  0,  0,  1,  1,   1, false},
   {"wino_3x3_484px_batch3",   3,  7,  17, 22,  22,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
   {"wino_resnet_3x3_64",      1, 64,  64, 24,  24,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, false},
+  // Smaller outputs run Winograd over a batch of at least 32 tiles, the GEMMs taking several
+  // samples' tiles: 10x13 (12 tiles, partial on both axes) x 3, 7x7 (4 tiles) x 8 exactly.
+  {"wino_batch3_10x13",       3, 20,  24, 10,  13,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
+  {"wino_batch8_7x7_pad0",    8, 33,  17,  9,   9,  3,  3,  1,  1,  0,  0,  0,  0,  1,  1,   1, false},
 };
 
 // Per-side padding and non-square kernels with dilation. These also run through DynamicConv2d
@@ -237,16 +241,22 @@ TEST(ConvTable, CoversTheRequiredSpace) {
   // The table itself is part of the contract: at least 40 geometries, each algorithm used.
   EXPECT_GE(std::size(kCases), 40u);
   int per_algo[5] = {0, 0, 0, 0, 0};
-  int winograd_runs = 0;  // outputs of at least 484 pixels (smaller ones run Im2colGemm)
+  // Outputs of at least 484 pixels run Winograd sample by sample; smaller ones over the batch's
+  // tiles when there are enough, else Im2colGemm.
+  int winograd_runs = 0, batch_runs = 0;
   for (const Param& p : all_params()) {
     ++per_algo[static_cast<int>(p.algo)];
     const dynconv::ConvGeometry g = geometry_of(p.c);
-    winograd_runs += p.algo == ConvAlgorithm::Winograd &&
-                     dynconv::detail::run_algorithm(p.algo, g.out_h(p.c.h), g.out_w(p.c.w)) == ConvAlgorithm::Winograd;
+    const Index oh = g.out_h(p.c.h), ow = g.out_w(p.c.w);
+    const bool runs = p.algo == ConvAlgorithm::Winograd &&
+                      dynconv::detail::run_algorithm(p.algo, oh, ow, p.c.n) == ConvAlgorithm::Winograd;
+    winograd_runs += runs;
+    batch_runs += runs && dynconv::detail::winograd_spans_samples(oh, ow);
   }
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Pointwise)], 8);
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Depthwise)], 8);
-  EXPECT_GE(winograd_runs, 5);
+  EXPECT_GE(winograd_runs, 7);
+  EXPECT_GE(batch_runs, 2);
   EXPECT_EQ(per_algo[static_cast<int>(ConvAlgorithm::Im2colGemm)], static_cast<int>(conv_cases().size()));
   // The per-side cases are asymmetric or dilated non-square, and reach the depthwise loop too.
   int per_side_depthwise = 0;
@@ -255,6 +265,85 @@ TEST(ConvTable, CoversTheRequiredSpace) {
     per_side_depthwise += dynconv::algorithm_supports(ConvAlgorithm::Depthwise, geometry_of(c));
   }
   EXPECT_GE(per_side_depthwise, 4);
+}
+
+// Winograd over several samples (a static layer's batch of small images): blocks of tile rows
+// that start and end inside samples (block_rows forced from 1 to all), the epilogue (ReLU,
+// residual) and the channel sums (PostOps::means) cut at each sample's edge; then the layer's
+// own path with PostOps::means on 1, 2 and 3 threads (runs of 3, 2 + 1 and 1 + 1 + 1 samples).
+TEST(WinogradSamples, BlocksAcrossSampleEdges) {
+  using T = float;
+  const Case c{"wino_blocks", 3, 20, 24, 10, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true};
+  const dynconv::ConvGeometry g = geometry_of(c);
+  const Index oh = g.out_h(c.h), ow = g.out_w(c.w), cin = c.cin, cout = c.cout;
+  ASSERT_TRUE(dynconv::detail::winograd_spans_samples(oh, ow));
+  Tensor4<T> w(cout, cin, 3, 3), x(c.n, cin, c.h, c.w);
+  dynconv::Tensor1<T> bias(cout);
+  ref::fill_random(w, 1);
+  ref::fill_random(bias, 2);
+  ref::fill_random(x, 3);
+  const Tensor4<double> conv = ref::conv2d(x, w, bias.data(), ref_conv(c));
+  const dynconv::NhwcTensor<T> xs = dynconv::nchw_to_nhwc(x);
+  dynconv::NhwcTensor<T> residual(c.n, oh, ow, cout);
+  ref::fill_random(residual.tensor(), 4);
+  // want = relu(conv) + residual (NHWC), and its per-sample channel means.
+  Tensor4<double> want(c.n, oh, ow, cout);
+  std::vector<double> mean(static_cast<std::size_t>(c.n * cout), 0.0);
+  for (Index b = 0; b < c.n; ++b)
+    for (Index r = 0; r < oh; ++r)
+      for (Index q = 0; q < ow; ++q)
+        for (Index o = 0; o < cout; ++o) {
+          want(b, r, q, o) = std::max(conv(b, o, r, q), 0.0) + static_cast<double>(residual.tensor()(b, r, q, o));
+          mean[static_cast<std::size_t>(b * cout + o)] += want(b, r, q, o) / static_cast<double>(oh * ow);
+        }
+  // The kernel as Im2colGemm packs it ([kh][kw][Cin][Cout]), then its transform.
+  std::vector<T> k(static_cast<std::size_t>(9 * cin * cout));
+  for (Index o = 0; o < cout; ++o)
+    for (Index i = 0; i < cin; ++i)
+      for (Index t = 0; t < 9; ++t) k[static_cast<std::size_t>((t * cin + i) * cout + o)] = w(o, i, t / 3, t % 3);
+  dynconv::detail::GrowBuffer<T> kept;  // 64-byte aligned, as the GEMM reads a packed kernel
+  Index allocations = 0;
+  T* u = kept.get(dynconv::detail::winograd_kernel_size<T>(cin, cout), allocations);
+  dynconv::detail::winograd_kernel(0, cin, cin, k.data(), cout, cout, u);
+  dynconv::Workspace<T> ws(1);
+  const Index sample_rows = (oh + 3) / 4;  // 3 tile rows per sample
+  for (Index block_rows : {Index(1), Index(2), Index(4), Index(5), Index(100)}) {
+    SCOPED_TRACE("block_rows " + std::to_string(block_rows));
+    dynconv::NhwcTensor<T> y(c.n, oh, ow, cout);
+    y.set_constant(T(12345));
+    std::vector<double> sums(static_cast<std::size_t>(c.n * cout + 1), 0.0);
+    sums.back() = 7.0;  // nothing written past the samples' sums
+    const dynconv::detail::Epilogue<T> ep{bias.data(), dynconv::Activation::ReLU, residual.data(),
+                                          dynconv::Activation::Identity, sums.data()};
+    dynconv::detail::winograd_slice(g, xs.data(), c.h, c.w, u, dynconv::detail::Slice{0, oh, 0, cout}, ep,
+                                    y.data(), ws, 0, c.n, block_rows);
+    EXPECT_LE(ref::rel_error(y.tensor(), want), ref::tolerance<T>()) << sample_rows << " tile rows per sample";
+    double worst = 0;
+    for (std::size_t i = 0; i < mean.size(); ++i) worst = std::max(worst, std::abs(sums[i] / (oh * ow) - mean[i]));
+    EXPECT_LE(worst, 1e-4);
+    EXPECT_EQ(sums.back(), 7.0);
+  }
+  // Conv2d::run: the batch's tiles in runs of samples per thread, with PostOps::means.
+  dynconv::Conv2d<T> layer(options_of<dynconv::Conv2dOptions>(c, ConvAlgorithm::Auto));
+  ASSERT_EQ(layer.algorithm(), ConvAlgorithm::Winograd);
+  layer.set_weight(w);
+  layer.set_bias(bias);
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(std::to_string(threads) + " threads");
+    dynconv::Context<T> ctx(threads);
+    dynconv::NhwcTensor<T> y(c.n, oh, ow, cout);
+    y.set_constant(T(12345));
+    std::vector<T> means(static_cast<std::size_t>(c.n * cout + 1), T(12345));
+    dynconv::PostOps<T> post{dynconv::Activation::ReLU, residual.data(), dynconv::Activation::Identity};
+    post.means = means.data();
+    layer.run(dynconv::Inputs<T>(xs.view()), y.view(), ctx, post);
+    EXPECT_LE(ref::rel_error(y.tensor(), want), ref::tolerance<T>());
+    double worst = 0;
+    for (std::size_t i = 0; i < mean.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(means[i]) - mean[i]));
+    EXPECT_LE(worst, 1e-4);
+    EXPECT_EQ(means.back(), T(12345)) << "PostOps::means written past [n, Cout]";
+  }
 }
 
 // ---- DynamicConv2d with per-side padding and non-square dilated kernels ----------------------

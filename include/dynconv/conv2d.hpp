@@ -140,9 +140,11 @@ class Conv2d final : public Module<T> {
   /// y = post(conv(x) + bias), split over ctx's threads: each sample is one task; a batch
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
-  /// kept packed kernel; Winograd (for outputs of at least 484 pixels; smaller ones run
-  /// Im2colGemm) the kept transform. PostOps::means: a sample that is one task sums its channels
-  /// as it finishes them (conv_sample); samples split over the pool are pooled after.
+  /// kept packed kernel; Winograd the kept transform: outputs of at least 484 pixels sample by
+  /// sample, smaller ones when the batch has at least 32 tiles of 4x4 (else Im2colGemm) in one
+  /// run of samples per thread, whose GEMMs take the tiles of several samples.
+  /// PostOps::means: a sample (or run of samples) that is one task sums its channels as it
+  /// finishes them (conv_sample); samples split over the pool are pooled after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -166,8 +168,23 @@ class Conv2d final : public Module<T> {
       if (post.means) std::copy(y.data, y.data + y.size(), post.means);  // one pixel: its own mean
       return;
     }
+    const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w, x.n);
+    if (algo == ConvAlgorithm::Winograd && detail::winograd_spans_samples(y.h, y.w)) {
+      // A batch of small images: one task per thread, each a run of samples whose tiles
+      // share the GEMMs (run_algorithm picked Winograd for the batch's tiles).
+      const T* u = winograd_kernel(ctx);
+      const Index groups = std::min<Index>(x.n, ctx.threads());
+      ctx.pool().parallel_for(groups, [&](std::int64_t task, int worker) {
+        const auto r = split_range(x.n, groups, task);
+        const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + r[0] * y.sample_size() : nullptr,
+                                     post.after};
+        detail::conv_sample(algo, g, x.sample(r[0]), x.h, x.w, u, g.out_channels, ep, y.sample(r[0]), ctx.workspace(),
+                            worker, static_cast<const T*>(nullptr), post.means ? post.means + r[0] * y.c : nullptr,
+                            r[1] - r[0]);
+      });
+      return;
+    }
     const Index parts = ctx.sample_parts(x.n, y.pixels() * g.weight_size());
-    const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w);
     const bool by_channel = detail::channel_sliceable(algo, g);
     const T* kernel = algo == ConvAlgorithm::Winograd ? winograd_kernel(ctx) : packed_.data();
     // The GEMM's own packing, kept (a row-major layout, Eigen's, is the packed kernel itself).

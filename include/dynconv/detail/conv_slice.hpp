@@ -81,22 +81,28 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
 /// over a batch finds the first samples gone to memory; summing each sample after writing it
 /// still re-read it from L2 and L3 (4% of DY-MobileNetV2's batch-8 profile on the AMD EPYC Zen
 /// 4 machine).
+///   samples > 1 (Winograd only): `samples` consecutive samples (x, y, ep.residual and means at
+///   the first) in one winograd_slice, whose GEMMs take the tiles of several samples.
 template <typename T>
 void conv_sample(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel,
-                 Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means) {
+                 Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means,
+                 Index samples = 1) {
+  eigen_assert(samples == 1 || algo == ConvAlgorithm::Winograd);
   const Index oh = g.out_h(in_h), ow = g.out_w(in_w), cout = g.out_channels;
   const Slice whole{0, oh, 0, cout};
-  if (!means)
-    return conv_slice(algo, g, x, in_h, in_w, kernel, ldk, whole, ep, y, static_cast<const T*>(nullptr), ws, worker,
-                      packed);
+  const auto run = [&](const Epilogue<T>& e) {
+    if (samples > 1) return winograd_slice(g, x, in_h, in_w, kernel, whole, e, y, ws, worker, samples);
+    conv_slice(algo, g, x, in_h, in_w, kernel, ldk, whole, e, y, static_cast<const T*>(nullptr), ws, worker, packed);
+  };
+  if (!means) return run(ep);
   static_assert(sizeof(double) % sizeof(T) == 0, "conv_sample: double sums in a scratch of T");
   constexpr Index kPer = static_cast<Index>(sizeof(double) / sizeof(T));
   Epilogue<T> e = ep;
-  e.sums = reinterpret_cast<double*>(ws.scratch(worker, Scratch::Sums, cout * kPer));  // 64-byte aligned
-  std::fill(e.sums, e.sums + cout, 0.0);
-  conv_slice(algo, g, x, in_h, in_w, kernel, ldk, whole, e, y, static_cast<const T*>(nullptr), ws, worker, packed);
+  e.sums = reinterpret_cast<double*>(ws.scratch(worker, Scratch::Sums, samples * cout * kPer));  // 64-byte aligned
+  std::fill(e.sums, e.sums + samples * cout, 0.0);
+  run(e);
   const double scale = 1.0 / static_cast<double>(oh * ow);
-  for (Index c = 0; c < cout; ++c) means[c] = static_cast<T>(e.sums[c] * scale);
+  for (Index c = 0; c < samples * cout; ++c) means[c] = static_cast<T>(e.sums[c] * scale);
 }
 
 }  // namespace detail

@@ -17,7 +17,8 @@
 // Data: U = winograd_kernel() of the packed kernel ([kh][kw][Cin][Cout], Im2colGemm's layout):
 // 36 matrices [Cin, Cout] already in the GEMM's packed layout (no GEMM packs them again); V
 // (input tiles) and M (GEMM results) are built per block of tile rows in the worker's scratch,
-// sized to stay in the L2 cache. All transforms are vectorised across
+// sized to stay in the L2 cache; a static layer's batch of small images takes blocks of tile
+// rows across samples, in L3, so that each GEMM has enough rows. All transforms are vectorised across
 // channels (NHWC keeps every pixel's channels contiguous) and compiled for the kernel set in use.
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
@@ -45,8 +46,20 @@ constexpr Index kWinogradTile = 4;
 /// runs 14x14 faster with it (0.7x), but a whole model pass then streams 4x the kernel's bytes
 /// from memory: static ResNet-18 measured 5-8% slower at batch 1 with 196 pixels as the bound.
 constexpr Index kWinogradMinPixels = 484;
+/// A static layer (its transform kept) with fewer output pixels runs Winograd over a batch
+/// of at least this many tiles, its GEMMs over the tiles of several samples at once
+/// (winograd_slice with samples > 1): per sample, 14x14 has 16 tiles and 7x7 only 4, too few
+/// rows for a GEMM to amortise reading the transform (36 x Cin x Cout values, from L3 or
+/// memory). bench_conv, AMD EPYC Zen 5, one thread, batch 8 (32 and 128 tiles): ResNet-18's
+/// 7x7 512-channel layer 8.8 -> 4.6-6.0 ms, its 14x14 256-channel one 8.5 -> 3.9 ms against
+/// Im2colGemm. Per sample (no batch), 7x7 ran 1.3x slower than Im2colGemm.
+constexpr Index kWinogradMinBatchTiles = 32;
 /// Bytes of V and M per block of tile rows (both stay in a core's L2 cache).
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
+/// The same when the blocks span samples: V and M then live in L3, and a block of 8 MiB takes
+/// a whole batch of 8 7x7 images (one pass over the 512-channel transform, 38 MB, from memory;
+/// 4 MiB measured 6.0 ms there, 8 and 16 MiB 4.6 and 4.8), or half of one at 14x14.
+constexpr Index kWinogradBatchBlockBytes = Index(8) << 20;
 
 /// Values of the transformed kernel U of `cols` output channels: 36 packed [cin, cols]
 /// matrices (the GEMM kernels' PackedLayout, padding included).
@@ -55,10 +68,23 @@ Index winograd_kernel_size(Index cin, Index cols) {
   return kWinogradPoints * gemm_kernels<T>().packed.size(cin, cols);
 }
 
-/// The algorithm a layer of algorithm `algo` runs for an output of out_h x out_w: Winograd
-/// layers with fewer than kWinogradMinPixels output pixels run as Im2colGemm.
-inline ConvAlgorithm run_algorithm(ConvAlgorithm algo, Index out_h, Index out_w) {
-  if (algo == ConvAlgorithm::Winograd && out_h * out_w < kWinogradMinPixels) return ConvAlgorithm::Im2colGemm;
+/// 4x4 output tiles of one sample's out_h x out_w output.
+inline Index winograd_tiles(Index out_h, Index out_w) {
+  return ((out_h + kWinogradTile - 1) / kWinogradTile) * ((out_w + kWinogradTile - 1) / kWinogradTile);
+}
+
+/// Whether a Winograd layer's output is small enough for its GEMMs to take the tiles of
+/// several samples (winograd_slice with samples > 1): fewer than kWinogradMinPixels pixels.
+inline bool winograd_spans_samples(Index out_h, Index out_w) { return out_h * out_w < kWinogradMinPixels; }
+
+/// The algorithm a layer of algorithm `algo` runs for an output of out_h x out_w, where
+/// `samples` samples share one kernel (a static layer's batch; 1 for a dynamic layer, whose
+/// samples each have their own): Winograd layers with fewer than kWinogradMinPixels output
+/// pixels run as Im2colGemm unless the samples have kWinogradMinBatchTiles tiles together.
+inline ConvAlgorithm run_algorithm(ConvAlgorithm algo, Index out_h, Index out_w, Index samples = 1) {
+  if (algo == ConvAlgorithm::Winograd && winograd_spans_samples(out_h, out_w) &&
+      (samples < 2 || samples * winograd_tiles(out_h, out_w) < kWinogradMinBatchTiles))
+    return ConvAlgorithm::Im2colGemm;
   return algo;
 }
 
@@ -163,15 +189,17 @@ inline void winograd_at(const T* __restrict m, Index ms, T* __restrict out, Inde
   }
 }
 
-/// The geometry of one slice's tiles: output rows [r0, r1) in tile rows of 4 from r0, tile
-/// columns of 4 from 0.
+/// The geometry of one slice's tiles: output rows [r0, r1) of each sample in tile rows of 4
+/// from r0 (tile_rows per sample; tile row q is row q % tile_rows of sample q / tile_rows),
+/// tile columns of 4 from 0; the samples' outputs are out_h x out_w.
 struct WinogradTiles {
-  Index r0, r1, out_w, tiles_w;
+  Index r0, r1, out_h, out_w, tiles_w, tile_rows;
 };
 
 /// V[xi][t][c] (point stride vs, tile stride ldv) = (B^T d B)[xi] for the tiles of tile rows
-/// [tr0, tr1) of `wt` (t counted from the block's first tile), every input channel; lanes from
-/// cin up to a whole vector are written as zeros.
+/// [tr0, tr1) of `wt` (t counted from the block's first tile), every input channel, from x
+/// (the first sample [H, W, Cin], the others after it); lanes from cin up to a whole vector are
+/// written as zeros.
 template <typename T>
 void winograd_input_loops(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const WinogradTiles& wt, Index tr0,
                           Index tr1, T* v, Index ldv, Index vs) {
@@ -180,14 +208,15 @@ void winograd_input_loops(const ConvGeometry& g, const T* x, Index in_h, Index i
   alignas(64) T d[36 * L];
   alignas(64) T w[36 * L];
   Index t = 0;
-  for (Index tr = tr0; tr < tr1; ++tr)
+  for (Index q = tr0; q < tr1; ++q)
     for (Index tc = 0; tc < wt.tiles_w; ++tc, ++t) {
-      const Index ih0 = wt.r0 + tr * kWinogradTile - g.pad_h, iw0 = tc * kWinogradTile - g.pad_w;
+      const T* xs = x + q / wt.tile_rows * in_h * in_w * cin;
+      const Index ih0 = wt.r0 + q % wt.tile_rows * kWinogradTile - g.pad_h, iw0 = tc * kWinogradTile - g.pad_w;
       const T* src[36];
       for (Index a = 0; a < 6; ++a)
         for (Index b = 0; b < 6; ++b) {
           const Index ih = ih0 + a, iw = iw0 + b;
-          src[a * 6 + b] = ih >= 0 && ih < in_h && iw >= 0 && iw < in_w ? x + (ih * in_w + iw) * cin : nullptr;
+          src[a * 6 + b] = ih >= 0 && ih < in_h && iw >= 0 && iw < in_w ? xs + (ih * in_w + iw) * cin : nullptr;
         }
       for (Index c = 0; c < cin; c += L) {
         const Index n = std::min(L, cin - c);
@@ -203,8 +232,8 @@ void winograd_input_loops(const ConvGeometry& g, const T* x, Index in_h, Index i
 }
 
 /// Y = A^T M A (+ bias) for the tiles of tile rows [tr0, tr1) of `wt`, channels [0, cols) of M
-/// (point stride ms, tile stride ldm) into y (the sample's output, Cout channels, at the slice's
-/// first channel), cropped to rows < wt.r1 and columns < wt.out_w.
+/// (point stride ms, tile stride ldm) into y (the first sample's output, Cout channels, at the
+/// slice's first channel; the others after it), cropped to rows < wt.r1 and columns < wt.out_w.
 template <typename T>
 void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const T* m, Index ldm, Index ms, Index cols,
                            const T* bias, T* y, Index cout) {
@@ -213,9 +242,10 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
   alignas(64) T w[24 * L];
   alignas(64) T o[16 * L];
   Index t = 0;
-  for (Index tr = tr0; tr < tr1; ++tr)
+  for (Index q = tr0; q < tr1; ++q)
     for (Index tc = 0; tc < wt.tiles_w; ++tc, ++t) {
-      const Index oy0 = wt.r0 + tr * kWinogradTile, ox0 = tc * kWinogradTile;
+      T* ys = y + q / wt.tile_rows * wt.out_h * wt.out_w * cout;
+      const Index oy0 = wt.r0 + q % wt.tile_rows * kWinogradTile, ox0 = tc * kWinogradTile;
       const Index rows = std::min(kWinogradTile, wt.r1 - oy0), cols_px = std::min(kWinogradTile, wt.out_w - ox0);
       for (Index c = 0; c < cols; c += L) {
         const Index n = std::min(L, cols - c);
@@ -226,7 +256,7 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
         for (Index i = 0; i < rows; ++i)
           for (Index j = 0; j < cols_px; ++j) {
             const T* op = o + (i * 4 + j) * L;
-            T* yp = y + ((oy0 + i) * wt.out_w + ox0 + j) * cout + c;
+            T* yp = ys + ((oy0 + i) * wt.out_w + ox0 + j) * cout + c;
             if (bias) {
               for (Index l = 0; l < n; ++l) yp[l] = op[l] + bias[c + l];
             } else {
@@ -237,26 +267,34 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
     }
 }
 
-/// One slice of one sample's convolution by Winograd F(4x4, 3x3) with its epilogue.
+/// One slice of `samples` consecutive samples' convolution by Winograd F(4x4, 3x3) with its
+/// epilogue (the same rows and channels of each; samples > 1: the slice spans all rows, and each
+/// block of tile rows, so each GEMM, takes the tiles of several samples).
 ///   u: winograd_kernel()'s U of the slice's channels [s.c0, s.c1) (cols = s.c1 - s.c0).
-///   x: the sample [H, W, Cin]; y: the sample's output [Hout, Wout, Cout].
+///   x: the first sample [H, W, Cin]; y: its output [Hout, Wout, Cout]; ep.residual: its
+///   residual; ep.sums: Cout sums per sample. The other samples follow each.
+///   block_rows: tile rows per block (0: as many as kWinogradBlockBytes, or with samples > 1
+///   kWinogradBatchBlockBytes, hold; the tests set it to cut blocks inside samples).
 template <typename T>
 void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* u, const Slice& s,
-                    const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker) {
+                    const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, Index samples = 1,
+                    Index block_rows = 0) {
   constexpr Index L = winograd_lanes<T>();
-  const Index ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels, cols = s.c1 - s.c0;
-  const WinogradTiles wt{s.r0, s.r1, ow, (ow + kWinogradTile - 1) / kWinogradTile};
-  const Index tile_rows = (s.r1 - s.r0 + kWinogradTile - 1) / kWinogradTile;
+  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels, cols = s.c1 - s.c0;
+  eigen_assert(samples == 1 || (s.r0 == 0 && s.r1 == oh));
+  const Index sample_rows = (s.r1 - s.r0 + kWinogradTile - 1) / kWinogradTile, tile_rows = samples * sample_rows;
+  const WinogradTiles wt{s.r0, s.r1, oh, ow, (ow + kWinogradTile - 1) / kWinogradTile, sample_rows};
   const Index ldv = (cin + L - 1) / L * L, ldm = (cols + L - 1) / L * L;
   const Index row_bytes = kWinogradPoints * wt.tiles_w * (ldv + ldm) * Index(sizeof(T));
-  const Index block = std::min(tile_rows, std::max<Index>(1, kWinogradBlockBytes / row_bytes));
+  const Index budget = samples > 1 ? kWinogradBatchBlockBytes : kWinogradBlockBytes;
+  const Index block = std::min(tile_rows, block_rows > 0 ? block_rows : std::max<Index>(1, budget / row_bytes));
   const Index max_tiles = block * wt.tiles_w;
   T* v = ws.scratch(worker, Scratch::Columns, kWinogradPoints * max_tiles * ldv);
   T* m = ws.scratch(worker, Scratch::Tiles, kWinogradPoints * max_tiles * ldm);
   const GemmEpilogue<T> overwrite{};
   const bool finish = ep.act != Activation::Identity || ep.residual || ep.after != Activation::Identity;
   const PackedLayout& layout = gemm_kernels<T>().packed;
-  const Index point = layout.size(cin, cols), ldu = layout.stride(cols);
+  const Index point = layout.size(cin, cols), ldu = layout.stride(cols), sample_size = oh * ow * cout;
   for (Index tr0 = 0; tr0 < tile_rows; tr0 += block) {
     const Index tr1 = std::min(tile_rows, tr0 + block), tiles = (tr1 - tr0) * wt.tiles_w;
     const Index vs = tiles * ldv, ms = tiles * ldm;
@@ -264,13 +302,19 @@ void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, c
     for (Index xi = 0; xi < kWinogradPoints; ++xi)
       gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, ldu, 0, m + xi * ms, ldm, ws, worker,
                   &overwrite);
-    const Index y0 = s.r0 + tr0 * kWinogradTile, y1 = std::min(s.r1, s.r0 + tr1 * kWinogradTile);
     run_for_kernel_isa([&] {
       winograd_output_loops(wt, tr0, tr1, m, ldm, ms, cols, ep.bias ? ep.bias + s.c0 : nullptr, y + s.c0, cout);
-      if (finish)
-        finish_rows(y + y0 * ow * cout + s.c0, cout, (y1 - y0) * ow, cols, ep.act,
-                    ep.residual ? ep.residual + y0 * ow * cout + s.c0 : nullptr, ep.after);
-      if (ep.sums) add_column_sums(y + y0 * ow * cout + s.c0, cout, (y1 - y0) * ow, cols, ep.sums + s.c0);
+      if (!finish && !ep.sums) return;
+      // The block's rows, sample by sample.
+      for (Index b = tr0 / sample_rows; b * sample_rows < tr1; ++b) {
+        const Index q0 = std::max(tr0, b * sample_rows) - b * sample_rows;
+        const Index q1 = std::min(tr1, (b + 1) * sample_rows) - b * sample_rows;
+        const Index y0 = s.r0 + q0 * kWinogradTile, y1 = std::min(s.r1, s.r0 + q1 * kWinogradTile);
+        const Index at = b * sample_size + y0 * ow * cout + s.c0;
+        if (finish)
+          finish_rows(y + at, cout, (y1 - y0) * ow, cols, ep.act, ep.residual ? ep.residual + at : nullptr, ep.after);
+        if (ep.sums) add_column_sums(y + at, cout, (y1 - y0) * ow, cols, ep.sums + b * cout + s.c0);
+      }
     });
   }
 }
