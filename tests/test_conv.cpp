@@ -89,7 +89,7 @@ const Case kCases[] = {
   {"wino_resnet_3x3_64",      1, 64,  64, 24,  24,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, false},
   // Smaller outputs run Winograd over a batch of at least 32 tiles, the GEMMs taking several
   // samples' tiles: 10x13 (12 tiles, partial on both axes) x 3, 7x7 (4 tiles) x 8 exactly.
-  {"wino_batch3_10x13",       3, 20,  24, 10,  13,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
+  {"wino_batch3_10x13",       3, 20,  40, 10,  13,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
   {"wino_batch8_7x7_pad0",    8, 33,  17,  9,   9,  3,  3,  1,  1,  0,  0,  0,  0,  1,  1,   1, false},
 };
 
@@ -269,11 +269,12 @@ TEST(ConvTable, CoversTheRequiredSpace) {
 
 // Winograd over several samples (a static layer's batch of small images): blocks of tile rows
 // that start and end inside samples (block_rows forced from 1 to all), the epilogue (ReLU,
-// residual) and the channel sums (PostOps::means) cut at each sample's edge; then the layer's
-// own path with PostOps::means on 1, 2 and 3 threads (runs of 3, 2 + 1 and 1 + 1 + 1 samples).
+// residual) and the channel sums (PostOps::means) cut at each sample's edge, the whole
+// transform or two channel parts reading their panels of it; then the layer's own path with
+// PostOps::means on 1, 2 and 3 threads (tasks of whole panels of the 72 channels).
 TEST(WinogradSamples, BlocksAcrossSampleEdges) {
   using T = float;
-  const Case c{"wino_blocks", 3, 20, 24, 10, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true};
+  const Case c{"wino_blocks", 3, 20, 72, 10, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true};
   const dynconv::ConvGeometry g = geometry_of(c);
   const Index oh = g.out_h(c.h), ow = g.out_w(c.w), cin = c.cin, cout = c.cout;
   ASSERT_TRUE(dynconv::detail::winograd_spans_samples(oh, ow));
@@ -307,23 +308,32 @@ TEST(WinogradSamples, BlocksAcrossSampleEdges) {
   dynconv::detail::winograd_kernel(0, cin, cin, k.data(), cout, cout, u);
   dynconv::Workspace<T> ws(1);
   const Index sample_rows = (oh + 3) / 4;  // 3 tile rows per sample
-  for (Index block_rows : {Index(1), Index(2), Index(4), Index(5), Index(100)}) {
-    SCOPED_TRACE("block_rows " + std::to_string(block_rows));
-    dynconv::NhwcTensor<T> y(c.n, oh, ow, cout);
-    y.set_constant(T(12345));
-    std::vector<double> sums(static_cast<std::size_t>(c.n * cout + 1), 0.0);
-    sums.back() = 7.0;  // nothing written past the samples' sums
-    const dynconv::detail::Epilogue<T> ep{bias.data(), dynconv::Activation::ReLU, residual.data(),
-                                          dynconv::Activation::Identity, sums.data()};
-    dynconv::detail::winograd_slice(g, xs.data(), c.h, c.w, u, dynconv::detail::Slice{0, oh, 0, cout}, ep,
-                                    y.data(), ws, 0, c.n, block_rows);
-    EXPECT_LE(ref::rel_error(y.tensor(), want), ref::tolerance<T>()) << sample_rows << " tile rows per sample";
-    double worst = 0;
-    for (std::size_t i = 0; i < mean.size(); ++i) worst = std::max(worst, std::abs(sums[i] / (oh * ow) - mean[i]));
-    EXPECT_LE(worst, 1e-4);
-    EXPECT_EQ(sums.back(), 7.0);
-  }
-  // Conv2d::run: the batch's tiles in runs of samples per thread, with PostOps::means.
+  const Index nr = dynconv::detail::gemm_kernels<T>().packed.nr, cut = nr ? nr : 16;  // a panel's start
+  for (Index block_rows : {Index(1), Index(2), Index(4), Index(5), Index(100)})
+    for (bool parts : {false, true}) {
+      SCOPED_TRACE("block_rows " + std::to_string(block_rows) + (parts ? ", two channel parts" : ""));
+      dynconv::NhwcTensor<T> y(c.n, oh, ow, cout);
+      y.set_constant(T(12345));
+      std::vector<double> sums(static_cast<std::size_t>(c.n * cout + 1), 0.0);
+      sums.back() = 7.0;  // nothing written past the samples' sums
+      const dynconv::detail::Epilogue<T> ep{bias.data(), dynconv::Activation::ReLU, residual.data(),
+                                            dynconv::Activation::Identity, sums.data()};
+      if (!parts) {
+        dynconv::detail::winograd_slice(g, xs.data(), c.h, c.w, u, dynconv::detail::Slice{0, oh, 0, cout}, ep,
+                                        y.data(), ws, 0, c.n, block_rows);
+      } else {
+        using dynconv::detail::Slice;
+        for (const Slice& s : {Slice{0, oh, 0, cut}, Slice{0, oh, cut, cout}})
+          dynconv::detail::winograd_slice(g, xs.data(), c.h, c.w, u, s, ep, y.data(), ws, 0, c.n, block_rows, cout);
+      }
+      EXPECT_LE(ref::rel_error(y.tensor(), want), ref::tolerance<T>()) << sample_rows << " tile rows per sample";
+      double worst = 0;
+      for (std::size_t i = 0; i < mean.size(); ++i) worst = std::max(worst, std::abs(sums[i] / (oh * ow) - mean[i]));
+      EXPECT_LE(worst, 1e-4);
+      EXPECT_EQ(sums.back(), 7.0);
+    }
+  // Conv2d::run: each task every sample's tiles and whole panels of the channels, with
+  // PostOps::means.
   dynconv::Conv2d<T> layer(options_of<dynconv::Conv2dOptions>(c, ConvAlgorithm::Auto));
   ASSERT_EQ(layer.algorithm(), ConvAlgorithm::Winograd);
   layer.set_weight(w);

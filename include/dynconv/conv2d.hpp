@@ -170,17 +170,17 @@ class Conv2d final : public Module<T> {
     }
     const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w, x.n);
     if (algo == ConvAlgorithm::Winograd && detail::winograd_spans_samples(y.h, y.w)) {
-      // A batch of small images: one task per thread, each a run of samples whose tiles
-      // share the GEMMs (run_algorithm picked Winograd for the batch's tiles).
+      // A batch of small images (run_algorithm picked Winograd for the batch's tiles): each
+      // task takes every sample's tiles and a part of the channels, whole panels of the
+      // transform, which it reads once.
       const T* u = winograd_kernel(ctx);
-      const Index groups = std::min<Index>(x.n, ctx.threads());
-      ctx.pool().parallel_for(groups, [&](std::int64_t task, int worker) {
-        const auto r = split_range(x.n, groups, task);
-        const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + r[0] * y.sample_size() : nullptr,
-                                     post.after};
-        detail::conv_sample(algo, g, x.sample(r[0]), x.h, x.w, u, g.out_channels, ep, y.sample(r[0]), ctx.workspace(),
-                            worker, static_cast<const T*>(nullptr), post.means ? post.means + r[0] * y.c : nullptr,
-                            r[1] - r[0]);
+      const Index nr = detail::gemm_kernels<T>().packed.nr, unit = nr ? nr : 16;
+      const Index panels = (g.out_channels + unit - 1) / unit, tasks = std::min<Index>(panels, ctx.threads());
+      const detail::Epilogue<T> ep{bias, post.act, post.residual, post.after};
+      ctx.pool().parallel_for(tasks, [&](std::int64_t task, int worker) {
+        const std::array<Index, 2> r = split_range(panels, tasks, task);
+        const detail::Slice s{0, y.h, r[0] * unit, std::min(g.out_channels, r[1] * unit)};
+        detail::winograd_batch(g, x.data, x.n, x.h, x.w, u, s, ep, y.data, ctx.workspace(), worker, post.means);
       });
       return;
     }

@@ -73,6 +73,24 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
   }
 }
 
+/// run(ep), or with `means` (n samples' [Cout] means; channels [c0, c1) written) run(e) where
+/// e.sums are n x Cout sums in double in the worker's scratch (the run's channels zeroed
+/// before), and then each mean is its sum over `pixels`.
+template <typename T, typename Run>
+void with_sums(const Epilogue<T>& ep, Index n, Index cout, Index c0, Index c1, Index pixels, Workspace<T>& ws,
+               int worker, T* means, const Run& run) {
+  if (!means) return run(ep);
+  static_assert(sizeof(double) % sizeof(T) == 0, "with_sums: double sums in a scratch of T");
+  constexpr Index kPer = static_cast<Index>(sizeof(double) / sizeof(T));
+  Epilogue<T> e = ep;
+  e.sums = reinterpret_cast<double*>(ws.scratch(worker, Scratch::Sums, n * cout * kPer));  // 64-byte aligned
+  for (Index b = 0; b < n; ++b) std::fill(e.sums + b * cout + c0, e.sums + b * cout + c1, 0.0);
+  run(e);
+  const double scale = 1.0 / static_cast<double>(pixels);
+  for (Index b = 0; b < n; ++b)
+    for (Index c = c0; c < c1; ++c) means[b * cout + c] = static_cast<T>(e.sums[b * cout + c] * scale);
+}
+
 /// conv_slice of one whole sample (every output row and channel; the arguments as there). With
 /// `means` (the sample's PostOps::means, [Cout]) the slice also sums each output channel as it
 /// finishes it (Epilogue::sums, in double in the worker's scratch): with dynconv's x86 kernels
@@ -81,28 +99,29 @@ void conv_slice(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_
 /// over a batch finds the first samples gone to memory; summing each sample after writing it
 /// still re-read it from L2 and L3 (4% of DY-MobileNetV2's batch-8 profile on the AMD EPYC Zen
 /// 4 machine).
-///   samples > 1 (Winograd only): `samples` consecutive samples (x, y, ep.residual and means at
-///   the first) in one winograd_slice, whose GEMMs take the tiles of several samples.
 template <typename T>
 void conv_sample(ConvAlgorithm algo, const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* kernel,
-                 Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means,
-                 Index samples = 1) {
-  eigen_assert(samples == 1 || algo == ConvAlgorithm::Winograd);
-  const Index oh = g.out_h(in_h), ow = g.out_w(in_w), cout = g.out_channels;
+                 Index ldk, const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, const T* packed, T* means) {
+  const Index oh = g.out_h(in_h), cout = g.out_channels;
   const Slice whole{0, oh, 0, cout};
-  const auto run = [&](const Epilogue<T>& e) {
-    if (samples > 1) return winograd_slice(g, x, in_h, in_w, kernel, whole, e, y, ws, worker, samples);
+  with_sums(ep, 1, cout, 0, cout, oh * g.out_w(in_w), ws, worker, means, [&](const Epilogue<T>& e) {
     conv_slice(algo, g, x, in_h, in_w, kernel, ldk, whole, e, y, static_cast<const T*>(nullptr), ws, worker, packed);
-  };
-  if (!means) return run(ep);
-  static_assert(sizeof(double) % sizeof(T) == 0, "conv_sample: double sums in a scratch of T");
-  constexpr Index kPer = static_cast<Index>(sizeof(double) / sizeof(T));
-  Epilogue<T> e = ep;
-  e.sums = reinterpret_cast<double*>(ws.scratch(worker, Scratch::Sums, samples * cout * kPer));  // 64-byte aligned
-  std::fill(e.sums, e.sums + samples * cout, 0.0);
-  run(e);
-  const double scale = 1.0 / static_cast<double>(oh * ow);
-  for (Index c = 0; c < samples * cout; ++c) means[c] = static_cast<T>(e.sums[c] * scale);
+  });
+}
+
+/// A static Winograd layer's whole batch of small images (winograd_spans_samples), channels
+/// [s.c0, s.c1) of every sample: one winograd_slice whose GEMMs take the tiles of several
+/// samples (tasks split the channels, so that each reads its part of the transform once).
+///   u: the layer's kept transform of all Cout channels; x, y, ep.residual: the batch's
+///   first sample (the others after it); means: PostOps::means [n, Cout] or null (the slice's
+///   channels written).
+template <typename T>
+void winograd_batch(const ConvGeometry& g, const T* x, Index n, Index in_h, Index in_w, const T* u, const Slice& s,
+                    const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, T* means) {
+  const Index cout = g.out_channels;
+  with_sums(ep, n, cout, s.c0, s.c1, g.out_h(in_h) * g.out_w(in_w), ws, worker, means, [&](const Epilogue<T>& e) {
+    winograd_slice(g, x, in_h, in_w, u, s, e, y, ws, worker, n, 0, g.out_channels);
+  });
 }
 
 }  // namespace detail

@@ -270,7 +270,9 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
 /// One slice of `samples` consecutive samples' convolution by Winograd F(4x4, 3x3) with its
 /// epilogue (the same rows and channels of each; samples > 1: the slice spans all rows, and each
 /// block of tile rows, so each GEMM, takes the tiles of several samples).
-///   u: winograd_kernel()'s U of the slice's channels [s.c0, s.c1) (cols = s.c1 - s.c0).
+///   u: winograd_kernel()'s U of the slice's channels [s.c0, s.c1) (cols = s.c1 - s.c0), or
+///   with u_cols > 0 of channels [0, u_cols), whose [s.c0, s.c1) the slice reads (s.c0 at a
+///   panel of the GEMM's PackedLayout).
 ///   x: the first sample [H, W, Cin]; y: its output [Hout, Wout, Cout]; ep.residual: its
 ///   residual; ep.sums: Cout sums per sample. The other samples follow each.
 ///   block_rows: tile rows per block (0: as many as kWinogradBlockBytes, or with samples > 1
@@ -278,7 +280,7 @@ void winograd_output_loops(const WinogradTiles& wt, Index tr0, Index tr1, const 
 template <typename T>
 void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, const T* u, const Slice& s,
                     const Epilogue<T>& ep, T* y, Workspace<T>& ws, int worker, Index samples = 1,
-                    Index block_rows = 0) {
+                    Index block_rows = 0, Index u_cols = 0) {
   constexpr Index L = winograd_lanes<T>();
   const Index oh = g.out_h(in_h), ow = g.out_w(in_w), cin = g.in_channels, cout = g.out_channels, cols = s.c1 - s.c0;
   eigen_assert(samples == 1 || (s.r0 == 0 && s.r1 == oh));
@@ -294,13 +296,15 @@ void winograd_slice(const ConvGeometry& g, const T* x, Index in_h, Index in_w, c
   const GemmEpilogue<T> overwrite{};
   const bool finish = ep.act != Activation::Identity || ep.residual || ep.after != Activation::Identity;
   const PackedLayout& layout = gemm_kernels<T>().packed;
-  const Index point = layout.size(cin, cols), ldu = layout.stride(cols), sample_size = oh * ow * cout;
+  eigen_assert(u_cols == 0 || (layout.starts_panel(s.c0) && s.c1 <= u_cols));
+  const Index point = layout.size(cin, u_cols ? u_cols : cols), ldu = layout.stride(u_cols ? u_cols : cols);
+  const Index u_c0 = u_cols ? s.c0 : 0, sample_size = oh * ow * cout;
   for (Index tr0 = 0; tr0 < tile_rows; tr0 += block) {
     const Index tr1 = std::min(tile_rows, tr0 + block), tiles = (tr1 - tr0) * wt.tiles_w;
     const Index vs = tiles * ldv, ms = tiles * ldm;
     run_for_kernel_isa([&] { winograd_input_loops(g, x, in_h, in_w, wt, tr0, tr1, v, ldv, vs); });
     for (Index xi = 0; xi < kWinogradPoints; ++xi)
-      gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, ldu, 0, m + xi * ms, ldm, ws, worker,
+      gemm_packed(tiles, cols, cin, v + xi * vs, ldv, u + xi * point, ldu, u_c0, m + xi * ms, ldm, ws, worker,
                   &overwrite);
     run_for_kernel_isa([&] {
       winograd_output_loops(wt, tr0, tr1, m, ldm, ms, cols, ep.bias ? ep.bias + s.c0 : nullptr, y + s.c0, cout);
