@@ -271,7 +271,8 @@ TEST(ConvTable, CoversTheRequiredSpace) {
 // that start and end inside samples (block_rows forced from 1 to all), the epilogue (ReLU,
 // residual) and the channel sums (PostOps::means) cut at each sample's edge, the whole
 // transform or two channel parts reading their panels of it; then the layer's own path with
-// PostOps::means on 1, 2 and 3 threads (tasks of whole panels of the 72 channels).
+// PostOps::means on 1, 2, 3 and 7 threads (tasks of whole panels of the 72 channels; on 7 with
+// AVX-512's panels of 32, three channel parts times two runs of samples).
 TEST(WinogradSamples, BlocksAcrossSampleEdges) {
   using T = float;
   const Case c{"wino_blocks", 3, 20, 72, 10, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true};
@@ -332,13 +333,13 @@ TEST(WinogradSamples, BlocksAcrossSampleEdges) {
       EXPECT_LE(worst, 1e-4);
       EXPECT_EQ(sums.back(), 7.0);
     }
-  // Conv2d::run: each task every sample's tiles and whole panels of the channels, with
-  // PostOps::means.
+  // Conv2d::run: each task whole panels of the channels for all samples or a run of them,
+  // with PostOps::means.
   dynconv::Conv2d<T> layer(options_of<dynconv::Conv2dOptions>(c, ConvAlgorithm::Auto));
   ASSERT_EQ(layer.algorithm(), ConvAlgorithm::Winograd);
   layer.set_weight(w);
   layer.set_bias(bias);
-  for (int threads : {1, 2, 3}) {
+  for (int threads : {1, 2, 3, 7}) {
     SCOPED_TRACE(std::to_string(threads) + " threads");
     dynconv::Context<T> ctx(threads);
     dynconv::NhwcTensor<T> y(c.n, oh, ow, cout);

@@ -23,7 +23,8 @@
 // Thread safety: forward() and run() are const and may run concurrently on one object; the
 // setters, load() and fold_batchnorm() may not run concurrently with anything. (The first pass
 // packs the kernel for the GEMM, or transforms it for Winograd, under a lock, and keeps it until
-// the weights change: with dynconv's x86 kernels a GEMM layer holds its weights twice.)
+// the weights change: with dynconv's x86 kernels a GEMM layer holds its weights twice, and a
+// 3x3 layer run both one image at a time and in batches of small images also its transform.)
 #pragma once
 
 #include <dynconv/batchnorm.hpp>
@@ -141,10 +142,11 @@ class Conv2d final : public Module<T> {
   /// smaller than the pool splits every sample into row or channel slices. A 1x1 convolution
   /// of 1x1 inputs (a squeeze-excite FC) is one GEMM over the whole batch. The GEMMs read the
   /// kept packed kernel; Winograd the kept transform: outputs of at least 484 pixels sample by
-  /// sample, smaller ones when the batch has at least 32 tiles of 4x4 (else Im2colGemm) in one
-  /// run of samples per thread, whose GEMMs take the tiles of several samples.
-  /// PostOps::means: a sample (or run of samples) that is one task sums its channels as it
-  /// finishes them (conv_sample); samples split over the pool are pooled after.
+  /// sample, smaller ones when the batch has at least 32 tiles of 4x4 (else Im2colGemm) with
+  /// GEMMs over the tiles of several samples, tasks taking whole panels of the channels (and,
+  /// with fewer panels than threads, runs of samples). PostOps::means: a task that holds whole
+  /// samples sums its channels as it finishes them (conv_sample, winograd_batch); samples
+  /// split into row or channel slices are pooled after.
   void run(const Inputs<T>& in, const NhwcView<T>& y, Context<T>& ctx, const PostOps<T>& post) const override {
     const NhwcView<const T>& x = in[0];
     const ConvGeometry& g = conv_.geometry;
@@ -171,16 +173,21 @@ class Conv2d final : public Module<T> {
     const ConvAlgorithm algo = detail::run_algorithm(conv_.algorithm, y.h, y.w, x.n);
     if (algo == ConvAlgorithm::Winograd && detail::winograd_spans_samples(y.h, y.w)) {
       // A batch of small images (run_algorithm picked Winograd for the batch's tiles): each
-      // task takes every sample's tiles and a part of the channels, whole panels of the
-      // transform, which it reads once.
+      // task takes whole panels of the channels, so that it reads its part of the transform
+      // once, for every sample's tiles; with fewer panels than threads, for a run of samples.
       const T* u = winograd_kernel(ctx);
       const Index nr = detail::gemm_kernels<T>().packed.nr, unit = nr ? nr : 16;
-      const Index panels = (g.out_channels + unit - 1) / unit, tasks = std::min<Index>(panels, ctx.threads());
-      const detail::Epilogue<T> ep{bias, post.act, post.residual, post.after};
-      ctx.pool().parallel_for(tasks, [&](std::int64_t task, int worker) {
-        const std::array<Index, 2> r = split_range(panels, tasks, task);
-        const detail::Slice s{0, y.h, r[0] * unit, std::min(g.out_channels, r[1] * unit)};
-        detail::winograd_batch(g, x.data, x.n, x.h, x.w, u, s, ep, y.data, ctx.workspace(), worker, post.means);
+      const Index panels = (g.out_channels + unit - 1) / unit;
+      const Index channel_parts = std::min<Index>(panels, ctx.threads());
+      const Index sample_parts = std::min<Index>(x.n, std::max<Index>(1, ctx.threads() / channel_parts));
+      ctx.pool().parallel_for(channel_parts * sample_parts, [&](std::int64_t task, int worker) {
+        const std::array<Index, 2> c = split_range(panels, channel_parts, task % channel_parts);
+        const std::array<Index, 2> b = split_range(x.n, sample_parts, task / channel_parts);
+        const detail::Slice s{0, y.h, c[0] * unit, std::min(g.out_channels, c[1] * unit)};
+        const detail::Epilogue<T> ep{bias, post.act, post.residual ? post.residual + b[0] * y.sample_size() : nullptr,
+                                     post.after};
+        detail::winograd_batch(g, x.sample(b[0]), b[1] - b[0], x.h, x.w, u, s, ep, y.sample(b[0]), ctx.workspace(),
+                               worker, post.means ? post.means + b[0] * y.c : nullptr);
       });
       return;
     }

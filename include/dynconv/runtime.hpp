@@ -156,8 +156,9 @@ struct PostOps {
   Activation after = Activation::Identity;
   /// [n, C] or null: where a module whose writes_means() is true also writes the mean over the
   /// pixels of each channel of the final y (what an attention's pooling of y would compute):
-  /// a convolution sums each channel of a sample that is one task as it finishes it (tile by
-  /// tile, in double), or, when the samples are split over the pool, pools y after the layer.
+  /// a convolution sums each channel of a sample that is one task (or of the samples a task
+  /// holds whole: a static batch of small Winograd images) as it finishes it (tile by tile, in
+  /// double), or, when the samples are split into slices over the pool, pools y after the layer.
   /// Not a change of y: empty() ignores it.
   T* means = nullptr;
   bool empty() const { return act == Activation::Identity && !residual && after == Activation::Identity; }
@@ -165,7 +166,7 @@ struct PostOps {
 
 /// Scratch kinds of a worker; each is a separate grow-only buffer (Columns: im2col, or
 /// Winograd's input tiles; Tiles: Winograd's GEMM results; Transformed: a Winograd kernel;
-/// Sums: a sample's channel sums in double, conv_sample).
+/// Sums: channel sums in double, a sample's or a run of samples', with_sums).
 enum class Scratch { Columns, Kernel, Sources, PackA, PackB, Tiles, Transformed, Sums, Count };
 
 namespace detail {

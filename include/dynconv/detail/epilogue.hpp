@@ -19,11 +19,12 @@ template <typename T>
 struct Epilogue {
   const T* bias = nullptr;      // [Cout] (absolute channel index) or null
   Activation act = Activation::Identity;
-  const T* residual = nullptr;  // laid out as the sample's output [Hout, Wout, Cout], or null
+  const T* residual = nullptr;  // laid out as the output [Hout, Wout, Cout] (of each sample), or null
   Activation after = Activation::Identity;  // applied last (ResNet: ReLU after the shortcut)
-  /// [Cout] (absolute channel index) or null: conv_slice adds the sum over the slice's pixels
-  /// of each finished output channel (conv_sample's channel means), while the values are in L1
-  /// (a GEMM's tiles, a depthwise row) or L2 (a block of Winograd rows).
+  /// [Cout] (absolute channel index; [n, Cout] for a Winograd slice of n samples) or null:
+  /// conv_slice adds the sum over the slice's pixels of each finished output channel
+  /// (with_sums' channel means), while the values are in L1 (a GEMM's tiles, a depthwise row)
+  /// or L2 (a block of Winograd rows; L3 for a batch of small images).
   double* sums = nullptr;
 };
 

@@ -39,7 +39,7 @@ constexpr Index kWinogradPoints = 36;
 /// Output tile side.
 constexpr Index kWinogradTile = 4;
 /// Below this many output pixels (22x22) a Winograd layer runs as Im2colGemm (the same packed
-/// kernel). The transform is 4x the kernel's size: a dynamic layer makes it per sample, and
+/// kernel), unless it is static and its batch has kWinogradMinBatchTiles tiles. The transform is 4x the kernel's size: a dynamic layer makes it per sample, and
 /// too few tile rows do not amortise that (bench_conv, Intel Xeon, one thread, batch 1:
 /// ResNet-18's 3x3 at 56x56, 196 tiles, 1.8x and 28x28, 49 tiles, 1.5x faster than
 /// Im2colGemm, 14x14, 16 tiles, 1.7x slower). A static layer keeps its transform, and alone
@@ -58,7 +58,8 @@ constexpr Index kWinogradMinBatchTiles = 32;
 constexpr Index kWinogradBlockBytes = Index(1) << 20;
 /// The same when the blocks span samples: V and M then live in L3, and a block of 8 MiB takes
 /// a whole batch of 8 7x7 images (one pass over the 512-channel transform, 38 MB, from memory;
-/// 4 MiB measured 6.0 ms there, 8 and 16 MiB 4.6 and 4.8), or half of one at 14x14.
+/// 4 MiB measured 6.0 ms there, 8 and 16 MiB 4.6 and 4.8), or 7 of 8 14x14 images at 256
+/// channels.
 constexpr Index kWinogradBatchBlockBytes = Index(8) << 20;
 
 /// Values of the transformed kernel U of `cols` output channels: 36 packed [cin, cols]
