@@ -153,10 +153,19 @@ class Conv2d final : public Module<T> {
     const T* bias = has_bias() ? bias_.data() : nullptr;
     if (x.h == 1 && x.w == 1 && conv_.algorithm == ConvAlgorithm::Pointwise && g.groups == 1 && g.stride_h == 1 &&
         g.stride_w == 1) {
-      // [N, Cin] x [Cin, Cout]: the samples are the GEMM's rows; a few samples are GEMVs
-      // (a GEMM would pack the whole weight matrix for each call).
+      // [N, Cin] x [Cin, Cout]: the samples are the GEMM's rows. With dynconv's x86 kernels one
+      // GEMM over the kept packed kernel, its epilogue inside; with Eigen's, a few samples are
+      // GEMVs (a GEMM would pack the whole weight matrix for each call).
       const detail::Epilogue<T> ep{bias, post.act, post.residual, post.after};
       const Index cin = g.in_channels, cout = g.out_channels;
+      const detail::PackedLayout& layout = detail::gemm_kernels<T>().packed;
+      if (layout.nr) {
+        const detail::GemmEpilogue<T> e = detail::gemm_epilogue(ep, cout, 0, 0);
+        detail::gemm_packed(x.n, cout, cin, x.data, cin, packed_gemm_kernel(), layout.stride(cout), 0, y.data, cout,
+                            ctx.workspace(), 0, &e);
+        if (post.means) std::copy(y.data, y.data + y.size(), post.means);  // one pixel: its own mean
+        return;
+      }
       detail::epilogue_begin(ep, x.n, cout, 0, cout, 0, y.data);
       if (x.n <= 4) {
         using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
