@@ -89,9 +89,12 @@ const Case kCases[] = {
   {"wino_3x3_484px_batch3",   3,  7,  17, 22,  22,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
   {"wino_resnet_3x3_64",      1, 64,  64, 24,  24,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, false},
   // Smaller outputs run Winograd over a batch of at least 32 tiles, the GEMMs taking several
-  // samples' tiles: 10x13 (12 tiles, partial on both axes) x 3, 7x7 (4 tiles) x 8 exactly.
+  // samples' tiles: 10x13 (12 tiles, partial on both axes) x 3, 7x7 (4 tiles) x 8 exactly (32),
+  // 8x8 x 8 with a GEMM depth of 260 (two depth blocks of the kept transform) and 40 channels
+  // (on 2 and 3 threads, tasks of whole panels start at a channel offset inside it).
   {"wino_batch3_10x13",       3, 20,  40, 10,  13,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
   {"wino_batch8_7x7_pad0",    8, 33,  17,  9,   9,  3,  3,  1,  1,  0,  0,  0,  0,  1,  1,   1, false},
+  {"wino_batch8_deep_8x8",    8,260,  40,  8,   8,  3,  3,  1,  1,  1,  1,  1,  1,  1,  1,   1, true},
 };
 
 // Per-side padding and non-square kernels with dilation. These also run through DynamicConv2d
@@ -256,8 +259,8 @@ TEST(ConvTable, CoversTheRequiredSpace) {
   }
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Pointwise)], 8);
   EXPECT_GE(per_algo[static_cast<int>(ConvAlgorithm::Depthwise)], 8);
-  EXPECT_GE(winograd_runs, 7);
-  EXPECT_GE(batch_runs, 2);
+  EXPECT_GE(winograd_runs, 8);
+  EXPECT_GE(batch_runs, 3);
   EXPECT_EQ(per_algo[static_cast<int>(ConvAlgorithm::Im2colGemm)], static_cast<int>(conv_cases().size()));
   // The per-side cases are asymmetric or dilated non-square, and reach the depthwise loop too.
   int per_side_depthwise = 0;
@@ -266,6 +269,23 @@ TEST(ConvTable, CoversTheRequiredSpace) {
     per_side_depthwise += dynconv::algorithm_supports(ConvAlgorithm::Depthwise, geometry_of(c));
   }
   EXPECT_GE(per_side_depthwise, 4);
+}
+
+// The rule of run_algorithm at its edges: Winograd per sample from 484 output pixels; below,
+// over a batch of at least 32 tiles (4x4 outputs) sharing one kernel; else Im2colGemm.
+TEST(WinogradSamples, BatchThreshold) {
+  using dynconv::detail::run_algorithm;
+  const ConvAlgorithm W = ConvAlgorithm::Winograd, G = ConvAlgorithm::Im2colGemm;
+  EXPECT_EQ(run_algorithm(W, 22, 22, 1), W);   // 484 pixels
+  EXPECT_EQ(run_algorithm(W, 21, 23, 1), G);   // 483 pixels, one sample
+  EXPECT_EQ(run_algorithm(W, 7, 7, 7), G);     // 4 tiles x 7 = 28
+  EXPECT_EQ(run_algorithm(W, 7, 7, 8), W);     // 32
+  EXPECT_EQ(run_algorithm(W, 4, 4, 31), G);    // 1 tile x 31
+  EXPECT_EQ(run_algorithm(W, 4, 4, 32), W);
+  EXPECT_EQ(run_algorithm(W, 5, 4, 16), W);    // 2 tiles (a partial row) x 16
+  EXPECT_EQ(run_algorithm(W, 10, 13, 2), G);   // 12 tiles x 2 = 24
+  EXPECT_EQ(run_algorithm(W, 10, 13, 3), W);   // 36
+  EXPECT_EQ(run_algorithm(G, 7, 7, 8), G);     // only a Winograd layer changes
 }
 
 // Winograd over several samples (a static layer's batch of small images): blocks of tile rows
