@@ -407,45 +407,55 @@ template <typename T>
 class LayoutTest : public ::testing::Test {};
 TYPED_TEST_SUITE(LayoutTest, FloatTypes);
 
+// Shapes of distinct axes, so that a swapped axis shows: 3 channels (an image's planes), one
+// channel or one pixel (copies), and 37 channels of 35 pixels (blocks of 16 with ragged edges).
+const std::array<Index, 4> kLayoutShapes[] = {{2, 3, 4, 5}, {2, 37, 5, 7}, {2, 1, 3, 4}, {3, 20, 1, 1}, {1, 16, 4, 8}};
+
 TYPED_TEST(LayoutTest, NchwToNhwcMapsEveryIndex) {
   using T = TypeParam;
-  const Index n = 2, c = 3, h = 4, w = 5;  // all different, so a swapped axis shows
-  Tensor4<T> x(n, c, h, w);
-  fill_distinct(x);
-  const dynconv::NhwcTensor<T> nhwc = dynconv::nchw_to_nhwc(x);
-  EXPECT_TRUE(nhwc.shape() == (dynconv::NhwcShape{n, h, w, c}));
-  const Tensor4<T>& y = nhwc.tensor();
-  ASSERT_EQ(y.dimension(0), n);
-  ASSERT_EQ(y.dimension(1), h);
-  ASSERT_EQ(y.dimension(2), w);
-  ASSERT_EQ(y.dimension(3), c);
-  ASSERT_EQ(nhwc.data(), y.data());
-  for (Index b = 0; b < n; ++b)
-    for (Index ch = 0; ch < c; ++ch)
-      for (Index r = 0; r < h; ++r)
-        for (Index q = 0; q < w; ++q) {
-          ASSERT_EQ(y(b, r, q, ch), x(b, ch, r, q)) << b << ',' << ch << ',' << r << ',' << q;
-          // Row-major: the flat offset of (b, r, q, ch) in NHWC.
-          ASSERT_EQ(y.data()[((b * h + r) * w + q) * c + ch], x(b, ch, r, q));
-        }
+  for (const std::array<Index, 4>& d : kLayoutShapes) {
+    const Index n = d[0], c = d[1], h = d[2], w = d[3];
+    SCOPED_TRACE(dynconv::shape_str(d));
+    Tensor4<T> x(n, c, h, w);
+    fill_distinct(x);
+    const dynconv::NhwcTensor<T> nhwc = dynconv::nchw_to_nhwc(x);
+    EXPECT_TRUE(nhwc.shape() == (dynconv::NhwcShape{n, h, w, c}));
+    const Tensor4<T>& y = nhwc.tensor();
+    ASSERT_EQ(y.dimension(0), n);
+    ASSERT_EQ(y.dimension(1), h);
+    ASSERT_EQ(y.dimension(2), w);
+    ASSERT_EQ(y.dimension(3), c);
+    ASSERT_EQ(nhwc.data(), y.data());
+    for (Index b = 0; b < n; ++b)
+      for (Index ch = 0; ch < c; ++ch)
+        for (Index r = 0; r < h; ++r)
+          for (Index q = 0; q < w; ++q) {
+            ASSERT_EQ(y(b, r, q, ch), x(b, ch, r, q)) << b << ',' << ch << ',' << r << ',' << q;
+            // Row-major: the flat offset of (b, r, q, ch) in NHWC.
+            ASSERT_EQ(y.data()[((b * h + r) * w + q) * c + ch], x(b, ch, r, q));
+          }
+  }
 }
 
 TYPED_TEST(LayoutTest, NhwcToNchwMapsEveryIndex) {
   using T = TypeParam;
-  const Index n = 2, h = 3, w = 4, c = 5;
-  dynconv::NhwcTensor<T> nhwc(n, h, w, c);
-  Tensor4<T>& x = nhwc.tensor();
-  fill_distinct(x);
-  const Tensor4<T> y = dynconv::nhwc_to_nchw(nhwc);
-  ASSERT_EQ(y.dimension(0), n);
-  ASSERT_EQ(y.dimension(1), c);
-  ASSERT_EQ(y.dimension(2), h);
-  ASSERT_EQ(y.dimension(3), w);
-  for (Index b = 0; b < n; ++b)
-    for (Index r = 0; r < h; ++r)
-      for (Index q = 0; q < w; ++q)
-        for (Index ch = 0; ch < c; ++ch)
-          ASSERT_EQ(y(b, ch, r, q), x(b, r, q, ch)) << b << ',' << r << ',' << q << ',' << ch;
+  for (const std::array<Index, 4>& d : kLayoutShapes) {
+    const Index n = d[0], h = d[2], w = d[3], c = d[1];
+    SCOPED_TRACE(dynconv::shape_str(d));
+    dynconv::NhwcTensor<T> nhwc(n, h, w, c);
+    Tensor4<T>& x = nhwc.tensor();
+    fill_distinct(x);
+    const Tensor4<T> y = dynconv::nhwc_to_nchw(nhwc);
+    ASSERT_EQ(y.dimension(0), n);
+    ASSERT_EQ(y.dimension(1), c);
+    ASSERT_EQ(y.dimension(2), h);
+    ASSERT_EQ(y.dimension(3), w);
+    for (Index b = 0; b < n; ++b)
+      for (Index r = 0; r < h; ++r)
+        for (Index q = 0; q < w; ++q)
+          for (Index ch = 0; ch < c; ++ch)
+            ASSERT_EQ(y(b, ch, r, q), x(b, r, q, ch)) << b << ',' << r << ',' << q << ',' << ch;
+  }
 }
 
 TYPED_TEST(LayoutTest, RoundTripsAreIdentity) {

@@ -112,10 +112,11 @@ T activate(Activation a, T x) {
 }
 
 namespace detail {
-/// Applies `a` to p[0..n), in place.
+/// Applies `a` to p[0..n), in place (compiled for the kernel set in use, isa.hpp).
 template <typename T>
 void activate_inplace(Activation a, T* p, Index n) {
-  with_activation<T>(a, [&](auto f) { map_inplace(p, n, f); });
+  if (a == Activation::Identity) return;
+  run_for_kernel_isa([&] { with_activation<T>(a, [&](auto f) { map_inplace(p, n, f); }); });
 }
 }  // namespace detail
 

@@ -38,17 +38,20 @@ namespace dynconv {
 namespace detail {
 
 /// y[begin, begin + count) = after(act(y) + residual): the PostOps of one part of an output
-/// (residual laid out as y, so it is read at the same offsets).
+/// (residual laid out as y, so it is read at the same offsets). Compiled for the kernel set in
+/// use (isa.hpp), as the layers' own loops below.
 template <typename T>
 void post_ops_span(const PostOps<T>& post, T* y, Index begin, Index count) {
   if (post.empty() || count <= 0) return;
-  T* p = y + begin;
-  activate_inplace(post.act, p, count);
-  if (post.residual) {
-    const T* q = post.residual + begin;
-    for (Index i = 0; i < count; ++i) p[i] += q[i];
-  }
-  activate_inplace(post.after, p, count);
+  run_for_kernel_isa([&] {
+    T* p = y + begin;
+    activate_inplace(post.act, p, count);
+    if (post.residual) {
+      const T* q = post.residual + begin;
+      for (Index i = 0; i < count; ++i) p[i] += q[i];
+    }
+    activate_inplace(post.after, p, count);
+  });
 }
 
 /// Calls f(b, u0, u1) for parts [u0, u1) of `units` (output rows, pixels or channels) of each
@@ -101,8 +104,10 @@ class ActivationLayer : public Module<T> {
       if (activation_ == Activation::Identity) {
         std::copy(src, src + count, dst);
       } else {
-        detail::with_activation<T>(activation_, [&](auto f) {
-          for (Index i = 0; i < count; ++i) dst[i] = f(src[i]);
+        detail::run_for_kernel_isa([&] {
+          detail::with_activation<T>(activation_, [&](auto f) {
+            for (Index i = 0; i < count; ++i) dst[i] = f(src[i]);
+          });
         });
       }
       detail::post_ops_span(post, y.data, begin, count);
@@ -222,12 +227,14 @@ class BinaryModule : public Module<T> {
     const Index a_sample = a_full ? y.sample_size() : c, b_sample = b_full ? y.sample_size() : c;
     const Op op;
     for_sample_parts(ctx, y.n, pixels, y.sample_size(), [&](Index s, Index p0, Index p1) {
-      for (Index p = p0; p < p1; ++p) {
-        const T* __restrict pa = a.data + s * a_sample + p * a_pixel;
-        const T* __restrict pb = b.data + s * b_sample + p * b_pixel;
-        T* __restrict out = y.data + (s * pixels + p) * c;
-        for (Index k = 0; k < c; ++k) out[k] = op(pa[k], pb[k]);
-      }
+      run_for_kernel_isa([&] {
+        for (Index p = p0; p < p1; ++p) {
+          const T* __restrict pa = a.data + s * a_sample + p * a_pixel;
+          const T* __restrict pb = b.data + s * b_sample + p * b_pixel;
+          T* __restrict out = y.data + (s * pixels + p) * c;
+          for (Index k = 0; k < c; ++k) out[k] = op(pa[k], pb[k]);
+        }
+      });
       post_ops_span(post, y.data, (s * pixels + p0) * c, (p1 - p0) * c);
     });
   }

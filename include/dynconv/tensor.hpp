@@ -13,8 +13,18 @@
 
 #include <dynconv/error.hpp>
 
+// (Left defined when an including header defined it.)
+#ifdef DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/isa.hpp>
+#else
+#define DYNCONV_DETAIL_ALLOWED
+#include <dynconv/detail/isa.hpp>
+#undef DYNCONV_DETAIL_ALLOWED
+#endif
+
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <random>
@@ -51,19 +61,47 @@ std::string shape_str(const Dims& dims) {
 }
 
 namespace detail {
-/// dst [n, h, w, c] = src [n, c, h, w]
+/// dst [cols, rows] = src [rows, cols] (row-major), in blocks of 16 x 16 so that the reads and
+/// the writes both go along whole cache lines.
+template <typename T>
+void transpose_blocks(const T* __restrict src, Index rows, Index cols, T* __restrict dst) {
+  constexpr Index kBlock = 16;
+  for (Index i0 = 0; i0 < rows; i0 += kBlock)
+    for (Index j0 = 0; j0 < cols; j0 += kBlock) {
+      const Index i1 = std::min(rows, i0 + kBlock), j1 = std::min(cols, j0 + kBlock);
+      for (Index j = j0; j < j1; ++j)
+        for (Index i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+    }
+}
+/// dst [pixels, C] = src [C, pixels] for a few channels (C a constant: the compiler vectorises
+/// the interleaving of C planes; an image's 3 channels).
+template <Index C, typename T>
+void interleave_planes(const T* __restrict src, Index pixels, T* __restrict dst) {
+  for (Index p = 0; p < pixels; ++p)
+    for (Index ch = 0; ch < C; ++ch) dst[p * C + ch] = src[ch * pixels + p];
+}
+/// dst [n, h, w, c] = src [n, c, h, w] (compiled for the kernel set in use, isa.hpp).
 template <typename T>
 void nchw_to_nhwc(const T* src, Index n, Index c, Index h, Index w, T* dst) {
-  for (Index b = 0; b < n; ++b)
-    for (Index ch = 0; ch < c; ++ch)
-      for (Index p = 0; p < h * w; ++p) dst[(b * h * w + p) * c + ch] = src[(b * c + ch) * h * w + p];
+  const Index pixels = h * w, size = c * pixels;
+  run_for_kernel_isa([&] {
+    for (Index b = 0; b < n; ++b) {
+      if (c == 1 || pixels == 1) std::copy(src + b * size, src + (b + 1) * size, dst + b * size);
+      else if (c == 3) interleave_planes<3>(src + b * size, pixels, dst + b * size);
+      else transpose_blocks(src + b * size, c, pixels, dst + b * size);
+    }
+  });
 }
-/// dst [n, c, h, w] = src [n, h, w, c]
+/// dst [n, c, h, w] = src [n, h, w, c] (compiled for the kernel set in use, isa.hpp).
 template <typename T>
 void nhwc_to_nchw(const T* src, Index n, Index h, Index w, Index c, T* dst) {
-  for (Index b = 0; b < n; ++b)
-    for (Index p = 0; p < h * w; ++p)
-      for (Index ch = 0; ch < c; ++ch) dst[(b * c + ch) * h * w + p] = src[(b * h * w + p) * c + ch];
+  const Index pixels = h * w, size = c * pixels;
+  run_for_kernel_isa([&] {
+    for (Index b = 0; b < n; ++b) {
+      if (c == 1 || pixels == 1) std::copy(src + b * size, src + (b + 1) * size, dst + b * size);
+      else transpose_blocks(src + b * size, pixels, c, dst + b * size);
+    }
+  });
 }
 }  // namespace detail
 
