@@ -18,8 +18,8 @@ namespace detail {
 /// im2col's loops (below); copy_run(to, from, len) copies the runs of input values that lie
 /// inside the image.
 template <typename T, typename CopyRun>
-inline __attribute__((always_inline)) void im2col_loops(const ConvGeometry& g, const T* x, Index in_h, Index in_w,
-                                                        Index r0, Index r1, Index grp, T* col, CopyRun copy_run) {
+DYNCONV_ALWAYS_INLINE void im2col_loops(const ConvGeometry& g, const T* x, Index in_h, Index in_w, Index r0, Index r1,
+                                        Index grp, T* col, CopyRun copy_run) {
   const Index ow = g.out_w(in_w), cin = g.in_channels, cin_g = g.in_per_group();
   // With one group and no horizontal dilation, a window row inside the image is kw*Cin
   // contiguous input values: one copy instead of kw (a 3-channel stem has 3 values a tap).

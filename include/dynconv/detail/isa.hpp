@@ -20,6 +20,15 @@
 #define DYNCONV_X86_KERNELS 0
 #endif
 
+// A function the compiler must inline (a loop nest whose inner step a caller supplies).
+#if defined(__GNUC__) || defined(__clang__)
+#define DYNCONV_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define DYNCONV_ALWAYS_INLINE __forceinline
+#else
+#define DYNCONV_ALWAYS_INLINE inline
+#endif
+
 namespace dynconv {
 namespace detail {
 
