@@ -2,15 +2,11 @@
 #pragma once
 #include <dynconv/detail/internal_check.hpp>
 
-#include <dynconv/detail/isa.hpp>
+#include <dynconv/detail/gemm_x86.hpp>
 
 #include <dynconv/conv_geometry.hpp>
 
 #include <type_traits>
-
-#if DYNCONV_X86_KERNELS
-#include <immintrin.h>
-#endif
 
 namespace dynconv {
 namespace detail {
@@ -61,7 +57,7 @@ DYNCONV_ALWAYS_INLINE void im2col_loops(const ConvGeometry& g, const T* x, Index
 struct Avx512CopyRun {
   DYNCONV_TARGET_AVX512 void operator()(float* to, const float* from, Index len) const {
     for (Index k = 0; k < len; k += 16) {
-      const __mmask16 m = static_cast<__mmask16>(len - k >= 16 ? 0xFFFFu : (1u << (len - k)) - 1u);
+      const __mmask16 m = lanes16(len - k);
       _mm512_mask_storeu_ps(to + k, m, _mm512_maskz_loadu_ps(m, from + k));
     }
   }
